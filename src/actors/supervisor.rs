@@ -1,0 +1,454 @@
+//! Our supervisor: owns every child, starts and stops them as monitors come and go, and restarts
+//! whatever dies (stop or panic) with backoff and an intensity limit, in the OTP manner.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::analyzer::{Analyzer, AnalyzerHandle, Drain};
+use super::collector::Collector;
+use super::writer::WriterHandle;
+use super::{ChildExited, ChildRef, ExitGuard};
+use crate::collect::{Probe, SystemProbe, WalkLimits, probe_for};
+use crate::config::Settings;
+use crate::control::server::ControlServer;
+use crate::model::{AddOutcome, MonitorKind, MonitorSet, MonitorSpec};
+use crate::store::write::WriteOp;
+
+/// How restarts back off and when a child is parked instead.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartPolicy {
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// More restarts than this within `window` park the child.
+    pub max_restarts: usize,
+    pub window: Duration,
+    /// How long a parked child waits before one more try.
+    pub park_pause: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+            max_restarts: 5,
+            window: Duration::from_secs(60),
+            park_pause: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Where a child is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChildState {
+    Running,
+    /// Died; a restart is scheduled after a backoff.
+    Restarting,
+    /// Died too often; waits a long pause before one more try.
+    Parked,
+}
+
+/// One child as `status --json` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActorReport {
+    pub name: String,
+    pub state: ChildState,
+    pub restarts: u32,
+}
+
+/// What each child is, which is also how to build it again.
+#[derive(Debug, Clone)]
+enum ChildKind {
+    Analyzer,
+    System,
+    Control,
+    Monitor(MonitorSpec),
+}
+
+/// The name of a monitor's collector: `agent:<id>` or `workspace:<id>`.
+pub fn monitor_child_name(kind: MonitorKind, id: &str) -> String {
+    format!("{kind}:{id}")
+}
+
+struct Child {
+    kind: ChildKind,
+    generation: u64,
+    handle: Option<Box<dyn ChildRef>>,
+    state: ChildState,
+    restarts: u32,
+    recent_restarts: VecDeque<Instant>,
+    backoff: Duration,
+    started_at: Instant,
+}
+
+/// Everything children need, shared by the supervisor's factories.
+#[derive(Clone)]
+pub struct SupervisorDeps {
+    pub settings: Arc<Settings>,
+    pub analyzer: AnalyzerHandle,
+    pub writer: WriterHandle,
+    /// The bound control socket; `None` runs without a control server (tests).
+    pub listener: Option<Arc<tokio::net::UnixListener>>,
+    pub policy: RestartPolicy,
+}
+
+/// The supervisor actor.
+pub struct Supervisor {
+    deps: SupervisorDeps,
+    monitors: MonitorSet,
+    children: BTreeMap<String, Child>,
+    next_generation: u64,
+    stopping: bool,
+    /// Told once every child is down and the analyzer is drained.
+    stopped: Option<oneshot::Sender<()>>,
+}
+
+impl Supervisor {
+    /// A supervisor that will start the analyzer, the system collector, one collector per monitor
+    /// and the control server.
+    pub fn new(deps: SupervisorDeps, monitors: MonitorSet, stopped: oneshot::Sender<()>) -> Self {
+        Supervisor {
+            deps,
+            monitors,
+            children: BTreeMap::new(),
+            next_generation: 0,
+            stopping: false,
+            stopped: Some(stopped),
+        }
+    }
+
+    fn add_child(&mut self, name: String, kind: ChildKind, ctx: &mut Context<Self>) {
+        let child = Child {
+            kind,
+            generation: 0,
+            handle: None,
+            state: ChildState::Restarting,
+            restarts: 0,
+            recent_restarts: VecDeque::new(),
+            backoff: self.deps.policy.initial_backoff,
+            started_at: Instant::now(),
+        };
+        self.children.insert(name.clone(), child);
+        self.start(&name, ctx);
+    }
+
+    /// Builds a fresh child from its kind (the factory) and starts it.
+    fn start(&mut self, name: &str, ctx: &mut Context<Self>) {
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let Some(child) = self.children.get(name) else {
+            return;
+        };
+        let guard = ExitGuard::new(name, generation, ctx.address().recipient());
+        let built = build_child(name, &child.kind, &self.deps, guard, ctx.address());
+        let Some(child) = self.children.get_mut(name) else {
+            return;
+        };
+        child.generation = generation;
+        child.started_at = Instant::now();
+        match built {
+            Ok(handle) => {
+                child.handle = Some(handle);
+                child.state = ChildState::Running;
+            }
+            Err(e) => {
+                tracing::error!(actor = name, "cannot start: {e}");
+                child.state = ChildState::Running;
+                self.exited(name, generation, false, ctx);
+            }
+        }
+    }
+
+    /// A child died: schedule its restart, or park it past the intensity limit.
+    fn exited(&mut self, name: &str, generation: u64, panicked: bool, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        let policy = self.deps.policy;
+        let Some(child) = self.children.get_mut(name) else {
+            return; // Removed on purpose.
+        };
+        if child.generation != generation || child.state != ChildState::Running {
+            return; // A stale notice, or the poll already saw it.
+        }
+        child.handle = None;
+        let now = Instant::now();
+        if now.duration_since(child.started_at) > policy.window {
+            child.backoff = policy.initial_backoff; // It held for a while: start over.
+        }
+        while child
+            .recent_restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > policy.window)
+        {
+            child.recent_restarts.pop_front();
+        }
+        let delay = if child.recent_restarts.len() >= policy.max_restarts {
+            child.state = ChildState::Parked;
+            child.recent_restarts.clear();
+            tracing::error!(
+                actor = name,
+                restarts = child.restarts,
+                pause_secs = policy.park_pause.as_secs_f64(),
+                "actor keeps failing: parked before the next try"
+            );
+            policy.park_pause
+        } else {
+            child.state = ChildState::Restarting;
+            let delay = child.backoff;
+            child.backoff = (child.backoff * 2).min(policy.max_backoff);
+            tracing::warn!(
+                actor = name,
+                panicked,
+                restarts = child.restarts,
+                delay_ms = delay.as_millis() as u64,
+                "actor stopped; restarting"
+            );
+            delay
+        };
+        let name = name.to_string();
+        ctx.run_later(delay, move |act, ctx| act.restart(&name, generation, ctx));
+    }
+
+    fn restart(&mut self, name: &str, dead_generation: u64, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        let Some(child) = self.children.get_mut(name) else {
+            return;
+        };
+        if child.generation != dead_generation || child.state == ChildState::Running {
+            return; // Replaced meanwhile (the monitor was updated or re-added).
+        }
+        child.restarts += 1;
+        child.recent_restarts.push_back(Instant::now());
+        self.start(name, ctx);
+        if let Some(child) = self.children.get(name)
+            && child.state == ChildState::Running
+        {
+            tracing::info!(actor = name, restarts = child.restarts, "actor restarted");
+        }
+    }
+
+    fn stop_child(&mut self, name: &str) {
+        if let Some(child) = self.children.remove(name)
+            && let Some(handle) = child.handle
+        {
+            handle.stop();
+        }
+    }
+
+    fn reports(&self) -> Vec<ActorReport> {
+        self.children
+            .iter()
+            .map(|(name, c)| ActorReport {
+                name: name.clone(),
+                state: c.state,
+                restarts: c.restarts,
+            })
+            .collect()
+    }
+
+    fn begin_shutdown(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        tracing::info!("stopping: collectors first, then draining the analyzer");
+        let collectors: Vec<String> = self
+            .children
+            .iter()
+            .filter(|(_, c)| matches!(c.kind, ChildKind::System | ChildKind::Monitor(_)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in collectors {
+            self.stop_child(&name);
+        }
+        let analyzer = self.deps.analyzer.addr();
+        let drain = async move {
+            if let Some(addr) = analyzer {
+                let _ = tokio::time::timeout(Duration::from_secs(10), addr.send(Drain)).await;
+            }
+        };
+        ctx.spawn(drain.into_actor(self).map(|_, act, _| {
+            let rest: Vec<String> = act.children.keys().cloned().collect();
+            for name in rest {
+                act.stop_child(&name);
+            }
+            act.deps.analyzer.set(None);
+            if let Some(tx) = act.stopped.take() {
+                let _ = tx.send(());
+            }
+        }));
+    }
+}
+
+/// The factory: a fresh actor for a child, with fresh state.
+fn build_child(
+    name: &str,
+    kind: &ChildKind,
+    deps: &SupervisorDeps,
+    guard: ExitGuard,
+    supervisor: Addr<Supervisor>,
+) -> Result<Box<dyn ChildRef>, String> {
+    let settings = &deps.settings;
+    let probe: Box<dyn Probe> = match kind {
+        ChildKind::Analyzer => {
+            let addr = Analyzer::new(settings.clone(), deps.writer.clone(), guard).start();
+            deps.analyzer.set(Some(addr.clone()));
+            return Ok(Box::new(addr));
+        }
+        ChildKind::Control => {
+            let listener = deps.listener.clone().ok_or("no control socket")?;
+            let server = ControlServer::new(listener, supervisor, deps.clone(), guard);
+            return Ok(Box::new(server.start()));
+        }
+        ChildKind::System => Box::new(SystemProbe::new()?),
+        ChildKind::Monitor(spec) => {
+            probe_for(spec, settings, WalkLimits::for_interval(settings.interval))
+        }
+    };
+    let actor = Collector::new(name, probe, settings.interval, deps.analyzer.clone(), guard);
+    Ok(Box::new(actor.start()))
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.add_child("analyzer".into(), ChildKind::Analyzer, ctx);
+        self.add_child("system".into(), ChildKind::System, ctx);
+        let specs: Vec<MonitorSpec> = self.monitors.iter().cloned().collect();
+        for spec in specs {
+            let name = monitor_child_name(spec.kind(), spec.id());
+            self.add_child(name, ChildKind::Monitor(spec), ctx);
+        }
+        if self.deps.listener.is_some() {
+            self.add_child("control".into(), ChildKind::Control, ctx);
+        }
+        // Backstop for deaths whose notice got lost: a dead address is a dead child.
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| {
+            let dead: Vec<(String, u64)> = act
+                .children
+                .iter()
+                .filter(|(_, c)| {
+                    c.state == ChildState::Running && c.handle.as_ref().is_some_and(|h| !h.alive())
+                })
+                .map(|(n, c)| (n.clone(), c.generation))
+                .collect();
+            for (name, generation) in dead {
+                act.exited(&name, generation, false, ctx);
+            }
+        });
+    }
+}
+
+impl Handler<ChildExited> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: ChildExited, ctx: &mut Self::Context) {
+        self.exited(&msg.name, msg.generation, msg.panicked, ctx);
+    }
+}
+
+/// Adds (or replaces) a monitor, persists it and starts its collector.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<AddOutcome, String>")]
+pub struct AddMonitor(pub MonitorSpec);
+
+impl Handler<AddMonitor> for Supervisor {
+    type Result = Result<AddOutcome, String>;
+    fn handle(&mut self, msg: AddMonitor, ctx: &mut Self::Context) -> Self::Result {
+        if self.stopping {
+            return Err("the daemon is shutting down".into());
+        }
+        let spec = msg.0;
+        if self.monitors.get(spec.kind(), spec.id()) == Some(&spec) {
+            return Ok(AddOutcome::Unchanged);
+        }
+        // Persist first: a monitor the database does not hold would vanish at the next start.
+        self.deps
+            .writer
+            .submit(vec![WriteOp::MonitorSaved(spec.clone())])
+            .map_err(|_| "the database writer is overloaded; try again".to_string())?;
+        let name = monitor_child_name(spec.kind(), spec.id());
+        let outcome = self.monitors.add(spec.clone());
+        self.stop_child(&name);
+        tracing::info!(monitor = %name, ?outcome, "monitor added");
+        self.add_child(name, ChildKind::Monitor(spec), ctx);
+        Ok(outcome)
+    }
+}
+
+/// Removes a monitor: stops its collector, forgets it in the database, resolves its alerts.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), String>")]
+pub struct RemoveMonitor {
+    pub kind: MonitorKind,
+    pub id: String,
+}
+
+impl Handler<RemoveMonitor> for Supervisor {
+    type Result = Result<(), String>;
+    fn handle(&mut self, msg: RemoveMonitor, _: &mut Self::Context) -> Self::Result {
+        if self.stopping {
+            return Err("the daemon is shutting down".into());
+        }
+        if !self.monitors.contains(msg.kind, &msg.id) {
+            return Err(format!("{} {} is not monitored", msg.kind, msg.id));
+        }
+        if self
+            .deps
+            .writer
+            .submit(vec![WriteOp::MonitorDeleted(msg.kind, msg.id.clone())])
+            .is_err()
+        {
+            return Err("the database writer is overloaded; try again".into());
+        }
+        self.monitors.remove(msg.kind, &msg.id);
+        let name = monitor_child_name(msg.kind, &msg.id);
+        self.stop_child(&name);
+        self.deps.analyzer.forget(msg.kind.resource_type(), &msg.id);
+        tracing::info!(monitor = %name, "monitor removed");
+        Ok(())
+    }
+}
+
+/// Asks for the monitors and the actors' states.
+#[derive(Message, Debug)]
+#[rtype(result = "LiveInfo")]
+pub struct GetLive;
+
+/// The supervisor's view for status and list.
+#[derive(Debug, Clone, MessageResponse)]
+pub struct LiveInfo {
+    pub monitors: Vec<MonitorSpec>,
+    pub actors: Vec<ActorReport>,
+}
+
+impl Handler<GetLive> for Supervisor {
+    type Result = LiveInfo;
+    fn handle(&mut self, _: GetLive, _: &mut Self::Context) -> LiveInfo {
+        LiveInfo {
+            monitors: self.monitors.iter().cloned().collect(),
+            actors: self.reports(),
+        }
+    }
+}
+
+/// Graceful shutdown: collectors stop, the analyzer drains, then the daemon is told.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
+        self.begin_shutdown(ctx);
+    }
+}

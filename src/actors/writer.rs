@@ -1,0 +1,608 @@
+//! The writer: one thread owning the only write connection, fed by a bounded channel, committing
+//! in batches and keeping every accepted row until it lands.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
+use rusqlite::{Connection, ErrorCode};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::store::write::{WriteOp, apply};
+
+/// Messages the writer thread accepts.
+#[derive(Debug)]
+pub enum WriterMsg {
+    /// Changes to commit, in order.
+    Ops(Vec<WriteOp>),
+    /// Answered once everything sent before it is committed (or with the error that stops it).
+    Flush(oneshot::Sender<Result<(), String>>),
+    /// Commit what is left, checkpoint the WAL and end the thread.
+    Shutdown(oneshot::Sender<Result<(), String>>),
+}
+
+/// Tuning of the writer.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Messages the channel holds before senders are refused.
+    pub channel_capacity: usize,
+    /// Rows per transaction at most; bigger batches amortise index updates.
+    pub batch_rows: usize,
+    /// Memory the buffer of uncommitted ops may use before the oldest metric rows are dropped.
+    pub buffer_cap_bytes: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            channel_capacity: 4096,
+            batch_rows: 10_000,
+            buffer_cap_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Counters shared between the writer thread and everyone who reports on it.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    rows_written: AtomicU64,
+    rows_dropped: AtomicU64,
+    rows_refused: AtomicU64,
+    commit_failures: AtomicU64,
+    buffered_rows: AtomicU64,
+    failing: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A point-in-time copy of [`WriterStats`], as shown by `status --json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct WriterReport {
+    /// Messages waiting in the channel.
+    pub queue_depth: u64,
+    /// Rows accepted but not yet committed.
+    pub buffered_rows: u64,
+    pub rows_written: u64,
+    /// Metric rows dropped because the buffer hit its memory cap.
+    pub rows_dropped: u64,
+    /// Rows refused because the channel was full.
+    pub rows_refused: u64,
+    pub commit_failures: u64,
+    /// True while commits fail (locked, full or broken database).
+    pub failing: bool,
+    pub last_error: Option<String>,
+}
+
+/// The stable way to reach the writer: the channel outlives any one writer thread.
+#[derive(Debug, Clone)]
+pub struct WriterHandle {
+    tx: Sender<WriterMsg>,
+    stats: Arc<WriterStats>,
+}
+
+impl WriterHandle {
+    /// Queues ops without ever blocking; when the channel is full the rows are counted as refused
+    /// and handed back, so the caller can keep what must not be lost.
+    pub fn submit(&self, ops: Vec<WriteOp>) -> Result<(), Vec<WriteOp>> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        match self.tx.try_send(WriterMsg::Ops(ops)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(WriterMsg::Ops(ops)))
+            | Err(TrySendError::Disconnected(WriterMsg::Ops(ops))) => {
+                let rows: usize = ops.iter().map(WriteOp::rows).sum();
+                self.stats
+                    .rows_refused
+                    .fetch_add(rows as u64, Ordering::Relaxed);
+                Err(ops)
+            }
+            Err(_) => unreachable!("try_send hands back the message it was given"),
+        }
+    }
+
+    /// Asks for a flush without blocking; the receiver answers once everything before it landed.
+    pub fn flush(&self) -> oneshot::Receiver<Result<(), String>> {
+        let (tx, rx) = oneshot::channel();
+        if let Err(e) = self.tx.try_send(WriterMsg::Flush(tx)) {
+            let reply = match e {
+                TrySendError::Full(WriterMsg::Flush(tx)) => tx,
+                TrySendError::Disconnected(WriterMsg::Flush(tx)) => tx,
+                _ => unreachable!("try_send hands back the message it was given"),
+            };
+            let _ = reply.send(Err("the writer queue is full or closed".into()));
+        }
+        rx
+    }
+
+    /// Blocks (outside any event loop) until everything sent so far is committed.
+    pub fn flush_blocking(&self, timeout: Duration) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send_timeout(WriterMsg::Flush(tx), timeout)
+            .map_err(|_| "the writer did not accept a flush".to_string())?;
+        wait_blocking(rx, timeout)
+    }
+
+    /// Asks the thread to commit everything, checkpoint and end; waits up to `timeout`.
+    pub fn shutdown_blocking(&self, timeout: Duration) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send_timeout(WriterMsg::Shutdown(tx), timeout)
+            .map_err(|_| "the writer did not accept shutdown".to_string())?;
+        wait_blocking(rx, timeout)
+    }
+
+    /// The counters, with the current queue depth.
+    pub fn report(&self) -> WriterReport {
+        let s = &self.stats;
+        WriterReport {
+            queue_depth: self.tx.len() as u64,
+            buffered_rows: s.buffered_rows.load(Ordering::Relaxed),
+            rows_written: s.rows_written.load(Ordering::Relaxed),
+            rows_dropped: s.rows_dropped.load(Ordering::Relaxed),
+            rows_refused: s.rows_refused.load(Ordering::Relaxed),
+            commit_failures: s.commit_failures.load(Ordering::Relaxed),
+            failing: s.failing.load(Ordering::Relaxed),
+            last_error: s.last_error.lock().map(|e| e.clone()).unwrap_or(None),
+        }
+    }
+}
+
+fn wait_blocking(
+    rx: oneshot::Receiver<Result<(), String>>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut rx = rx;
+    loop {
+        match rx.try_recv() {
+            Ok(result) => return result,
+            Err(oneshot::error::TryRecvError::Closed) => {
+                return Err("the writer stopped before answering".into());
+            }
+            Err(oneshot::error::TryRecvError::Empty) if Instant::now() >= deadline => {
+                return Err(format!("the writer did not answer within {timeout:?}"));
+            }
+            Err(oneshot::error::TryRecvError::Empty) => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+        }
+    }
+}
+
+/// Starts the writer thread on an open connection; returns its handle and join handle.
+pub fn spawn(
+    conn: Connection,
+    config: WriterConfig,
+) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
+    let (tx, rx) = bounded(config.channel_capacity);
+    let stats = Arc::new(WriterStats::default());
+    let handle = WriterHandle {
+        tx,
+        stats: stats.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("sqlite-writer".into())
+        .spawn(move || Writer::new(conn, rx, stats, config).run())?;
+    Ok((handle, thread))
+}
+
+/// Uncommitted ops in arrival order, with a memory cap that only ever drops metric rows.
+#[derive(Debug, Default)]
+pub struct PendingBuffer {
+    ops: VecDeque<WriteOp>,
+    bytes: usize,
+    rows: usize,
+}
+
+impl PendingBuffer {
+    /// Appends an op, then drops the oldest metric rows while over `cap_bytes`; returns how many
+    /// rows were dropped.
+    pub fn push(&mut self, op: WriteOp, cap_bytes: usize) -> usize {
+        self.bytes += op.approx_bytes();
+        self.rows += op.rows();
+        self.ops.push_back(op);
+        let mut dropped = 0;
+        while self.bytes > cap_bytes {
+            let Some(pos) = self.ops.iter().position(WriteOp::is_droppable) else {
+                break; // Only alerts and monitors left: they are never dropped.
+            };
+            if let Some(op) = self.ops.remove(pos) {
+                self.bytes -= op.approx_bytes();
+                self.rows -= op.rows();
+                dropped += op.rows();
+            }
+        }
+        dropped
+    }
+
+    /// The oldest ops holding about `max_rows` rows (at least one op).
+    pub fn front_batch(&mut self, max_rows: usize) -> &[WriteOp] {
+        let mut rows = 0;
+        let mut n = 0;
+        for op in &self.ops {
+            if n > 0 && rows + op.rows() > max_rows {
+                break;
+            }
+            rows += op.rows();
+            n += 1;
+        }
+        &self.ops.make_contiguous()[..n]
+    }
+
+    /// Forgets the `n` oldest ops (they were committed); returns their row count.
+    pub fn pop_front(&mut self, n: usize) -> usize {
+        let mut rows = 0;
+        for op in self.ops.drain(..n) {
+            self.bytes -= op.approx_bytes();
+            self.rows -= op.rows();
+            rows += op.rows();
+        }
+        rows
+    }
+
+    /// Rows waiting.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Errors worth waiting out: another process holds the lock, the disk is full, I/O hiccups.
+fn is_transient(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::ReadOnly
+                | ErrorCode::CannotOpen
+                | ErrorCode::OutOfMemory
+        )
+    )
+}
+
+type Ack = oneshot::Sender<Result<(), String>>;
+
+struct Writer {
+    conn: Connection,
+    rx: Receiver<WriterMsg>,
+    stats: Arc<WriterStats>,
+    config: WriterConfig,
+    pending: PendingBuffer,
+    /// Flushes waiting for the buffer to empty.
+    acks: Vec<Ack>,
+    shutdown: Option<Ack>,
+    backoff: Duration,
+    retry_at: Option<Instant>,
+    /// Every handle is gone.
+    disconnected: bool,
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long shutdown keeps retrying a failing database before giving up on the rest.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+impl Writer {
+    fn new(
+        conn: Connection,
+        rx: Receiver<WriterMsg>,
+        stats: Arc<WriterStats>,
+        config: WriterConfig,
+    ) -> Self {
+        Writer {
+            conn,
+            rx,
+            stats,
+            config,
+            pending: PendingBuffer::default(),
+            acks: Vec::new(),
+            shutdown: None,
+            backoff: MIN_BACKOFF,
+            retry_at: None,
+            disconnected: false,
+        }
+    }
+
+    fn run(mut self) {
+        let mut shutdown_deadline: Option<Instant> = None;
+        loop {
+            self.receive();
+            if self.shutdown.is_some() && shutdown_deadline.is_none() {
+                shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
+            }
+            if self.retry_at.is_none_or(|t| Instant::now() >= t) {
+                self.commit_some();
+            }
+            if self.pending.is_empty() {
+                for ack in self.acks.drain(..) {
+                    let _ = ack.send(Ok(()));
+                }
+            }
+            if let Some(deadline) = shutdown_deadline
+                && (self.pending.is_empty() || Instant::now() >= deadline)
+            {
+                self.finish();
+                return;
+            }
+            if self.disconnected && self.pending.is_empty() && self.shutdown.is_none() {
+                // Every handle is gone and nothing is left: nobody can ask for anything more.
+                return;
+            }
+        }
+    }
+
+    /// Waits for work (not longer than the next retry), then drains the channel into the buffer.
+    fn receive(&mut self) {
+        let wait = if self.pending.is_empty() {
+            Duration::from_secs(1)
+        } else {
+            self.retry_at.map_or(Duration::ZERO, |t| {
+                t.saturating_duration_since(Instant::now())
+            })
+        };
+        let first = match self.rx.recv_timeout(wait) {
+            Ok(msg) => Some(msg),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                // No sender left: wait out the retry delay instead of spinning.
+                self.disconnected = true;
+                std::thread::sleep(wait);
+                None
+            }
+        };
+        if let Some(msg) = first {
+            self.accept(msg);
+        }
+        while self.pending.rows() < self.config.batch_rows * 4 {
+            match self.rx.try_recv() {
+                Ok(msg) => self.accept(msg),
+                Err(_) => break,
+            }
+        }
+        self.stats
+            .buffered_rows
+            .store(self.pending.rows() as u64, Ordering::Relaxed);
+    }
+
+    fn accept(&mut self, msg: WriterMsg) {
+        match msg {
+            WriterMsg::Ops(ops) => {
+                for op in ops {
+                    let dropped = self.pending.push(op, self.config.buffer_cap_bytes);
+                    if dropped > 0 {
+                        let total = self
+                            .stats
+                            .rows_dropped
+                            .fetch_add(dropped as u64, Ordering::Relaxed);
+                        tracing::warn!(
+                            dropped,
+                            total_dropped = total + dropped as u64,
+                            "writer buffer is full: dropped the oldest metric rows"
+                        );
+                    }
+                }
+            }
+            WriterMsg::Flush(ack) => self.acks.push(ack),
+            WriterMsg::Shutdown(ack) => self.shutdown = Some(ack),
+        }
+    }
+
+    /// Commits batches until the buffer is empty or a commit fails.
+    fn commit_some(&mut self) {
+        while !self.pending.is_empty() {
+            let batch = self.pending.front_batch(self.config.batch_rows);
+            let n = batch.len();
+            match apply(&mut self.conn, batch) {
+                Ok(()) => {
+                    let rows = self.pending.pop_front(n);
+                    self.stats
+                        .rows_written
+                        .fetch_add(rows as u64, Ordering::Relaxed);
+                    if self.stats.failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!("database writes recovered");
+                    }
+                    self.backoff = MIN_BACKOFF;
+                    self.retry_at = None;
+                }
+                Err(e) if is_transient(&e) => {
+                    self.failed(&e);
+                    return;
+                }
+                Err(e) => {
+                    // Not something waiting fixes: isolate the op that fails, keep the rest.
+                    self.failed(&e);
+                    self.quarantine(n);
+                }
+            }
+        }
+        self.stats
+            .buffered_rows
+            .store(self.pending.rows() as u64, Ordering::Relaxed);
+    }
+
+    fn failed(&mut self, e: &rusqlite::Error) {
+        self.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+        let message = e.to_string();
+        if !self.stats.failing.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                error = %message,
+                buffered_rows = self.pending.rows(),
+                "database write failed; keeping the rows and retrying"
+            );
+        }
+        if let Ok(mut last) = self.stats.last_error.lock() {
+            *last = Some(message);
+        }
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// Applies the first `n` ops one by one, dropping (and logging) those that fail for good.
+    fn quarantine(&mut self, n: usize) {
+        for _ in 0..n {
+            let batch = self.pending.front_batch(0);
+            let op = batch[0].clone();
+            match apply(&mut self.conn, batch) {
+                Ok(()) => {
+                    let rows = self.pending.pop_front(1);
+                    self.stats
+                        .rows_written
+                        .fetch_add(rows as u64, Ordering::Relaxed);
+                }
+                Err(e) if is_transient(&e) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, op = ?op, "dropping a write the database rejects");
+                    let rows = self.pending.pop_front(1);
+                    self.stats
+                        .rows_dropped
+                        .fetch_add(rows as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        self.retry_at = None;
+    }
+
+    fn finish(&mut self) {
+        let result = if self.pending.is_empty() {
+            if let Err(e) = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            {
+                tracing::warn!("WAL checkpoint at shutdown failed: {e}");
+            }
+            Ok(())
+        } else {
+            let lost = self.pending.rows();
+            tracing::error!(lost, "shutting down with rows the database would not take");
+            Err(format!("{lost} rows could not be written"))
+        };
+        for ack in self.acks.drain(..) {
+            let _ = ack.send(result.clone());
+        }
+        if let Some(ack) = self.shutdown.take() {
+            let _ = ack.send(result);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HealthMetric, Measurement, ResourceType};
+    use crate::store::open_for_writing;
+
+    fn rows(n: usize) -> WriteOp {
+        WriteOp::Metrics(
+            (0..n)
+                .map(|i| {
+                    HealthMetric::from_measurement(
+                        Measurement::now(ResourceType::Cpu, "system", "x", i as f64, "%"),
+                        None,
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn count(path: &std::path::Path) -> i64 {
+        let conn = Connection::open(path).unwrap();
+        conn.query_row("SELECT count(*) FROM health_metrics", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn everything_submitted_is_written_by_flush_and_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let (handle, thread) =
+            spawn(open_for_writing(&path).unwrap(), WriterConfig::default()).unwrap();
+        for _ in 0..50 {
+            handle.submit(vec![rows(100)]).unwrap();
+        }
+        handle.flush_blocking(Duration::from_secs(10)).unwrap();
+        assert_eq!(count(&path), 5000);
+        handle.submit(vec![rows(7)]).unwrap();
+        handle.shutdown_blocking(Duration::from_secs(10)).unwrap();
+        thread.join().unwrap();
+        assert_eq!(count(&path), 5007);
+        let report = handle.report();
+        assert_eq!(report.rows_written, 5007);
+        assert!(!report.failing);
+        // The WAL was checkpointed into the main file.
+        let wal = dir.path().join("t.db-wal");
+        assert!(!wal.exists() || std::fs::metadata(wal).unwrap().len() == 0);
+    }
+
+    #[test]
+    fn a_locked_database_delays_rows_but_loses_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let (handle, thread) =
+            spawn(open_for_writing(&path).unwrap(), WriterConfig::default()).unwrap();
+        let locker = Connection::open(&path).unwrap();
+        locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        handle.submit(vec![rows(10)]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !handle.report().failing {
+            assert!(Instant::now() < deadline, "writer never noticed the lock");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        handle.submit(vec![rows(5)]).unwrap();
+        assert!(handle.report().last_error.unwrap().contains("locked"));
+        locker.execute_batch("COMMIT").unwrap();
+        handle.flush_blocking(Duration::from_secs(10)).unwrap();
+        assert_eq!(count(&path), 15);
+        assert!(!handle.report().failing);
+        handle.shutdown_blocking(Duration::from_secs(10)).unwrap();
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn the_buffer_cap_drops_oldest_metrics_and_never_alerts() {
+        let mut buf = PendingBuffer::default();
+        let one = rows(10).approx_bytes();
+        let cap = one * 3;
+        assert_eq!(buf.push(rows(10), cap), 0);
+        buf.push(
+            WriteOp::MonitorDeleted(crate::model::MonitorKind::Agent, "a".into()),
+            cap,
+        );
+        assert_eq!(buf.push(rows(10), cap), 0);
+        assert_eq!(buf.push(rows(10), cap), 10);
+        assert_eq!(buf.rows(), 21);
+        assert!(matches!(buf.front_batch(1)[0], WriteOp::MonitorDeleted(..)));
+        // Only non-droppable ops left over the cap: kept anyway.
+        let mut buf = PendingBuffer::default();
+        for _ in 0..5 {
+            buf.push(
+                WriteOp::MonitorDeleted(crate::model::MonitorKind::Agent, "a".into()),
+                10,
+            );
+        }
+        assert_eq!(buf.rows(), 5);
+    }
+
+    #[test]
+    fn a_batch_is_at_least_one_op_and_at_most_the_row_limit() {
+        let mut buf = PendingBuffer::default();
+        buf.push(rows(30), usize::MAX);
+        buf.push(rows(30), usize::MAX);
+        buf.push(rows(30), usize::MAX);
+        assert_eq!(buf.front_batch(10).len(), 1);
+        assert_eq!(buf.front_batch(60).len(), 2);
+        assert_eq!(buf.pop_front(2), 60);
+        assert_eq!(buf.rows(), 30);
+    }
+}

@@ -1,0 +1,534 @@
+//! The per-key alert state machine of DESIGN.md §3: open once, remind per cooldown, escalate at once, resolve.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use crate::config::AlertRule;
+use crate::model::{AlertKey, HealthAlert, HealthMetric, HealthStatus, ResourceType};
+
+/// What happened to an alert, for the writer (which row to touch) and the notifier (what to say).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlertEvent {
+    /// A new breach: insert a row and notify.
+    Fired(HealthAlert),
+    /// Severity rose while active: update the row and notify at once.
+    Escalated(HealthAlert),
+    /// Still breached after a cooldown: update `last_notified_at` and notify again.
+    Reminder(HealthAlert),
+    /// Severity fell but the key is still breached: update the row quietly.
+    Downgraded(HealthAlert),
+    /// Recovered: mark the row resolved and send a resolved notice.
+    Resolved(HealthAlert),
+}
+
+impl AlertEvent {
+    /// The alert as it stands after the event.
+    pub fn alert(&self) -> &HealthAlert {
+        match self {
+            AlertEvent::Fired(a)
+            | AlertEvent::Escalated(a)
+            | AlertEvent::Reminder(a)
+            | AlertEvent::Downgraded(a)
+            | AlertEvent::Resolved(a) => a,
+        }
+    }
+
+    /// True when people or systems should hear about it.
+    pub fn notifies(&self) -> bool {
+        !matches!(self, AlertEvent::Downgraded(_))
+    }
+
+    /// The notice state: `firing`, `reminder` or `resolved` (escalations fire anew).
+    pub fn state(&self) -> &'static str {
+        match self {
+            AlertEvent::Fired(_) | AlertEvent::Escalated(_) | AlertEvent::Downgraded(_) => "firing",
+            AlertEvent::Reminder(_) => "reminder",
+            AlertEvent::Resolved(_) => "resolved",
+        }
+    }
+}
+
+/// A condition to alert on that is not a threshold on a metric (e.g. `collector_failed`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    pub severity: HealthStatus,
+    pub message: String,
+    pub metadata: serde_json::Value,
+}
+
+#[derive(Debug, Default)]
+struct KeyState {
+    breach_streak: u32,
+    clear_streak: u32,
+    active: Option<HealthAlert>,
+}
+
+/// Alert state for every key, with the cooldown between reminders.
+#[derive(Debug)]
+pub struct AlertEngine {
+    cooldown: Duration,
+    states: HashMap<AlertKey, KeyState>,
+}
+
+impl AlertEngine {
+    /// An engine with no active alerts.
+    pub fn new(cooldown: Duration) -> Self {
+        AlertEngine {
+            cooldown,
+            states: HashMap::new(),
+        }
+    }
+
+    /// Takes back the active alerts read from the database, so a restart neither duplicates rows
+    /// nor repeats a notice inside the cooldown. Of several active rows for one key the newest wins.
+    pub fn restore(&mut self, alerts: impl IntoIterator<Item = HealthAlert>) {
+        for alert in alerts.into_iter().filter(|a| !a.resolved) {
+            let state = self.states.entry(alert.key()).or_default();
+            let newer = state
+                .active
+                .as_ref()
+                .is_none_or(|old| alert.timestamp >= old.timestamp);
+            if newer {
+                state.active = Some(alert);
+            }
+        }
+    }
+
+    /// Active alerts, in no particular order.
+    pub fn active(&self) -> impl Iterator<Item = &HealthAlert> {
+        self.states.values().filter_map(|s| s.active.as_ref())
+    }
+
+    /// Feeds one metric through its rule. Metrics without a rule never alert.
+    pub fn observe(
+        &mut self,
+        metric: &HealthMetric,
+        rule: Option<&AlertRule>,
+        now: DateTime<Utc>,
+    ) -> Option<AlertEvent> {
+        let rule = rule?;
+        let key = metric.alert_key();
+        if metric.status.is_breach() {
+            let condition = Condition {
+                severity: metric.status,
+                message: threshold_message(metric, rule),
+                metadata: metric_metadata(metric),
+            };
+            self.breached(key, condition, rule.for_cycles, now)
+        } else if metric.status == HealthStatus::Healthy {
+            let clear = rule.thresholds.clear_of(metric.value, rule.hysteresis);
+            self.healthy(&key, clear, rule.clear_cycles, now)
+        } else {
+            // Unknown (no value): neither a breach nor a recovery.
+            None
+        }
+    }
+
+    /// Raises (or keeps raised) a condition alert; it opens at once.
+    pub fn raise(
+        &mut self,
+        key: AlertKey,
+        condition: Condition,
+        now: DateTime<Utc>,
+    ) -> Option<AlertEvent> {
+        self.breached(key, condition, 1, now)
+    }
+
+    /// Resolves a condition alert if it is active.
+    pub fn clear(&mut self, key: &AlertKey, now: DateTime<Utc>) -> Option<AlertEvent> {
+        self.healthy(key, true, 1, now)
+    }
+
+    /// Resolves every active alert of a resource, e.g. when its monitor is removed.
+    pub fn forget_resource(
+        &mut self,
+        resource_type: ResourceType,
+        resource_id: &str,
+        now: DateTime<Utc>,
+    ) -> Vec<AlertEvent> {
+        let keys: Vec<AlertKey> = self
+            .states
+            .keys()
+            .filter(|k| k.resource_type == resource_type && k.resource_id == resource_id)
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .filter_map(|key| {
+                let state = self.states.remove(&key)?;
+                state.active.map(|a| AlertEvent::Resolved(resolve(a, now)))
+            })
+            .collect()
+    }
+
+    fn breached(
+        &mut self,
+        key: AlertKey,
+        condition: Condition,
+        for_cycles: u32,
+        now: DateTime<Utc>,
+    ) -> Option<AlertEvent> {
+        let cooldown = self.cooldown;
+        let state = self.states.entry(key.clone()).or_default();
+        state.clear_streak = 0;
+        state.breach_streak = state.breach_streak.saturating_add(1);
+        let Some(active) = state.active.as_mut() else {
+            if state.breach_streak < for_cycles {
+                return None;
+            }
+            let alert = HealthAlert {
+                id: None,
+                resource_type: key.resource_type,
+                resource_id: key.resource_id,
+                alert_type: key.alert_type,
+                severity: condition.severity,
+                message: condition.message,
+                timestamp: now,
+                metadata: condition.metadata,
+                resolved: false,
+                resolved_at: None,
+                last_notified_at: now,
+            };
+            state.active = Some(alert.clone());
+            return Some(AlertEvent::Fired(alert));
+        };
+        let previous = active.severity;
+        active.severity = condition.severity;
+        active.message = condition.message;
+        active.metadata = condition.metadata;
+        if condition.severity > previous {
+            active.last_notified_at = now;
+            Some(AlertEvent::Escalated(active.clone()))
+        } else if condition.severity < previous {
+            Some(AlertEvent::Downgraded(active.clone()))
+        } else if elapsed(active.last_notified_at, now) >= cooldown {
+            active.last_notified_at = now;
+            Some(AlertEvent::Reminder(active.clone()))
+        } else {
+            None
+        }
+    }
+
+    fn healthy(
+        &mut self,
+        key: &AlertKey,
+        clear: bool,
+        clear_cycles: u32,
+        now: DateTime<Utc>,
+    ) -> Option<AlertEvent> {
+        let state = self.states.get_mut(key)?;
+        state.breach_streak = 0;
+        if state.active.is_none() {
+            // Nothing to remember about a quiet key: keeps the map as small as the active set.
+            self.states.remove(key);
+            return None;
+        }
+        state.clear_streak = if clear { state.clear_streak + 1 } else { 0 };
+        if state.clear_streak < clear_cycles {
+            return None;
+        }
+        let state = self.states.remove(key)?;
+        state.active.map(|a| AlertEvent::Resolved(resolve(a, now)))
+    }
+}
+
+fn resolve(mut alert: HealthAlert, now: DateTime<Utc>) -> HealthAlert {
+    alert.resolved = true;
+    alert.resolved_at = Some(now);
+    alert
+}
+
+fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+    (now - since).to_std().unwrap_or(Duration::ZERO)
+}
+
+/// The JSON stored in `health_alerts.metadata` for a threshold alert.
+pub fn metric_metadata(metric: &HealthMetric) -> serde_json::Value {
+    json!({
+        "metric_name": metric.metric_name,
+        "value": metric.value,
+        "threshold_warning": metric.threshold_warning,
+        "threshold_critical": metric.threshold_critical,
+        "unit": metric.unit,
+    })
+}
+
+/// A human sentence for a threshold breach, e.g.
+/// `workspace w1: workspace_size_mb is 3.5 MB (>= critical threshold 3)`.
+pub fn threshold_message(metric: &HealthMetric, rule: &AlertRule) -> String {
+    let t = rule.thresholds;
+    let (level, limit) = if metric.status == HealthStatus::Critical {
+        ("critical", t.critical)
+    } else {
+        ("warning", t.warning)
+    };
+    format!(
+        "{} {}: {} is {} ({} {} threshold {})",
+        metric.resource_type,
+        metric.resource_id,
+        metric.metric_name,
+        format_value(metric.value, &metric.unit),
+        t.comparator(),
+        level,
+        format_number(limit),
+    )
+}
+
+/// A value with its unit, rounded for people: `3.5 MB`, `85%`, `0`.
+pub fn format_value(value: f64, unit: &str) -> String {
+    match unit {
+        "" | "bool" | "count" => format_number(value),
+        "%" => format!("{}%", format_number(value)),
+        u => format!("{} {u}", format_number(value)),
+    }
+}
+
+/// A number with at most two decimals and no trailing zeros.
+pub fn format_number(value: f64) -> String {
+    let s = format!("{value:.2}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".into() } else { s.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Measurement, Thresholds};
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        t0() + chrono::Duration::seconds(secs)
+    }
+
+    fn size_metric(value: f64, rule: &AlertRule) -> HealthMetric {
+        let m = Measurement {
+            resource_type: ResourceType::Workspace,
+            resource_id: "w1".into(),
+            metric_name: "workspace_size_mb".into(),
+            value,
+            unit: "MB".into(),
+            timestamp: t0(),
+        };
+        HealthMetric::from_measurement(m, Some(rule.thresholds))
+    }
+
+    fn rule() -> AlertRule {
+        AlertRule::new(Thresholds::new(1000.0, 5000.0))
+    }
+
+    fn engine() -> AlertEngine {
+        AlertEngine::new(Duration::from_secs(300))
+    }
+
+    #[test]
+    fn a_breach_opens_one_alert_and_stays_quiet_inside_the_cooldown() {
+        let (mut e, r) = (engine(), rule());
+        let ev = e
+            .observe(&size_metric(1500.0, &r), Some(&r), at(0))
+            .unwrap();
+        let AlertEvent::Fired(alert) = &ev else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(alert.severity, HealthStatus::Unhealthy);
+        assert_eq!(alert.alert_type, "workspace_size_mb");
+        assert_eq!(alert.metadata["value"], 1500.0);
+        assert_eq!(alert.metadata["threshold_warning"], 1000.0);
+        assert_eq!(alert.metadata["threshold_critical"], 5000.0);
+        assert_eq!(alert.metadata["unit"], "MB");
+        assert_eq!(
+            alert.message,
+            "workspace w1: workspace_size_mb is 1500 MB (>= warning threshold 1000)"
+        );
+        for s in [30, 60, 299] {
+            assert_eq!(e.observe(&size_metric(1600.0, &r), Some(&r), at(s)), None);
+        }
+        assert_eq!(e.active().count(), 1);
+    }
+
+    #[test]
+    fn reminders_come_at_most_once_per_cooldown() {
+        let (mut e, r) = (engine(), rule());
+        e.observe(&size_metric(1500.0, &r), Some(&r), at(0));
+        let ev = e.observe(&size_metric(1500.0, &r), Some(&r), at(300));
+        assert!(matches!(ev, Some(AlertEvent::Reminder(_))), "{ev:?}");
+        assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), at(330)), None);
+        let ev = e.observe(&size_metric(1500.0, &r), Some(&r), at(600));
+        assert!(matches!(ev, Some(AlertEvent::Reminder(_))), "{ev:?}");
+    }
+
+    #[test]
+    fn a_rise_in_severity_notifies_at_once_and_a_fall_is_quiet() {
+        let (mut e, r) = (engine(), rule());
+        e.observe(&size_metric(1500.0, &r), Some(&r), at(0));
+        let ev = e
+            .observe(&size_metric(6000.0, &r), Some(&r), at(1))
+            .unwrap();
+        assert!(matches!(ev, AlertEvent::Escalated(_)), "{ev:?}");
+        assert_eq!(ev.alert().severity, HealthStatus::Critical);
+        assert!(ev.alert().message.contains("critical threshold 5000"));
+        let ev = e
+            .observe(&size_metric(1500.0, &r), Some(&r), at(2))
+            .unwrap();
+        assert!(matches!(ev, AlertEvent::Downgraded(_)), "{ev:?}");
+        assert!(!ev.notifies());
+        assert_eq!(e.active().count(), 1);
+    }
+
+    #[test]
+    fn recovery_resolves_with_a_timestamp() {
+        let (mut e, r) = (engine(), rule());
+        e.observe(&size_metric(1500.0, &r), Some(&r), at(0));
+        let ev = e.observe(&size_metric(10.0, &r), Some(&r), at(5)).unwrap();
+        let AlertEvent::Resolved(a) = &ev else {
+            panic!("{ev:?}")
+        };
+        assert!(a.resolved);
+        assert_eq!(a.resolved_at, Some(at(5)));
+        assert_eq!(ev.state(), "resolved");
+        assert_eq!(e.active().count(), 0);
+        // A later breach opens a fresh alert.
+        let ev = e.observe(&size_metric(1500.0, &r), Some(&r), at(6));
+        assert!(matches!(ev, Some(AlertEvent::Fired(_))));
+    }
+
+    #[test]
+    fn for_cycles_and_clear_cycles_debounce() {
+        let mut r = rule();
+        r.for_cycles = 3;
+        r.clear_cycles = 2;
+        let mut e = engine();
+        assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), at(0)), None);
+        assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), at(1)), None);
+        // A healthy sample in between restarts the count.
+        assert_eq!(e.observe(&size_metric(10.0, &r), Some(&r), at(2)), None);
+        assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), at(3)), None);
+        assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), at(4)), None);
+        let ev = e.observe(&size_metric(1500.0, &r), Some(&r), at(5));
+        assert!(matches!(ev, Some(AlertEvent::Fired(_))));
+        assert_eq!(e.observe(&size_metric(10.0, &r), Some(&r), at(6)), None);
+        let ev = e.observe(&size_metric(10.0, &r), Some(&r), at(7));
+        assert!(matches!(ev, Some(AlertEvent::Resolved(_))));
+    }
+
+    #[test]
+    fn hysteresis_keeps_the_alert_until_clear_of_the_margin() {
+        let mut r = rule();
+        r.hysteresis = 100.0;
+        let mut e = engine();
+        e.observe(&size_metric(1500.0, &r), Some(&r), at(0));
+        assert_eq!(e.observe(&size_metric(950.0, &r), Some(&r), at(1)), None);
+        let ev = e.observe(&size_metric(850.0, &r), Some(&r), at(2));
+        assert!(matches!(ev, Some(AlertEvent::Resolved(_))));
+    }
+
+    #[test]
+    fn lower_is_worse_flags_alert_when_they_drop() {
+        let r = AlertRule::new(Thresholds::new(0.5, 0.1));
+        let mut e = engine();
+        let mut m = size_metric(1.0, &r);
+        m.metric_name = "agent_active".into();
+        m.unit = "bool".into();
+        assert_eq!(e.observe(&m, Some(&r), at(0)), None);
+        let dead = HealthMetric {
+            value: 0.0,
+            status: r.thresholds.status(0.0),
+            ..m.clone()
+        };
+        let ev = e.observe(&dead, Some(&r), at(1)).unwrap();
+        assert_eq!(ev.alert().severity, HealthStatus::Critical);
+        assert!(
+            ev.alert()
+                .message
+                .ends_with("is 0 (<= critical threshold 0.1)")
+        );
+        assert!(matches!(
+            e.observe(&m, Some(&r), at(2)),
+            Some(AlertEvent::Resolved(_))
+        ));
+    }
+
+    #[test]
+    fn restored_alerts_are_not_fired_again_inside_the_cooldown() {
+        let (mut e, r) = (engine(), rule());
+        let ev = e
+            .observe(&size_metric(1500.0, &r), Some(&r), at(0))
+            .unwrap();
+        let mut stored = ev.alert().clone();
+        stored.id = Some(7);
+        let mut older = stored.clone();
+        older.id = Some(3);
+        older.timestamp = at(-100);
+
+        let mut restarted = engine();
+        restarted.restore([older, stored]);
+        assert_eq!(restarted.active().count(), 1);
+        assert_eq!(restarted.active().next().unwrap().id, Some(7));
+        assert_eq!(
+            restarted.observe(&size_metric(1500.0, &r), Some(&r), at(10)),
+            None
+        );
+        let ev = restarted.observe(&size_metric(1500.0, &r), Some(&r), at(301));
+        assert!(matches!(ev, Some(AlertEvent::Reminder(_))), "{ev:?}");
+    }
+
+    #[test]
+    fn metrics_without_rules_never_alert() {
+        let r = rule();
+        let mut e = engine();
+        assert_eq!(e.observe(&size_metric(1e9, &r), None, at(0)), None);
+    }
+
+    #[test]
+    fn conditions_raise_and_clear() {
+        let mut e = engine();
+        let key = AlertKey {
+            resource_type: ResourceType::Workspace,
+            resource_id: "w1".into(),
+            alert_type: "collector_failed".into(),
+        };
+        let cond = Condition {
+            severity: HealthStatus::Critical,
+            message: "collector keeps failing".into(),
+            metadata: json!({}),
+        };
+        assert!(matches!(
+            e.raise(key.clone(), cond.clone(), at(0)),
+            Some(AlertEvent::Fired(_))
+        ));
+        assert_eq!(e.raise(key.clone(), cond, at(1)), None);
+        assert!(matches!(
+            e.clear(&key, at(2)),
+            Some(AlertEvent::Resolved(_))
+        ));
+        assert_eq!(e.clear(&key, at(3)), None);
+    }
+
+    #[test]
+    fn forgetting_a_resource_resolves_its_alerts_only() {
+        let (mut e, r) = (engine(), rule());
+        e.observe(&size_metric(1500.0, &r), Some(&r), at(0));
+        let mut other = size_metric(1500.0, &r);
+        other.resource_id = "w2".into();
+        e.observe(&other, Some(&r), at(0));
+        let events = e.forget_resource(ResourceType::Workspace, "w1", at(1));
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].alert().resource_id, "w1");
+        assert_eq!(e.active().count(), 1);
+    }
+
+    #[test]
+    fn numbers_are_formatted_for_people() {
+        assert_eq!(format_number(3.0), "3");
+        assert_eq!(format_number(1.23456), "1.23");
+        assert_eq!(format_number(-0.001), "0");
+        assert_eq!(format_value(85.0, "%"), "85%");
+        assert_eq!(format_value(1.5, "MB"), "1.5 MB");
+    }
+}

@@ -1,0 +1,215 @@
+//! The analyzer's logic without the actor: thresholds applied, alerts decided, latest values kept.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::alerts::{AlertEngine, AlertEvent};
+use crate::config::RuleTable;
+use crate::model::{HealthAlert, HealthMetric, Measurement, ResourceType};
+use crate::store::write::WriteOp;
+
+/// What one batch of measurements produced.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Analysis {
+    pub metrics: Vec<HealthMetric>,
+    pub events: Vec<AlertEvent>,
+}
+
+impl Analysis {
+    /// The database changes this analysis calls for, metric rows first.
+    pub fn write_ops(&self) -> Vec<WriteOp> {
+        let mut ops = Vec::with_capacity(1 + self.events.len());
+        if !self.metrics.is_empty() {
+            ops.push(WriteOp::Metrics(self.metrics.clone()));
+        }
+        ops.extend(self.events.iter().map(write_op));
+        ops
+    }
+}
+
+/// The database change for one alert event.
+pub fn write_op(event: &AlertEvent) -> WriteOp {
+    match event {
+        AlertEvent::Fired(a) => WriteOp::AlertOpened(a.clone()),
+        AlertEvent::Escalated(a) | AlertEvent::Reminder(a) | AlertEvent::Downgraded(a) => {
+            WriteOp::AlertUpdated(a.clone())
+        }
+        AlertEvent::Resolved(a) => WriteOp::AlertResolved(a.clone()),
+    }
+}
+
+type SeriesKey = (ResourceType, String, String);
+
+/// Thresholds, alert state and the latest value of every series.
+#[derive(Debug)]
+pub struct AnalyzerCore {
+    rules: RuleTable,
+    engine: AlertEngine,
+    latest: HashMap<SeriesKey, HealthMetric>,
+}
+
+impl AnalyzerCore {
+    /// An analyzer with no history.
+    pub fn new(rules: RuleTable, cooldown: Duration) -> Self {
+        AnalyzerCore {
+            rules,
+            engine: AlertEngine::new(cooldown),
+            latest: HashMap::new(),
+        }
+    }
+
+    /// Takes back the active alerts stored in the database.
+    pub fn restore(&mut self, alerts: Vec<HealthAlert>) {
+        self.engine.restore(alerts);
+    }
+
+    /// Applies thresholds to each measurement and runs the alert state machine.
+    pub fn analyze(&mut self, batch: Vec<Measurement>, now: DateTime<Utc>) -> Analysis {
+        let mut analysis = Analysis {
+            metrics: Vec::with_capacity(batch.len()),
+            events: Vec::new(),
+        };
+        for m in batch {
+            let rule = self
+                .rules
+                .rule(m.resource_type, &m.resource_id, &m.metric_name)
+                .copied();
+            let metric = HealthMetric::from_measurement(m, rule.map(|r| r.thresholds));
+            if let Some(event) = self.engine.observe(&metric, rule.as_ref(), now) {
+                analysis.events.push(event);
+            }
+            self.latest.insert(
+                (
+                    metric.resource_type,
+                    metric.resource_id.clone(),
+                    metric.metric_name.clone(),
+                ),
+                metric.clone(),
+            );
+            analysis.metrics.push(metric);
+        }
+        analysis
+    }
+
+    /// Forgets a resource whose monitor was removed: its latest values go, its alerts resolve.
+    pub fn forget_resource(
+        &mut self,
+        resource_type: ResourceType,
+        resource_id: &str,
+        now: DateTime<Utc>,
+    ) -> Vec<AlertEvent> {
+        self.latest
+            .retain(|(t, id, _), _| !(*t == resource_type && id == resource_id));
+        self.engine.forget_resource(resource_type, resource_id, now)
+    }
+
+    /// The newest value of every series seen.
+    pub fn latest(&self) -> impl Iterator<Item = &HealthMetric> {
+        self.latest.values()
+    }
+
+    /// The alerts currently open.
+    pub fn active_alerts(&self) -> impl Iterator<Item = &HealthAlert> {
+        self.engine.active()
+    }
+
+    /// The alert engine, for condition alerts that do not come from a metric.
+    pub fn engine_mut(&mut self) -> &mut AlertEngine {
+        &mut self.engine
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::HealthStatus;
+
+    fn core() -> AnalyzerCore {
+        AnalyzerCore::new(RuleTable::default(), Duration::from_secs(300))
+    }
+
+    #[test]
+    fn analyzing_85_percent_memory_gives_exactly_one_unhealthy_alert() {
+        let mut a = core();
+        let m = Measurement::now(
+            ResourceType::Memory,
+            "system",
+            "memory_usage_percent",
+            85.0,
+            "%",
+        );
+        let out = a.analyze(vec![m], Utc::now());
+        assert_eq!(out.metrics.len(), 1);
+        assert_eq!(out.metrics[0].status, HealthStatus::Unhealthy);
+        assert_eq!(out.metrics[0].threshold_warning, Some(80.0));
+        assert_eq!(out.metrics[0].threshold_critical, Some(95.0));
+        assert_eq!(out.events.len(), 1);
+        let alert = out.events[0].alert();
+        assert_eq!(alert.severity, HealthStatus::Unhealthy);
+        assert_eq!(alert.resource_type, ResourceType::Memory);
+        assert_eq!(alert.resource_id, "system");
+        assert!(matches!(out.events[0], AlertEvent::Fired(_)));
+    }
+
+    #[test]
+    fn healthy_values_give_no_alert() {
+        let mut a = core();
+        let m = Measurement::now(ResourceType::Cpu, "system", "cpu_usage_percent", 10.0, "%");
+        let out = a.analyze(vec![m], Utc::now());
+        assert!(out.events.is_empty());
+        assert_eq!(out.metrics[0].status, HealthStatus::Healthy);
+    }
+
+    #[test]
+    fn write_ops_carry_metrics_then_alerts() {
+        let mut a = core();
+        let batch = vec![
+            Measurement::now(
+                ResourceType::Memory,
+                "system",
+                "memory_usage_percent",
+                99.0,
+                "%",
+            ),
+            Measurement::now(ResourceType::Cpu, "system", "cpu_usage_percent", 1.0, "%"),
+        ];
+        let ops = a.analyze(batch, Utc::now()).write_ops();
+        assert!(matches!(&ops[0], WriteOp::Metrics(m) if m.len() == 2));
+        assert!(
+            matches!(&ops[1], WriteOp::AlertOpened(al) if al.severity == HealthStatus::Critical)
+        );
+        assert_eq!(ops.len(), 2);
+    }
+
+    #[test]
+    fn forgetting_a_resource_drops_its_values_and_resolves_its_alerts() {
+        let mut a = core();
+        let now = Utc::now();
+        a.analyze(
+            vec![
+                Measurement::now(
+                    ResourceType::Workspace,
+                    "w1",
+                    "workspace_exists",
+                    0.0,
+                    "bool",
+                ),
+                Measurement::now(
+                    ResourceType::Workspace,
+                    "w2",
+                    "workspace_exists",
+                    1.0,
+                    "bool",
+                ),
+            ],
+            now,
+        );
+        assert_eq!(a.active_alerts().count(), 1);
+        let events = a.forget_resource(ResourceType::Workspace, "w1", now);
+        assert!(matches!(events.as_slice(), [AlertEvent::Resolved(_)]));
+        assert_eq!(a.latest().count(), 1);
+        assert_eq!(a.active_alerts().count(), 0);
+    }
+}

@@ -1,0 +1,182 @@
+//! The metric catalogue: every metric's resource types, unit, default thresholds and meaning.
+
+use crate::model::{ResourceType, Thresholds};
+
+/// Percent.
+pub const UNIT_PERCENT: &str = "%";
+/// Megabytes of 1024 × 1024 bytes, as the original computed them.
+pub const UNIT_MB: &str = "MB";
+/// A 0/1 flag.
+pub const UNIT_BOOL: &str = "bool";
+
+/// The static description of one metric.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub resource_types: &'static [ResourceType],
+    pub unit: &'static str,
+    /// Default thresholds; `warning > critical` means lower is worse.
+    pub thresholds: Option<Thresholds>,
+    pub description: &'static str,
+}
+
+/// The system CPU, busy share of all cores between two ticks.
+pub const CPU_USAGE_PERCENT: &str = "cpu_usage_percent";
+/// Memory in use (total minus available) as a share of total.
+pub const MEMORY_USAGE_PERCENT: &str = "memory_usage_percent";
+/// Used share of a filesystem, as `df` reports it.
+pub const DISK_USAGE_PERCENT: &str = "disk_usage_percent";
+/// 1 when the agent is alive.
+pub const AGENT_ACTIVE: &str = "agent_active";
+/// CPU of the agent's process tree.
+pub const AGENT_CPU_PERCENT: &str = "agent_cpu_percent";
+/// Resident memory of the agent's process tree.
+pub const AGENT_MEMORY_MB: &str = "agent_memory_mb";
+/// Apparent size of a workspace directory.
+pub const WORKSPACE_SIZE_MB: &str = "workspace_size_mb";
+/// 1 when the workspace directory exists.
+pub const WORKSPACE_EXISTS: &str = "workspace_exists";
+/// 1 when the workspace's `.git` is a usable repository.
+pub const GIT_REPOSITORY_VALID: &str = "git_repository_valid";
+
+/// Booleans alert when they drop: 1 is healthy, 0 is critical.
+const FLAG: Option<Thresholds> = Some(Thresholds::new(0.5, 0.1));
+
+/// Every metric health-monitor writes.
+pub const METRICS: &[MetricDef] = &[
+    MetricDef {
+        name: CPU_USAGE_PERCENT,
+        resource_types: &[ResourceType::Cpu],
+        unit: UNIT_PERCENT,
+        thresholds: Some(Thresholds::new(80.0, 95.0)),
+        description: "busy share of all cores since the previous tick",
+    },
+    MetricDef {
+        name: MEMORY_USAGE_PERCENT,
+        resource_types: &[ResourceType::Memory],
+        unit: UNIT_PERCENT,
+        thresholds: Some(Thresholds::new(80.0, 95.0)),
+        description: "memory in use (total minus available) as a share of total",
+    },
+    MetricDef {
+        name: DISK_USAGE_PERCENT,
+        resource_types: &[ResourceType::Filesystem],
+        unit: UNIT_PERCENT,
+        thresholds: Some(Thresholds::new(85.0, 95.0)),
+        description: "used share of the filesystem, as df computes it (resource id `system` is `/`)",
+    },
+    MetricDef {
+        name: AGENT_ACTIVE,
+        resource_types: &[ResourceType::Agent],
+        unit: UNIT_BOOL,
+        thresholds: FLAG,
+        description: "1 while the agent's process is alive (without a pid: while its workspace exists)",
+    },
+    MetricDef {
+        name: AGENT_CPU_PERCENT,
+        resource_types: &[ResourceType::Agent],
+        unit: UNIT_PERCENT,
+        thresholds: Some(Thresholds::new(80.0, 95.0)),
+        description: "CPU of the agent's process and all its descendants, as a share of the whole machine",
+    },
+    MetricDef {
+        name: AGENT_MEMORY_MB,
+        resource_types: &[ResourceType::Agent],
+        unit: UNIT_MB,
+        thresholds: Some(Thresholds::new(8192.0, 16384.0)),
+        description: "resident memory (RSS) of the agent's process and all its descendants",
+    },
+    MetricDef {
+        name: WORKSPACE_SIZE_MB,
+        resource_types: &[ResourceType::Agent, ResourceType::Workspace],
+        unit: UNIT_MB,
+        thresholds: Some(Thresholds::new(1000.0, 5000.0)),
+        description: "apparent size of the files under the workspace, hidden ones included",
+    },
+    MetricDef {
+        name: WORKSPACE_EXISTS,
+        resource_types: &[ResourceType::Workspace],
+        unit: UNIT_BOOL,
+        thresholds: FLAG,
+        description: "1 while the workspace directory exists",
+    },
+    MetricDef {
+        name: GIT_REPOSITORY_VALID,
+        resource_types: &[ResourceType::Workspace],
+        unit: UNIT_BOOL,
+        thresholds: FLAG,
+        description: "1 when the workspace's `.git` is a repository whose HEAD can be read (only reported when `.git` exists)",
+    },
+];
+
+/// The catalogue entry for a metric name.
+pub fn lookup(name: &str) -> Option<&'static MetricDef> {
+    METRICS.iter().find(|m| m.name == name)
+}
+
+/// The README's table of metrics and their defaults, generated from [`METRICS`].
+pub fn markdown_table() -> String {
+    let mut out = String::from(
+        "| metric | resource types | unit | warning | critical | worse when | meaning |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for m in METRICS {
+        let types: Vec<&str> = m.resource_types.iter().map(|t| t.as_str()).collect();
+        let (warning, critical, direction) = match m.thresholds {
+            Some(t) => (
+                t.warning.to_string(),
+                t.critical.to_string(),
+                if t.lower_is_worse() {
+                    "lower"
+                } else {
+                    "higher"
+                },
+            ),
+            None => ("-".into(), "-".into(), "-"),
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} | {} | {} |\n",
+            m.name,
+            types.join(", "),
+            m.unit,
+            warning,
+            critical,
+            direction,
+            m.description
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_defaults_are_the_originals() {
+        let t = |name| lookup(name).unwrap().thresholds.unwrap();
+        assert_eq!(t(MEMORY_USAGE_PERCENT), Thresholds::new(80.0, 95.0));
+        assert_eq!(t(CPU_USAGE_PERCENT), Thresholds::new(80.0, 95.0));
+        assert_eq!(t(DISK_USAGE_PERCENT), Thresholds::new(85.0, 95.0));
+        assert_eq!(t(WORKSPACE_SIZE_MB), Thresholds::new(1000.0, 5000.0));
+        assert!(t(AGENT_ACTIVE).lower_is_worse());
+    }
+
+    #[test]
+    fn metric_names_are_unique() {
+        let mut names: Vec<_> = METRICS.iter().map(|m| m.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), METRICS.len());
+    }
+
+    #[test]
+    fn readme_table_matches_the_code() {
+        let readme = include_str!("../README.md");
+        assert!(
+            readme.contains(&markdown_table()),
+            "README.md's metric table is out of date; replace it with:\n{}",
+            markdown_table()
+        );
+    }
+}

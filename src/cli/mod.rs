@@ -1,0 +1,91 @@
+//! The command line: clap types (one file per command group) and the dispatch to them.
+
+pub mod daemon;
+pub mod monitors;
+pub mod status;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{CliOverrides, ConfigFile, Settings};
+use crate::model::{MonitorKind, validate_id};
+
+/// Keeps a fleet of coding agents and their machine healthy.
+#[derive(Debug, Parser)]
+#[command(name = "health-monitor", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command accepts, before or after the command name.
+#[derive(Debug, Args, Clone, Default)]
+pub struct GlobalArgs {
+    /// SQLite database file [default: health_monitor.db]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub db_path: Option<PathBuf>,
+    /// Control socket of the daemon [default: <db-path>.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// TOML config file: interval, alert_cooldown, agent_workspace, workspace_path, [thresholds.<metric>]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log level (error, warn, info, debug, trace) or a tracing filter [default: info]
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (or one cycle with --once)
+    Start(daemon::StartArgs),
+    /// Show overall health, every resource and the active alerts
+    Status(status::StatusArgs),
+    /// List the monitored agents and workspaces
+    List(status::ListArgs),
+    /// Watch an agent or a workspace (persisted; applied live when the daemon runs)
+    Add(monitors::AddArgs),
+    /// Stop watching an agent or a workspace
+    Remove(monitors::RemoveArgs),
+    /// Stop the running daemon gracefully
+    Stop,
+}
+
+/// clap value parser for agent and workspace ids.
+pub fn parse_id(s: &str) -> Result<String, String> {
+    validate_id(s).map(|_| s.to_string())
+}
+
+/// clap value parser for `agent` / `workspace`.
+pub fn parse_kind(s: &str) -> Result<MonitorKind, String> {
+    s.parse()
+}
+
+/// Resolves settings from the config file and the flags (flags win).
+pub fn settings(
+    global: &GlobalArgs,
+    interval: Option<f64>,
+    alert_cooldown: Option<f64>,
+) -> anyhow::Result<Settings> {
+    let file = match &global.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let overrides = CliOverrides {
+        db_path: global.db_path.clone(),
+        socket: global.socket.clone(),
+        interval,
+        alert_cooldown,
+        log_level: global.log_level.clone(),
+    };
+    Settings::resolve(file, &overrides)
+}
+
+/// Turns a user-given path into an absolute one: the daemon does not share our working directory.
+pub fn absolute(path: PathBuf) -> anyhow::Result<PathBuf> {
+    Ok(std::path::absolute(&path)?)
+}

@@ -1,0 +1,342 @@
+//! Process trees read straight from `/proc`: cost grows with the tree, not with the host's process count.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What one `/proc/<pid>/stat` line says about a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    pub pid: u32,
+    pub ppid: u32,
+    /// `R`, `S`, `D`, `Z`...
+    pub state: char,
+    /// User plus system CPU time, in clock ticks.
+    pub cpu_ticks: u64,
+    /// Start time after boot, in clock ticks: with the pid it identifies a process.
+    pub start_ticks: u64,
+    /// Resident set size, in pages.
+    pub rss_pages: u64,
+}
+
+impl ProcStat {
+    /// Zombies and dead processes no longer run.
+    pub fn is_running(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// Parses a `/proc/<pid>/stat` line. The command name may hold spaces and parentheses, so
+/// fields are counted from the last `)`.
+pub fn parse_stat(line: &str) -> Option<ProcStat> {
+    let open = line.find('(')?;
+    let close = line.rfind(')')?;
+    let pid = line[..open].trim().parse().ok()?;
+    let rest: Vec<&str> = line.get(close + 1..)?.split_whitespace().collect();
+    // rest[0] is field 3 (state); field n is rest[n - 3].
+    let field = |n: usize| -> Option<u64> { rest.get(n - 3)?.parse().ok() };
+    Some(ProcStat {
+        pid,
+        state: rest.first()?.chars().next()?,
+        ppid: field(4)? as u32,
+        cpu_ticks: field(14)? + field(15)?,
+        start_ticks: field(22)?,
+        rss_pages: field(24)?,
+    })
+}
+
+/// Reads one process's stat; `None` when it is gone.
+pub fn read_stat(pid: u32) -> Option<ProcStat> {
+    let line = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&line)
+}
+
+/// Direct children of `pid`, from `/proc/<pid>/task/*/children`. `Err` when the kernel lacks
+/// that file (or the process is gone).
+pub fn children(pid: u32) -> io::Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let mut path: PathBuf = task?.path();
+        path.push("children");
+        match fs::read_to_string(&path) {
+            Ok(text) => out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            ),
+            // A thread that exits while we read is not an error.
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    && path.parent().is_some_and(|t| !t.exists()) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Children of every process, from a full `/proc` scan: the fallback for kernels without
+/// `task/*/children`.
+fn children_by_scan() -> HashMap<u32, Vec<u32>> {
+    let mut map: HashMap<u32, Vec<u32>> = HashMap::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return map;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(stat) = read_stat(pid) {
+            map.entry(stat.ppid).or_default().push(pid);
+        }
+    }
+    map
+}
+
+/// The root and all its living descendants (zombies excluded), root first.
+pub fn tree(root: u32) -> Vec<ProcStat> {
+    let Some(root_stat) = read_stat(root) else {
+        return Vec::new();
+    };
+    let mut out = vec![root_stat];
+    let mut seen = HashSet::from([root]);
+    let mut queue = VecDeque::from([root]);
+    let mut scanned: Option<HashMap<u32, Vec<u32>>> = None;
+    while let Some(pid) = queue.pop_front() {
+        let kids = match children(pid) {
+            Ok(kids) => kids,
+            Err(_) if read_stat(pid).is_none() => Vec::new(),
+            Err(_) => scanned
+                .get_or_insert_with(children_by_scan)
+                .get(&pid)
+                .cloned()
+                .unwrap_or_default(),
+        };
+        for kid in kids {
+            if seen.insert(kid)
+                && let Some(stat) = read_stat(kid)
+                && stat.ppid == pid
+            {
+                queue.push_back(kid);
+                out.push(stat);
+            }
+        }
+    }
+    out.retain(|p| p.pid == root || p.is_running());
+    out
+}
+
+/// Machine constants needed to turn ticks and pages into seconds and bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Machine {
+    pub ticks_per_second: f64,
+    pub page_size: u64,
+    pub cpus: usize,
+}
+
+impl Machine {
+    /// Reads the constants of this machine.
+    pub fn current() -> Machine {
+        use nix::unistd::{SysconfVar, sysconf};
+        let ticks = sysconf(SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100);
+        let page = sysconf(SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .unwrap_or(4096);
+        Machine {
+            ticks_per_second: ticks as f64,
+            page_size: page as u64,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// Seconds since boot, from `/proc/uptime`.
+fn uptime_seconds() -> Option<f64> {
+    fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// One reading of an agent's process tree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeSample {
+    /// The root process runs and is the one first seen (its start time has not changed).
+    pub alive: bool,
+    pub process_count: usize,
+    /// CPU of the tree as a share of the whole machine; `None` for a dead root.
+    pub cpu_percent: Option<f64>,
+    pub memory_mb: f64,
+}
+
+/// CPU ticks per process, keyed by (pid, start time) so a reused pid is a new process.
+type TickCounts = HashMap<(u32, u64), u64>;
+
+/// Follows one root pid from cycle to cycle, turning tick counters into CPU percentages.
+#[derive(Debug)]
+pub struct TreeSampler {
+    machine: Machine,
+    root_start: Option<u64>,
+    previous: Option<(Instant, TickCounts)>,
+}
+
+impl TreeSampler {
+    /// A sampler with no history.
+    pub fn new(machine: Machine) -> Self {
+        TreeSampler {
+            machine,
+            root_start: None,
+            previous: None,
+        }
+    }
+
+    /// Reads the tree under `root`. The first reading's CPU is each process's average since it
+    /// started (as `ps` shows it); later readings cover the time since the previous one.
+    pub fn sample(&mut self, root: u32) -> TreeSample {
+        let now = Instant::now();
+        let procs = tree(root);
+        let root_stat = procs.first().filter(|p| p.is_running());
+        let alive = match (root_stat, self.root_start) {
+            (None, _) => false,
+            (Some(r), None) => {
+                self.root_start = Some(r.start_ticks);
+                true
+            }
+            // A different start time means the pid was reused by another process.
+            (Some(r), Some(start)) => r.start_ticks == start,
+        };
+        if !alive {
+            self.previous = None;
+            return TreeSample {
+                alive: false,
+                process_count: 0,
+                cpu_percent: None,
+                memory_mb: 0.0,
+            };
+        }
+        let m = self.machine;
+        let memory_mb =
+            procs.iter().map(|p| p.rss_pages * m.page_size).sum::<u64>() as f64 / (1024.0 * 1024.0);
+        let ticks: TickCounts = procs
+            .iter()
+            .map(|p| ((p.pid, p.start_ticks), p.cpu_ticks))
+            .collect();
+        let busy_seconds_per_second = match &self.previous {
+            Some((then, before)) => {
+                let elapsed = now.duration_since(*then).as_secs_f64().max(1e-3);
+                let delta: u64 = ticks
+                    .iter()
+                    .map(|(k, t)| t.saturating_sub(before.get(k).copied().unwrap_or(0)))
+                    .sum();
+                delta as f64 / m.ticks_per_second / elapsed
+            }
+            None => {
+                let uptime = uptime_seconds().unwrap_or(0.0);
+                procs
+                    .iter()
+                    .map(|p| {
+                        let age = uptime - p.start_ticks as f64 / m.ticks_per_second;
+                        if age > 0.0 {
+                            p.cpu_ticks as f64 / m.ticks_per_second / age
+                        } else {
+                            0.0
+                        }
+                    })
+                    .sum()
+            }
+        };
+        self.previous = Some((now, ticks));
+        let cpu_percent = (busy_seconds_per_second / m.cpus as f64 * 100.0).clamp(0.0, 100.0);
+        TreeSample {
+            alive: true,
+            process_count: procs.len(),
+            cpu_percent: Some(cpu_percent),
+            memory_mb,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    #[test]
+    fn stat_lines_with_odd_command_names_parse() {
+        let line = "4242 (my (weird) cmd) S 1 4242 4242 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 123456 1000000 250 18446744073709551615";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(s.pid, 4242);
+        assert_eq!(s.ppid, 1);
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.cpu_ticks, 10);
+        assert_eq!(s.start_ticks, 123456);
+        assert_eq!(s.rss_pages, 250);
+        assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn a_shell_with_two_children_is_a_tree_of_three() {
+        let mut parent = Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30 & wait"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = parent.id();
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let mut found = Vec::new();
+        while Instant::now() < deadline {
+            found = tree(pid);
+            if found.len() == 3 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = Command::new("pkill")
+            .args(["-P", &pid.to_string()])
+            .status();
+        let _ = parent.kill();
+        let _ = parent.wait();
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert_eq!(found[0].pid, pid);
+        assert!(found[1..].iter().all(|p| p.ppid == pid));
+    }
+
+    #[test]
+    fn sampler_sees_life_then_death() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let mut sampler = TreeSampler::new(Machine::current());
+        let first = sampler.sample(child.id());
+        assert!(first.alive);
+        assert_eq!(first.process_count, 1);
+        assert!(first.memory_mb > 0.0);
+        let cpu = first.cpu_percent.unwrap();
+        assert!((0.0..=100.0).contains(&cpu), "{cpu}");
+        child.kill().unwrap();
+        // Not yet reaped: a zombie is not alive either.
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while sampler.sample(child.id()).alive {
+            assert!(Instant::now() < deadline, "killed child still looks alive");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(
+            read_stat(child.id()).is_some(),
+            "the zombie is still in /proc"
+        );
+        child.wait().unwrap();
+        let gone = sampler.sample(child.id());
+        assert!(!gone.alive);
+        assert_eq!(gone.cpu_percent, None);
+    }
+
+    #[test]
+    fn a_missing_pid_has_no_tree() {
+        assert!(tree(u32::MAX - 1).is_empty());
+    }
+}

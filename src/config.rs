@@ -1,0 +1,415 @@
+//! Settings in three layers: built-in defaults, a TOML file, then command-line flags.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::catalog;
+use crate::model::{ResourceType, Thresholds};
+
+/// Default database file, relative to the working directory (as in the original).
+pub const DEFAULT_DB_PATH: &str = "health_monitor.db";
+/// Default collection interval in seconds.
+pub const DEFAULT_INTERVAL_SECS: f64 = 30.0;
+/// Default minimum time between two notices of the same alert, in seconds.
+pub const DEFAULT_ALERT_COOLDOWN_SECS: f64 = 300.0;
+/// Default log level.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Default workspace of an agent; `{id}` is replaced by the agent id.
+pub const DEFAULT_AGENT_WORKSPACE: &str = "/tmp/agent_{id}";
+/// Default path of a workspace; `{id}` is replaced by the workspace id.
+pub const DEFAULT_WORKSPACE_PATH: &str = "/tmp/agent-workspaces/{id}";
+/// Shortest interval accepted; anything shorter only burns CPU.
+pub const MIN_INTERVAL_SECS: f64 = 0.01;
+
+/// The `--config` file as written by the operator. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub db_path: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    /// Seconds between collections.
+    pub interval: Option<f64>,
+    /// Seconds between two notices of the same ongoing alert.
+    pub alert_cooldown: Option<f64>,
+    pub log_level: Option<String>,
+    /// Template of an agent's workspace path, with `{id}`.
+    pub agent_workspace: Option<String>,
+    /// Template of a workspace's path, with `{id}`.
+    pub workspace_path: Option<String>,
+    /// `[thresholds.<metric_name>]` tables.
+    #[serde(default)]
+    pub thresholds: BTreeMap<String, ThresholdConfig>,
+}
+
+/// One `[thresholds.<metric_name>]` table.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdConfig {
+    pub warning: Option<f64>,
+    pub critical: Option<f64>,
+    /// Breached samples needed before an alert opens (default 1).
+    pub for_cycles: Option<u32>,
+    /// Healthy samples needed before an alert resolves (default 1).
+    pub clear_cycles: Option<u32>,
+    /// How far past the warning threshold a value must come back before the alert clears.
+    pub hysteresis: Option<f64>,
+}
+
+impl ConfigFile {
+    /// Reads and parses a config file; errors name the file and the problem.
+    pub fn load(path: &Path) -> anyhow::Result<ConfigFile> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parses config text.
+    pub fn parse(text: &str) -> anyhow::Result<ConfigFile> {
+        Ok(toml::from_str(text)?)
+    }
+}
+
+/// Values given on the command line; they win over the file.
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    pub db_path: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub interval: Option<f64>,
+    pub alert_cooldown: Option<f64>,
+    pub log_level: Option<String>,
+}
+
+/// How one metric alerts: thresholds plus the debounce and hysteresis of DESIGN.md §3.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AlertRule {
+    pub thresholds: Thresholds,
+    pub for_cycles: u32,
+    pub clear_cycles: u32,
+    pub hysteresis: f64,
+}
+
+impl AlertRule {
+    /// A rule with the default debounce (1 cycle each way) and no hysteresis.
+    pub fn new(thresholds: Thresholds) -> Self {
+        AlertRule {
+            thresholds,
+            for_cycles: 1,
+            clear_cycles: 1,
+            hysteresis: 0.0,
+        }
+    }
+}
+
+/// Thresholds and alert rules for every metric, defaults merged with the config file.
+#[derive(Debug, Clone)]
+pub struct RuleTable {
+    by_metric: HashMap<String, AlertRule>,
+}
+
+impl Default for RuleTable {
+    fn default() -> Self {
+        let by_metric = catalog::METRICS
+            .iter()
+            .filter_map(|m| Some((m.name.to_string(), AlertRule::new(m.thresholds?))))
+            .collect();
+        RuleTable { by_metric }
+    }
+}
+
+impl RuleTable {
+    /// The rule for a metric of a resource, if it has thresholds.
+    pub fn rule(
+        &self,
+        _resource_type: ResourceType,
+        _resource_id: &str,
+        metric: &str,
+    ) -> Option<&AlertRule> {
+        self.by_metric.get(metric)
+    }
+
+    /// Merges `[thresholds.*]` tables over the defaults, rejecting unknown metrics and bad values.
+    pub fn with_overrides(
+        mut self,
+        overrides: &BTreeMap<String, ThresholdConfig>,
+    ) -> anyhow::Result<Self> {
+        for (metric, cfg) in overrides {
+            if catalog::lookup(metric).is_none() {
+                let known: Vec<&str> = catalog::METRICS.iter().map(|m| m.name).collect();
+                bail!(
+                    "[thresholds.{metric}]: unknown metric; known metrics: {}",
+                    known.join(", ")
+                );
+            }
+            let base = self.by_metric.get(metric).copied();
+            let (warning, critical) = match (cfg.warning, cfg.critical, base) {
+                (Some(w), Some(c), _) => (w, c),
+                (w, c, Some(b)) => (
+                    w.unwrap_or(b.thresholds.warning),
+                    c.unwrap_or(b.thresholds.critical),
+                ),
+                _ => bail!("[thresholds.{metric}]: both warning and critical are required"),
+            };
+            for (name, v) in [("warning", warning), ("critical", critical)] {
+                if !v.is_finite() {
+                    bail!("[thresholds.{metric}]: {name} must be a finite number, got {v}");
+                }
+            }
+            let mut rule = base.unwrap_or(AlertRule::new(Thresholds::new(warning, critical)));
+            rule.thresholds = Thresholds::new(warning, critical);
+            if let Some(n) = cfg.for_cycles {
+                if n == 0 {
+                    bail!("[thresholds.{metric}]: for_cycles must be at least 1");
+                }
+                rule.for_cycles = n;
+            }
+            if let Some(n) = cfg.clear_cycles {
+                if n == 0 {
+                    bail!("[thresholds.{metric}]: clear_cycles must be at least 1");
+                }
+                rule.clear_cycles = n;
+            }
+            if let Some(h) = cfg.hysteresis {
+                if !h.is_finite() || h < 0.0 {
+                    bail!("[thresholds.{metric}]: hysteresis must be a number >= 0, got {h}");
+                }
+                rule.hysteresis = h;
+            }
+            self.by_metric.insert(metric.clone(), rule);
+        }
+        Ok(self)
+    }
+}
+
+/// The resolved settings the daemon and the CLI run with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub db_path: PathBuf,
+    pub socket_path: PathBuf,
+    pub interval: Duration,
+    pub alert_cooldown: Duration,
+    pub log_level: String,
+    pub agent_workspace: String,
+    pub workspace_path: String,
+    pub rules: RuleTable,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::resolve(ConfigFile::default(), &CliOverrides::default())
+            .expect("built-in defaults are valid")
+    }
+}
+
+impl Settings {
+    /// Layers flags over the file over the defaults and validates the result.
+    pub fn resolve(file: ConfigFile, cli: &CliOverrides) -> anyhow::Result<Settings> {
+        let db_path = cli
+            .db_path
+            .clone()
+            .or(file.db_path)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DB_PATH));
+        let socket_path = cli
+            .socket
+            .clone()
+            .or(file.socket)
+            .unwrap_or_else(|| default_socket_path(&db_path));
+        let interval = seconds(
+            "interval",
+            cli.interval
+                .or(file.interval)
+                .unwrap_or(DEFAULT_INTERVAL_SECS),
+            MIN_INTERVAL_SECS,
+        )?;
+        let alert_cooldown = seconds(
+            "alert_cooldown",
+            cli.alert_cooldown
+                .or(file.alert_cooldown)
+                .unwrap_or(DEFAULT_ALERT_COOLDOWN_SECS),
+            0.0,
+        )?;
+        let log_level = cli
+            .log_level
+            .clone()
+            .or(file.log_level)
+            .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_string());
+        validate_log_level(&log_level)?;
+        let agent_workspace = file
+            .agent_workspace
+            .unwrap_or_else(|| DEFAULT_AGENT_WORKSPACE.into());
+        validate_template("agent_workspace", &agent_workspace)?;
+        let workspace_path = file
+            .workspace_path
+            .unwrap_or_else(|| DEFAULT_WORKSPACE_PATH.into());
+        validate_template("workspace_path", &workspace_path)?;
+        let rules = RuleTable::default().with_overrides(&file.thresholds)?;
+        Ok(Settings {
+            db_path,
+            socket_path,
+            interval,
+            alert_cooldown,
+            log_level,
+            agent_workspace,
+            workspace_path,
+            rules,
+        })
+    }
+
+    /// Where an agent's workspace is when the monitor does not say.
+    pub fn default_agent_workspace(&self, id: &str) -> PathBuf {
+        expand_template(&self.agent_workspace, id)
+    }
+
+    /// Where a workspace is when the monitor does not say.
+    pub fn default_workspace_path(&self, id: &str) -> PathBuf {
+        expand_template(&self.workspace_path, id)
+    }
+}
+
+/// The control socket that goes with a database: `<db-path>.sock`.
+pub fn default_socket_path(db_path: &Path) -> PathBuf {
+    let mut s = db_path.as_os_str().to_owned();
+    s.push(".sock");
+    PathBuf::from(s)
+}
+
+/// Replaces `{id}` in a path template. Ids are validated, so they cannot climb out of it.
+pub fn expand_template(template: &str, id: &str) -> PathBuf {
+    PathBuf::from(template.replace("{id}", id))
+}
+
+fn validate_template(key: &str, template: &str) -> anyhow::Result<()> {
+    if !template.contains("{id}") {
+        bail!("{key} = {template:?} must contain {{id}}, which is replaced by the monitor's id");
+    }
+    Ok(())
+}
+
+fn seconds(key: &str, value: f64, min: f64) -> anyhow::Result<Duration> {
+    if !value.is_finite() || value < min || value > 86_400.0 * 365.0 {
+        bail!("{key} must be a number of seconds between {min} and one year, got {value}");
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// Accepts a level (`error`, `warn`, `info`, `debug`, `trace`, `off`) or comma-separated
+/// `target=level` directives such as `health_monitor=debug,actix=warn`.
+pub fn validate_log_level(spec: &str) -> anyhow::Result<()> {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    let level_ok = |l: &str| LEVELS.contains(&l.to_ascii_lowercase().as_str());
+    let target_ok = |t: &str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let ok = !spec.is_empty()
+        && spec.split(',').all(|d| match d.split_once('=') {
+            Some((target, level)) => target_ok(target) && level_ok(level),
+            None => level_ok(d),
+        });
+    if !ok {
+        bail!(
+            "invalid log level {spec:?}: use error, warn, info, debug, trace or off (or target=level,...)"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_original() {
+        let s = Settings::default();
+        assert_eq!(s.db_path, PathBuf::from("health_monitor.db"));
+        assert_eq!(s.socket_path, PathBuf::from("health_monitor.db.sock"));
+        assert_eq!(s.interval, Duration::from_secs(30));
+        assert_eq!(s.alert_cooldown, Duration::from_secs(300));
+        assert_eq!(s.log_level, "info");
+        assert_eq!(
+            s.default_agent_workspace("a1"),
+            PathBuf::from("/tmp/agent_a1")
+        );
+        assert_eq!(
+            s.default_workspace_path("w1"),
+            PathBuf::from("/tmp/agent-workspaces/w1")
+        );
+    }
+
+    #[test]
+    fn flags_override_file_which_overrides_defaults() {
+        let file = ConfigFile::parse(
+            "interval = 5\nalert_cooldown = 60\nagent_workspace = \"/srv/{id}\"\n\
+             [thresholds.workspace_size_mb]\nwarning = 1\ncritical = 3\n",
+        )
+        .unwrap();
+        let cli = CliOverrides {
+            interval: Some(2.0),
+            ..Default::default()
+        };
+        let s = Settings::resolve(file, &cli).unwrap();
+        assert_eq!(s.interval, Duration::from_secs(2));
+        assert_eq!(s.alert_cooldown, Duration::from_secs(60));
+        assert_eq!(s.default_agent_workspace("x"), PathBuf::from("/srv/x"));
+        let rule = s
+            .rules
+            .rule(ResourceType::Workspace, "w", "workspace_size_mb")
+            .unwrap();
+        assert_eq!(rule.thresholds, Thresholds::new(1.0, 3.0));
+        // Untouched metrics keep their defaults.
+        let mem = s
+            .rules
+            .rule(ResourceType::Memory, "system", "memory_usage_percent")
+            .unwrap();
+        assert_eq!(mem.thresholds, Thresholds::new(80.0, 95.0));
+    }
+
+    #[test]
+    fn bad_config_names_the_problem() {
+        let err = |text: &str| {
+            let file = ConfigFile::parse(text);
+            match file {
+                Err(e) => format!("{e:#}"),
+                Ok(f) => format!(
+                    "{:#}",
+                    Settings::resolve(f, &CliOverrides::default()).unwrap_err()
+                ),
+            }
+        };
+        assert!(err("intervall = 3").contains("intervall"));
+        assert!(err("interval = -1").contains("interval"));
+        assert!(err("interval = \"x\"").contains("interval"));
+        assert!(err("[thresholds.nope]\nwarning = 1\ncritical = 2").contains("unknown metric"));
+        assert!(err("[thresholds.agent_active]\nwarning = nan").contains("finite"));
+        assert!(err("[thresholds.agent_active]\nfor_cycles = 0").contains("for_cycles"));
+        assert!(err("workspace_path = \"/tmp/ws\"").contains("{id}"));
+        assert!(err("log_level = \"loud!\"").contains("log level"));
+        assert!(err("log_level = \"x=loud\"").contains("log level"));
+        validate_log_level("DEBUG").unwrap();
+        validate_log_level("health_monitor=debug,actix=warn").unwrap();
+    }
+
+    #[test]
+    fn partial_threshold_override_keeps_the_other_default() {
+        let file = ConfigFile::parse("[thresholds.memory_usage_percent]\ncritical = 99\n").unwrap();
+        let s = Settings::resolve(file, &CliOverrides::default()).unwrap();
+        let rule = s
+            .rules
+            .rule(ResourceType::Memory, "system", "memory_usage_percent");
+        assert_eq!(rule.unwrap().thresholds, Thresholds::new(80.0, 99.0));
+    }
+
+    #[test]
+    fn socket_follows_db_path_unless_given() {
+        let cli = CliOverrides {
+            db_path: Some("/var/lib/hm/x.db".into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(ConfigFile::default(), &cli).unwrap();
+        assert_eq!(s.socket_path, PathBuf::from("/var/lib/hm/x.db.sock"));
+    }
+}

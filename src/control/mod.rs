@@ -1,0 +1,6 @@
+//! The control plane: a Unix socket speaking one JSON object per line, its server and its client.
+
+pub mod client;
+pub mod protocol;
+pub mod server;
+pub mod socket;

@@ -1,0 +1,198 @@
+//! Running the daemon: lock, database, socket, actors, signals, and an orderly shutdown.
+//! Also `start --once`, the same cycle run once without actors.
+
+pub mod lock;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use actix::Actor;
+use anyhow::Context;
+use chrono::Utc;
+use rusqlite::Connection;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::oneshot;
+
+use crate::actors::analyzer::AnalyzerHandle;
+use crate::actors::supervisor::{RestartPolicy, Shutdown, Supervisor, SupervisorDeps};
+use crate::actors::writer::{self, WriterConfig};
+use crate::analysis::AnalyzerCore;
+use crate::collect::{Probe, SystemProbe, WalkLimits, probe_for};
+use crate::config::Settings;
+use crate::control::socket;
+use crate::model::{MonitorSet, MonitorSpec};
+use crate::notify;
+use crate::store::write::{WriteOp, apply};
+use crate::store::{self, query};
+use crate::summary::{self, Summary};
+use lock::InstanceLock;
+
+/// How long shutdown waits for the writer to land what it holds.
+const WRITER_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Removes the control socket when the daemon ends, however it ends short of `kill -9`.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Loads the persisted monitors and adds (and persists) the ones given on the command line.
+fn prepare_monitors(conn: &mut Connection, extra: Vec<MonitorSpec>) -> anyhow::Result<MonitorSet> {
+    let mut monitors: MonitorSet = query::load_monitors(conn)
+        .context("cannot read the monitors table")?
+        .into_iter()
+        .collect();
+    let mut ops = Vec::new();
+    for spec in extra {
+        // `--agents a1` adds a1 with default options but keeps options an earlier `add` set.
+        if !monitors.contains(spec.kind(), spec.id()) {
+            ops.push(WriteOp::MonitorSaved(spec.clone()));
+            monitors.add(spec);
+        }
+    }
+    apply(conn, &ops).context("cannot save the monitors")?;
+    Ok(monitors)
+}
+
+/// Runs the daemon in the foreground until SIGINT, SIGTERM or `stop`.
+pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    let _lock = InstanceLock::acquire(&settings.db_path)?;
+    let mut conn = store::open_for_writing(&settings.db_path)?;
+    let monitors = prepare_monitors(&mut conn, extra)?;
+    let listener = socket::bind(&settings.socket_path)?;
+    let _socket_file = SocketFile(settings.socket_path.clone());
+    listener.set_nonblocking(true)?;
+    let (writer, writer_thread) =
+        writer::spawn(conn, WriterConfig::default()).context("cannot start the writer thread")?;
+
+    tracing::info!(
+        db = %settings.db_path.display(),
+        socket = %settings.socket_path.display(),
+        interval_secs = settings.interval.as_secs_f64(),
+        agents = monitors.count(crate::model::MonitorKind::Agent),
+        workspaces = monitors.count(crate::model::MonitorKind::Workspace),
+        pid = std::process::id(),
+        "health-monitor starting"
+    );
+    let deps_writer = writer.clone();
+    let system = actix_rt::System::new();
+    let outcome: anyhow::Result<()> = system.block_on(async move {
+        let listener = tokio::net::UnixListener::from_std(listener)?;
+        let deps = SupervisorDeps {
+            settings: settings.clone(),
+            analyzer: AnalyzerHandle::default(),
+            writer: deps_writer,
+            listener: Some(Arc::new(listener)),
+            policy: RestartPolicy::default(),
+        };
+        let (stopped_tx, stopped_rx) = oneshot::channel();
+        let supervisor = Supervisor::new(deps, monitors, stopped_tx).start();
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        actix_rt::spawn(async move {
+            let mut signals = 0;
+            loop {
+                let name = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                };
+                signals += 1;
+                if signals == 1 {
+                    tracing::info!(
+                        "{name} received; shutting down (send it again to exit at once)"
+                    );
+                    supervisor.do_send(Shutdown);
+                } else {
+                    tracing::warn!("{name} received again; exiting without a clean shutdown");
+                    std::process::exit(130);
+                }
+            }
+        });
+        let _ = stopped_rx.await;
+        Ok(())
+    });
+    drop(system);
+    let flushed = writer.shutdown_blocking(WRITER_SHUTDOWN_TIMEOUT);
+    let _ = writer_thread.join();
+    outcome?;
+    flushed.map_err(|e| anyhow::anyhow!("database writer: {e}"))?;
+    tracing::info!("health-monitor stopped");
+    Ok(())
+}
+
+/// One cycle without a daemon: measure everything, analyze, write, and return the summary.
+pub fn run_once(settings: &Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<Summary> {
+    let _lock = InstanceLock::acquire(&settings.db_path)?;
+    let mut conn = store::open_for_writing(&settings.db_path)?;
+    let monitors = prepare_monitors(&mut conn, extra)?;
+    // One cycle has no next tick to catch up on: let walks run to their cap.
+    let limits = WalkLimits::for_interval(settings.interval);
+    let limits = WalkLimits {
+        wait: limits.cap,
+        ..limits
+    };
+    let mut probes: Vec<Box<dyn Probe>> =
+        vec![Box::new(SystemProbe::new().map_err(anyhow::Error::msg)?)];
+    probes.extend(
+        monitors
+            .iter()
+            .map(|spec| probe_for(spec, settings, limits)),
+    );
+    let readings = measure_all(probes);
+
+    let mut core = AnalyzerCore::new(settings.rules.clone(), settings.alert_cooldown);
+    core.restore(query::active_alerts(&conn)?);
+    let readings = readings
+        .into_iter()
+        .filter(|m| m.value.is_finite())
+        .collect();
+    let analysis = core.analyze(readings, Utc::now());
+    for event in &analysis.events {
+        notify::log_event(event);
+    }
+    apply(&mut conn, &analysis.write_ops()).context("cannot write the cycle")?;
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    drop(conn);
+    summary::offline(settings, Utc::now())
+}
+
+/// Runs probes on a few threads at once and gathers their readings.
+fn measure_all(probes: Vec<Box<dyn Probe>>) -> Vec<crate::model::Measurement> {
+    let probes: Vec<std::sync::Mutex<Box<dyn Probe>>> =
+        probes.into_iter().map(std::sync::Mutex::new).collect();
+    let next = AtomicUsize::new(0);
+    let threads = probes.len().clamp(1, 16);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(probe) = probes.get(i) else {
+                            return out;
+                        };
+                        if let Ok(mut p) = probe.lock() {
+                            out.extend(p.measure());
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// True when `path` is where a daemon's socket would be and something answers there.
+pub fn socket_answers(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}

@@ -1,0 +1,17 @@
+//! health-monitor: a daemon that keeps a fleet of coding agents and their machine healthy.
+//!
+//! See `DESIGN.md` (shared) for the picture; each module below is one concern.
+
+pub mod actors; // supervisor, collectors, analyzer, and the SQLite writer thread
+pub mod alerts; // the per-key alert state machine
+pub mod analysis; // thresholds applied and alerts decided, without actors
+pub mod catalog; // every metric: unit, default thresholds, meaning
+pub mod cli; // clap types and command implementations
+pub mod collect; // the measuring itself: system, process trees, directory walks, git
+pub mod config; // defaults, TOML file, flags, validated into Settings
+pub mod control; // the Unix control socket: protocol, server, client
+pub mod daemon; // running the daemon: lock, socket, actors, signals, shutdown
+pub mod model; // ResourceType, HealthStatus, HealthMetric, HealthAlert, MonitorSpec
+pub mod notify; // telling the operator about alert events
+pub mod store; // SQLite schema, write batches, read-side queries
+pub mod summary; // the status document, as JSON or for people

@@ -1,0 +1,45 @@
+//! The `health-monitor` binary: parse the command line, set up logging, dispatch, exit code.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use health_monitor::cli::{self, Cli, Command};
+
+/// Exit code for bad usage or configuration (clap uses it too).
+const USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    let (interval, cooldown) = match &args.command {
+        Command::Start(start) => (start.interval, start.alert_cooldown),
+        _ => (None, None),
+    };
+    let settings = match cli::settings(&args.global, interval, cooldown) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&settings.log_level))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let result = match &args.command {
+        Command::Start(a) => cli::daemon::start(a, settings),
+        Command::Status(a) => cli::status::status(a, &settings),
+        Command::List(a) => cli::status::list(a, &settings),
+        Command::Add(a) => cli::monitors::add(a, &settings),
+        Command::Remove(a) => cli::monitors::remove(a, &settings),
+        Command::Stop => cli::daemon::stop(&settings),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,674 @@
+//! Domain types shared by every layer: resources, statuses, metrics, alerts and monitor specs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The kind of thing a metric or alert is about (lowercase strings are part of the DB contract).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceType {
+    Agent,
+    Workspace,
+    Database,
+    Filesystem,
+    Memory,
+    Cpu,
+    Network,
+}
+
+impl ResourceType {
+    /// Every resource type, in contract order.
+    pub const ALL: [ResourceType; 7] = [
+        ResourceType::Agent,
+        ResourceType::Workspace,
+        ResourceType::Database,
+        ResourceType::Filesystem,
+        ResourceType::Memory,
+        ResourceType::Cpu,
+        ResourceType::Network,
+    ];
+
+    /// The lowercase name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceType::Agent => "agent",
+            ResourceType::Workspace => "workspace",
+            ResourceType::Database => "database",
+            ResourceType::Filesystem => "filesystem",
+            ResourceType::Memory => "memory",
+            ResourceType::Cpu => "cpu",
+            ResourceType::Network => "network",
+        }
+    }
+}
+
+impl fmt::Display for ResourceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ResourceType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ResourceType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("unknown resource type {s:?}"))
+    }
+}
+
+/// Health of a metric or resource, ordered from best to worst (`unknown` sorts first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Unknown,
+    Healthy,
+    Degraded,
+    Unhealthy,
+    Critical,
+}
+
+impl HealthStatus {
+    /// Every status, best first.
+    pub const ALL: [HealthStatus; 5] = [
+        HealthStatus::Unknown,
+        HealthStatus::Healthy,
+        HealthStatus::Degraded,
+        HealthStatus::Unhealthy,
+        HealthStatus::Critical,
+    ];
+
+    /// The lowercase name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Unknown => "unknown",
+            HealthStatus::Healthy => "healthy",
+            HealthStatus::Degraded => "degraded",
+            HealthStatus::Unhealthy => "unhealthy",
+            HealthStatus::Critical => "critical",
+        }
+    }
+
+    /// True for the statuses that open an alert.
+    pub fn is_breach(self) -> bool {
+        matches!(self, HealthStatus::Unhealthy | HealthStatus::Critical)
+    }
+}
+
+impl fmt::Display for HealthStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for HealthStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        HealthStatus::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("unknown status {s:?}"))
+    }
+}
+
+/// A warning/critical pair; when `warning > critical` lower values are worse.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    pub warning: f64,
+    pub critical: f64,
+}
+
+impl Thresholds {
+    /// Builds a threshold pair.
+    pub const fn new(warning: f64, critical: f64) -> Self {
+        Thresholds { warning, critical }
+    }
+
+    /// True when the metric is "lower is worse" (the direction fix of DESIGN.md §1).
+    pub fn lower_is_worse(&self) -> bool {
+        self.warning > self.critical
+    }
+
+    /// The status of `value` against these thresholds.
+    pub fn status(&self, value: f64) -> HealthStatus {
+        if value.is_nan() {
+            return HealthStatus::Unknown;
+        }
+        if self.lower_is_worse() {
+            if value <= self.critical {
+                HealthStatus::Critical
+            } else if value <= self.warning {
+                HealthStatus::Unhealthy
+            } else {
+                HealthStatus::Healthy
+            }
+        } else if value >= self.critical {
+            HealthStatus::Critical
+        } else if value >= self.warning {
+            HealthStatus::Unhealthy
+        } else {
+            HealthStatus::Healthy
+        }
+    }
+
+    /// True when `value` is healthy by at least `margin` (hysteresis before an alert clears).
+    pub fn clear_of(&self, value: f64, margin: f64) -> bool {
+        if self.lower_is_worse() {
+            value > self.warning + margin
+        } else {
+            value < self.warning - margin
+        }
+    }
+
+    /// The comparison that breaches, for messages: `>=` or `<=`.
+    pub fn comparator(&self) -> &'static str {
+        if self.lower_is_worse() { "<=" } else { ">=" }
+    }
+}
+
+/// Formats a time the way the database stores it: RFC 3339 UTC, microseconds, `Z`.
+pub fn format_timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Parses a stored timestamp; accepts the original daemon's naive ISO format too.
+pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
+        .ok()
+        .map(|n| n.and_utc())
+}
+
+/// A raw reading from a collector, before the analyzer applies thresholds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measurement {
+    pub resource_type: ResourceType,
+    pub resource_id: String,
+    pub metric_name: String,
+    pub value: f64,
+    pub unit: String,
+    pub timestamp: DateTime<Utc>,
+}
+
+impl Measurement {
+    /// A reading taken now.
+    pub fn now(
+        resource_type: ResourceType,
+        resource_id: &str,
+        metric_name: &str,
+        value: f64,
+        unit: &str,
+    ) -> Self {
+        Measurement {
+            resource_type,
+            resource_id: resource_id.to_string(),
+            metric_name: metric_name.to_string(),
+            value,
+            unit: unit.to_string(),
+            timestamp: Utc::now(),
+        }
+    }
+}
+
+/// One row of `health_metrics`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthMetric {
+    pub resource_type: ResourceType,
+    pub resource_id: String,
+    pub metric_name: String,
+    pub value: f64,
+    pub threshold_warning: Option<f64>,
+    pub threshold_critical: Option<f64>,
+    pub timestamp: DateTime<Utc>,
+    pub unit: String,
+    pub status: HealthStatus,
+}
+
+impl HealthMetric {
+    /// Applies `thresholds` (if any) to a measurement; without thresholds a metric is healthy.
+    pub fn from_measurement(m: Measurement, thresholds: Option<Thresholds>) -> Self {
+        let status = match thresholds {
+            Some(t) => t.status(m.value),
+            None if m.value.is_nan() => HealthStatus::Unknown,
+            None => HealthStatus::Healthy,
+        };
+        HealthMetric {
+            resource_type: m.resource_type,
+            resource_id: m.resource_id,
+            metric_name: m.metric_name,
+            value: m.value,
+            threshold_warning: thresholds.map(|t| t.warning),
+            threshold_critical: thresholds.map(|t| t.critical),
+            timestamp: m.timestamp,
+            unit: m.unit,
+            status,
+        }
+    }
+
+    /// The thresholds stored with this metric, when both are present.
+    pub fn thresholds(&self) -> Option<Thresholds> {
+        Some(Thresholds::new(
+            self.threshold_warning?,
+            self.threshold_critical?,
+        ))
+    }
+
+    /// The key alerts are tracked by.
+    pub fn alert_key(&self) -> AlertKey {
+        AlertKey {
+            resource_type: self.resource_type,
+            resource_id: self.resource_id.clone(),
+            alert_type: self.metric_name.clone(),
+        }
+    }
+}
+
+/// Identifies one alert stream: at most one active alert row exists per key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AlertKey {
+    pub resource_type: ResourceType,
+    pub resource_id: String,
+    /// The metric name for threshold alerts, or a named condition such as `collector_failed`.
+    pub alert_type: String,
+}
+
+impl fmt::Display for AlertKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}",
+            self.resource_type, self.resource_id, self.alert_type
+        )
+    }
+}
+
+/// One row of `health_alerts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthAlert {
+    /// The row id, once stored.
+    pub id: Option<i64>,
+    pub resource_type: ResourceType,
+    pub resource_id: String,
+    pub alert_type: String,
+    pub severity: HealthStatus,
+    pub message: String,
+    pub timestamp: DateTime<Utc>,
+    pub metadata: serde_json::Value,
+    pub resolved: bool,
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// When an operator or system was last told about it (opening, escalation or reminder).
+    pub last_notified_at: DateTime<Utc>,
+}
+
+impl HealthAlert {
+    /// The key of this alert.
+    pub fn key(&self) -> AlertKey {
+        AlertKey {
+            resource_type: self.resource_type,
+            resource_id: self.resource_id.clone(),
+            alert_type: self.alert_type.clone(),
+        }
+    }
+}
+
+/// The rule every monitor id follows: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`.
+pub const ID_RULE: &str =
+    "an id is 1 to 128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit";
+
+/// Checks an agent or workspace id against [`ID_RULE`], so ids never escape a directory as paths.
+pub fn validate_id(id: &str) -> Result<(), String> {
+    let mut chars = id.chars();
+    let ok = match chars.next() {
+        Some(first) => {
+            first.is_ascii_alphanumeric()
+                && id.len() <= 128
+                && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        }
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid id {id:?}: {ID_RULE}"))
+    }
+}
+
+/// Whether a monitor watches an agent or a workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MonitorKind {
+    Agent,
+    Workspace,
+}
+
+impl MonitorKind {
+    /// The lowercase name used in the CLI, the protocol and the `monitors` table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MonitorKind::Agent => "agent",
+            MonitorKind::Workspace => "workspace",
+        }
+    }
+
+    /// The resource type its metrics are stored under.
+    pub fn resource_type(self) -> ResourceType {
+        match self {
+            MonitorKind::Agent => ResourceType::Agent,
+            MonitorKind::Workspace => ResourceType::Workspace,
+        }
+    }
+}
+
+impl fmt::Display for MonitorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for MonitorKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "agent" => Ok(MonitorKind::Agent),
+            "workspace" => Ok(MonitorKind::Workspace),
+            _ => Err(format!("unknown monitor kind {s:?} (agent or workspace)")),
+        }
+    }
+}
+
+/// What to watch for one agent. Options left `None` fall back to the configured defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AgentOptions {
+    /// The agent's root process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Overrides the `agent_workspace` template for this agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<PathBuf>,
+}
+
+/// What to watch for one workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceOptions {
+    /// Overrides the `workspace_path` template for this workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+/// A monitored agent or workspace, as persisted in the `monitors` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum MonitorSpec {
+    Agent {
+        id: String,
+        #[serde(default)]
+        options: AgentOptions,
+    },
+    Workspace {
+        id: String,
+        #[serde(default)]
+        options: WorkspaceOptions,
+    },
+}
+
+impl MonitorSpec {
+    /// An agent monitor with default options.
+    pub fn agent(id: &str) -> Self {
+        MonitorSpec::Agent {
+            id: id.to_string(),
+            options: AgentOptions::default(),
+        }
+    }
+
+    /// A workspace monitor with default options.
+    pub fn workspace(id: &str) -> Self {
+        MonitorSpec::Workspace {
+            id: id.to_string(),
+            options: WorkspaceOptions::default(),
+        }
+    }
+
+    /// Agent or workspace.
+    pub fn kind(&self) -> MonitorKind {
+        match self {
+            MonitorSpec::Agent { .. } => MonitorKind::Agent,
+            MonitorSpec::Workspace { .. } => MonitorKind::Workspace,
+        }
+    }
+
+    /// The monitor's id.
+    pub fn id(&self) -> &str {
+        match self {
+            MonitorSpec::Agent { id, .. } | MonitorSpec::Workspace { id, .. } => id,
+        }
+    }
+
+    /// The options as JSON, as stored in the `monitors.options` column.
+    pub fn options_json(&self) -> String {
+        let value = match self {
+            MonitorSpec::Agent { options, .. } => serde_json::to_string(options),
+            MonitorSpec::Workspace { options, .. } => serde_json::to_string(options),
+        };
+        value.unwrap_or_else(|_| "{}".to_string())
+    }
+
+    /// Rebuilds a spec from a `monitors` row.
+    pub fn from_row(kind: MonitorKind, id: &str, options_json: &str) -> Result<Self, String> {
+        let bad = |e: serde_json::Error| format!("monitor {kind} {id}: bad options: {e}");
+        Ok(match kind {
+            MonitorKind::Agent => MonitorSpec::Agent {
+                id: id.to_string(),
+                options: serde_json::from_str(options_json).map_err(bad)?,
+            },
+            MonitorKind::Workspace => MonitorSpec::Workspace {
+                id: id.to_string(),
+                options: serde_json::from_str(options_json).map_err(bad)?,
+            },
+        })
+    }
+}
+
+/// The set of monitors, keyed by kind and id: adding twice keeps one, removing forgets it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MonitorSet {
+    specs: BTreeMap<(MonitorKind, String), MonitorSpec>,
+}
+
+/// What [`MonitorSet::add`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddOutcome {
+    Added,
+    Updated,
+    Unchanged,
+}
+
+impl MonitorSet {
+    /// Adds or replaces a monitor.
+    pub fn add(&mut self, spec: MonitorSpec) -> AddOutcome {
+        let key = (spec.kind(), spec.id().to_string());
+        match self.specs.insert(key, spec.clone()) {
+            None => AddOutcome::Added,
+            Some(old) if old == spec => AddOutcome::Unchanged,
+            Some(_) => AddOutcome::Updated,
+        }
+    }
+
+    /// Removes a monitor; returns it when it was there.
+    pub fn remove(&mut self, kind: MonitorKind, id: &str) -> Option<MonitorSpec> {
+        self.specs.remove(&(kind, id.to_string()))
+    }
+
+    /// True when the monitor is in the set.
+    pub fn contains(&self, kind: MonitorKind, id: &str) -> bool {
+        self.specs.contains_key(&(kind, id.to_string()))
+    }
+
+    /// The monitor with this kind and id.
+    pub fn get(&self, kind: MonitorKind, id: &str) -> Option<&MonitorSpec> {
+        self.specs.get(&(kind, id.to_string()))
+    }
+
+    /// All monitors, agents first, each kind sorted by id.
+    pub fn iter(&self) -> impl Iterator<Item = &MonitorSpec> {
+        self.specs.values()
+    }
+
+    /// How many monitors of `kind` there are.
+    pub fn count(&self, kind: MonitorKind) -> usize {
+        self.specs.keys().filter(|(k, _)| *k == kind).count()
+    }
+
+    /// Total number of monitors.
+    pub fn len(&self) -> usize {
+        self.specs.len()
+    }
+
+    /// True when nothing is monitored.
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+    }
+}
+
+impl FromIterator<MonitorSpec> for MonitorSet {
+    fn from_iter<I: IntoIterator<Item = MonitorSpec>>(iter: I) -> Self {
+        let mut set = MonitorSet::default();
+        for spec in iter {
+            set.add(spec);
+        }
+        set
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_80_95_give_healthy_unhealthy_critical() {
+        let t = Thresholds::new(80.0, 95.0);
+        assert_eq!(t.status(50.0), HealthStatus::Healthy);
+        assert_eq!(t.status(85.0), HealthStatus::Unhealthy);
+        assert_eq!(t.status(97.0), HealthStatus::Critical);
+        // The boundaries belong to the worse side, as in the original (`>=`).
+        assert_eq!(t.status(80.0), HealthStatus::Unhealthy);
+        assert_eq!(t.status(95.0), HealthStatus::Critical);
+    }
+
+    #[test]
+    fn direction_fix_lower_is_worse_when_warning_exceeds_critical() {
+        let t = Thresholds::new(0.5, 0.1);
+        assert!(t.lower_is_worse());
+        assert_eq!(t.status(1.0), HealthStatus::Healthy);
+        assert_eq!(t.status(0.0), HealthStatus::Critical);
+        assert_eq!(t.status(0.3), HealthStatus::Unhealthy);
+        assert_eq!(t.comparator(), "<=");
+    }
+
+    #[test]
+    fn nan_is_unknown_not_healthy() {
+        assert_eq!(
+            Thresholds::new(80.0, 95.0).status(f64::NAN),
+            HealthStatus::Unknown
+        );
+    }
+
+    #[test]
+    fn hysteresis_margin_applies_in_both_directions() {
+        let up = Thresholds::new(80.0, 95.0);
+        assert!(!up.clear_of(79.0, 5.0));
+        assert!(up.clear_of(74.0, 5.0));
+        let down = Thresholds::new(0.5, 0.1);
+        assert!(down.clear_of(1.0, 0.2));
+        assert!(!down.clear_of(0.6, 0.2));
+    }
+
+    #[test]
+    fn statuses_order_from_best_to_worst() {
+        assert!(HealthStatus::Critical > HealthStatus::Unhealthy);
+        assert!(HealthStatus::Unhealthy > HealthStatus::Degraded);
+        assert!(HealthStatus::Degraded > HealthStatus::Healthy);
+        assert!(HealthStatus::Healthy > HealthStatus::Unknown);
+    }
+
+    #[test]
+    fn enum_strings_round_trip_in_lowercase() {
+        for t in ResourceType::ALL {
+            assert_eq!(t.as_str().parse::<ResourceType>().unwrap(), t);
+            assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{t}\""));
+        }
+        for s in HealthStatus::ALL {
+            assert_eq!(s.as_str().parse::<HealthStatus>().unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_micros_with_z() {
+        let t = DateTime::parse_from_rfc3339("2026-11-27T18:26:20.5+02:00")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(format_timestamp(t), "2026-11-27T16:26:20.500000Z");
+        assert_eq!(parse_timestamp(&format_timestamp(t)), Some(t));
+        assert!(parse_timestamp("2026-11-27T16:26:20.500000").is_some());
+    }
+
+    #[test]
+    fn ids_follow_the_rule() {
+        for ok in ["a", "A1", "agent-1.x_y", &"a".repeat(128)] {
+            assert!(validate_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", ".a", "..", "a/b", "a b", "é", &"a".repeat(129)] {
+            let err = validate_id(bad).unwrap_err();
+            assert!(err.contains(ID_RULE), "{err}");
+        }
+    }
+
+    #[test]
+    fn monitor_set_behaves_like_a_set() {
+        let mut set = MonitorSet::default();
+        assert_eq!(set.add(MonitorSpec::agent("a1")), AddOutcome::Added);
+        assert_eq!(set.add(MonitorSpec::agent("a1")), AddOutcome::Unchanged);
+        assert_eq!(set.add(MonitorSpec::workspace("a1")), AddOutcome::Added);
+        assert_eq!(set.count(MonitorKind::Agent), 1);
+        assert_eq!(set.count(MonitorKind::Workspace), 1);
+        let with_pid = MonitorSpec::Agent {
+            id: "a1".into(),
+            options: AgentOptions {
+                pid: Some(42),
+                workspace: None,
+            },
+        };
+        assert_eq!(set.add(with_pid.clone()), AddOutcome::Updated);
+        assert_eq!(set.get(MonitorKind::Agent, "a1"), Some(&with_pid));
+        assert!(set.remove(MonitorKind::Agent, "a1").is_some());
+        assert!(set.remove(MonitorKind::Agent, "a1").is_none());
+        assert!(!set.contains(MonitorKind::Agent, "a1"));
+        assert!(set.contains(MonitorKind::Workspace, "a1"));
+        assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn monitor_spec_options_round_trip_through_json() {
+        let spec = MonitorSpec::Agent {
+            id: "a1".into(),
+            options: AgentOptions {
+                pid: Some(7),
+                workspace: Some("/w".into()),
+            },
+        };
+        let back = MonitorSpec::from_row(MonitorKind::Agent, "a1", &spec.options_json()).unwrap();
+        assert_eq!(back, spec);
+        assert!(MonitorSpec::from_row(MonitorKind::Agent, "a1", "{\"bogus\":1}").is_err());
+    }
+}

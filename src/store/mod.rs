@@ -1,0 +1,123 @@
+//! SQLite storage: opening the database safely, the schema, the write batches and the read-side queries.
+
+pub mod query;
+pub mod schema;
+pub mod write;
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use rusqlite::{Connection, OpenFlags};
+
+/// Every SQLite file starts with these 16 bytes.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// How long one statement waits on another process's lock before the writer retries on its own.
+/// Kept short so the writer thread keeps draining its channel while the database is locked.
+pub const WRITER_BUSY_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// How long read-side queries wait on a lock.
+pub const READER_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Refuses a file that exists, is not empty and is not SQLite, before SQLite ever touches it.
+pub fn check_is_database(path: &Path) -> anyhow::Result<()> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut header = [0u8; 16];
+    let mut read = 0;
+    while read < header.len() {
+        match file.read(&mut header[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+    if read == 0 {
+        return Ok(());
+    }
+    if read < header.len() || header != *SQLITE_HEADER {
+        bail!(
+            "{} is not a SQLite database; refusing to touch it (move it away or pass another --db-path)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Opens (creating if needed) the database for writing, in WAL mode, with the schema migrated.
+pub fn open_for_writing(path: &Path) -> anyhow::Result<Connection> {
+    check_is_database(path)?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open database {}", path.display()))?;
+    conn.busy_timeout(READER_BUSY_TIMEOUT)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .with_context(|| format!("cannot use database {}", path.display()))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(db = %path.display(), mode, "database is not in WAL mode");
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    schema::migrate(&conn)
+        .with_context(|| format!("cannot prepare database {}", path.display()))?;
+    conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+/// Opens an existing database read-only; `Ok(None)` when there is no database file yet.
+pub fn open_read_only(path: &Path) -> anyhow::Result<Option<Connection>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    check_is_database(path)?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open database {}", path.display()))?;
+    conn.busy_timeout(READER_BUSY_TIMEOUT)?;
+    Ok(Some(conn))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_is_not_sqlite_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.db");
+        let content = b"these are my notes, not a database\n".repeat(100);
+        std::fs::write(&path, &content).unwrap();
+        let err = open_for_writing(&path).unwrap_err().to_string();
+        assert!(err.contains("is not a SQLite database"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), content);
+        assert!(!dir.path().join("notes.db-wal").exists());
+    }
+
+    #[test]
+    fn an_empty_file_becomes_a_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.db");
+        std::fs::write(&path, b"").unwrap();
+        open_for_writing(&path).unwrap();
+        check_is_database(&path).unwrap();
+    }
+
+    #[test]
+    fn read_only_open_of_a_missing_file_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("none.db");
+        assert!(open_read_only(&path).unwrap().is_none());
+        assert!(!path.exists());
+    }
+}

@@ -1,0 +1,257 @@
+//! Read-side queries: monitors, active alerts, recent counts and latest values.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Duration, Utc};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::model::{
+    HealthAlert, HealthMetric, HealthStatus, MonitorKind, MonitorSpec, ResourceType,
+    format_timestamp, parse_timestamp,
+};
+
+/// Every persisted monitor. Rows that cannot be understood are skipped with a warning.
+pub fn load_monitors(conn: &Connection) -> rusqlite::Result<Vec<MonitorSpec>> {
+    let mut stmt = conn.prepare("SELECT kind, id, options FROM monitors ORDER BY kind, id")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut specs = Vec::new();
+    for row in rows {
+        let (kind, id, options) = row?;
+        let spec = kind
+            .parse::<MonitorKind>()
+            .and_then(|k| MonitorSpec::from_row(k, &id, &options));
+        match spec {
+            Ok(spec) => specs.push(spec),
+            Err(e) => tracing::warn!("skipping monitor row {kind}/{id}: {e}"),
+        }
+    }
+    Ok(specs)
+}
+
+const ALERT_COLUMNS: &str = "id, resource_type, resource_id, alert_type, severity, message,
+    timestamp, metadata, resolved, resolved_at, last_notified_at";
+
+/// Reads a `health_alerts` row selected with [`ALERT_COLUMNS`]; `None` for rows another tool
+/// wrote with values outside the contract.
+fn alert_from_row(r: &Row<'_>) -> rusqlite::Result<Option<HealthAlert>> {
+    let resource_type: String = r.get(1)?;
+    let severity: String = r.get(4)?;
+    let timestamp: String = r.get(6)?;
+    let (Ok(resource_type), Ok(severity), Some(timestamp)) = (
+        resource_type.parse::<ResourceType>(),
+        severity.parse::<HealthStatus>(),
+        parse_timestamp(&timestamp),
+    ) else {
+        return Ok(None);
+    };
+    let metadata: Option<String> = r.get(7)?;
+    let resolved_at: Option<String> = r.get(9)?;
+    let last_notified_at: Option<String> = r.get(10)?;
+    Ok(Some(HealthAlert {
+        id: Some(r.get(0)?),
+        resource_type,
+        resource_id: r.get(2)?,
+        alert_type: r.get(3)?,
+        severity,
+        message: r.get(5)?,
+        timestamp,
+        metadata: metadata
+            .and_then(|m| serde_json::from_str(&m).ok())
+            .unwrap_or(serde_json::Value::Null),
+        resolved: r.get::<_, Option<bool>>(8)?.unwrap_or(false),
+        resolved_at: resolved_at.as_deref().and_then(parse_timestamp),
+        last_notified_at: last_notified_at
+            .as_deref()
+            .and_then(parse_timestamp)
+            .unwrap_or(timestamp),
+    }))
+}
+
+/// Unresolved alerts, newest first.
+pub fn active_alerts(conn: &Connection) -> rusqlite::Result<Vec<HealthAlert>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {ALERT_COLUMNS} FROM health_alerts WHERE resolved = 0 ORDER BY timestamp DESC, id DESC"
+    ))?;
+    let rows = stmt.query_map([], alert_from_row)?;
+    rows.filter_map(Result::transpose).collect()
+}
+
+/// Counts of metric rows written since a time, in total and per status.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecentCounts {
+    pub total: u64,
+    /// Every status of the contract, zero when absent, plus any other strings found.
+    pub by_status: BTreeMap<String, u64>,
+}
+
+/// Counts metric rows newer than `since`; served from the `(timestamp, status)` index alone.
+pub fn recent_counts(conn: &Connection, since: DateTime<Utc>) -> rusqlite::Result<RecentCounts> {
+    let mut counts = RecentCounts::default();
+    for s in [
+        HealthStatus::Healthy,
+        HealthStatus::Degraded,
+        HealthStatus::Unhealthy,
+        HealthStatus::Critical,
+        HealthStatus::Unknown,
+    ] {
+        counts.by_status.insert(s.as_str().to_string(), 0);
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT status, count(*) FROM health_metrics WHERE timestamp >= ?1 GROUP BY status",
+    )?;
+    let rows = stmt.query_map(params![format_timestamp(since)], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    for row in rows {
+        let (status, n) = row?;
+        counts.total += n as u64;
+        *counts.by_status.entry(status).or_default() += n as u64;
+    }
+    Ok(counts)
+}
+
+/// The newest value of every series written within `window` before the newest row, for status
+/// when no daemon runs.
+pub fn latest_metrics(conn: &Connection, window: Duration) -> rusqlite::Result<Vec<HealthMetric>> {
+    let newest: Option<String> = conn
+        .query_row("SELECT max(timestamp) FROM health_metrics", [], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .flatten();
+    let Some(newest) = newest.as_deref().and_then(parse_timestamp) else {
+        return Ok(Vec::new());
+    };
+    let mut stmt = conn.prepare(
+        "SELECT resource_type, resource_id, metric_name, value, threshold_warning,
+            threshold_critical, timestamp, unit, status
+         FROM health_metrics WHERE timestamp >= ?1 ORDER BY timestamp, id",
+    )?;
+    let rows = stmt.query_map(params![format_timestamp(newest - window)], |r| {
+        let resource_type: String = r.get(0)?;
+        let status: String = r.get(8)?;
+        let timestamp: String = r.get(6)?;
+        let (Ok(resource_type), Ok(status), Some(timestamp)) = (
+            resource_type.parse::<ResourceType>(),
+            status.parse::<HealthStatus>(),
+            parse_timestamp(&timestamp),
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(HealthMetric {
+            resource_type,
+            resource_id: r.get(1)?,
+            metric_name: r.get(2)?,
+            value: r.get(3)?,
+            threshold_warning: r.get(4)?,
+            threshold_critical: r.get(5)?,
+            timestamp,
+            unit: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
+            status,
+        }))
+    })?;
+    let mut latest: HashMap<(ResourceType, String, String), HealthMetric> = HashMap::new();
+    for row in rows {
+        if let Some(m) = row? {
+            latest.insert(
+                (
+                    m.resource_type,
+                    m.resource_id.clone(),
+                    m.metric_name.clone(),
+                ),
+                m,
+            );
+        }
+    }
+    Ok(latest.into_values().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Measurement, Thresholds};
+    use crate::store::schema::migrate;
+    use crate::store::write::{WriteOp, apply};
+
+    fn db() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        conn
+    }
+
+    fn metric(id: &str, value: f64, at: DateTime<Utc>) -> HealthMetric {
+        let mut m = Measurement::now(
+            ResourceType::Workspace,
+            id,
+            "workspace_size_mb",
+            value,
+            "MB",
+        );
+        m.timestamp = at;
+        HealthMetric::from_measurement(m, Some(Thresholds::new(10.0, 20.0)))
+    }
+
+    #[test]
+    fn recent_counts_split_by_status_and_ignore_old_rows() {
+        let mut conn = db();
+        let now = Utc::now();
+        apply(
+            &mut conn,
+            &[WriteOp::Metrics(vec![
+                metric("w1", 1.0, now - Duration::hours(2)),
+                metric("w1", 1.0, now),
+                metric("w1", 15.0, now),
+                metric("w2", 25.0, now),
+            ])],
+        )
+        .unwrap();
+        let c = recent_counts(&conn, now - Duration::hours(1)).unwrap();
+        assert_eq!(c.total, 3);
+        assert_eq!(c.by_status["healthy"], 1);
+        assert_eq!(c.by_status["unhealthy"], 1);
+        assert_eq!(c.by_status["critical"], 1);
+        assert_eq!(c.by_status["degraded"], 0);
+    }
+
+    #[test]
+    fn latest_metrics_keep_the_newest_value_per_series() {
+        let mut conn = db();
+        let now = Utc::now();
+        apply(
+            &mut conn,
+            &[WriteOp::Metrics(vec![
+                metric("w1", 1.0, now - Duration::seconds(20)),
+                metric("w1", 2.0, now - Duration::seconds(10)),
+                metric("w2", 3.0, now),
+            ])],
+        )
+        .unwrap();
+        let mut latest = latest_metrics(&conn, Duration::minutes(10)).unwrap();
+        latest.sort_by(|a, b| a.resource_id.cmp(&b.resource_id));
+        assert_eq!(latest.len(), 2);
+        assert_eq!(latest[0].value, 2.0);
+        assert_eq!(latest[1].value, 3.0);
+    }
+
+    #[test]
+    fn active_alerts_skip_resolved_and_foreign_rows() {
+        let conn = db();
+        conn.execute_batch(
+            "INSERT INTO health_alerts (resource_type, resource_id, alert_type, severity, message, timestamp, metadata, resolved)
+               VALUES ('memory', 'system', 'memory_usage_percent', 'unhealthy', 'm', '2026-01-01T00:00:00.000000Z', '{\"value\": 85}', 0),
+                      ('memory', 'system', 'memory_usage_percent', 'unhealthy', 'm', '2025-01-01T00:00:00.000000Z', NULL, 1),
+                      ('spaceship', 'x', 'y', 'unhealthy', 'm', '2026-01-01T00:00:00Z', NULL, 0);",
+        )
+        .unwrap();
+        let alerts = active_alerts(&conn).unwrap();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].metadata["value"], 85);
+        assert_eq!(alerts[0].last_notified_at, alerts[0].timestamp);
+    }
+}

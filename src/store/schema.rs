@@ -1,0 +1,187 @@
+//! The schema: the original two tables, kept as they were, plus our additions, migrated by `user_version`.
+
+use rusqlite::{Connection, params};
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The original tables, column for column (DESIGN.md §1). `IF NOT EXISTS` adopts a database
+/// the Python daemon made.
+const ORIGINAL_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS health_metrics (
+    id INTEGER PRIMARY KEY,
+    resource_type TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    metric_name TEXT NOT NULL,
+    value REAL NOT NULL,
+    threshold_warning REAL,
+    threshold_critical REAL,
+    timestamp TEXT NOT NULL,
+    unit TEXT,
+    status TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS health_alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    resource_type TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    alert_type TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    message TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    metadata TEXT,
+    resolved BOOLEAN DEFAULT 0,
+    resolved_at TEXT
+);
+";
+
+/// Our additions (version 1).
+///
+/// Indexes are chosen for write speed: `(timestamp, status)` only ever grows at its right edge,
+/// serves the summary's recent counts without touching the table, and serves pruning. A
+/// `(type, id, metric, timestamp)` index would cut batched inserts ~15x (DESIGN.md §6).
+const V1: &str = "
+CREATE TABLE IF NOT EXISTS monitors (
+    kind TEXT NOT NULL CHECK (kind IN ('agent', 'workspace')),
+    id TEXT NOT NULL,
+    options TEXT NOT NULL DEFAULT '{}',
+    added_at TEXT NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+CREATE INDEX IF NOT EXISTS idx_health_metrics_timestamp_status
+    ON health_metrics (timestamp, status);
+CREATE INDEX IF NOT EXISTS idx_health_alerts_active
+    ON health_alerts (resource_type, resource_id, alert_type) WHERE resolved = 0;
+";
+
+/// Columns added to `health_alerts` (new columns are allowed by the contract).
+const ALERT_COLUMNS: &[(&str, &str)] = &[("last_notified_at", "TEXT")];
+
+/// Brings a new, original or older database up to [`SCHEMA_VERSION`], in one transaction.
+pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        conn.execute_batch(ORIGINAL_TABLES)?;
+        for (column, decl) in ALERT_COLUMNS {
+            if !has_column(conn, "health_alerts", column)? {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE health_alerts ADD COLUMN {column} {decl}"
+                ))?;
+            }
+        }
+        conn.execute_batch(V1)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+    })();
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?;
+    stmt.exists(params![table, column])
+}
+
+/// Names of the tables in the database, sorted.
+pub fn table_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt =
+        conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?;
+    stmt.query_map([], |r| r.get(0))?.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_original_tables_exist_after_initialization() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        let tables = table_names(&conn).unwrap();
+        assert!(tables.contains(&"health_metrics".to_string()), "{tables:?}");
+        assert!(tables.contains(&"health_alerts".to_string()), "{tables:?}");
+        assert!(tables.contains(&"monitors".to_string()), "{tables:?}");
+    }
+
+    #[test]
+    fn the_original_columns_are_all_there_in_order() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        let columns = |table: &str| -> Vec<String> {
+            let mut stmt = conn
+                .prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid")
+                .unwrap();
+            stmt.query_map([table], |r| r.get(0))
+                .unwrap()
+                .map(|c| c.unwrap())
+                .collect()
+        };
+        assert_eq!(
+            columns("health_metrics"),
+            [
+                "id",
+                "resource_type",
+                "resource_id",
+                "metric_name",
+                "value",
+                "threshold_warning",
+                "threshold_critical",
+                "timestamp",
+                "unit",
+                "status"
+            ]
+        );
+        assert_eq!(
+            columns("health_alerts")[..10],
+            [
+                "id",
+                "resource_type",
+                "resource_id",
+                "alert_type",
+                "severity",
+                "message",
+                "timestamp",
+                "metadata",
+                "resolved",
+                "resolved_at"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_database_made_by_the_original_daemon_is_adopted_with_its_rows() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE health_metrics (id INTEGER PRIMARY KEY AUTOINCREMENT, resource_type TEXT,
+                resource_id TEXT, metric_name TEXT, value REAL, threshold_warning REAL,
+                threshold_critical REAL, timestamp TEXT, unit TEXT, status TEXT);
+             CREATE TABLE health_alerts (id INTEGER PRIMARY KEY AUTOINCREMENT, resource_type TEXT,
+                resource_id TEXT, alert_type TEXT, severity TEXT, message TEXT, timestamp TEXT,
+                metadata TEXT, resolved BOOLEAN DEFAULT FALSE, resolved_at TEXT);
+             INSERT INTO health_alerts (resource_type, resource_id, alert_type, severity, message, timestamp)
+                VALUES ('memory', 'system', 'memory_usage_percent', 'unhealthy', 'old', '2025-01-01T00:00:00');",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        migrate(&conn).unwrap();
+        let n: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM health_alerts WHERE last_notified_at IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+    }
+}

@@ -1,0 +1,302 @@
+//! Write batches: everything that changes the database, applied in one transaction per batch.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, Transaction, params};
+
+use crate::model::{
+    HealthAlert, HealthMetric, MonitorKind, MonitorSpec, ResourceType, format_timestamp,
+};
+
+/// One change to the database.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOp {
+    /// Rows for `health_metrics`.
+    Metrics(Vec<HealthMetric>),
+    /// A new active alert row.
+    AlertOpened(HealthAlert),
+    /// New severity, message, metadata or notice time for the active row of the alert's key.
+    AlertUpdated(HealthAlert),
+    /// Marks the active row of the alert's key resolved.
+    AlertResolved(HealthAlert),
+    /// Adds or replaces a monitor.
+    MonitorSaved(MonitorSpec),
+    /// Forgets a monitor.
+    MonitorDeleted(MonitorKind, String),
+    /// Resolves every active alert of a resource (its monitor was removed while no daemon ran).
+    ResourceAlertsResolved(ResourceType, String, DateTime<Utc>),
+}
+
+impl WriteOp {
+    /// How many rows this op carries, for counters and buffer accounting.
+    pub fn rows(&self) -> usize {
+        match self {
+            WriteOp::Metrics(m) => m.len(),
+            _ => 1,
+        }
+    }
+
+    /// True for ops that may be dropped under memory pressure (metric rows); alerts never are.
+    pub fn is_droppable(&self) -> bool {
+        matches!(self, WriteOp::Metrics(_))
+    }
+
+    /// A rough in-memory size, for the writer's buffer cap.
+    pub fn approx_bytes(&self) -> usize {
+        match self {
+            WriteOp::Metrics(m) => m
+                .iter()
+                .map(|r| 160 + r.resource_id.len() + r.metric_name.len())
+                .sum(),
+            WriteOp::AlertOpened(a) | WriteOp::AlertUpdated(a) | WriteOp::AlertResolved(a) => {
+                300 + a.message.len()
+            }
+            WriteOp::MonitorSaved(_)
+            | WriteOp::MonitorDeleted(..)
+            | WriteOp::ResourceAlertsResolved(..) => 200,
+        }
+    }
+}
+
+/// Applies `ops` in one transaction: all of them land or none does.
+pub fn apply(conn: &mut Connection, ops: &[WriteOp]) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for op in ops {
+        apply_one(&tx, op)?;
+    }
+    tx.commit()
+}
+
+fn apply_one(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
+    match op {
+        WriteOp::Metrics(rows) => {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO health_metrics (resource_type, resource_id, metric_name, value,
+                    threshold_warning, threshold_critical, timestamp, unit, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for m in rows {
+                stmt.execute(params![
+                    m.resource_type.as_str(),
+                    m.resource_id,
+                    m.metric_name,
+                    m.value,
+                    m.threshold_warning,
+                    m.threshold_critical,
+                    format_timestamp(m.timestamp),
+                    m.unit,
+                    m.status.as_str(),
+                ])?;
+            }
+        }
+        WriteOp::AlertOpened(a) => {
+            tx.prepare_cached(
+                "INSERT INTO health_alerts (resource_type, resource_id, alert_type, severity,
+                    message, timestamp, metadata, resolved, resolved_at, last_notified_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, NULL, ?8)",
+            )?
+            .execute(params![
+                a.resource_type.as_str(),
+                a.resource_id,
+                a.alert_type,
+                a.severity.as_str(),
+                a.message,
+                format_timestamp(a.timestamp),
+                a.metadata.to_string(),
+                format_timestamp(a.last_notified_at),
+            ])?;
+        }
+        WriteOp::AlertUpdated(a) => {
+            tx.prepare_cached(
+                "UPDATE health_alerts SET severity = ?4, message = ?5, metadata = ?6,
+                    last_notified_at = ?7
+                 WHERE resource_type = ?1 AND resource_id = ?2 AND alert_type = ?3 AND resolved = 0",
+            )?
+            .execute(params![
+                a.resource_type.as_str(),
+                a.resource_id,
+                a.alert_type,
+                a.severity.as_str(),
+                a.message,
+                a.metadata.to_string(),
+                format_timestamp(a.last_notified_at),
+            ])?;
+        }
+        WriteOp::AlertResolved(a) => {
+            let at = a.resolved_at.unwrap_or_else(Utc::now);
+            tx.prepare_cached(
+                "UPDATE health_alerts SET resolved = 1, resolved_at = ?4
+                 WHERE resource_type = ?1 AND resource_id = ?2 AND alert_type = ?3 AND resolved = 0",
+            )?
+            .execute(params![
+                a.resource_type.as_str(),
+                a.resource_id,
+                a.alert_type,
+                format_timestamp(at),
+            ])?;
+        }
+        WriteOp::MonitorSaved(spec) => {
+            tx.prepare_cached(
+                "INSERT INTO monitors (kind, id, options, added_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (kind, id) DO UPDATE SET options = excluded.options",
+            )?
+            .execute(params![
+                spec.kind().as_str(),
+                spec.id(),
+                spec.options_json(),
+                format_timestamp(Utc::now()),
+            ])?;
+        }
+        WriteOp::MonitorDeleted(kind, id) => {
+            tx.prepare_cached("DELETE FROM monitors WHERE kind = ?1 AND id = ?2")?
+                .execute(params![kind.as_str(), id])?;
+        }
+        WriteOp::ResourceAlertsResolved(resource_type, resource_id, at) => {
+            tx.prepare_cached(
+                "UPDATE health_alerts SET resolved = 1, resolved_at = ?3
+                 WHERE resource_type = ?1 AND resource_id = ?2 AND resolved = 0",
+            )?
+            .execute(params![
+                resource_type.as_str(),
+                resource_id,
+                format_timestamp(*at)
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HealthStatus, Measurement, ResourceType, Thresholds};
+    use crate::store::schema::migrate;
+
+    fn db() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        conn
+    }
+
+    fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    fn metric(name: &str, value: f64) -> HealthMetric {
+        HealthMetric::from_measurement(
+            Measurement::now(ResourceType::Memory, "system", name, value, "%"),
+            Some(Thresholds::new(80.0, 95.0)),
+        )
+    }
+
+    fn alert() -> HealthAlert {
+        let now = Utc::now();
+        HealthAlert {
+            id: None,
+            resource_type: ResourceType::Memory,
+            resource_id: "system".into(),
+            alert_type: "memory_usage_percent".into(),
+            severity: HealthStatus::Unhealthy,
+            message: "memory high".into(),
+            timestamp: now,
+            metadata: serde_json::json!({"value": 85.0}),
+            resolved: false,
+            resolved_at: None,
+            last_notified_at: now,
+        }
+    }
+
+    #[test]
+    fn storing_two_metrics_gives_two_rows() {
+        let mut conn = db();
+        let ops = [WriteOp::Metrics(vec![
+            metric("memory_usage_percent", 50.0),
+            metric("memory_usage_percent", 85.0),
+        ])];
+        apply(&mut conn, &ops).unwrap();
+        assert_eq!(count(&conn, "SELECT count(*) FROM health_metrics"), 2);
+        let status: String = conn
+            .query_row(
+                "SELECT status FROM health_metrics WHERE value = 85.0",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(status, "unhealthy");
+    }
+
+    #[test]
+    fn storing_one_alert_gives_one_row() {
+        let mut conn = db();
+        apply(&mut conn, &[WriteOp::AlertOpened(alert())]).unwrap();
+        assert_eq!(count(&conn, "SELECT count(*) FROM health_alerts"), 1);
+        let meta: String = conn
+            .query_row("SELECT metadata FROM health_alerts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&meta).unwrap()["value"],
+            85.0
+        );
+    }
+
+    #[test]
+    fn updates_and_resolution_touch_only_the_active_row_of_the_key() {
+        let mut conn = db();
+        let mut a = alert();
+        apply(&mut conn, &[WriteOp::AlertOpened(a.clone())]).unwrap();
+        a.resolved = true;
+        a.resolved_at = Some(Utc::now());
+        apply(&mut conn, &[WriteOp::AlertResolved(a.clone())]).unwrap();
+        let mut b = alert();
+        apply(&mut conn, &[WriteOp::AlertOpened(b.clone())]).unwrap();
+        b.severity = HealthStatus::Critical;
+        apply(&mut conn, &[WriteOp::AlertUpdated(b)]).unwrap();
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT count(*) FROM health_alerts WHERE resolved = 0 AND severity = 'critical'"
+            ),
+            1
+        );
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT count(*) FROM health_alerts WHERE resolved = 1 AND severity = 'unhealthy'
+                 AND resolved_at IS NOT NULL"
+            ),
+            1
+        );
+    }
+
+    #[test]
+    fn a_failing_batch_lands_nothing() {
+        let mut conn = db();
+        conn.execute_batch("DROP TABLE monitors").unwrap();
+        let ops = [
+            WriteOp::Metrics(vec![metric("memory_usage_percent", 1.0)]),
+            WriteOp::MonitorSaved(MonitorSpec::agent("a1")),
+        ];
+        assert!(apply(&mut conn, &ops).is_err());
+        assert_eq!(count(&conn, "SELECT count(*) FROM health_metrics"), 0);
+    }
+
+    #[test]
+    fn monitors_are_saved_replaced_and_deleted() {
+        let mut conn = db();
+        apply(
+            &mut conn,
+            &[
+                WriteOp::MonitorSaved(MonitorSpec::agent("a1")),
+                WriteOp::MonitorSaved(MonitorSpec::agent("a1")),
+                WriteOp::MonitorSaved(MonitorSpec::workspace("w1")),
+            ],
+        )
+        .unwrap();
+        assert_eq!(count(&conn, "SELECT count(*) FROM monitors"), 2);
+        apply(
+            &mut conn,
+            &[WriteOp::MonitorDeleted(MonitorKind::Agent, "a1".into())],
+        )
+        .unwrap();
+        assert_eq!(count(&conn, "SELECT count(*) FROM monitors"), 1);
+    }
+}

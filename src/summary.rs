@@ -1,0 +1,457 @@
+//! The status document: the original summary's keys plus overall status, per-resource latest
+//! values and actor states; built from live or stored data, rendered as JSON or for people.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::actors::supervisor::{ActorReport, ChildState, monitor_child_name};
+use crate::actors::writer::WriterReport;
+use crate::alerts::format_value;
+use crate::config::Settings;
+use crate::model::{
+    HealthAlert, HealthMetric, HealthStatus, MonitorSpec, ResourceType, format_timestamp,
+};
+use crate::store::{self, query};
+
+/// How far back `recent_metrics_count` and `metrics_by_status` look.
+pub const RECENT_WINDOW: Duration = Duration::hours(1);
+
+/// An active alert as the summary lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertView {
+    pub id: Option<i64>,
+    pub resource_type: ResourceType,
+    pub resource_id: String,
+    pub alert_type: String,
+    pub severity: HealthStatus,
+    pub message: String,
+    pub timestamp: String,
+}
+
+/// The latest value of one metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricView {
+    pub metric_name: String,
+    pub value: f64,
+    pub unit: String,
+    pub status: HealthStatus,
+    pub timestamp: String,
+}
+
+/// One resource and its worst status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceView {
+    pub resource_type: ResourceType,
+    pub resource_id: String,
+    pub status: HealthStatus,
+    pub metrics: Vec<MetricView>,
+}
+
+/// The document `status --json` prints: a superset of the original `get_health_summary()`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub timestamp: String,
+    pub running: bool,
+    pub monitored_agents: usize,
+    pub monitored_workspaces: usize,
+    pub recent_metrics_count: u64,
+    pub metrics_by_status: BTreeMap<String, u64>,
+    pub active_alerts_count: usize,
+    pub active_alerts: Vec<AlertView>,
+    pub overall_status: HealthStatus,
+    pub resources: Vec<ResourceView>,
+    pub actors: Vec<ActorReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<WriterReport>,
+    /// Measurements the analyzer refused because it was busy or restarting.
+    #[serde(default)]
+    pub measurements_refused: u64,
+    pub db_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Problems met while building the summary (e.g. the database could not be read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Everything a summary is built from.
+#[derive(Debug, Clone, Default)]
+pub struct SummaryInputs {
+    pub running: bool,
+    pub monitors: Vec<MonitorSpec>,
+    pub latest: Vec<HealthMetric>,
+    pub active_alerts: Vec<HealthAlert>,
+    pub recent: query::RecentCounts,
+    pub actors: Vec<ActorReport>,
+    pub writer: Option<WriterReport>,
+    pub measurements_refused: u64,
+    pub db_path: PathBuf,
+    pub pid: Option<u32>,
+    pub warnings: Vec<String>,
+}
+
+/// What the database says: recent counts and active alerts.
+pub struct StoredState {
+    pub recent: query::RecentCounts,
+    pub active_alerts: Vec<HealthAlert>,
+}
+
+/// Reads the stored part of a summary (blocking: call it off the event loop).
+pub fn read_stored(db: &Path, now: DateTime<Utc>) -> anyhow::Result<StoredState> {
+    let Some(conn) = store::open_read_only(db)? else {
+        return Ok(StoredState {
+            recent: query::RecentCounts::default(),
+            active_alerts: Vec::new(),
+        });
+    };
+    Ok(StoredState {
+        recent: query::recent_counts(&conn, now - RECENT_WINDOW)?,
+        active_alerts: query::active_alerts(&conn)?,
+    })
+}
+
+/// The summary when no daemon runs: everything from the database.
+pub fn offline(settings: &Settings, now: DateTime<Utc>) -> anyhow::Result<Summary> {
+    let db = &settings.db_path;
+    let (monitors, latest) = match store::open_read_only(db)? {
+        Some(conn) => (
+            query::load_monitors(&conn)?,
+            query::latest_metrics(&conn, Duration::minutes(10))?,
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    let stored = read_stored(db, now)?;
+    let mut warnings = Vec::new();
+    if !db.exists() {
+        warnings.push(format!("no database at {} yet", db.display()));
+    }
+    Ok(build(
+        SummaryInputs {
+            running: false,
+            monitors,
+            latest,
+            active_alerts: stored.active_alerts,
+            recent: stored.recent,
+            db_path: db.clone(),
+            warnings,
+            ..Default::default()
+        },
+        now,
+    ))
+}
+
+/// Where resources sort: the machine first, then agents, workspaces and the rest.
+fn rank(t: ResourceType) -> u8 {
+    match t {
+        ResourceType::Cpu => 0,
+        ResourceType::Memory => 1,
+        ResourceType::Filesystem => 2,
+        ResourceType::Network => 3,
+        ResourceType::Agent => 4,
+        ResourceType::Workspace => 5,
+        ResourceType::Database => 6,
+    }
+}
+
+/// Assembles the summary.
+pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
+    let mut resources: BTreeMap<(u8, ResourceType, String), Vec<&HealthMetric>> = BTreeMap::new();
+    for spec in &inputs.monitors {
+        let t = spec.kind().resource_type();
+        resources
+            .entry((rank(t), t, spec.id().to_string()))
+            .or_default();
+    }
+    let monitored = |t: ResourceType, id: &str| {
+        inputs
+            .monitors
+            .iter()
+            .any(|s| s.kind().resource_type() == t && s.id() == id)
+    };
+    for m in &inputs.latest {
+        // Rows of a removed agent or workspace linger in the database; they are not shown.
+        if matches!(m.resource_type, ResourceType::Agent | ResourceType::Workspace)
+            && !monitored(m.resource_type, &m.resource_id)
+        {
+            continue;
+        }
+        resources
+            .entry((
+                rank(m.resource_type),
+                m.resource_type,
+                m.resource_id.clone(),
+            ))
+            .or_default()
+            .push(m);
+    }
+    let impaired: HashMap<&str, ChildState> = inputs
+        .actors
+        .iter()
+        .filter(|a| a.state != ChildState::Running)
+        .map(|a| (a.name.as_str(), a.state))
+        .collect();
+    let resources: Vec<ResourceView> = resources
+        .into_iter()
+        .map(|((_, resource_type, resource_id), mut metrics)| {
+            metrics.sort_by(|a, b| a.metric_name.cmp(&b.metric_name));
+            let mut status = metrics
+                .iter()
+                .map(|m| m.status)
+                .max()
+                .unwrap_or(HealthStatus::Unknown);
+            let collector = match resource_type {
+                ResourceType::Agent => {
+                    monitor_child_name(crate::model::MonitorKind::Agent, &resource_id)
+                }
+                ResourceType::Workspace => {
+                    monitor_child_name(crate::model::MonitorKind::Workspace, &resource_id)
+                }
+                _ => "system".to_string(),
+            };
+            // Impaired monitoring shows as degraded unless the data already says worse.
+            if impaired.contains_key(collector.as_str()) && status < HealthStatus::Degraded {
+                status = HealthStatus::Degraded;
+            }
+            ResourceView {
+                resource_type,
+                resource_id,
+                status,
+                metrics: metrics
+                    .into_iter()
+                    .map(|m| MetricView {
+                        metric_name: m.metric_name.clone(),
+                        value: m.value,
+                        unit: m.unit.clone(),
+                        status: m.status,
+                        timestamp: format_timestamp(m.timestamp),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let overall_status = resources
+        .iter()
+        .map(|r| r.status)
+        .max()
+        .unwrap_or(HealthStatus::Unknown);
+    let active_alerts: Vec<AlertView> = inputs
+        .active_alerts
+        .iter()
+        .map(|a| AlertView {
+            id: a.id,
+            resource_type: a.resource_type,
+            resource_id: a.resource_id.clone(),
+            alert_type: a.alert_type.clone(),
+            severity: a.severity,
+            message: a.message.clone(),
+            timestamp: format_timestamp(a.timestamp),
+        })
+        .collect();
+    let count = |kind| inputs.monitors.iter().filter(|m| m.kind() == kind).count();
+    Summary {
+        timestamp: format_timestamp(now),
+        running: inputs.running,
+        monitored_agents: count(crate::model::MonitorKind::Agent),
+        monitored_workspaces: count(crate::model::MonitorKind::Workspace),
+        recent_metrics_count: inputs.recent.total,
+        metrics_by_status: inputs.recent.by_status,
+        active_alerts_count: active_alerts.len(),
+        active_alerts,
+        overall_status,
+        resources,
+        actors: inputs.actors,
+        writer: inputs.writer,
+        measurements_refused: inputs.measurements_refused,
+        db_path: inputs.db_path.display().to_string(),
+        pid: inputs.pid,
+        warnings: inputs.warnings,
+    }
+}
+
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// The summary for people.
+pub fn render(s: &Summary) -> String {
+    let mut out = String::new();
+    let daemon = match (s.running, s.pid) {
+        (true, Some(pid)) => format!("daemon running (pid {pid})"),
+        (true, None) => "daemon running".to_string(),
+        (false, _) => "no daemon running (from the database)".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "overall: {}    {}    db: {}",
+        s.overall_status.as_str().to_uppercase(),
+        daemon,
+        s.db_path
+    );
+    let by = |k: &str| s.metrics_by_status.get(k).copied().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "monitors: {}, {}    last hour: {} metrics ({} healthy, {} unhealthy, {} critical)",
+        plural(s.monitored_agents, "agent"),
+        plural(s.monitored_workspaces, "workspace"),
+        s.recent_metrics_count,
+        by("healthy"),
+        by("unhealthy"),
+        by("critical"),
+    );
+    for w in &s.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    let _ = writeln!(out);
+    let names: Vec<String> = s
+        .resources
+        .iter()
+        .map(|r| format!("{}/{}", r.resource_type, r.resource_id))
+        .collect();
+    let width = names.iter().map(String::len).max().unwrap_or(8).max(8);
+    let _ = writeln!(out, "{:<width$}  {:<9}  VALUES", "RESOURCE", "STATUS");
+    for (r, name) in s.resources.iter().zip(&names) {
+        let values: Vec<String> = r
+            .metrics
+            .iter()
+            .map(|m| {
+                let v = format_value(m.value, &m.unit).replace(' ', "");
+                format!("{}={v}", m.metric_name)
+            })
+            .collect();
+        let values = if values.is_empty() {
+            "(no data yet)".to_string()
+        } else {
+            values.join(" ")
+        };
+        let _ = writeln!(out, "{name:<width$}  {:<9}  {values}", r.status.as_str());
+    }
+    let _ = writeln!(out);
+    if s.active_alerts.is_empty() {
+        let _ = writeln!(out, "no active alerts");
+    } else {
+        let _ = writeln!(out, "ACTIVE ALERTS ({})", s.active_alerts.len());
+        for a in &s.active_alerts {
+            let id = a.id.map_or("-".to_string(), |id| format!("#{id}"));
+            let _ = writeln!(
+                out,
+                "  {id:<5} {:<9}  since {}  {}",
+                a.severity.as_str(),
+                a.timestamp,
+                a.message
+            );
+        }
+    }
+    let troubled: Vec<&ActorReport> = s
+        .actors
+        .iter()
+        .filter(|a| a.state != ChildState::Running || a.restarts > 0)
+        .collect();
+    if !troubled.is_empty() {
+        let _ = writeln!(out);
+        for a in troubled {
+            let _ = writeln!(
+                out,
+                "actor {}: {:?}, {} restarts",
+                a.name, a.state, a.restarts
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Measurement, Thresholds};
+
+    fn metric(t: ResourceType, id: &str, name: &str, v: f64) -> HealthMetric {
+        HealthMetric::from_measurement(
+            Measurement::now(t, id, name, v, "%"),
+            Some(Thresholds::new(80.0, 95.0)),
+        )
+    }
+
+    #[test]
+    fn the_summary_has_the_original_eight_keys() {
+        let s = build(SummaryInputs::default(), Utc::now());
+        let json = serde_json::to_value(&s).unwrap();
+        for key in [
+            "timestamp",
+            "running",
+            "monitored_agents",
+            "monitored_workspaces",
+            "recent_metrics_count",
+            "metrics_by_status",
+            "active_alerts_count",
+            "active_alerts",
+        ] {
+            assert!(json.get(key).is_some(), "missing {key}: {json}");
+        }
+        assert!(s.timestamp.ends_with('Z'));
+        assert_eq!(s.overall_status, HealthStatus::Unknown);
+    }
+
+    #[test]
+    fn resources_take_their_worst_status_and_monitors_without_data_are_unknown() {
+        let inputs = SummaryInputs {
+            monitors: vec![MonitorSpec::agent("a1"), MonitorSpec::workspace("w1")],
+            latest: vec![
+                metric(ResourceType::Workspace, "gone", "x", 99.0),
+                metric(ResourceType::Workspace, "w1", "x", 10.0),
+                metric(ResourceType::Workspace, "w1", "y", 90.0),
+                metric(ResourceType::Cpu, "system", "cpu_usage_percent", 5.0),
+            ],
+            ..Default::default()
+        };
+        let s = build(inputs, Utc::now());
+        assert_eq!(s.monitored_agents, 1);
+        assert_eq!(s.monitored_workspaces, 1);
+        let find = |id: &str, t| {
+            s.resources
+                .iter()
+                .find(|r| r.resource_id == id && r.resource_type == t)
+                .unwrap()
+        };
+        assert_eq!(
+            find("w1", ResourceType::Workspace).status,
+            HealthStatus::Unhealthy
+        );
+        assert_eq!(
+            find("a1", ResourceType::Agent).status,
+            HealthStatus::Unknown
+        );
+        assert_eq!(s.resources[0].resource_type, ResourceType::Cpu);
+        assert!(s.resources.iter().all(|r| r.resource_id != "gone"));
+        assert_eq!(s.overall_status, HealthStatus::Unhealthy);
+        let text = render(&s);
+        assert!(text.starts_with("overall: UNHEALTHY"), "{text}");
+        assert!(text.contains("workspace/w1"), "{text}");
+        assert!(text.contains("y=90%"), "{text}");
+        assert!(text.contains("(no data yet)"), "{text}");
+    }
+
+    #[test]
+    fn a_restarting_collector_degrades_its_resource() {
+        let inputs = SummaryInputs {
+            monitors: vec![MonitorSpec::workspace("w1")],
+            latest: vec![metric(ResourceType::Workspace, "w1", "x", 10.0)],
+            actors: vec![ActorReport {
+                name: "workspace:w1".into(),
+                state: ChildState::Restarting,
+                restarts: 2,
+            }],
+            ..Default::default()
+        };
+        let s = build(inputs, Utc::now());
+        assert_eq!(s.resources[0].status, HealthStatus::Degraded);
+        assert!(render(&s).contains("actor workspace:w1: Restarting, 2 restarts"));
+    }
+}
