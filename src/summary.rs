@@ -174,8 +174,10 @@ pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
     };
     for m in &inputs.latest {
         // Rows of a removed agent or workspace linger in the database; they are not shown.
-        if matches!(m.resource_type, ResourceType::Agent | ResourceType::Workspace)
-            && !monitored(m.resource_type, &m.resource_id)
+        if matches!(
+            m.resource_type,
+            ResourceType::Agent | ResourceType::Workspace
+        ) && !monitored(m.resource_type, &m.resource_id)
         {
             continue;
         }

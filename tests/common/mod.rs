@@ -1,0 +1,220 @@
+//! Test harness: runs the real binary on a temporary database and socket, and reads what it wrote.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+
+/// How long any condition may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_health-monitor")
+}
+
+/// Polls `cond` until it holds or [`DEADLINE`] passes; panics with `what` on timeout.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A temporary place with a database, a socket, a config file and directories to watch.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub db: PathBuf,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Env {
+    /// A fresh environment whose config holds `config` (TOML).
+    pub fn new(config: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("hm.db");
+        let socket = dir.path().join("hm.sock");
+        let config_path = dir.path().join("config.toml");
+        fs::write(&config_path, config).unwrap();
+        Env {
+            dir,
+            db,
+            socket,
+            config: config_path,
+        }
+    }
+
+    /// A path inside the environment.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The global flags pointing at this environment.
+    pub fn globals(&self) -> Vec<String> {
+        vec![
+            "--db-path".into(),
+            self.db.display().to_string(),
+            "--socket".into(),
+            self.socket.display().to_string(),
+            "--config".into(),
+            self.config.display().to_string(),
+        ]
+    }
+
+    /// Runs a CLI command to completion.
+    pub fn hm(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .args(self.globals())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a CLI command that must succeed; returns its stdout.
+    pub fn hm_ok(&self, args: &[&str]) -> String {
+        let out = self.hm(args);
+        assert!(
+            out.status.success(),
+            "health-monitor {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.hm_ok(&["status", "--json"])).unwrap()
+    }
+
+    /// Starts the daemon with extra `start` arguments and waits until its socket answers.
+    pub fn start(&self, args: &[&str]) -> Daemon {
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
+        let log = self.path(&format!(
+            "daemon-{}.log",
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let child = Command::new(bin())
+            .arg("start")
+            .args(args)
+            .args(self.globals())
+            .args(["--log-level", "debug"])
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut daemon = Daemon { child, log };
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return daemon;
+            }
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!("daemon exited early ({status}):\n{}", daemon.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon never answered:\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A read-only connection to the database.
+    pub fn db(&self) -> Connection {
+        let conn = Connection::open_with_flags(&self.db, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn
+    }
+
+    /// One integer from a query.
+    pub fn count(&self, sql: &str) -> i64 {
+        self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Waits until the query returns at least `n`.
+    pub fn wait_count(&self, sql: &str, n: i64) {
+        wait_until(&format!("{sql} >= {n}"), || self.count(sql) >= n);
+    }
+}
+
+/// A running daemon; killed on drop if the test did not stop it.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    /// Waits for the daemon to exit and returns its exit code.
+    pub fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A `sleep` process to stand in for an agent; killed on drop.
+pub struct FakeAgent(pub Child);
+
+impl FakeAgent {
+    pub fn spawn() -> FakeAgent {
+        FakeAgent(Command::new("sleep").arg("600").spawn().unwrap())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Kills and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for FakeAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Writes a file of `bytes` zero bytes.
+pub fn write_file(path: &Path, bytes: usize) {
+    fs::write(path, vec![0u8; bytes]).unwrap();
+}
