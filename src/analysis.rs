@@ -19,10 +19,10 @@ pub struct Analysis {
 
 impl Analysis {
     /// The database changes this analysis calls for, metric rows first.
-    pub fn write_ops(&self) -> Vec<WriteOp> {
+    pub fn into_write_ops(self) -> Vec<WriteOp> {
         let mut ops = Vec::with_capacity(1 + self.events.len());
         if !self.metrics.is_empty() {
-            ops.push(WriteOp::Metrics(self.metrics.clone()));
+            ops.push(WriteOp::Metrics(self.metrics));
         }
         ops.extend(self.events.iter().map(write_op));
         ops
@@ -40,14 +40,16 @@ pub fn write_op(event: &AlertEvent) -> WriteOp {
     }
 }
 
-type SeriesKey = (ResourceType, String, String);
+/// Latest metric per resource type, resource id and metric name; nested so lookups borrow
+/// `&str` and updating a known series allocates nothing.
+type Latest = HashMap<ResourceType, HashMap<String, HashMap<String, HealthMetric>>>;
 
 /// Thresholds, alert state and the latest value of every series.
 #[derive(Debug)]
 pub struct AnalyzerCore {
     rules: RuleTable,
     engine: AlertEngine,
-    latest: HashMap<SeriesKey, HealthMetric>,
+    latest: Latest,
 }
 
 impl AnalyzerCore {
@@ -80,17 +82,27 @@ impl AnalyzerCore {
             if let Some(event) = self.engine.observe(&metric, rule.as_ref(), now) {
                 analysis.events.push(event);
             }
-            self.latest.insert(
-                (
-                    metric.resource_type,
-                    metric.resource_id.clone(),
-                    metric.metric_name.clone(),
-                ),
-                metric.clone(),
-            );
+            self.remember(&metric);
             analysis.metrics.push(metric);
         }
         analysis
+    }
+
+    fn remember(&mut self, metric: &HealthMetric) {
+        let by_id = self.latest.entry(metric.resource_type).or_default();
+        if !by_id.contains_key(metric.resource_id.as_str()) {
+            by_id.insert(metric.resource_id.clone(), HashMap::new());
+        }
+        let Some(by_name) = by_id.get_mut(metric.resource_id.as_str()) else {
+            return;
+        };
+        match by_name.get_mut(metric.metric_name.as_str()) {
+            // clone_from reuses the strings' buffers.
+            Some(slot) => slot.clone_from(metric),
+            None => {
+                by_name.insert(metric.metric_name.clone(), metric.clone());
+            }
+        }
     }
 
     /// Forgets a resource whose monitor was removed: its latest values go, its alerts resolve.
@@ -100,14 +112,18 @@ impl AnalyzerCore {
         resource_id: &str,
         now: DateTime<Utc>,
     ) -> Vec<AlertEvent> {
-        self.latest
-            .retain(|(t, id, _), _| !(*t == resource_type && id == resource_id));
+        if let Some(by_id) = self.latest.get_mut(&resource_type) {
+            by_id.remove(resource_id);
+        }
         self.engine.forget_resource(resource_type, resource_id, now)
     }
 
     /// The newest value of every series seen.
     pub fn latest(&self) -> impl Iterator<Item = &HealthMetric> {
-        self.latest.values()
+        self.latest
+            .values()
+            .flat_map(|by_id| by_id.values())
+            .flat_map(|by_name| by_name.values())
     }
 
     /// The alerts currently open.
@@ -175,7 +191,7 @@ mod tests {
             ),
             Measurement::now(ResourceType::Cpu, "system", "cpu_usage_percent", 1.0, "%"),
         ];
-        let ops = a.analyze(batch, Utc::now()).write_ops();
+        let ops = a.analyze(batch, Utc::now()).into_write_ops();
         assert!(matches!(&ops[0], WriteOp::Metrics(m) if m.len() == 2));
         assert!(
             matches!(&ops[1], WriteOp::AlertOpened(al) if al.severity == HealthStatus::Critical)

@@ -160,7 +160,7 @@ impl Analyzer {
         for event in &analysis.events {
             notify::log_event(event);
         }
-        self.submit(analysis.write_ops());
+        self.submit(analysis.into_write_ops());
     }
 
     /// Sends ops to the writer, keeping refused non-metric ops for a retry and preserving order.

@@ -26,7 +26,7 @@ pub struct AddArgs {
 pub enum AddTarget {
     /// Watch an agent: its process tree (with --pid) and its workspace
     Agent {
-        /// Agent id
+        /// Agent id: 1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit
         #[arg(value_parser = parse_id)]
         id: String,
         /// The agent's root process; without it the agent counts as alive while its workspace exists
@@ -38,7 +38,7 @@ pub enum AddTarget {
     },
     /// Watch a workspace directory
     Workspace {
-        /// Workspace id
+        /// Workspace id: 1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit
         #[arg(value_parser = parse_id)]
         id: String,
         /// The directory [default: workspace_path from the config, /tmp/agent-workspaces/<ID>]

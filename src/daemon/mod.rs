@@ -156,7 +156,7 @@ pub fn run_once(settings: &Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<
     for event in &analysis.events {
         notify::log_event(event);
     }
-    apply(&mut conn, &analysis.write_ops()).context("cannot write the cycle")?;
+    apply(&mut conn, &analysis.into_write_ops()).context("cannot write the cycle")?;
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
     drop(conn);
     summary::offline(settings, Utc::now())
