@@ -192,7 +192,6 @@ pub fn probe_for(spec: &MonitorSpec, settings: &Settings, limits: WalkLimits) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
 
     fn limits() -> WalkLimits {
         WalkLimits {
@@ -244,7 +243,7 @@ mod tests {
     #[test]
     fn agent_with_pid_follows_its_process() {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = process::tests::spawn_sleep();
         let mut probe = AgentProbe::new("a1", Some(child.id()), dir.path().into(), limits());
         let ms = probe.measure();
         assert_eq!(value(&ms, AGENT_ACTIVE), Some(1.0));

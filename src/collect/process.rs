@@ -264,7 +264,7 @@ impl TreeSampler {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::process::{Command, Stdio};
 
@@ -308,9 +308,23 @@ mod tests {
         assert!(found[1..].iter().all(|p| p.ppid == pid));
     }
 
+    /// Spawns `sleep 30` and waits until it has really become `sleep` (right after spawn the
+    /// child may still be between fork and exec, with no memory of its own yet).
+    pub(crate) fn spawn_sleep() -> std::process::Child {
+        let child = Command::new("sleep").arg("30").spawn().unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap_or_default()
+            != "sleep\n"
+        {
+            assert!(Instant::now() < deadline, "sleep never started");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child
+    }
+
     #[test]
     fn sampler_sees_life_then_death() {
-        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = spawn_sleep();
         let mut sampler = TreeSampler::new(Machine::current());
         let first = sampler.sample(child.id());
         assert!(first.alive);
