@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use health_monitor::actors::writer::{self, WriterConfig};
 use health_monitor::analysis::AnalyzerCore;
-use health_monitor::config::RuleTable;
+use health_monitor::config::{RestartPolicy, RuleTable};
 use health_monitor::model::{HealthMetric, Measurement, ResourceType, format_timestamp};
 use health_monitor::store::open_for_writing;
 use rusqlite::params;
@@ -82,13 +82,20 @@ fn raw_insert(rows: &[HealthMetric]) -> Duration {
 /// writer confirms everything is committed.
 fn pipeline(batch: &[Measurement]) -> Duration {
     let dir = tempfile::tempdir().unwrap();
-    let conn = open_for_writing(&dir.path().join("hm.db")).unwrap();
-    let (handle, thread) = writer::spawn(conn, WriterConfig::default()).unwrap();
+    let path = dir.path().join("hm.db");
+    let conn = open_for_writing(&path).unwrap();
+    let (handle, thread) = writer::spawn(
+        path,
+        conn,
+        WriterConfig::default(),
+        RestartPolicy::default(),
+    )
+    .unwrap();
     let mut core = AnalyzerCore::new(RuleTable::default(), Duration::from_secs(300));
     let messages: Vec<Vec<Measurement>> = batch.chunks(PER_MESSAGE).map(|c| c.to_vec()).collect();
     let start = Instant::now();
     for msg in messages {
-        let mut ops = core.analyze(msg, Utc::now()).into_write_ops();
+        let mut ops = core.analyze(&msg, Utc::now()).into_write_ops();
         // The daemon's analyzer never blocks: a full queue would count a refusal. Here we
         // want the sustained rate, so wait for room instead of dropping.
         loop {
@@ -118,7 +125,7 @@ fn main() {
     let runs = env_usize("RUNS", 5);
     let batch = readings(n);
     let mut core = AnalyzerCore::new(RuleTable::default(), Duration::from_secs(300));
-    let analyzed = core.analyze(batch.clone(), Utc::now()).metrics;
+    let analyzed = core.analyze(&batch, Utc::now()).metrics;
     let (mut raw_rates, mut ours_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         // Interleaved, so drift on a noisy machine hits both sides alike.

@@ -68,17 +68,20 @@ impl AnalyzerCore {
     }
 
     /// Applies thresholds to each measurement and runs the alert state machine.
-    pub fn analyze(&mut self, batch: Vec<Measurement>, now: DateTime<Utc>) -> Analysis {
+    /// Takes the batch by reference so the caller can keep it safe until the results are
+    /// handed on (the analyzer actor re-runs a batch a panic interrupted). Non-finite values are
+    /// skipped: they say nothing and cannot be stored.
+    pub fn analyze(&mut self, batch: &[Measurement], now: DateTime<Utc>) -> Analysis {
         let mut analysis = Analysis {
             metrics: Vec::with_capacity(batch.len()),
             events: Vec::new(),
         };
-        for m in batch {
+        for m in batch.iter().filter(|m| m.value.is_finite()) {
             let rule = self
                 .rules
                 .rule(m.resource_type, &m.resource_id, &m.metric_name)
                 .copied();
-            let metric = HealthMetric::from_measurement(m, rule.map(|r| r.thresholds));
+            let metric = HealthMetric::from_measurement(m.clone(), rule.map(|r| r.thresholds));
             if let Some(event) = self.engine.observe(&metric, rule.as_ref(), now) {
                 analysis.events.push(event);
             }
@@ -156,7 +159,7 @@ mod tests {
             85.0,
             "%",
         );
-        let out = a.analyze(vec![m], Utc::now());
+        let out = a.analyze(&[m], Utc::now());
         assert_eq!(out.metrics.len(), 1);
         assert_eq!(out.metrics[0].status, HealthStatus::Unhealthy);
         assert_eq!(out.metrics[0].threshold_warning, Some(80.0));
@@ -173,9 +176,23 @@ mod tests {
     fn healthy_values_give_no_alert() {
         let mut a = core();
         let m = Measurement::now(ResourceType::Cpu, "system", "cpu_usage_percent", 10.0, "%");
-        let out = a.analyze(vec![m], Utc::now());
+        let out = a.analyze(&[m], Utc::now());
         assert!(out.events.is_empty());
         assert_eq!(out.metrics[0].status, HealthStatus::Healthy);
+    }
+
+    #[test]
+    fn non_finite_values_are_skipped() {
+        let mut a = core();
+        let m = Measurement::now(
+            ResourceType::Cpu,
+            "system",
+            "cpu_usage_percent",
+            f64::NAN,
+            "%",
+        );
+        let out = a.analyze(&[m], Utc::now());
+        assert!(out.metrics.is_empty() && out.events.is_empty());
     }
 
     #[test]
@@ -191,7 +208,7 @@ mod tests {
             ),
             Measurement::now(ResourceType::Cpu, "system", "cpu_usage_percent", 1.0, "%"),
         ];
-        let ops = a.analyze(batch, Utc::now()).into_write_ops();
+        let ops = a.analyze(&batch, Utc::now()).into_write_ops();
         assert!(matches!(&ops[0], WriteOp::Metrics(m) if m.len() == 2));
         assert!(
             matches!(&ops[1], WriteOp::AlertOpened(al) if al.severity == HealthStatus::Critical)
@@ -204,7 +221,7 @@ mod tests {
         let mut a = core();
         let now = Utc::now();
         a.analyze(
-            vec![
+            &[
                 Measurement::now(
                     ResourceType::Workspace,
                     "w1",

@@ -36,6 +36,14 @@ pub const AGENT_MEMORY_MB: &str = "agent_memory_mb";
 pub const WORKSPACE_SIZE_MB: &str = "workspace_size_mb";
 /// 1 when the workspace directory exists.
 pub const WORKSPACE_EXISTS: &str = "workspace_exists";
+/// Files (non-directories) in a workspace.
+pub const WORKSPACE_FILE_COUNT: &str = "workspace_file_count";
+/// 1 when the workspace directory can be listed.
+pub const WORKSPACE_READABLE: &str = "workspace_readable";
+/// 1 when the latest walk of the workspace finished within its time cap.
+pub const WORKSPACE_SCAN_COMPLETE: &str = "workspace_scan_complete";
+/// A count.
+pub const UNIT_COUNT: &str = "count";
 /// 1 when the workspace's `.git` is a usable repository.
 pub const GIT_REPOSITORY_VALID: &str = "git_repository_valid";
 
@@ -99,6 +107,28 @@ pub const METRICS: &[MetricDef] = &[
         unit: UNIT_BOOL,
         thresholds: FLAG,
         description: "1 while the workspace directory exists",
+    },
+    MetricDef {
+        name: WORKSPACE_READABLE,
+        resource_types: &[ResourceType::Workspace],
+        unit: UNIT_BOOL,
+        thresholds: FLAG,
+        description: "1 while the workspace directory can be listed (only reported when it exists)",
+    },
+    MetricDef {
+        name: WORKSPACE_FILE_COUNT,
+        resource_types: &[ResourceType::Workspace],
+        unit: UNIT_COUNT,
+        thresholds: Some(Thresholds::new(500_000.0, 2_000_000.0)),
+        description: "files and other non-directories under the workspace, hidden ones included",
+    },
+    MetricDef {
+        name: WORKSPACE_SCAN_COMPLETE,
+        resource_types: &[ResourceType::Workspace],
+        unit: UNIT_BOOL,
+        // Never critical: a slow walk means the size is stale, not that the workspace is broken.
+        thresholds: Some(Thresholds::new(0.5, -0.5)),
+        description: "1 when the latest walk finished within `walk_time_cap`; 0 means size and count are the last complete values",
     },
     MetricDef {
         name: GIT_REPOSITORY_VALID,

@@ -25,6 +25,70 @@ pub const DEFAULT_WORKSPACE_PATH: &str = "/tmp/agent-workspaces/{id}";
 /// Shortest interval accepted; anything shorter only burns CPU.
 pub const MIN_INTERVAL_SECS: f64 = 0.01;
 
+/// How the supervisor restarts what fails (the `[supervisor]` table, in seconds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RestartPolicy {
+    /// First delay before a restart; it doubles with each failure.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// More restarts than this within `window` park the child.
+    pub max_restarts: usize,
+    pub window: Duration,
+    /// How long a parked child waits before one more try.
+    pub park_pause: Duration,
+    /// How long a restarted child must run before its `collector_failed` alert resolves.
+    pub stable_after: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+            max_restarts: 5,
+            window: Duration::from_secs(60),
+            park_pause: Duration::from_secs(300),
+            stable_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The `[supervisor]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorConfig {
+    pub initial_backoff: Option<f64>,
+    pub max_backoff: Option<f64>,
+    pub max_restarts: Option<usize>,
+    pub window: Option<f64>,
+    pub park_pause: Option<f64>,
+    pub stable_after: Option<f64>,
+}
+
+impl SupervisorConfig {
+    fn resolve(&self) -> anyhow::Result<RestartPolicy> {
+        let d = RestartPolicy::default();
+        let secs = |key: &str, v: Option<f64>, default: Duration| -> anyhow::Result<Duration> {
+            match v {
+                Some(v) => seconds(&format!("supervisor.{key}"), v, 0.001),
+                None => Ok(default),
+            }
+        };
+        let policy = RestartPolicy {
+            initial_backoff: secs("initial_backoff", self.initial_backoff, d.initial_backoff)?,
+            max_backoff: secs("max_backoff", self.max_backoff, d.max_backoff)?,
+            max_restarts: self.max_restarts.unwrap_or(d.max_restarts),
+            window: secs("window", self.window, d.window)?,
+            park_pause: secs("park_pause", self.park_pause, d.park_pause)?,
+            stable_after: secs("stable_after", self.stable_after, d.stable_after)?,
+        };
+        if policy.max_backoff < policy.initial_backoff {
+            bail!("supervisor.max_backoff must be at least supervisor.initial_backoff");
+        }
+        Ok(policy)
+    }
+}
+
 /// The `--config` file as written by the operator. Every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,9 +104,14 @@ pub struct ConfigFile {
     pub agent_workspace: Option<String>,
     /// Template of a workspace's path, with `{id}`.
     pub workspace_path: Option<String>,
+    /// Seconds a directory walk may take before it gives up (default: 10 intervals, 30 to 600).
+    pub walk_time_cap: Option<f64>,
     /// `[thresholds.<metric_name>]` tables.
     #[serde(default)]
     pub thresholds: BTreeMap<String, ThresholdConfig>,
+    /// `[supervisor]`: restart backoff and intensity.
+    #[serde(default)]
+    pub supervisor: SupervisorConfig,
 }
 
 /// One `[thresholds.<metric_name>]` table.
@@ -195,6 +264,9 @@ pub struct Settings {
     pub agent_workspace: String,
     pub workspace_path: String,
     pub rules: RuleTable,
+    pub restart: RestartPolicy,
+    /// When a directory walk gives up and the last complete size is kept.
+    pub walk_time_cap: Duration,
 }
 
 impl Default for Settings {
@@ -246,6 +318,11 @@ impl Settings {
             .unwrap_or_else(|| DEFAULT_WORKSPACE_PATH.into());
         validate_template("workspace_path", &workspace_path)?;
         let rules = RuleTable::default().with_overrides(&file.thresholds)?;
+        let restart = file.supervisor.resolve()?;
+        let walk_time_cap = match file.walk_time_cap {
+            Some(secs) => seconds("walk_time_cap", secs, 0.001)?,
+            None => (interval * 10).clamp(Duration::from_secs(30), Duration::from_secs(600)),
+        };
         Ok(Settings {
             db_path,
             socket_path,
@@ -255,6 +332,8 @@ impl Settings {
             agent_workspace,
             workspace_path,
             rules,
+            restart,
+            walk_time_cap,
         })
     }
 
@@ -330,6 +409,10 @@ mod tests {
         assert_eq!(s.interval, Duration::from_secs(30));
         assert_eq!(s.alert_cooldown, Duration::from_secs(300));
         assert_eq!(s.log_level, "info");
+        assert_eq!(s.restart, RestartPolicy::default());
+        assert_eq!(s.restart.initial_backoff, Duration::from_millis(100));
+        assert_eq!(s.restart.max_restarts, 5);
+        assert_eq!(s.walk_time_cap, Duration::from_secs(300));
         assert_eq!(
             s.default_agent_workspace("a1"),
             PathBuf::from("/tmp/agent_a1")
@@ -387,6 +470,8 @@ mod tests {
         assert!(err("[thresholds.agent_active]\nwarning = nan").contains("finite"));
         assert!(err("[thresholds.agent_active]\nfor_cycles = 0").contains("for_cycles"));
         assert!(err("workspace_path = \"/tmp/ws\"").contains("{id}"));
+        assert!(err("[supervisor]\nwindow = -1").contains("supervisor.window"));
+        assert!(err("[supervisor]\nrestarts = 1").contains("restarts"));
         assert!(err("log_level = \"loud!\"").contains("log level"));
         assert!(err("log_level = \"x=loud\"").contains("log level"));
         validate_log_level("DEBUG").unwrap();

@@ -22,11 +22,30 @@ fn main() -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
+    if let Err(e) = health_monitor::faults::install_from_env() {
+        eprintln!("error: {e}");
+        return ExitCode::from(USAGE);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&settings.log_level))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // Panics (real or injected) are logged like everything else, with where they happened.
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("panic");
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        tracing::error!(thread = thread.name().unwrap_or("?"), %location, "panic: {what}");
+    }));
     let result = match &args.command {
         Command::Start(a) => cli::daemon::start(a, settings),
         Command::Status(a) => cli::status::status(a, &settings),

@@ -67,7 +67,10 @@ pub struct Summary {
     pub actors: Vec<ActorReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer: Option<WriterReport>,
-    /// Measurements the analyzer refused because it was busy or restarting.
+    /// Measurements queued for the analyzer since the daemon started.
+    #[serde(default)]
+    pub measurements_accepted: u64,
+    /// Measurements the analyzer's queue refused because it was full.
     #[serde(default)]
     pub measurements_refused: u64,
     pub db_path: String,
@@ -88,6 +91,7 @@ pub struct SummaryInputs {
     pub recent: query::RecentCounts,
     pub actors: Vec<ActorReport>,
     pub writer: Option<WriterReport>,
+    pub measurements_accepted: u64,
     pub measurements_refused: u64,
     pub db_path: PathBuf,
     pub pid: Option<u32>,
@@ -267,6 +271,7 @@ pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
         resources,
         actors: inputs.actors,
         writer: inputs.writer,
+        measurements_accepted: inputs.measurements_accepted,
         measurements_refused: inputs.measurements_refused,
         db_path: inputs.db_path.display().to_string(),
         pid: inputs.pid,

@@ -1,36 +1,47 @@
 //! The analyzer actor: feeds measurements through `AnalyzerCore`, sends rows to the writer and
 //! alert events to the notifier, and answers snapshot requests.
+//!
+//! Measurements reach it through [`AnalyzerHandle`], whose queue outlives any one analyzer: a
+//! panic loses neither what is queued nor the batch being analyzed (it stays in the handle until
+//! its rows are handed to the writer), and the next analyzer reads its alert state back from
+//! the database.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::Utc;
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::writer::WriterHandle;
 use super::{ExitGuard, StopChild};
-use crate::analysis::AnalyzerCore;
+use crate::alerts::{AlertEvent, Condition};
+use crate::analysis::{AnalyzerCore, write_op};
 use crate::config::Settings;
-use crate::model::{HealthAlert, HealthMetric, Measurement, ResourceType};
+use crate::faults;
+use crate::model::{AlertKey, HealthAlert, HealthMetric, HealthStatus, Measurement, ResourceType};
 use crate::notify;
 use crate::store::write::WriteOp;
 use crate::store::{self, query};
 
-/// Messages the analyzer's mailbox holds before senders are refused.
-pub const MAILBOX_CAPACITY: usize = 8192;
-/// Measurements held while the alert state loads, before new ones are dropped.
-const BACKLOG_CAP: usize = 200_000;
+/// Batches the queue holds before collectors are refused.
+pub const QUEUE_CAPACITY: usize = 8192;
 /// How long a starting analyzer waits for the writer to land a predecessor's alerts.
 const FLUSH_WAIT: Duration = Duration::from_secs(3);
+/// A batch that took down this many analyzers is dropped rather than tried again.
+const MAX_BATCH_ATTEMPTS: u32 = 3;
+/// The alert raised while the database refuses writes.
+pub const DATABASE_WRITE_FAILED: &str = "database_write_failed";
 
-/// One collector cycle's readings.
+/// Wakes the analyzer to drain its queue.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct Metrics(pub Vec<Measurement>);
+struct Wake;
 
 /// A monitor was removed: forget its values and resolve its alerts.
 #[derive(Message, Debug)]
@@ -45,7 +56,7 @@ pub struct ForgetResource {
 #[rtype(result = "Snapshot")]
 pub struct GetSnapshot;
 
-/// Answered once every message sent before it is handled and its rows are queued for the writer.
+/// Answered once everything queued before it is analyzed and handed to the writer.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Drain;
@@ -57,46 +68,118 @@ pub struct Snapshot {
     pub active_alerts: Vec<HealthAlert>,
 }
 
+/// A batch being analyzed, kept outside the analyzer so a panic does not lose it.
+struct InFlight {
+    batch: Vec<Measurement>,
+    attempts: u32,
+}
+
+struct HandleInner {
+    tx: Sender<Vec<Measurement>>,
+    rx: Receiver<Vec<Measurement>>,
+    addr: RwLock<Option<Addr<Analyzer>>>,
+    wake_sent: AtomicBool,
+    in_flight: Mutex<Option<InFlight>>,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    /// Conditions other parts of the daemon want raised (`Some`) or cleared (`None`).
+    conditions: Mutex<HashMap<AlertKey, Option<Condition>>>,
+}
+
 /// The stable way to reach whichever analyzer is current: collectors keep this, never an `Addr`,
-/// so a restarted analyzer is found without them noticing.
-#[derive(Clone, Default)]
+/// so a restarted analyzer is found without them noticing, and nothing queued is lost with it.
+#[derive(Clone)]
 pub struct AnalyzerHandle {
-    slot: Arc<RwLock<Option<Addr<Analyzer>>>>,
-    refused: Arc<AtomicU64>,
+    inner: Arc<HandleInner>,
+}
+
+impl Default for AnalyzerHandle {
+    fn default() -> Self {
+        let (tx, rx) = bounded(QUEUE_CAPACITY);
+        AnalyzerHandle {
+            inner: Arc::new(HandleInner {
+                tx,
+                rx,
+                addr: RwLock::new(None),
+                wake_sent: AtomicBool::new(false),
+                in_flight: Mutex::new(None),
+                accepted: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
+                conditions: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking analyzer may poison these; the data is plain and still right.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl AnalyzerHandle {
     /// Points the handle at a new analyzer.
     pub fn set(&self, addr: Option<Addr<Analyzer>>) {
-        if let Ok(mut slot) = self.slot.write() {
+        if let Ok(mut slot) = self.inner.addr.write() {
             *slot = addr;
         }
     }
 
     /// The current analyzer, if one runs.
     pub fn addr(&self) -> Option<Addr<Analyzer>> {
-        self.slot.read().ok().and_then(|s| s.clone())
+        self.inner.addr.read().ok().and_then(|s| s.clone())
     }
 
-    /// Hands measurements over without blocking; refused ones are counted.
+    /// Queues measurements without blocking; refused ones (queue full) are counted.
     pub fn send_metrics(&self, batch: Vec<Measurement>) {
-        let n = batch.len() as u64;
-        let sent = self
-            .addr()
-            .is_some_and(|addr| addr.try_send(Metrics(batch)).is_ok());
-        if !sent {
-            let total = self.refused.fetch_add(n, Ordering::Relaxed) + n;
-            tracing::warn!(
-                refused = n,
-                total_refused = total,
-                "analyzer busy or restarting: measurements refused"
-            );
+        if batch.is_empty() {
+            return;
         }
+        let n = batch.len() as u64;
+        match self.inner.tx.try_send(batch) {
+            Ok(()) => {
+                self.inner.accepted.fetch_add(n, Ordering::Relaxed);
+                self.wake();
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                let total = self.inner.refused.fetch_add(n, Ordering::Relaxed) + n;
+                tracing::warn!(
+                    refused = n,
+                    total_refused = total,
+                    "analyzer queue full: measurements refused"
+                );
+                self.wake();
+            }
+        }
+    }
+
+    fn wake(&self) {
+        if !self.inner.wake_sent.swap(true, Ordering::AcqRel)
+            && let Some(addr) = self.addr()
+        {
+            addr.do_send(Wake);
+        }
+    }
+
+    /// Measurements accepted into the queue since start: each becomes a row unless its value is
+    /// not finite.
+    pub fn accepted(&self) -> u64 {
+        self.inner.accepted.load(Ordering::Relaxed)
     }
 
     /// Measurements refused since start.
     pub fn refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
+        self.inner.refused.load(Ordering::Relaxed)
+    }
+
+    /// Batches waiting to be analyzed.
+    pub fn queue_depth(&self) -> usize {
+        self.inner.rx.len()
+    }
+
+    /// Raises (`Some`) or clears (`None`) a condition alert; the analyzer applies it within a
+    /// second, and again after a restart until it is cleared.
+    pub fn set_condition(&self, key: AlertKey, condition: Option<Condition>) {
+        lock(&self.inner.conditions).insert(key, condition);
     }
 
     /// Asks the current analyzer to forget a resource.
@@ -118,49 +201,79 @@ impl AnalyzerHandle {
 /// The analyzer actor.
 pub struct Analyzer {
     settings: Arc<Settings>,
+    handle: AnalyzerHandle,
     /// `None` until the active alerts are read back from the database.
     core: Option<AnalyzerCore>,
-    backlog: Vec<Measurement>,
     drain_waiters: Vec<oneshot::Sender<()>>,
     writer: WriterHandle,
     /// Alert and monitor changes the writer refused: retried, never dropped.
     unsent: VecDeque<WriteOp>,
+    /// Batches analyzed by this instance (for fault injection).
+    batches: u64,
     _guard: ExitGuard,
 }
 
 impl Analyzer {
     /// A new analyzer; it reads the active alerts back from the database when started.
-    pub fn new(settings: Arc<Settings>, writer: WriterHandle, guard: ExitGuard) -> Self {
+    pub fn new(
+        settings: Arc<Settings>,
+        handle: AnalyzerHandle,
+        writer: WriterHandle,
+        guard: ExitGuard,
+    ) -> Self {
         Analyzer {
             settings,
+            handle,
             core: None,
-            backlog: Vec::new(),
             drain_waiters: Vec::new(),
             writer,
             unsent: VecDeque::new(),
+            batches: 0,
             _guard: guard,
         }
     }
 
-    fn process(&mut self, batch: Vec<Measurement>) {
-        let Some(core) = self.core.as_mut() else {
-            if self.backlog.len() + batch.len() > BACKLOG_CAP {
-                tracing::warn!(
-                    dropped = batch.len(),
-                    "analyzer still loading: backlog full"
-                );
-            } else {
-                self.backlog.extend(batch);
-            }
-            return;
-        };
-        // NaN cannot be stored (the column is NOT NULL) and says nothing: skip it.
-        let batch: Vec<Measurement> = batch.into_iter().filter(|m| m.value.is_finite()).collect();
-        let analysis = core.analyze(batch, Utc::now());
-        for event in &analysis.events {
-            notify::log_event(event);
+    /// Analyzes everything queued. Each batch stays in the handle's in-flight slot until its
+    /// results are with the writer.
+    fn drain(&mut self) {
+        if self.core.is_none() {
+            return; // Still loading: the queue keeps everything.
         }
-        self.submit(analysis.into_write_ops());
+        self.handle.inner.wake_sent.store(false, Ordering::Release);
+        let inner = self.handle.inner.clone();
+        loop {
+            let mut slot = lock(&inner.in_flight);
+            if slot.is_none() {
+                match inner.rx.try_recv() {
+                    Ok(batch) => *slot = Some(InFlight { batch, attempts: 0 }),
+                    Err(_) => return,
+                }
+            }
+            let Some(in_flight) = slot.as_mut() else {
+                return;
+            };
+            in_flight.attempts += 1;
+            if in_flight.attempts > MAX_BATCH_ATTEMPTS {
+                tracing::error!(
+                    measurements = in_flight.batch.len(),
+                    "dropping a batch that crashed the analyzer {MAX_BATCH_ATTEMPTS} times"
+                );
+                *slot = None;
+                continue;
+            }
+            self.batches += 1;
+            faults::check("analyzer", self.batches);
+            let Some(core) = self.core.as_mut() else {
+                return;
+            };
+            let analysis = core.analyze(&in_flight.batch, Utc::now());
+            for event in &analysis.events {
+                notify::log_event(event);
+            }
+            self.submit(analysis.into_write_ops());
+            // Only now is the batch safe with the writer.
+            *slot = None;
+        }
     }
 
     /// Sends ops to the writer, keeping refused non-metric ops for a retry and preserving order.
@@ -198,15 +311,68 @@ impl Analyzer {
         }
     }
 
+    fn emit(&mut self, events: Vec<AlertEvent>) {
+        for event in &events {
+            notify::log_event(event);
+        }
+        let ops = events.iter().map(write_op).collect();
+        self.submit(ops);
+    }
+
+    /// Applies the wanted conditions (and the writer's health) to the alert engine.
+    fn reconcile_conditions(&mut self) {
+        let db_key = AlertKey {
+            resource_type: ResourceType::Database,
+            resource_id: self.settings.db_path.display().to_string(),
+            alert_type: DATABASE_WRITE_FAILED.into(),
+        };
+        let report = self.writer.report();
+        let db_condition = report.failing.then(|| Condition {
+            severity: HealthStatus::Critical,
+            message: format!(
+                "cannot write to the database ({}); {} rows held in memory, {} dropped",
+                report.last_error.as_deref().unwrap_or("unknown error"),
+                report.buffered_rows,
+                report.rows_dropped
+            ),
+            metadata: json!({
+                "buffered_rows": report.buffered_rows,
+                "rows_dropped": report.rows_dropped,
+                "error": report.last_error,
+            }),
+        });
+        let wanted: Vec<(AlertKey, Option<Condition>)> = {
+            let mut conditions = lock(&self.handle.inner.conditions);
+            let wanted = conditions
+                .iter()
+                .map(|(k, c)| (k.clone(), c.clone()))
+                .collect();
+            // Cleared conditions are applied once, then forgotten.
+            conditions.retain(|_, c| c.is_some());
+            wanted
+        };
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
+        let now = Utc::now();
+        let mut events = Vec::new();
+        for (key, condition) in wanted.into_iter().chain([(db_key, db_condition)]) {
+            let engine = core.engine_mut();
+            let event = match condition {
+                Some(c) => engine.raise(key, c, now),
+                None => engine.clear(&key, now),
+            };
+            events.extend(event);
+        }
+        self.emit(events);
+    }
+
     fn loaded(&mut self, alerts: Vec<HealthAlert>) {
         let mut core = AnalyzerCore::new(self.settings.rules.clone(), self.settings.alert_cooldown);
         tracing::debug!(active = alerts.len(), "analyzer restored its alert state");
         core.restore(alerts);
         self.core = Some(core);
-        let backlog = std::mem::take(&mut self.backlog);
-        if !backlog.is_empty() {
-            self.process(backlog);
-        }
+        self.drain();
         for waiter in self.drain_waiters.drain(..) {
             let _ = waiter.send(());
         }
@@ -225,7 +391,7 @@ impl Actor for Analyzer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        ctx.set_mailbox_capacity(1024);
         let flushed = self.writer.flush();
         let db: PathBuf = self.settings.db_path.clone();
         let load = async move {
@@ -247,29 +413,32 @@ impl Actor for Analyzer {
             };
             act.loaded(alerts);
         }));
-        ctx.run_interval(Duration::from_secs(1), |act, _| act.retry_unsent());
+        ctx.run_interval(Duration::from_secs(1), |act, _| {
+            act.retry_unsent();
+            act.reconcile_conditions();
+            // A wake-up lost with a dead predecessor must not strand the queue.
+            act.drain();
+        });
     }
 }
 
-impl Handler<Metrics> for Analyzer {
+impl Handler<Wake> for Analyzer {
     type Result = ();
-    fn handle(&mut self, msg: Metrics, _: &mut Self::Context) {
-        self.process(msg.0);
+    fn handle(&mut self, _: Wake, _: &mut Self::Context) {
+        self.drain();
     }
 }
 
 impl Handler<ForgetResource> for Analyzer {
     type Result = ();
     fn handle(&mut self, msg: ForgetResource, _: &mut Self::Context) {
+        // The collector is already stopped: what it queued is analyzed first, then forgotten.
+        self.drain();
         let Some(core) = self.core.as_mut() else {
             return;
         };
         let events = core.forget_resource(msg.resource_type, &msg.resource_id, Utc::now());
-        for event in &events {
-            notify::log_event(event);
-        }
-        let ops = events.iter().map(crate::analysis::write_op).collect();
-        self.submit(ops);
+        self.emit(events);
     }
 }
 
@@ -289,6 +458,7 @@ impl Handler<GetSnapshot> for Analyzer {
 impl Handler<Drain> for Analyzer {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, _: Drain, _: &mut Self::Context) -> Self::Result {
+        self.drain();
         self.retry_unsent();
         let (tx, rx) = oneshot::channel();
         if self.core.is_some() {

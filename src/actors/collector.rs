@@ -18,6 +18,8 @@ pub struct Collector {
     analyzer: AnalyzerHandle,
     /// Ticks skipped because the previous measurement was still running.
     overruns: u64,
+    /// Ticks since this instance started (for fault injection).
+    ticks: u64,
     _guard: ExitGuard,
 }
 
@@ -36,11 +38,14 @@ impl Collector {
             interval,
             analyzer,
             overruns: 0,
+            ticks: 0,
             _guard: guard,
         }
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
+        self.ticks += 1;
+        crate::faults::check(&self.name, self.ticks);
         let Some(mut probe) = self.probe.take() else {
             self.overruns += 1;
             tracing::debug!(collector = %self.name, overruns = self.overruns, "previous measurement still running; tick skipped");

@@ -4,6 +4,7 @@
 
 pub mod analyzer;
 pub mod collector;
+pub mod restart;
 pub mod supervisor;
 pub mod writer;
 

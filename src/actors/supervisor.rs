@@ -1,58 +1,36 @@
 //! Our supervisor: owns every child, starts and stops them as monitors come and go, and restarts
 //! whatever dies (stop or panic) with backoff and an intensity limit, in the OTP manner.
+//!
+//! actix's own `Supervisor` does not restart an actor that panics (DESIGN.md §2); ours learns of
+//! every death from the child's [`ExitGuard`], with a poll of `connected()` as a backstop.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::analyzer::{Analyzer, AnalyzerHandle, Drain};
 use super::collector::Collector;
+use super::restart::RestartTracker;
 use super::writer::WriterHandle;
 use super::{ChildExited, ChildRef, ExitGuard};
+use crate::alerts::Condition;
 use crate::collect::{Probe, SystemProbe, WalkLimits, probe_for};
 use crate::config::Settings;
 use crate::control::server::ControlServer;
-use crate::model::{AddOutcome, MonitorKind, MonitorSet, MonitorSpec};
+use crate::model::{
+    AddOutcome, AlertKey, HealthStatus, MonitorKind, MonitorSet, MonitorSpec, ResourceType,
+};
 use crate::store::write::WriteOp;
 
-/// How restarts back off and when a child is parked instead.
-#[derive(Debug, Clone, Copy)]
-pub struct RestartPolicy {
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
-    /// More restarts than this within `window` park the child.
-    pub max_restarts: usize,
-    pub window: Duration,
-    /// How long a parked child waits before one more try.
-    pub park_pause: Duration,
-}
+pub use super::restart::ChildState;
 
-impl Default for RestartPolicy {
-    fn default() -> Self {
-        RestartPolicy {
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(30),
-            max_restarts: 5,
-            window: Duration::from_secs(60),
-            park_pause: Duration::from_secs(300),
-        }
-    }
-}
-
-/// Where a child is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ChildState {
-    Running,
-    /// Died; a restart is scheduled after a backoff.
-    Restarting,
-    /// Died too often; waits a long pause before one more try.
-    Parked,
-}
+/// The alert raised for a child parked after failing too often.
+pub const COLLECTOR_FAILED: &str = "collector_failed";
 
 /// One child as `status --json` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,15 +54,22 @@ pub fn monitor_child_name(kind: MonitorKind, id: &str) -> String {
     format!("{kind}:{id}")
 }
 
+/// The resource a child's failure is reported on, if it watches one.
+fn watched_resource(kind: &ChildKind) -> Option<(ResourceType, String)> {
+    match kind {
+        ChildKind::Monitor(spec) => Some((spec.kind().resource_type(), spec.id().to_string())),
+        ChildKind::System => Some((ResourceType::Cpu, "system".into())),
+        ChildKind::Analyzer | ChildKind::Control => None,
+    }
+}
+
 struct Child {
     kind: ChildKind,
     generation: u64,
     handle: Option<Box<dyn ChildRef>>,
-    state: ChildState,
-    restarts: u32,
-    recent_restarts: VecDeque<Instant>,
-    backoff: Duration,
-    started_at: Instant,
+    tracker: RestartTracker,
+    /// A `collector_failed` alert was raised and waits for a restart that holds.
+    failure_raised: bool,
 }
 
 /// Everything children need, shared by the supervisor's factories.
@@ -95,7 +80,6 @@ pub struct SupervisorDeps {
     pub writer: WriterHandle,
     /// The bound control socket; `None` runs without a control server (tests).
     pub listener: Option<Arc<tokio::net::UnixListener>>,
-    pub policy: RestartPolicy,
 }
 
 /// The supervisor actor.
@@ -128,11 +112,8 @@ impl Supervisor {
             kind,
             generation: 0,
             handle: None,
-            state: ChildState::Restarting,
-            restarts: 0,
-            recent_restarts: VecDeque::new(),
-            backoff: self.deps.policy.initial_backoff,
-            started_at: Instant::now(),
+            tracker: RestartTracker::new(self.deps.settings.restart),
+            failure_raised: false,
         };
         self.children.insert(name.clone(), child);
         self.start(&name, ctx);
@@ -151,17 +132,48 @@ impl Supervisor {
             return;
         };
         child.generation = generation;
-        child.started_at = Instant::now();
         match built {
-            Ok(handle) => {
-                child.handle = Some(handle);
-                child.state = ChildState::Running;
-            }
+            Ok(handle) => child.handle = Some(handle),
             Err(e) => {
                 tracing::error!(actor = name, "cannot start: {e}");
-                child.state = ChildState::Running;
                 self.exited(name, generation, false, ctx);
+                return;
             }
+        }
+        if child.failure_raised {
+            let stable_after = self.deps.settings.restart.stable_after;
+            let name = name.to_string();
+            ctx.run_later(stable_after, move |act, _| {
+                act.check_stable(&name, generation)
+            });
+        }
+    }
+
+    /// Resolves a child's `collector_failed` alert once a restart has held.
+    fn check_stable(&mut self, name: &str, generation: u64) {
+        let Some(child) = self.children.get_mut(name) else {
+            return;
+        };
+        if child.generation != generation
+            || child.tracker.state != ChildState::Running
+            || !child.failure_raised
+        {
+            return;
+        }
+        child.failure_raised = false;
+        if let Some((resource_type, resource_id)) = watched_resource(&child.kind) {
+            tracing::info!(
+                actor = name,
+                "actor has held since its restart; failure resolved"
+            );
+            self.deps.analyzer.set_condition(
+                AlertKey {
+                    resource_type,
+                    resource_id,
+                    alert_type: COLLECTOR_FAILED.into(),
+                },
+                None,
+            );
         }
     }
 
@@ -170,48 +182,53 @@ impl Supervisor {
         if self.stopping {
             return;
         }
-        let policy = self.deps.policy;
         let Some(child) = self.children.get_mut(name) else {
             return; // Removed on purpose.
         };
-        if child.generation != generation || child.state != ChildState::Running {
+        if child.generation != generation || child.tracker.state != ChildState::Running {
             return; // A stale notice, or the poll already saw it.
         }
         child.handle = None;
-        let now = Instant::now();
-        if now.duration_since(child.started_at) > policy.window {
-            child.backoff = policy.initial_backoff; // It held for a while: start over.
-        }
-        while child
-            .recent_restarts
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > policy.window)
-        {
-            child.recent_restarts.pop_front();
-        }
-        let delay = if child.recent_restarts.len() >= policy.max_restarts {
-            child.state = ChildState::Parked;
-            child.recent_restarts.clear();
+        let delay = child.tracker.exited(Instant::now());
+        let restarts = child.tracker.restarts;
+        if child.tracker.state == ChildState::Parked {
             tracing::error!(
                 actor = name,
-                restarts = child.restarts,
-                pause_secs = policy.park_pause.as_secs_f64(),
+                panicked,
+                restarts,
+                pause_secs = delay.as_secs_f64(),
                 "actor keeps failing: parked before the next try"
             );
-            policy.park_pause
+            if let Some((resource_type, resource_id)) = watched_resource(&child.kind) {
+                child.failure_raised = true;
+                let policy = self.deps.settings.restart;
+                self.deps.analyzer.set_condition(
+                    AlertKey {
+                        resource_type,
+                        resource_id,
+                        alert_type: COLLECTOR_FAILED.into(),
+                    },
+                    Some(Condition {
+                        severity: HealthStatus::Critical,
+                        message: format!(
+                            "collector {name} failed {} times within {} s; its data is stale, next try in {} s",
+                            policy.max_restarts + 1,
+                            policy.window.as_secs_f64(),
+                            delay.as_secs_f64()
+                        ),
+                        metadata: json!({"actor": name, "restarts": restarts, "panicked": panicked}),
+                    }),
+                );
+            }
         } else {
-            child.state = ChildState::Restarting;
-            let delay = child.backoff;
-            child.backoff = (child.backoff * 2).min(policy.max_backoff);
             tracing::warn!(
                 actor = name,
                 panicked,
-                restarts = child.restarts,
+                restarts,
                 delay_ms = delay.as_millis() as u64,
                 "actor stopped; restarting"
             );
-            delay
-        };
+        }
         let name = name.to_string();
         ctx.run_later(delay, move |act, ctx| act.restart(&name, generation, ctx));
     }
@@ -223,36 +240,53 @@ impl Supervisor {
         let Some(child) = self.children.get_mut(name) else {
             return;
         };
-        if child.generation != dead_generation || child.state == ChildState::Running {
+        if child.generation != dead_generation || child.tracker.state == ChildState::Running {
             return; // Replaced meanwhile (the monitor was updated or re-added).
         }
-        child.restarts += 1;
-        child.recent_restarts.push_back(Instant::now());
+        child.tracker.restarted(Instant::now());
+        let restarts = child.tracker.restarts;
         self.start(name, ctx);
-        if let Some(child) = self.children.get(name)
-            && child.state == ChildState::Running
-        {
-            tracing::info!(actor = name, restarts = child.restarts, "actor restarted");
-        }
+        tracing::info!(actor = name, restarts, "actor restarted");
     }
 
     fn stop_child(&mut self, name: &str) {
-        if let Some(child) = self.children.remove(name)
-            && let Some(handle) = child.handle
-        {
-            handle.stop();
+        if let Some(child) = self.children.remove(name) {
+            if let Some(handle) = child.handle {
+                handle.stop();
+            }
+            if child.failure_raised
+                && let Some((resource_type, resource_id)) = watched_resource(&child.kind)
+            {
+                self.deps.analyzer.set_condition(
+                    AlertKey {
+                        resource_type,
+                        resource_id,
+                        alert_type: COLLECTOR_FAILED.into(),
+                    },
+                    None,
+                );
+            }
         }
     }
 
     fn reports(&self) -> Vec<ActorReport> {
-        self.children
+        let mut reports: Vec<ActorReport> = self
+            .children
             .iter()
             .map(|(name, c)| ActorReport {
                 name: name.clone(),
-                state: c.state,
-                restarts: c.restarts,
+                state: c.tracker.state,
+                restarts: c.tracker.restarts,
             })
-            .collect()
+            .collect();
+        let (state, restarts) = self.deps.writer.supervision();
+        reports.push(ActorReport {
+            name: "writer".into(),
+            state,
+            restarts,
+        });
+        reports.sort_by(|a, b| a.name.cmp(&b.name));
+        reports
     }
 
     fn begin_shutdown(&mut self, ctx: &mut Context<Self>) {
@@ -300,7 +334,13 @@ fn build_child(
     let settings = &deps.settings;
     let probe: Box<dyn Probe> = match kind {
         ChildKind::Analyzer => {
-            let addr = Analyzer::new(settings.clone(), deps.writer.clone(), guard).start();
+            let analyzer = Analyzer::new(
+                settings.clone(),
+                deps.analyzer.clone(),
+                deps.writer.clone(),
+                guard,
+            );
+            let addr = analyzer.start();
             deps.analyzer.set(Some(addr.clone()));
             return Ok(Box::new(addr));
         }
@@ -310,9 +350,7 @@ fn build_child(
             return Ok(Box::new(server.start()));
         }
         ChildKind::System => Box::new(SystemProbe::new()?),
-        ChildKind::Monitor(spec) => {
-            probe_for(spec, settings, WalkLimits::for_interval(settings.interval))
-        }
+        ChildKind::Monitor(spec) => probe_for(spec, settings, WalkLimits::from_settings(settings)),
     };
     let actor = Collector::new(name, probe, settings.interval, deps.analyzer.clone(), guard);
     Ok(Box::new(actor.start()))
@@ -338,7 +376,8 @@ impl Actor for Supervisor {
                 .children
                 .iter()
                 .filter(|(_, c)| {
-                    c.state == ChildState::Running && c.handle.as_ref().is_some_and(|h| !h.alive())
+                    c.tracker.state == ChildState::Running
+                        && c.handle.as_ref().is_some_and(|h| !h.alive())
                 })
                 .map(|(n, c)| (n.clone(), c.generation))
                 .collect();
@@ -402,14 +441,10 @@ impl Handler<RemoveMonitor> for Supervisor {
         if !self.monitors.contains(msg.kind, &msg.id) {
             return Err(format!("{} {} is not monitored", msg.kind, msg.id));
         }
-        if self
-            .deps
+        self.deps
             .writer
             .submit(vec![WriteOp::MonitorDeleted(msg.kind, msg.id.clone())])
-            .is_err()
-        {
-            return Err("the database writer is overloaded; try again".into());
-        }
+            .map_err(|_| "the database writer is overloaded; try again".to_string())?;
         self.monitors.remove(msg.kind, &msg.id);
         let name = monitor_child_name(msg.kind, &msg.id);
         self.stop_child(&name);

@@ -2,7 +2,9 @@
 //! in batches and keeping every accepted row until it lands.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -12,6 +14,10 @@ use rusqlite::{Connection, ErrorCode};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use super::restart::{ChildState, RestartTracker};
+use crate::config::RestartPolicy;
+use crate::faults;
+use crate::store::open_for_writing;
 use crate::store::write::{WriteOp, apply};
 
 /// Messages the writer thread accepts.
@@ -56,6 +62,17 @@ pub struct WriterStats {
     buffered_rows: AtomicU64,
     failing: AtomicBool,
     last_error: Mutex<Option<String>>,
+    restarts: AtomicU32,
+    /// A [`ChildState`] as a number (0 running, 1 restarting, 2 parked).
+    state: AtomicU8,
+}
+
+fn state_code(state: ChildState) -> u8 {
+    match state {
+        ChildState::Running => 0,
+        ChildState::Restarting => 1,
+        ChildState::Parked => 2,
+    }
 }
 
 /// A point-in-time copy of [`WriterStats`], as shown by `status --json`.
@@ -136,6 +153,16 @@ impl WriterHandle {
         wait_blocking(rx, timeout)
     }
 
+    /// The writer thread's supervision state and restart count.
+    pub fn supervision(&self) -> (ChildState, u32) {
+        let state = match self.stats.state.load(Ordering::Relaxed) {
+            0 => ChildState::Running,
+            1 => ChildState::Restarting,
+            _ => ChildState::Parked,
+        };
+        (state, self.stats.restarts.load(Ordering::Relaxed))
+    }
+
     /// The counters, with the current queue depth.
     pub fn report(&self) -> WriterReport {
         let s = &self.stats;
@@ -175,9 +202,15 @@ fn wait_blocking(
 }
 
 /// Starts the writer thread on an open connection; returns its handle and join handle.
+///
+/// The thread supervises itself: a panic is caught, the connection is reopened from `db_path`
+/// (fresh state) after a backoff, and the uncommitted rows, which live outside the code that
+/// panicked, are committed by the next writer.
 pub fn spawn(
+    db_path: PathBuf,
     conn: Connection,
     config: WriterConfig,
+    policy: RestartPolicy,
 ) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
     let (tx, rx) = bounded(config.channel_capacity);
     let stats = Arc::new(WriterStats::default());
@@ -187,8 +220,95 @@ pub fn spawn(
     };
     let thread = std::thread::Builder::new()
         .name("sqlite-writer".into())
-        .spawn(move || Writer::new(conn, rx, stats, config).run())?;
+        .spawn(move || supervise(db_path, conn, rx, stats, config, policy))?;
     Ok((handle, thread))
+}
+
+fn supervise(
+    db_path: PathBuf,
+    conn: Connection,
+    rx: Receiver<WriterMsg>,
+    stats: Arc<WriterStats>,
+    config: WriterConfig,
+    policy: RestartPolicy,
+) {
+    let mut state = PendingState::default();
+    let mut tracker = RestartTracker::new(policy);
+    let mut conn = Some(conn);
+    loop {
+        let connection = match conn.take() {
+            Some(c) => c,
+            None => match open_for_writing(&db_path) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("writer cannot reopen the database: {e:#}");
+                    if !wait_restart(&mut tracker, &stats, &rx, &mut state, config) {
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        let mut writer = Writer::new(connection, rx.clone(), stats.clone(), config);
+        match catch_unwind(AssertUnwindSafe(|| writer.run(&mut state))) {
+            Ok(()) => return,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown panic");
+                tracing::error!(
+                    buffered_rows = state.buffer.rows(),
+                    "writer panicked ({what}); the uncommitted rows are kept for the next writer"
+                );
+                drop(writer);
+                if !wait_restart(&mut tracker, &stats, &rx, &mut state, config) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Waits out the backoff (or the park pause) while still accepting messages, so senders are not
+/// refused meanwhile. Returns false when shutdown came and there is nothing left to do.
+fn wait_restart(
+    tracker: &mut RestartTracker,
+    stats: &WriterStats,
+    rx: &Receiver<WriterMsg>,
+    state: &mut PendingState,
+    config: WriterConfig,
+) -> bool {
+    let delay = tracker.exited(Instant::now());
+    stats
+        .state
+        .store(state_code(tracker.state), Ordering::Relaxed);
+    if tracker.state == ChildState::Parked {
+        tracing::error!(
+            restarts = tracker.restarts,
+            pause_secs = delay.as_secs_f64(),
+            "writer keeps failing: parked before the next try"
+        );
+    }
+    let until = Instant::now() + delay;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(msg) => state.accept(msg, &stats.rows_dropped, config),
+            Err(RecvTimeoutError::Timeout) => break,
+            Err(RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(left);
+                break;
+            }
+        }
+    }
+    tracker.restarted(Instant::now());
+    stats.restarts.store(tracker.restarts, Ordering::Relaxed);
+    stats
+        .state
+        .store(state_code(ChildState::Running), Ordering::Relaxed);
+    tracing::info!(restarts = tracker.restarts, "writer restarted");
+    true
 }
 
 /// Uncommitted ops in arrival order, with a memory cap that only ever drops metric rows.
@@ -274,15 +394,45 @@ fn is_transient(e: &rusqlite::Error) -> bool {
 
 type Ack = oneshot::Sender<Result<(), String>>;
 
+/// Everything accepted but not yet committed: it outlives any one [`Writer`], so a panic in the
+/// commit path loses none of it.
+#[derive(Default)]
+struct PendingState {
+    buffer: PendingBuffer,
+    /// Flushes waiting for the buffer to empty.
+    acks: Vec<Ack>,
+    shutdown: Option<Ack>,
+}
+
+impl PendingState {
+    fn accept(&mut self, msg: WriterMsg, dropped_counter: &AtomicU64, config: WriterConfig) {
+        match msg {
+            WriterMsg::Ops(ops) => {
+                for op in ops {
+                    let dropped = self.buffer.push(op, config.buffer_cap_bytes);
+                    if dropped > 0 {
+                        let total = dropped_counter.fetch_add(dropped as u64, Ordering::Relaxed);
+                        tracing::warn!(
+                            dropped,
+                            total_dropped = total + dropped as u64,
+                            "writer buffer is full: dropped the oldest metric rows"
+                        );
+                    }
+                }
+            }
+            WriterMsg::Flush(ack) => self.acks.push(ack),
+            WriterMsg::Shutdown(ack) => self.shutdown = Some(ack),
+        }
+    }
+}
+
 struct Writer {
     conn: Connection,
     rx: Receiver<WriterMsg>,
     stats: Arc<WriterStats>,
     config: WriterConfig,
-    pending: PendingBuffer,
-    /// Flushes waiting for the buffer to empty.
-    acks: Vec<Ack>,
-    shutdown: Option<Ack>,
+    /// Commit attempts by this writer (for fault injection).
+    commits: u64,
     backoff: Duration,
     retry_at: Option<Instant>,
     /// Every handle is gone.
@@ -306,37 +456,35 @@ impl Writer {
             rx,
             stats,
             config,
-            pending: PendingBuffer::default(),
-            acks: Vec::new(),
-            shutdown: None,
+            commits: 0,
             backoff: MIN_BACKOFF,
             retry_at: None,
             disconnected: false,
         }
     }
 
-    fn run(mut self) {
+    fn run(&mut self, state: &mut PendingState) {
         let mut shutdown_deadline: Option<Instant> = None;
         loop {
-            self.receive();
-            if self.shutdown.is_some() && shutdown_deadline.is_none() {
+            self.receive(state);
+            if state.shutdown.is_some() && shutdown_deadline.is_none() {
                 shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
             }
             if self.retry_at.is_none_or(|t| Instant::now() >= t) {
-                self.commit_some();
+                self.commit_some(state);
             }
-            if self.pending.is_empty() {
-                for ack in self.acks.drain(..) {
+            if state.buffer.is_empty() {
+                for ack in state.acks.drain(..) {
                     let _ = ack.send(Ok(()));
                 }
             }
             if let Some(deadline) = shutdown_deadline
-                && (self.pending.is_empty() || Instant::now() >= deadline)
+                && (state.buffer.is_empty() || Instant::now() >= deadline)
             {
-                self.finish();
+                self.finish(state);
                 return;
             }
-            if self.disconnected && self.pending.is_empty() && self.shutdown.is_none() {
+            if self.disconnected && state.buffer.is_empty() && state.shutdown.is_none() {
                 // Every handle is gone and nothing is left: nobody can ask for anything more.
                 return;
             }
@@ -344,69 +492,45 @@ impl Writer {
     }
 
     /// Waits for work (not longer than the next retry), then drains the channel into the buffer.
-    fn receive(&mut self) {
-        let wait = if self.pending.is_empty() {
+    fn receive(&mut self, state: &mut PendingState) {
+        let wait = if state.buffer.is_empty() {
             Duration::from_secs(1)
         } else {
             self.retry_at.map_or(Duration::ZERO, |t| {
                 t.saturating_duration_since(Instant::now())
             })
         };
-        let first = match self.rx.recv_timeout(wait) {
-            Ok(msg) => Some(msg),
-            Err(RecvTimeoutError::Timeout) => None,
+        match self.rx.recv_timeout(wait) {
+            Ok(msg) => state.accept(msg, &self.stats.rows_dropped, self.config),
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 // No sender left: wait out the retry delay instead of spinning.
                 self.disconnected = true;
                 std::thread::sleep(wait);
-                None
             }
-        };
-        if let Some(msg) = first {
-            self.accept(msg);
         }
-        while self.pending.rows() < self.config.batch_rows * 4 {
+        while state.buffer.rows() < self.config.batch_rows * 4 {
             match self.rx.try_recv() {
-                Ok(msg) => self.accept(msg),
+                Ok(msg) => state.accept(msg, &self.stats.rows_dropped, self.config),
                 Err(_) => break,
             }
         }
         self.stats
             .buffered_rows
-            .store(self.pending.rows() as u64, Ordering::Relaxed);
-    }
-
-    fn accept(&mut self, msg: WriterMsg) {
-        match msg {
-            WriterMsg::Ops(ops) => {
-                for op in ops {
-                    let dropped = self.pending.push(op, self.config.buffer_cap_bytes);
-                    if dropped > 0 {
-                        let total = self
-                            .stats
-                            .rows_dropped
-                            .fetch_add(dropped as u64, Ordering::Relaxed);
-                        tracing::warn!(
-                            dropped,
-                            total_dropped = total + dropped as u64,
-                            "writer buffer is full: dropped the oldest metric rows"
-                        );
-                    }
-                }
-            }
-            WriterMsg::Flush(ack) => self.acks.push(ack),
-            WriterMsg::Shutdown(ack) => self.shutdown = Some(ack),
-        }
+            .store(state.buffer.rows() as u64, Ordering::Relaxed);
     }
 
     /// Commits batches until the buffer is empty or a commit fails.
-    fn commit_some(&mut self) {
-        while !self.pending.is_empty() {
-            let batch = self.pending.front_batch(self.config.batch_rows);
+    fn commit_some(&mut self, state: &mut PendingState) {
+        while !state.buffer.is_empty() {
+            self.commits += 1;
+            // An injected panic here leaves the batch in the buffer, as a real one would.
+            faults::check("writer", self.commits);
+            let batch = state.buffer.front_batch(self.config.batch_rows);
             let n = batch.len();
             match apply(&mut self.conn, batch) {
                 Ok(()) => {
-                    let rows = self.pending.pop_front(n);
+                    let rows = state.buffer.pop_front(n);
                     self.stats
                         .rows_written
                         .fetch_add(rows as u64, Ordering::Relaxed);
@@ -417,28 +541,28 @@ impl Writer {
                     self.retry_at = None;
                 }
                 Err(e) if is_transient(&e) => {
-                    self.failed(&e);
+                    self.failed(&e, state.buffer.rows());
                     return;
                 }
                 Err(e) => {
                     // Not something waiting fixes: isolate the op that fails, keep the rest.
-                    self.failed(&e);
-                    self.quarantine(n);
+                    self.failed(&e, state.buffer.rows());
+                    self.quarantine(state, n);
                 }
             }
         }
         self.stats
             .buffered_rows
-            .store(self.pending.rows() as u64, Ordering::Relaxed);
+            .store(state.buffer.rows() as u64, Ordering::Relaxed);
     }
 
-    fn failed(&mut self, e: &rusqlite::Error) {
+    fn failed(&mut self, e: &rusqlite::Error, buffered_rows: usize) {
         self.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
         let message = e.to_string();
         if !self.stats.failing.swap(true, Ordering::Relaxed) {
             tracing::error!(
                 error = %message,
-                buffered_rows = self.pending.rows(),
+                buffered_rows,
                 "database write failed; keeping the rows and retrying"
             );
         }
@@ -450,21 +574,20 @@ impl Writer {
     }
 
     /// Applies the first `n` ops one by one, dropping (and logging) those that fail for good.
-    fn quarantine(&mut self, n: usize) {
+    fn quarantine(&mut self, state: &mut PendingState, n: usize) {
         for _ in 0..n {
-            let batch = self.pending.front_batch(0);
-            let op = batch[0].clone();
+            let batch = state.buffer.front_batch(0);
             match apply(&mut self.conn, batch) {
                 Ok(()) => {
-                    let rows = self.pending.pop_front(1);
+                    let rows = state.buffer.pop_front(1);
                     self.stats
                         .rows_written
                         .fetch_add(rows as u64, Ordering::Relaxed);
                 }
                 Err(e) if is_transient(&e) => return,
                 Err(e) => {
-                    tracing::error!(error = %e, op = ?op, "dropping a write the database rejects");
-                    let rows = self.pending.pop_front(1);
+                    tracing::error!(error = %e, op = ?batch[0], "dropping a write the database rejects");
+                    let rows = state.buffer.pop_front(1);
                     self.stats
                         .rows_dropped
                         .fetch_add(rows as u64, Ordering::Relaxed);
@@ -474,8 +597,8 @@ impl Writer {
         self.retry_at = None;
     }
 
-    fn finish(&mut self) {
-        let result = if self.pending.is_empty() {
+    fn finish(&mut self, state: &mut PendingState) {
+        let result = if state.buffer.is_empty() {
             if let Err(e) = self
                 .conn
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
@@ -484,14 +607,14 @@ impl Writer {
             }
             Ok(())
         } else {
-            let lost = self.pending.rows();
+            let lost = state.buffer.rows();
             tracing::error!(lost, "shutting down with rows the database would not take");
             Err(format!("{lost} rows could not be written"))
         };
-        for ack in self.acks.drain(..) {
+        for ack in state.acks.drain(..) {
             let _ = ack.send(result.clone());
         }
-        if let Some(ack) = self.shutdown.take() {
+        if let Some(ack) = state.shutdown.take() {
             let _ = ack.send(result);
         }
     }
@@ -526,8 +649,13 @@ mod tests {
     fn everything_submitted_is_written_by_flush_and_shutdown() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let (handle, thread) =
-            spawn(open_for_writing(&path).unwrap(), WriterConfig::default()).unwrap();
+        let (handle, thread) = spawn(
+            path.clone(),
+            open_for_writing(&path).unwrap(),
+            WriterConfig::default(),
+            RestartPolicy::default(),
+        )
+        .unwrap();
         for _ in 0..50 {
             handle.submit(vec![rows(100)]).unwrap();
         }
@@ -549,8 +677,13 @@ mod tests {
     fn a_locked_database_delays_rows_but_loses_none() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let (handle, thread) =
-            spawn(open_for_writing(&path).unwrap(), WriterConfig::default()).unwrap();
+        let (handle, thread) = spawn(
+            path.clone(),
+            open_for_writing(&path).unwrap(),
+            WriterConfig::default(),
+            RestartPolicy::default(),
+        )
+        .unwrap();
         let locker = Connection::open(&path).unwrap();
         locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
         handle.submit(vec![rows(10)]).unwrap();

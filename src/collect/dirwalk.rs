@@ -91,6 +91,8 @@ pub enum SizeReading {
 pub struct DirSizer {
     cap: Duration,
     last: Option<DirStats>,
+    /// The latest finished walk hit the time cap.
+    timed_out: bool,
     running: Option<(PathBuf, mpsc::Receiver<io::Result<WalkOutcome>>)>,
 }
 
@@ -100,6 +102,7 @@ impl DirSizer {
         DirSizer {
             cap,
             last: None,
+            timed_out: false,
             running: None,
         }
     }
@@ -141,9 +144,11 @@ impl DirSizer {
         match result {
             Ok(WalkOutcome::Complete(stats)) => {
                 self.last = Some(stats);
+                self.timed_out = false;
                 SizeReading::Known(stats)
             }
             Ok(WalkOutcome::TimedOut(partial)) => {
+                self.timed_out = true;
                 tracing::warn!(
                     path = %root.display(),
                     cap_secs = self.cap.as_secs_f64(),
@@ -157,6 +162,11 @@ impl DirSizer {
                 SizeReading::Failed(e.to_string())
             }
         }
+    }
+
+    /// True when the latest finished walk gave up at its time cap.
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
     }
 }
 
@@ -213,9 +223,11 @@ mod tests {
             matches!(good, SizeReading::Known(s) if s.files == 300),
             "{good:?}"
         );
+        assert!(!sizer.timed_out());
         sizer.cap = Duration::ZERO;
         let again = sizer.poll(dir.path(), Duration::from_secs(10));
         assert_eq!(again, good);
+        assert!(sizer.timed_out());
     }
 
     #[test]

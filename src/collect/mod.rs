@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::catalog::{
-    AGENT_ACTIVE, AGENT_CPU_PERCENT, AGENT_MEMORY_MB, GIT_REPOSITORY_VALID, UNIT_BOOL, UNIT_MB,
-    UNIT_PERCENT, WORKSPACE_EXISTS, WORKSPACE_SIZE_MB,
+    AGENT_ACTIVE, AGENT_CPU_PERCENT, AGENT_MEMORY_MB, GIT_REPOSITORY_VALID, UNIT_BOOL, UNIT_COUNT,
+    UNIT_MB, UNIT_PERCENT, WORKSPACE_EXISTS, WORKSPACE_FILE_COUNT, WORKSPACE_READABLE,
+    WORKSPACE_SCAN_COMPLETE, WORKSPACE_SIZE_MB,
 };
 use crate::config::Settings;
 use crate::model::{Measurement, MonitorSpec, ResourceType};
@@ -34,12 +35,13 @@ pub struct WalkLimits {
 }
 
 impl WalkLimits {
-    /// Limits for a collection interval: wait up to half an interval (at most 5 s), give up after
-    /// ten intervals (at least 30 s, at most 10 min).
-    pub fn for_interval(interval: Duration) -> Self {
+    /// Limits from the settings: a cycle waits up to half an interval (at most 5 s, at most the
+    /// cap) for a walk; walks give up at `walk_time_cap`.
+    pub fn from_settings(settings: &Settings) -> Self {
+        let cap = settings.walk_time_cap;
         WalkLimits {
-            wait: (interval / 2).min(Duration::from_secs(5)),
-            cap: (interval * 10).clamp(Duration::from_secs(30), Duration::from_secs(600)),
+            wait: (settings.interval / 2).min(Duration::from_secs(5)).min(cap),
+            cap,
         }
     }
 }
@@ -155,13 +157,18 @@ impl Probe for WorkspaceProbe {
         }
         match self.sizer.poll(&self.path, self.limits.wait) {
             SizeReading::Known(stats) => {
-                out.push(self.reading(WORKSPACE_SIZE_MB, stats.megabytes(), UNIT_MB))
+                out.push(self.reading(WORKSPACE_READABLE, 1.0, UNIT_BOOL));
+                out.push(self.reading(WORKSPACE_SIZE_MB, stats.megabytes(), UNIT_MB));
+                out.push(self.reading(WORKSPACE_FILE_COUNT, stats.files as f64, UNIT_COUNT));
             }
             SizeReading::Pending => {}
             SizeReading::Failed(e) => {
-                tracing::warn!(workspace = %self.id, path = %self.path.display(), "cannot size workspace: {e}")
+                tracing::warn!(workspace = %self.id, path = %self.path.display(), "cannot read workspace: {e}");
+                out.push(self.reading(WORKSPACE_READABLE, 0.0, UNIT_BOOL));
             }
         }
+        let complete = !self.sizer.timed_out();
+        out.push(self.reading(WORKSPACE_SCAN_COMPLETE, flag(complete), UNIT_BOOL));
         if let Some(valid) = git::repository_valid(&self.path) {
             out.push(self.reading(GIT_REPOSITORY_VALID, flag(valid), UNIT_BOOL));
         }

@@ -309,13 +309,16 @@ pub(crate) mod tests {
     }
 
     /// Spawns `sleep 30` and waits until it has really become `sleep` (right after spawn the
-    /// child may still be between fork and exec, with no memory of its own yet).
+    /// child may still be between fork and exec, or just exec'd with nothing resident yet).
     pub(crate) fn spawn_sleep() -> std::process::Child {
         let child = Command::new("sleep").arg("30").spawn().unwrap();
         let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        while fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap_or_default()
-            != "sleep\n"
-        {
+        // `sleep` asleep in nanosleep: exec'd and its memory mapped in.
+        let settled = |pid: u32| {
+            fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default() == "sleep\n"
+                && read_stat(pid).is_some_and(|s| s.state == 'S' && s.rss_pages > 0)
+        };
+        while !settled(child.id()) {
             assert!(Instant::now() < deadline, "sleep never started");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }

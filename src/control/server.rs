@@ -64,9 +64,13 @@ impl Actor for ControlServer {
         let listener = self.listener.clone();
         let rctx = self.ctx.clone();
         let accept = async move {
+            let mut accepted = 0u64;
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
+                        accepted += 1;
+                        // Panics inside this actor's own future, so the actor dies with it.
+                        crate::faults::check("control", accepted);
                         let Ok(slot) = rctx.slots.clone().acquire_owned().await else {
                             return;
                         };
@@ -194,7 +198,19 @@ async fn status(ctx: &RequestContext) -> Result<summary::Summary, String> {
     let stored = actix_rt::task::spawn_blocking(move || summary::read_stored(&db, now)).await;
     let mut warnings = Vec::new();
     let (recent, active_alerts) = match stored {
-        Ok(Ok(stored)) => (stored.recent, stored.active_alerts),
+        Ok(Ok(stored)) => {
+            // Alerts the writer has not landed yet (e.g. while the database is full) still show.
+            let mut alerts = stored.active_alerts;
+            let stored_keys: std::collections::HashSet<_> =
+                alerts.iter().map(|a| a.key()).collect();
+            alerts.extend(
+                snapshot
+                    .active_alerts
+                    .into_iter()
+                    .filter(|a| !stored_keys.contains(&a.key())),
+            );
+            (stored.recent, alerts)
+        }
         Ok(Err(e)) => {
             warnings.push(format!("cannot read the database: {e:#}"));
             (Default::default(), snapshot.active_alerts)
@@ -213,6 +229,7 @@ async fn status(ctx: &RequestContext) -> Result<summary::Summary, String> {
             recent,
             actors: live.actors,
             writer: Some(ctx.deps.writer.report()),
+            measurements_accepted: ctx.deps.analyzer.accepted(),
             measurements_refused: ctx.deps.analyzer.refused(),
             db_path: ctx.deps.settings.db_path.clone(),
             pid: Some(std::process::id()),

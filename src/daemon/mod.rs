@@ -16,7 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 
 use crate::actors::analyzer::AnalyzerHandle;
-use crate::actors::supervisor::{RestartPolicy, Shutdown, Supervisor, SupervisorDeps};
+use crate::actors::supervisor::{Shutdown, Supervisor, SupervisorDeps};
 use crate::actors::writer::{self, WriterConfig};
 use crate::analysis::AnalyzerCore;
 use crate::collect::{Probe, SystemProbe, WalkLimits, probe_for};
@@ -59,17 +59,31 @@ fn prepare_monitors(conn: &mut Connection, extra: Vec<MonitorSpec>) -> anyhow::R
     Ok(monitors)
 }
 
+/// Checks, locks and opens the database for a daemon or a `--once` run: clear errors for an
+/// unwritable place, a second daemon, a foreign or corrupt file, before anything is written.
+fn open_database(db: &Path) -> anyhow::Result<(InstanceLock, Connection)> {
+    store::check_writable(db)?;
+    let lock = InstanceLock::acquire(db)?;
+    store::verify_integrity(db)?;
+    let conn = store::open_for_writing(db)?;
+    Ok((lock, conn))
+}
+
 /// Runs the daemon in the foreground until SIGINT, SIGTERM or `stop`.
 pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
-    let _lock = InstanceLock::acquire(&settings.db_path)?;
-    let mut conn = store::open_for_writing(&settings.db_path)?;
+    let (_lock, mut conn) = open_database(&settings.db_path)?;
     let monitors = prepare_monitors(&mut conn, extra)?;
     let listener = socket::bind(&settings.socket_path)?;
     let _socket_file = SocketFile(settings.socket_path.clone());
     listener.set_nonblocking(true)?;
-    let (writer, writer_thread) =
-        writer::spawn(conn, WriterConfig::default()).context("cannot start the writer thread")?;
+    let (writer, writer_thread) = writer::spawn(
+        settings.db_path.clone(),
+        conn,
+        WriterConfig::default(),
+        settings.restart,
+    )
+    .context("cannot start the writer thread")?;
 
     tracing::info!(
         db = %settings.db_path.display(),
@@ -81,15 +95,16 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
         "health-monitor starting"
     );
     let deps_writer = writer.clone();
+    let analyzer = AnalyzerHandle::default();
+    let deps_analyzer = analyzer.clone();
     let system = actix_rt::System::new();
     let outcome: anyhow::Result<()> = system.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(listener)?;
         let deps = SupervisorDeps {
             settings: settings.clone(),
-            analyzer: AnalyzerHandle::default(),
+            analyzer: deps_analyzer,
             writer: deps_writer,
             listener: Some(Arc::new(listener)),
-            policy: RestartPolicy::default(),
         };
         let (stopped_tx, stopped_rx) = oneshot::channel();
         let supervisor = Supervisor::new(deps, monitors, stopped_tx).start();
@@ -121,18 +136,25 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
     let flushed = writer.shutdown_blocking(WRITER_SHUTDOWN_TIMEOUT);
     let _ = writer_thread.join();
     outcome?;
+    let report = writer.report();
+    tracing::info!(
+        measurements_accepted = analyzer.accepted(),
+        measurements_refused = analyzer.refused(),
+        rows_written = report.rows_written,
+        rows_dropped = report.rows_dropped,
+        writer_restarts = writer.supervision().1,
+        "health-monitor stopped"
+    );
     flushed.map_err(|e| anyhow::anyhow!("database writer: {e}"))?;
-    tracing::info!("health-monitor stopped");
     Ok(())
 }
 
 /// One cycle without a daemon: measure everything, analyze, write, and return the summary.
 pub fn run_once(settings: &Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<Summary> {
-    let _lock = InstanceLock::acquire(&settings.db_path)?;
-    let mut conn = store::open_for_writing(&settings.db_path)?;
+    let (_lock, mut conn) = open_database(&settings.db_path)?;
     let monitors = prepare_monitors(&mut conn, extra)?;
     // One cycle has no next tick to catch up on: let walks run to their cap.
-    let limits = WalkLimits::for_interval(settings.interval);
+    let limits = WalkLimits::from_settings(settings);
     let limits = WalkLimits {
         wait: limits.cap,
         ..limits
@@ -148,11 +170,7 @@ pub fn run_once(settings: &Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<
 
     let mut core = AnalyzerCore::new(settings.rules.clone(), settings.alert_cooldown);
     core.restore(query::active_alerts(&conn)?);
-    let readings = readings
-        .into_iter()
-        .filter(|m| m.value.is_finite())
-        .collect();
-    let analysis = core.analyze(readings, Utc::now());
+    let analysis = core.analyze(&readings, Utc::now());
     for event in &analysis.events {
         notify::log_event(event);
     }

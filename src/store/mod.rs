@@ -49,6 +49,81 @@ pub fn check_is_database(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Gives clear errors for a database the daemon could not write: a read-only file, or a
+/// directory where it cannot create the database, its WAL and its lock file.
+pub fn check_writable(path: &Path) -> anyhow::Result<()> {
+    use nix::unistd::{AccessFlags, access};
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "directory {} does not exist (for database {})",
+            dir.display(),
+            path.display()
+        );
+    }
+    if path.exists()
+        && let Err(e) = access(path, AccessFlags::R_OK | AccessFlags::W_OK)
+    {
+        bail!(
+            "database {} is read-only for this user ({}): the daemon must write it",
+            path.display(),
+            e.desc()
+        );
+    }
+    if let Err(e) = access(dir, AccessFlags::W_OK | AccessFlags::X_OK) {
+        bail!(
+            "cannot create files in {} ({}): the database, its WAL and its lock file live there",
+            dir.display(),
+            e.desc()
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a corrupt database before anything is written to it, leaving the file as it is.
+/// Reads every page (`PRAGMA quick_check`), so it runs once, at start.
+pub fn verify_integrity(path: &Path) -> anyhow::Result<()> {
+    check_is_database(path)?;
+    let Some(conn) = open_read_only(path)? else {
+        return Ok(());
+    };
+    let started = std::time::Instant::now();
+    let verdict: rusqlite::Result<String> =
+        conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0));
+    match verdict {
+        Ok(v) if v == "ok" => {
+            tracing::debug!(
+                secs = started.elapsed().as_secs_f64(),
+                "database quick_check ok"
+            );
+            Ok(())
+        }
+        Ok(v) => bail!(
+            "database {} is corrupt (quick_check: {v}); refusing to touch it: restore a backup or move it away",
+            path.display()
+        ),
+        Err(e)
+            if matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            ) =>
+        {
+            bail!(
+                "database {} is corrupt ({e}); refusing to touch it: restore a backup or move it away",
+                path.display()
+            )
+        }
+        Err(e) => {
+            // E.g. a hot rollback journal only a writer can replay: let the writer open it.
+            tracing::warn!(db = %path.display(), "could not check the database read-only: {e}");
+            Ok(())
+        }
+    }
+}
+
 /// Opens (creating if needed) the database for writing, in WAL mode, with the schema migrated.
 pub fn open_for_writing(path: &Path) -> anyhow::Result<Connection> {
     check_is_database(path)?;
@@ -102,6 +177,38 @@ mod tests {
         assert!(err.contains("is not a SQLite database"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), content);
         assert!(!dir.path().join("notes.db-wal").exists());
+    }
+
+    #[test]
+    fn a_corrupt_database_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        {
+            let conn = open_for_writing(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE filler (x TEXT);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+                 INSERT INTO filler SELECT hex(randomblob(100)) FROM n;
+                 PRAGMA wal_checkpoint(TRUNCATE);",
+            )
+            .unwrap();
+        }
+        verify_integrity(&path).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        // Garbage over pages 3..6, keeping the header: a structurally broken database.
+        for b in &mut bytes[2 * 4096..6 * 4096] {
+            *b = 0xA5;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let err = format!("{:#}", verify_integrity(&path).unwrap_err());
+        assert!(err.contains("corrupt"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_missing_directory_is_named() {
+        let err = check_writable(Path::new("/nonexistent-dir/x.db")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent-dir"), "{err}");
     }
 
     #[test]
