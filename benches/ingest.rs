@@ -85,7 +85,7 @@ fn pipeline(batch: &[Measurement]) -> Duration {
     let path = dir.path().join("hm.db");
     let conn = open_for_writing(&path).unwrap();
     let (handle, thread) = writer::spawn(
-        path,
+        writer::opener(path),
         conn,
         WriterConfig::default(),
         RestartPolicy::default(),

@@ -106,6 +106,11 @@ pub struct ConfigFile {
     pub workspace_path: Option<String>,
     /// Seconds a directory walk may take before it gives up (default: 10 intervals, 30 to 600).
     pub walk_time_cap: Option<f64>,
+    /// Largest the database may grow, in MB; past it writes fail like a full disk (default: no cap).
+    pub max_db_size_mb: Option<f64>,
+    /// Memory for rows the database has not taken yet, in MB (default 64); past it the oldest
+    /// metric rows are dropped and counted. Alerts are never dropped.
+    pub writer_buffer_mb: Option<f64>,
     /// `[thresholds.<metric_name>]` tables.
     #[serde(default)]
     pub thresholds: BTreeMap<String, ThresholdConfig>,
@@ -267,6 +272,10 @@ pub struct Settings {
     pub restart: RestartPolicy,
     /// When a directory walk gives up and the last complete size is kept.
     pub walk_time_cap: Duration,
+    /// Cap on the database file, in bytes.
+    pub max_db_bytes: Option<u64>,
+    /// Cap on the writer's buffer of uncommitted rows, in bytes.
+    pub writer_buffer_bytes: usize,
 }
 
 impl Default for Settings {
@@ -323,6 +332,18 @@ impl Settings {
             Some(secs) => seconds("walk_time_cap", secs, 0.001)?,
             None => (interval * 10).clamp(Duration::from_secs(30), Duration::from_secs(600)),
         };
+        let megabytes = |key: &str, v: f64| -> anyhow::Result<u64> {
+            if !v.is_finite() || v <= 0.0 || v > 1e9 {
+                bail!("{key} must be a positive number of MB, got {v}");
+            }
+            Ok((v * 1024.0 * 1024.0) as u64)
+        };
+        let max_db_bytes = file
+            .max_db_size_mb
+            .map(|v| megabytes("max_db_size_mb", v))
+            .transpose()?;
+        let writer_buffer_bytes =
+            megabytes("writer_buffer_mb", file.writer_buffer_mb.unwrap_or(64.0))? as usize;
         Ok(Settings {
             db_path,
             socket_path,
@@ -334,6 +355,8 @@ impl Settings {
             rules,
             restart,
             walk_time_cap,
+            max_db_bytes,
+            writer_buffer_bytes,
         })
     }
 
@@ -413,6 +436,8 @@ mod tests {
         assert_eq!(s.restart.initial_backoff, Duration::from_millis(100));
         assert_eq!(s.restart.max_restarts, 5);
         assert_eq!(s.walk_time_cap, Duration::from_secs(300));
+        assert_eq!(s.max_db_bytes, None);
+        assert_eq!(s.writer_buffer_bytes, 64 * 1024 * 1024);
         assert_eq!(
             s.default_agent_workspace("a1"),
             PathBuf::from("/tmp/agent_a1")
@@ -472,6 +497,7 @@ mod tests {
         assert!(err("workspace_path = \"/tmp/ws\"").contains("{id}"));
         assert!(err("[supervisor]\nwindow = -1").contains("supervisor.window"));
         assert!(err("[supervisor]\nrestarts = 1").contains("restarts"));
+        assert!(err("max_db_size_mb = 0").contains("max_db_size_mb"));
         assert!(err("log_level = \"loud!\"").contains("log level"));
         assert!(err("log_level = \"x=loud\"").contains("log level"));
         validate_log_level("DEBUG").unwrap();

@@ -249,11 +249,13 @@ impl Supervisor {
         tracing::info!(actor = name, restarts, "actor restarted");
     }
 
-    fn stop_child(&mut self, name: &str) {
-        if let Some(child) = self.children.remove(name) {
-            if let Some(handle) = child.handle {
-                handle.stop();
-            }
+    /// Stops a child on purpose and forgets it; returns its handle to watch it go.
+    fn stop_child(&mut self, name: &str) -> Option<Box<dyn ChildRef>> {
+        let child = self.children.remove(name)?;
+        if let Some(handle) = &child.handle {
+            handle.stop();
+        }
+        {
             if child.failure_raised
                 && let Some((resource_type, resource_id)) = watched_resource(&child.kind)
             {
@@ -267,6 +269,7 @@ impl Supervisor {
                 );
             }
         }
+        child.handle
     }
 
     fn reports(&self) -> Vec<ActorReport> {
@@ -301,11 +304,14 @@ impl Supervisor {
             .filter(|(_, c)| matches!(c.kind, ChildKind::System | ChildKind::Monitor(_)))
             .map(|(n, _)| n.clone())
             .collect();
-        for name in collectors {
-            self.stop_child(&name);
-        }
+        let stopping: Vec<Box<dyn ChildRef>> = collectors
+            .iter()
+            .filter_map(|name| self.stop_child(name))
+            .collect();
         let analyzer = self.deps.analyzer.addr();
         let drain = async move {
+            // Only once no collector can queue anything more is the analyzer's queue final.
+            wait_stopped(&stopping, Duration::from_secs(5)).await;
             if let Some(addr) = analyzer {
                 let _ = tokio::time::timeout(Duration::from_secs(10), addr.send(Drain)).await;
             }
@@ -320,6 +326,14 @@ impl Supervisor {
                 let _ = tx.send(());
             }
         }));
+    }
+}
+
+/// Waits until every child in `children` is gone, or `limit` passes.
+async fn wait_stopped(children: &[Box<dyn ChildRef>], limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while children.iter().any(|c| c.alive()) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -434,7 +448,7 @@ pub struct RemoveMonitor {
 
 impl Handler<RemoveMonitor> for Supervisor {
     type Result = Result<(), String>;
-    fn handle(&mut self, msg: RemoveMonitor, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: RemoveMonitor, ctx: &mut Self::Context) -> Self::Result {
         if self.stopping {
             return Err("the daemon is shutting down".into());
         }
@@ -447,8 +461,17 @@ impl Handler<RemoveMonitor> for Supervisor {
             .map_err(|_| "the database writer is overloaded; try again".to_string())?;
         self.monitors.remove(msg.kind, &msg.id);
         let name = monitor_child_name(msg.kind, &msg.id);
-        self.stop_child(&name);
-        self.deps.analyzer.forget(msg.kind.resource_type(), &msg.id);
+        let stopping: Vec<_> = self.stop_child(&name).into_iter().collect();
+        let analyzer = self.deps.analyzer.clone();
+        let (resource_type, id) = (msg.kind.resource_type(), msg.id);
+        // Forget only after the collector is gone, so nothing it queued revives the resource.
+        ctx.spawn(
+            async move {
+                wait_stopped(&stopping, Duration::from_secs(5)).await;
+                analyzer.forget(resource_type, &id);
+            }
+            .into_actor(self),
+        );
         tracing::info!(monitor = %name, "monitor removed");
         Ok(())
     }

@@ -203,11 +203,11 @@ fn wait_blocking(
 
 /// Starts the writer thread on an open connection; returns its handle and join handle.
 ///
-/// The thread supervises itself: a panic is caught, the connection is reopened from `db_path`
+/// The thread supervises itself: a panic is caught, the connection is reopened with `open`
 /// (fresh state) after a backoff, and the uncommitted rows, which live outside the code that
 /// panicked, are committed by the next writer.
 pub fn spawn(
-    db_path: PathBuf,
+    open: Opener,
     conn: Connection,
     config: WriterConfig,
     policy: RestartPolicy,
@@ -220,12 +220,20 @@ pub fn spawn(
     };
     let thread = std::thread::Builder::new()
         .name("sqlite-writer".into())
-        .spawn(move || supervise(db_path, conn, rx, stats, config, policy))?;
+        .spawn(move || supervise(open, conn, rx, stats, config, policy))?;
     Ok((handle, thread))
 }
 
+/// Opens a fresh write connection, for a writer restarted after a panic.
+pub type Opener = Box<dyn Fn() -> anyhow::Result<Connection> + Send>;
+
+/// An opener for a plain database file, without a size cap.
+pub fn opener(db_path: PathBuf) -> Opener {
+    Box::new(move || open_for_writing(&db_path))
+}
+
 fn supervise(
-    db_path: PathBuf,
+    open: Opener,
     conn: Connection,
     rx: Receiver<WriterMsg>,
     stats: Arc<WriterStats>,
@@ -238,7 +246,7 @@ fn supervise(
     loop {
         let connection = match conn.take() {
             Some(c) => c,
-            None => match open_for_writing(&db_path) {
+            None => match open() {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!("writer cannot reopen the database: {e:#}");
@@ -650,7 +658,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let (handle, thread) = spawn(
-            path.clone(),
+            opener(path.clone()),
             open_for_writing(&path).unwrap(),
             WriterConfig::default(),
             RestartPolicy::default(),
@@ -678,7 +686,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let (handle, thread) = spawn(
-            path.clone(),
+            opener(path.clone()),
             open_for_writing(&path).unwrap(),
             WriterConfig::default(),
             RestartPolicy::default(),

@@ -61,29 +61,42 @@ fn prepare_monitors(conn: &mut Connection, extra: Vec<MonitorSpec>) -> anyhow::R
 
 /// Checks, locks and opens the database for a daemon or a `--once` run: clear errors for an
 /// unwritable place, a second daemon, a foreign or corrupt file, before anything is written.
-fn open_database(db: &Path) -> anyhow::Result<(InstanceLock, Connection)> {
+fn open_database(settings: &Settings) -> anyhow::Result<(InstanceLock, Connection)> {
+    let db = &settings.db_path;
     store::check_writable(db)?;
     let lock = InstanceLock::acquire(db)?;
     store::verify_integrity(db)?;
-    let conn = store::open_for_writing(db)?;
+    let conn = open_write_connection(settings)?;
     Ok((lock, conn))
+}
+
+/// A write connection with the configured size cap.
+fn open_write_connection(settings: &Settings) -> anyhow::Result<Connection> {
+    let conn = store::open_for_writing(&settings.db_path)?;
+    if let Some(max) = settings.max_db_bytes {
+        store::apply_size_cap(&conn, max)?;
+    }
+    Ok(conn)
 }
 
 /// Runs the daemon in the foreground until SIGINT, SIGTERM or `stop`.
 pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
-    let (_lock, mut conn) = open_database(&settings.db_path)?;
+    let (_lock, mut conn) = open_database(&settings)?;
     let monitors = prepare_monitors(&mut conn, extra)?;
     let listener = socket::bind(&settings.socket_path)?;
     let _socket_file = SocketFile(settings.socket_path.clone());
     listener.set_nonblocking(true)?;
-    let (writer, writer_thread) = writer::spawn(
-        settings.db_path.clone(),
-        conn,
-        WriterConfig::default(),
-        settings.restart,
-    )
-    .context("cannot start the writer thread")?;
+    let reopen = {
+        let settings = settings.clone();
+        Box::new(move || open_write_connection(&settings))
+    };
+    let writer_config = WriterConfig {
+        buffer_cap_bytes: settings.writer_buffer_bytes,
+        ..WriterConfig::default()
+    };
+    let (writer, writer_thread) = writer::spawn(reopen, conn, writer_config, settings.restart)
+        .context("cannot start the writer thread")?;
 
     tracing::info!(
         db = %settings.db_path.display(),
@@ -151,7 +164,7 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
 
 /// One cycle without a daemon: measure everything, analyze, write, and return the summary.
 pub fn run_once(settings: &Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<Summary> {
-    let (_lock, mut conn) = open_database(&settings.db_path)?;
+    let (_lock, mut conn) = open_database(settings)?;
     let monitors = prepare_monitors(&mut conn, extra)?;
     // One cycle has no next tick to catch up on: let walks run to their cap.
     let limits = WalkLimits::from_settings(settings);

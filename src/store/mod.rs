@@ -148,6 +148,25 @@ pub fn open_for_writing(path: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
+/// Caps the database file at about `max_bytes` (`PRAGMA max_page_count`): past it, writes fail
+/// with "database or disk is full", as on a full disk. A database already bigger keeps its size.
+pub fn apply_size_cap(conn: &Connection, max_bytes: u64) -> anyhow::Result<()> {
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let pages = max_bytes.div_ceil(page_size.max(1) as u64).max(1);
+    let set: i64 = conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+        r.get(0)
+    })?;
+    let set = set as u64;
+    if set > pages {
+        tracing::warn!(
+            max_pages = pages,
+            current_pages = set,
+            "the database is already bigger than max_db_size_mb; it will not grow further"
+        );
+    }
+    Ok(())
+}
+
 /// Opens an existing database read-only; `Ok(None)` when there is no database file yet.
 pub fn open_read_only(path: &Path) -> anyhow::Result<Option<Connection>> {
     if !path.exists() {

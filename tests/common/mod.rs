@@ -94,22 +94,62 @@ impl Env {
         serde_json::from_str(&self.hm_ok(&["status", "--json"])).unwrap()
     }
 
+    /// `status --json`, or `None` when the command failed (e.g. the control server restarting).
+    pub fn try_status(&self) -> Option<serde_json::Value> {
+        let out = self.hm(&["status", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    /// The `actors` entry of the live status named `name`.
+    pub fn actor(status: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
+        status["actors"]
+            .as_array()?
+            .iter()
+            .find(|a| a["name"] == name)
+            .cloned()
+    }
+
     /// Starts the daemon with extra `start` arguments and waits until its socket answers.
     pub fn start(&self, args: &[&str]) -> Daemon {
+        self.start_with(args, &[], |_| {})
+    }
+
+    /// Starts the daemon with environment variables (e.g. `HEALTH_MONITOR_FAULTS`).
+    pub fn start_with_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        self.start_with(args, envs, |_| {})
+    }
+
+    /// The command that starts the daemon, for tests that need to shape it further.
+    pub fn start_command(&self, args: &[&str]) -> (Command, PathBuf) {
         static STARTS: AtomicUsize = AtomicUsize::new(0);
         let log = self.path(&format!(
             "daemon-{}.log",
             STARTS.fetch_add(1, Ordering::Relaxed)
         ));
-        let child = Command::new(bin())
-            .arg("start")
+        let mut cmd = Command::new(bin());
+        cmd.arg("start")
             .args(args)
             .args(self.globals())
             .args(["--log-level", "debug"])
             .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(fs::File::create(&log).unwrap());
+        (cmd, log)
+    }
+
+    /// Starts the daemon, letting `shape` adjust the command (user, limits...).
+    pub fn start_with(
+        &self,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        shape: impl FnOnce(&mut Command),
+    ) -> Daemon {
+        let (mut cmd, log) = self.start_command(args);
+        cmd.envs(envs.iter().copied());
+        shape(&mut cmd);
+        let child = cmd.spawn().unwrap();
         let mut daemon = Daemon { child, log };
         let deadline = Instant::now() + DEADLINE;
         loop {
@@ -161,6 +201,18 @@ impl Daemon {
     /// Sends a signal.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    /// A `key=value` number from the daemon's log (the last one logged).
+    pub fn logged_number(&self, key: &str) -> Option<u64> {
+        let log = self.log();
+        let needle = format!("{key}=");
+        let at = log.rfind(&needle)? + needle.len();
+        let digits: String = log[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits.parse().ok()
     }
 
     /// Waits for the daemon to exit and returns its exit code.
