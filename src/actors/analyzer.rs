@@ -210,6 +210,8 @@ pub struct Analyzer {
     unsent: VecDeque<WriteOp>,
     /// Batches analyzed by this instance (for fault injection).
     batches: u64,
+    /// The writer's alerted failure episodes already turned into alerts.
+    seen_episodes: u64,
     _guard: ExitGuard,
 }
 
@@ -226,6 +228,7 @@ impl Analyzer {
             handle,
             core: None,
             drain_waiters: Vec::new(),
+            seen_episodes: writer.report().alerted_episodes,
             writer,
             unsent: VecDeque::new(),
             batches: 0,
@@ -327,7 +330,11 @@ impl Analyzer {
             alert_type: DATABASE_WRITE_FAILED.into(),
         };
         let report = self.writer.report();
-        let db_condition = report.failing.then(|| Condition {
+        // An episode that began and ended between two polls still gets its alert (raised, then
+        // resolved below), so a short full-disk spell leaves a trace.
+        let new_episode = report.alerted_episodes > self.seen_episodes;
+        self.seen_episodes = report.alerted_episodes;
+        let db_condition = Condition {
             severity: HealthStatus::Critical,
             message: format!(
                 "cannot write to the database ({}); {} rows held in memory, {} dropped",
@@ -340,7 +347,14 @@ impl Analyzer {
                 "rows_dropped": report.rows_dropped,
                 "error": report.last_error,
             }),
-        });
+        };
+        let mut db_changes = Vec::new();
+        if new_episode || report.failing_alertable {
+            db_changes.push((db_key.clone(), Some(db_condition)));
+        }
+        if !report.failing {
+            db_changes.push((db_key, None));
+        }
         let wanted: Vec<(AlertKey, Option<Condition>)> = {
             let mut conditions = lock(&self.handle.inner.conditions);
             let wanted = conditions
@@ -356,7 +370,7 @@ impl Analyzer {
         };
         let now = Utc::now();
         let mut events = Vec::new();
-        for (key, condition) in wanted.into_iter().chain([(db_key, db_condition)]) {
+        for (key, condition) in wanted.into_iter().chain(db_changes) {
             let engine = core.engine_mut();
             let event = match condition {
                 Some(c) => engine.raise(key, c, now),

@@ -61,6 +61,10 @@ pub struct WriterStats {
     commit_failures: AtomicU64,
     buffered_rows: AtomicU64,
     failing: AtomicBool,
+    /// The current failure has lasted long enough (or is serious enough) to alert on.
+    failing_alertable: AtomicBool,
+    /// Failure episodes that called for an alert, so a brief one is not missed between polls.
+    alerted_episodes: AtomicU64,
     last_error: Mutex<Option<String>>,
     restarts: AtomicU32,
     /// A [`ChildState`] as a number (0 running, 1 restarting, 2 parked).
@@ -90,6 +94,11 @@ pub struct WriterReport {
     pub commit_failures: u64,
     /// True while commits fail (locked, full or broken database).
     pub failing: bool,
+    /// True while the failure calls for an alert: at once for a full disk or an I/O error,
+    /// after [`LOCK_GRACE`] for a database another process keeps locked.
+    pub failing_alertable: bool,
+    /// Failure episodes that called for an alert since start.
+    pub alerted_episodes: u64,
     pub last_error: Option<String>,
 }
 
@@ -174,6 +183,8 @@ impl WriterHandle {
             rows_refused: s.rows_refused.load(Ordering::Relaxed),
             commit_failures: s.commit_failures.load(Ordering::Relaxed),
             failing: s.failing.load(Ordering::Relaxed),
+            failing_alertable: s.failing_alertable.load(Ordering::Relaxed),
+            alerted_episodes: s.alerted_episodes.load(Ordering::Relaxed),
             last_error: s.last_error.lock().map(|e| e.clone()).unwrap_or(None),
         }
     }
@@ -441,6 +452,8 @@ struct Writer {
     config: WriterConfig,
     /// Commit attempts by this writer (for fault injection).
     commits: u64,
+    /// When the current run of failed commits began.
+    failing_since: Option<Instant>,
     backoff: Duration,
     retry_at: Option<Instant>,
     /// Every handle is gone.
@@ -448,7 +461,10 @@ struct Writer {
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How long another process may hold the database locked before it is alerted on: short lock
+/// waits (a `sqlite3` session, a backup) are normal.
+pub const LOCK_GRACE: Duration = Duration::from_secs(2);
 /// How long shutdown keeps retrying a failing database before giving up on the rest.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -465,6 +481,7 @@ impl Writer {
             stats,
             config,
             commits: 0,
+            failing_since: None,
             backoff: MIN_BACKOFF,
             retry_at: None,
             disconnected: false,
@@ -544,6 +561,8 @@ impl Writer {
                         .fetch_add(rows as u64, Ordering::Relaxed);
                     if self.stats.failing.swap(false, Ordering::Relaxed) {
                         tracing::info!("database writes recovered");
+                        self.stats.failing_alertable.store(false, Ordering::Relaxed);
+                        self.failing_since = None;
                     }
                     self.backoff = MIN_BACKOFF;
                     self.retry_at = None;
@@ -566,6 +585,17 @@ impl Writer {
 
     fn failed(&mut self, e: &rusqlite::Error, buffered_rows: usize) {
         self.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let since = *self.failing_since.get_or_insert(now);
+        let lock_wait = matches!(
+            e.sqlite_error_code(),
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+        );
+        if (!lock_wait || now.duration_since(since) >= LOCK_GRACE)
+            && !self.stats.failing_alertable.swap(true, Ordering::Relaxed)
+        {
+            self.stats.alerted_episodes.fetch_add(1, Ordering::Relaxed);
+        }
         let message = e.to_string();
         if !self.stats.failing.swap(true, Ordering::Relaxed) {
             tracing::error!(
