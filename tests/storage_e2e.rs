@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Env, wait_until};
+use common::{Daemon, Env, Tmpfs, wait_until};
 use nix::sys::signal::Signal;
 use rusqlite::Connection;
 
@@ -164,34 +164,16 @@ fn a_full_database_keeps_alerts_drops_oldest_metrics_past_the_cap_and_recovers()
     });
 }
 
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn a_full_disk_is_survived_too() {
     let env = Env::new("interval = 0.05\nwriter_buffer_mb = 0.05\n");
     let tiny = env.path("tiny");
     fs::create_dir(&tiny).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
-        .arg(&tiny)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    let Some(_tmpfs) = Tmpfs::mount(&tiny, "3m") else {
         // Mounting needs privileges; the max_db_size_mb test covers the same code path.
         eprintln!("skipping: cannot mount a tmpfs here");
         return;
-    }
-    let _tmpfs = Tmpfs(tiny.clone());
+    };
     let db = tiny.join("hm.db");
     let mut env = env;
     env.db = db.clone();

@@ -86,6 +86,9 @@ pub enum SizeReading {
     Failed(String),
 }
 
+/// After a walk hits its cap, the next starts no sooner than this many caps later.
+const WALK_REST_FACTOR: u32 = 4;
+
 /// Keeps one background walk per directory and the last good totals.
 #[derive(Debug)]
 pub struct DirSizer {
@@ -93,6 +96,9 @@ pub struct DirSizer {
     last: Option<DirStats>,
     /// The latest finished walk hit the time cap.
     timed_out: bool,
+    /// After a walk hits the cap, the next one waits: a tree too big to walk in time would
+    /// otherwise be walked back to back forever.
+    next_walk_at: Option<Instant>,
     running: Option<(PathBuf, mpsc::Receiver<io::Result<WalkOutcome>>)>,
 }
 
@@ -103,6 +109,7 @@ impl DirSizer {
             cap,
             last: None,
             timed_out: false,
+            next_walk_at: None,
             running: None,
         }
     }
@@ -114,6 +121,10 @@ impl DirSizer {
             // The directory changed: the old walk's answer no longer applies.
             self.running = None;
             self.last = None;
+        }
+        let resting = self.next_walk_at.is_some_and(|t| Instant::now() < t);
+        if self.running.is_none() && resting {
+            return self.last.map_or(SizeReading::Pending, SizeReading::Known);
         }
         if self.running.is_none() {
             let (tx, rx) = mpsc::channel();
@@ -145,10 +156,12 @@ impl DirSizer {
             Ok(WalkOutcome::Complete(stats)) => {
                 self.last = Some(stats);
                 self.timed_out = false;
+                self.next_walk_at = None;
                 SizeReading::Known(stats)
             }
             Ok(WalkOutcome::TimedOut(partial)) => {
                 self.timed_out = true;
+                self.next_walk_at = Some(Instant::now() + self.cap * WALK_REST_FACTOR);
                 tracing::warn!(
                     path = %root.display(),
                     cap_secs = self.cap.as_secs_f64(),
@@ -228,6 +241,11 @@ mod tests {
         let again = sizer.poll(dir.path(), Duration::from_secs(10));
         assert_eq!(again, good);
         assert!(sizer.timed_out());
+        // Resting after a timed-out walk: no new walk, the last good value again.
+        sizer.cap = Duration::from_secs(10);
+        sizer.next_walk_at = Some(Instant::now() + Duration::from_secs(60));
+        assert_eq!(sizer.poll(dir.path(), Duration::from_secs(10)), good);
+        assert!(sizer.running.is_none());
     }
 
     #[test]

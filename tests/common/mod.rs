@@ -270,3 +270,31 @@ impl Drop for FakeAgent {
 pub fn write_file(path: &Path, bytes: usize) {
     fs::write(path, vec![0u8; bytes]).unwrap();
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped. `None` where mounting is not permitted.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. `"3m"`) at `at`, which must exist.
+    pub fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},nr_inodes=2m"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
