@@ -28,6 +28,7 @@ pub fn disk_usage_percent(path: &Path) -> nix::Result<f64> {
 pub struct SystemSampler {
     sys: System,
     last_cpu_refresh: Instant,
+    sampled: bool,
 }
 
 impl SystemSampler {
@@ -38,19 +39,25 @@ impl SystemSampler {
         Ok(SystemSampler {
             sys,
             last_cpu_refresh: Instant::now(),
+            sampled: false,
         })
     }
 
-    /// CPU, memory and `/` usage. Blocks at most `MINIMUM_CPU_UPDATE_INTERVAL` (200 ms), and only
-    /// on the first call right after `new` — so run it off the event loop.
+    /// CPU, memory and `/` usage. Only the first call right after `new` may block, for at most
+    /// `MINIMUM_CPU_UPDATE_INTERVAL` (200 ms); run it off the event loop all the same.
     pub fn sample(&mut self) -> Vec<Measurement> {
         let since = self.last_cpu_refresh.elapsed();
-        if since < MINIMUM_CPU_UPDATE_INTERVAL {
-            // A refresh sooner than this silently does nothing (DESIGN.md §6).
+        if !self.sampled && since < MINIMUM_CPU_UPDATE_INTERVAL {
+            // The very first reading needs a span to measure over.
             std::thread::sleep(MINIMUM_CPU_UPDATE_INTERVAL - since);
         }
-        self.sys.refresh_cpu_usage();
-        self.last_cpu_refresh = Instant::now();
+        // A refresh sooner than 200 ms silently does nothing (DESIGN.md §6): at shorter
+        // intervals the reading stands until a tick 200 ms on.
+        if self.last_cpu_refresh.elapsed() >= MINIMUM_CPU_UPDATE_INTERVAL {
+            self.sys.refresh_cpu_usage();
+            self.last_cpu_refresh = Instant::now();
+        }
+        self.sampled = true;
         self.sys.refresh_memory();
         let mut out = vec![Measurement::now(
             ResourceType::Cpu,
