@@ -78,7 +78,15 @@ fn fifty_agents_and_fifty_workspaces_at_a_tiny_interval_level_off() {
     let started = std::time::Instant::now();
     let mut flapping = false;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(cycles as u64);
+    // RSS at each quarter of the run: growth must flatten, not go on with the cycles.
+    let mut quarters = Vec::new();
     while cycles_done() < cycles {
+        let done = cycles_done();
+        if quarters.len() < 3
+            && done >= warmup + (cycles - warmup) * (quarters.len() as i64 + 1) / 4
+        {
+            quarters.push(rss_and_threads(pid).0);
+        }
         assert!(std::time::Instant::now() < deadline, "soak too slow");
         // Flip one workspace over its thresholds now and then.
         flapping = !flapping;
@@ -96,7 +104,7 @@ fn fifty_agents_and_fifty_workspaces_at_a_tiny_interval_level_off() {
     let rows = env.count("SELECT count(*) FROM health_metrics");
     eprintln!(
         "soak: {cycles} cycles ({} after warm-up in {:.1} s), {rows} metric rows\n  \
-         RSS {rss_start} kB -> {rss_end} kB, open fds {fds_start} -> {fds_end}, threads {threads_start} -> {threads_end}\n  \
+         RSS {rss_start} kB -> {quarters:?} -> {rss_end} kB, open fds {fds_start} -> {fds_end}, threads {threads_start} -> {threads_end}\n  \
          writer {}\n  refused {}",
         cycles - warmup,
         started.elapsed().as_secs_f64(),
@@ -108,6 +116,12 @@ fn fifty_agents_and_fifty_workspaces_at_a_tiny_interval_level_off() {
         rss_end <= rss_start * 3 / 2 + 8 * 1024,
         "RSS grew from {rss_start} kB to {rss_end} kB"
     );
+    if let Some(half) = quarters.get(1) {
+        assert!(
+            rss_end <= half * 5 / 4 + 4 * 1024,
+            "RSS still growing in the second half: {half} kB -> {rss_end} kB"
+        );
+    }
     assert!(
         fds_end <= fds_start + 8,
         "open fds grew from {fds_start} to {fds_end}"

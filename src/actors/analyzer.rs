@@ -84,6 +84,9 @@ struct HandleInner {
     refused: AtomicU64,
     /// Conditions other parts of the daemon want raised (`Some`) or cleared (`None`).
     conditions: Mutex<HashMap<AlertKey, Option<Condition>>>,
+    /// Alert and monitor changes the writer refused (its queue was full): retried in order,
+    /// never dropped, and kept here so an analyzer panic does not lose them either.
+    unsent: Mutex<VecDeque<WriteOp>>,
 }
 
 /// The stable way to reach whichever analyzer is current: collectors keep this, never an `Addr`,
@@ -106,6 +109,7 @@ impl Default for AnalyzerHandle {
                 accepted: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
                 conditions: Mutex::new(HashMap::new()),
+                unsent: Mutex::new(VecDeque::new()),
             }),
         }
     }
@@ -206,8 +210,6 @@ pub struct Analyzer {
     core: Option<AnalyzerCore>,
     drain_waiters: Vec<oneshot::Sender<()>>,
     writer: WriterHandle,
-    /// Alert and monitor changes the writer refused: retried, never dropped.
-    unsent: VecDeque<WriteOp>,
     /// Batches analyzed by this instance (for fault injection).
     batches: u64,
     /// The writer's alerted failure episodes already turned into alerts.
@@ -230,7 +232,6 @@ impl Analyzer {
             drain_waiters: Vec::new(),
             seen_episodes: writer.report().alerted_episodes,
             writer,
-            unsent: VecDeque::new(),
             batches: 0,
             _guard: guard,
         }
@@ -282,10 +283,12 @@ impl Analyzer {
     /// Sends ops to the writer, keeping refused non-metric ops for a retry and preserving order.
     fn submit(&mut self, ops: Vec<WriteOp>) {
         self.retry_unsent();
-        if !self.unsent.is_empty() {
+        let mut unsent = lock(&self.handle.inner.unsent);
+        if !unsent.is_empty() {
+            // Older changes wait: these go behind them; metric rows may go ahead.
             let (metrics, keep): (Vec<_>, Vec<_>) =
                 ops.into_iter().partition(WriteOp::is_droppable);
-            self.unsent.extend(keep);
+            unsent.extend(keep);
             let _ = self.writer.submit(metrics);
             return;
         }
@@ -300,17 +303,18 @@ impl Analyzer {
                     "writer queue full: holding alert changes for retry"
                 );
             }
-            self.unsent.extend(keep);
+            unsent.extend(keep);
         }
     }
 
     fn retry_unsent(&mut self) {
-        if self.unsent.is_empty() {
+        let mut unsent = lock(&self.handle.inner.unsent);
+        if unsent.is_empty() {
             return;
         }
-        let ops: Vec<WriteOp> = self.unsent.drain(..).collect();
+        let ops: Vec<WriteOp> = unsent.drain(..).collect();
         if let Err(ops) = self.writer.submit(ops) {
-            self.unsent.extend(ops);
+            unsent.extend(ops);
         }
     }
 
