@@ -142,6 +142,35 @@ impl AlertEngine {
         self.healthy(key, true, 1, now)
     }
 
+    /// Resolves the metric alerts of a resource whose metric is not among `reported` (the
+    /// collector stopped reporting it). Condition alerts, whose type is not a metric, stay.
+    pub fn resolve_unreported(
+        &mut self,
+        resource_type: ResourceType,
+        resource_id: &str,
+        reported: &[&str],
+        now: DateTime<Utc>,
+    ) -> Vec<AlertEvent> {
+        if self.states.is_empty() {
+            return Vec::new();
+        }
+        let stale: Vec<AlertKey> = self
+            .states
+            .keys()
+            .filter(|k| {
+                k.resource_type == resource_type
+                    && k.resource_id == resource_id
+                    && !reported.contains(&k.alert_type.as_str())
+                    && crate::catalog::lookup(&k.alert_type).is_some()
+            })
+            .cloned()
+            .collect();
+        stale
+            .iter()
+            .filter_map(|key| self.clear(key, now))
+            .collect()
+    }
+
     /// Resolves every active alert of a resource, e.g. when its monitor is removed.
     pub fn forget_resource(
         &mut self,

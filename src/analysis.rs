@@ -68,6 +68,12 @@ impl AnalyzerCore {
     }
 
     /// Applies thresholds to each measurement and runs the alert state machine.
+    ///
+    /// A batch is one collector cycle: for each resource it holds every metric the collector
+    /// could measure. A metric of that resource missing from the batch is no longer reported (a
+    /// dead agent has no memory, a deleted workspace no size): its latest value is dropped and
+    /// its alert resolves, so it cannot stay critical forever.
+    ///
     /// Takes the batch by reference so the caller can keep it safe until the results are
     /// handed on (the analyzer actor re-runs a batch a panic interrupted). Non-finite values are
     /// skipped: they say nothing and cannot be stored.
@@ -88,7 +94,42 @@ impl AnalyzerCore {
             self.remember(&metric);
             analysis.metrics.push(metric);
         }
+        self.retire_unreported(batch, now, &mut analysis.events);
         analysis
+    }
+
+    /// Drops latest values and resolves metric alerts of the batch's resources that the batch
+    /// no longer reports.
+    fn retire_unreported(
+        &mut self,
+        batch: &[Measurement],
+        now: DateTime<Utc>,
+        events: &mut Vec<AlertEvent>,
+    ) {
+        let mut reported: Vec<(ResourceType, &str, Vec<&str>)> = Vec::new();
+        for m in batch.iter().filter(|m| m.value.is_finite()) {
+            match reported
+                .iter_mut()
+                .find(|(t, id, _)| *t == m.resource_type && *id == m.resource_id)
+            {
+                Some((_, _, names)) => names.push(&m.metric_name),
+                None => reported.push((m.resource_type, &m.resource_id, vec![&m.metric_name])),
+            }
+        }
+        for (resource_type, id, names) in reported {
+            if let Some(by_name) = self
+                .latest
+                .get_mut(&resource_type)
+                .and_then(|by_id| by_id.get_mut(id))
+                && by_name.len() > names.len()
+            {
+                by_name.retain(|name, _| names.contains(&name.as_str()));
+            }
+            events.extend(
+                self.engine
+                    .resolve_unreported(resource_type, id, &names, now),
+            );
+        }
     }
 
     fn remember(&mut self, metric: &HealthMetric) {
@@ -193,6 +234,50 @@ mod tests {
         );
         let out = a.analyze(&[m], Utc::now());
         assert!(out.metrics.is_empty() && out.events.is_empty());
+    }
+
+    #[test]
+    fn a_metric_no_longer_reported_loses_its_value_and_its_alert() {
+        let mut a = core();
+        let now = Utc::now();
+        let alive = [
+            Measurement::now(ResourceType::Agent, "a1", "agent_active", 1.0, "bool"),
+            Measurement::now(ResourceType::Agent, "a1", "agent_memory_mb", 20000.0, "MB"),
+        ];
+        let out = a.analyze(&alive, now);
+        assert!(matches!(out.events.as_slice(), [AlertEvent::Fired(_)]));
+        // The agent dies: only agent_active is reported from now on.
+        let dead = [Measurement::now(
+            ResourceType::Agent,
+            "a1",
+            "agent_active",
+            0.0,
+            "bool",
+        )];
+        let out = a.analyze(&dead, now);
+        let resolved: Vec<&str> = out
+            .events
+            .iter()
+            .filter(|e| matches!(e, AlertEvent::Resolved(_)))
+            .map(|e| e.alert().alert_type.as_str())
+            .collect();
+        assert_eq!(resolved, ["agent_memory_mb"]);
+        assert_eq!(a.active_alerts().count(), 1, "agent_active is the one left");
+        assert!(a.latest().all(|m| m.metric_name != "agent_memory_mb"));
+        // Condition alerts are not metrics: a batch never resolves them.
+        let key = crate::model::AlertKey {
+            resource_type: ResourceType::Agent,
+            resource_id: "a1".into(),
+            alert_type: "collector_failed".into(),
+        };
+        let cond = crate::alerts::Condition {
+            severity: crate::model::HealthStatus::Critical,
+            message: "x".into(),
+            metadata: serde_json::json!({}),
+        };
+        a.engine_mut().raise(key, cond, now);
+        a.analyze(&dead, now);
+        assert_eq!(a.active_alerts().count(), 2);
     }
 
     #[test]

@@ -111,6 +111,10 @@ pub struct ConfigFile {
     /// Memory for rows the database has not taken yet, in MB (default 64); past it the oldest
     /// metric rows are dropped and counted. Alerts are never dropped.
     pub writer_buffer_mb: Option<f64>,
+    /// Days metric rows are kept (default 7).
+    pub retention_days: Option<f64>,
+    /// Days resolved alerts are kept after resolution (default 30); active ones always stay.
+    pub alert_retention_days: Option<f64>,
     /// `[thresholds.<metric_name>]` tables.
     #[serde(default)]
     pub thresholds: BTreeMap<String, ThresholdConfig>,
@@ -276,6 +280,10 @@ pub struct Settings {
     pub max_db_bytes: Option<u64>,
     /// Cap on the writer's buffer of uncommitted rows, in bytes.
     pub writer_buffer_bytes: usize,
+    /// How long metric rows are kept.
+    pub metric_retention: Duration,
+    /// How long resolved alerts are kept.
+    pub alert_retention: Duration,
 }
 
 impl Default for Settings {
@@ -344,6 +352,15 @@ impl Settings {
             .transpose()?;
         let writer_buffer_bytes =
             megabytes("writer_buffer_mb", file.writer_buffer_mb.unwrap_or(64.0))? as usize;
+        let days = |key: &str, v: Option<f64>, default: f64| -> anyhow::Result<Duration> {
+            let v = v.unwrap_or(default);
+            if !v.is_finite() || v <= 0.0 || v > 36_500.0 {
+                bail!("{key} must be a positive number of days, got {v}");
+            }
+            Ok(Duration::from_secs_f64(v * 86_400.0))
+        };
+        let metric_retention = days("retention_days", file.retention_days, 7.0)?;
+        let alert_retention = days("alert_retention_days", file.alert_retention_days, 30.0)?;
         Ok(Settings {
             db_path,
             socket_path,
@@ -357,6 +374,8 @@ impl Settings {
             walk_time_cap,
             max_db_bytes,
             writer_buffer_bytes,
+            metric_retention,
+            alert_retention,
         })
     }
 
@@ -438,6 +457,8 @@ mod tests {
         assert_eq!(s.walk_time_cap, Duration::from_secs(300));
         assert_eq!(s.max_db_bytes, None);
         assert_eq!(s.writer_buffer_bytes, 64 * 1024 * 1024);
+        assert_eq!(s.metric_retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(s.alert_retention, Duration::from_secs(30 * 86_400));
         assert_eq!(
             s.default_agent_workspace("a1"),
             PathBuf::from("/tmp/agent_a1")
@@ -498,6 +519,7 @@ mod tests {
         assert!(err("[supervisor]\nwindow = -1").contains("supervisor.window"));
         assert!(err("[supervisor]\nrestarts = 1").contains("restarts"));
         assert!(err("max_db_size_mb = 0").contains("max_db_size_mb"));
+        assert!(err("retention_days = -2").contains("retention_days"));
         assert!(err("log_level = \"loud!\"").contains("log level"));
         assert!(err("log_level = \"x=loud\"").contains("log level"));
         validate_log_level("DEBUG").unwrap();

@@ -465,6 +465,7 @@ impl MonitorSpec {
 
     /// Rebuilds a spec from a `monitors` row.
     pub fn from_row(kind: MonitorKind, id: &str, options_json: &str) -> Result<Self, String> {
+        validate_id(id).map_err(|e| format!("monitor {kind}: {e}"))?;
         let bad = |e: serde_json::Error| format!("monitor {kind} {id}: bad options: {e}");
         Ok(match kind {
             MonitorKind::Agent => MonitorSpec::Agent {
@@ -670,5 +671,6 @@ mod tests {
         let back = MonitorSpec::from_row(MonitorKind::Agent, "a1", &spec.options_json()).unwrap();
         assert_eq!(back, spec);
         assert!(MonitorSpec::from_row(MonitorKind::Agent, "a1", "{\"bogus\":1}").is_err());
+        assert!(MonitorSpec::from_row(MonitorKind::Agent, "../x", "{}").is_err());
     }
 }

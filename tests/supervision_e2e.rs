@@ -184,3 +184,40 @@ fn a_malformed_fault_plan_is_refused_with_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("HEALTH_MONITOR_FAULTS"));
 }
+
+#[test]
+fn a_collector_failed_alert_left_by_a_previous_run_resolves_once_the_collector_holds() {
+    let config = "interval = 0.1\n[supervisor]\ninitial_backoff = 0.05\nmax_restarts = 1\n\
+                  park_pause = 600\nstable_after = 1\n";
+    let env = Env::new(config);
+    fs::create_dir(env.path("w1")).unwrap();
+    env.hm_ok(&[
+        "add",
+        "workspace",
+        "w1",
+        "--path",
+        &env.path("w1").display().to_string(),
+    ]);
+    let faults = "panic:workspace:w1:1,panic:workspace:w1:1";
+    let mut daemon = env.start_with_env(&[], &[("HEALTH_MONITOR_FAULTS", faults)]);
+    let failed_active = || {
+        env.count(
+            "SELECT count(*) FROM health_alerts WHERE alert_type='collector_failed' AND resolved=0",
+        )
+    };
+    wait_until("the collector_failed alert in the database", || {
+        failed_active() == 1
+    });
+    env.hm_ok(&["stop"]);
+    assert_eq!(daemon.wait_exit(), 0);
+
+    // A new run without faults: the collector holds, and the old alert resolves.
+    let _again = env.start(&[]);
+    wait_until("the old collector_failed alert to resolve", || {
+        failed_active() == 0
+    });
+    assert_eq!(
+        env.count("SELECT count(*) FROM health_alerts WHERE alert_type='collector_failed'"),
+        1
+    );
+}

@@ -164,8 +164,9 @@ impl AnalyzerHandle {
         }
     }
 
-    /// Measurements accepted into the queue since start: each becomes a row unless its value is
-    /// not finite.
+    /// Measurements accepted into the queue since start. Each becomes a row unless its value is
+    /// not finite, the writer's queue refuses it (`rows_refused`), its buffer cap drops it
+    /// (`rows_dropped`), or its batch crashed the analyzer three times (logged).
     pub fn accepted(&self) -> u64 {
         self.inner.accepted.load(Ordering::Relaxed)
     }
@@ -328,6 +329,9 @@ impl Analyzer {
 
     /// Applies the wanted conditions (and the writer's health) to the alert engine.
     fn reconcile_conditions(&mut self) {
+        if self.core.is_none() {
+            return; // Still loading: nothing is consumed until the engine can take it.
+        }
         let db_key = AlertKey {
             resource_type: ResourceType::Database,
             resource_id: self.settings.db_path.display().to_string(),

@@ -140,7 +140,9 @@ impl Supervisor {
                 return;
             }
         }
-        if child.failure_raised {
+        if watched_resource(&child.kind).is_some() {
+            // Also after a daemon restart, when a collector_failed alert read back from the
+            // database has no in-memory flag: a run that holds clears it either way.
             let stable_after = self.deps.settings.restart.stable_after;
             let name = name.to_string();
             ctx.run_later(stable_after, move |act, _| {
@@ -149,23 +151,21 @@ impl Supervisor {
         }
     }
 
-    /// Resolves a child's `collector_failed` alert once a restart has held.
+    /// Resolves a child's `collector_failed` alert (if any) once its run has held.
     fn check_stable(&mut self, name: &str, generation: u64) {
         let Some(child) = self.children.get_mut(name) else {
             return;
         };
-        if child.generation != generation
-            || child.tracker.state != ChildState::Running
-            || !child.failure_raised
-        {
+        if child.generation != generation || child.tracker.state != ChildState::Running {
             return;
         }
-        child.failure_raised = false;
-        if let Some((resource_type, resource_id)) = watched_resource(&child.kind) {
+        if std::mem::take(&mut child.failure_raised) {
             tracing::info!(
                 actor = name,
                 "actor has held since its restart; failure resolved"
             );
+        }
+        if let Some((resource_type, resource_id)) = watched_resource(&child.kind) {
             self.deps.analyzer.set_condition(
                 AlertKey {
                     resource_type,
@@ -308,6 +308,13 @@ impl Supervisor {
             .iter()
             .filter_map(|name| self.stop_child(name))
             .collect();
+        // An analyzer that is down (restarting, parked) is brought back to drain its queue.
+        if let Some(child) = self.children.get_mut("analyzer")
+            && child.tracker.state != ChildState::Running
+        {
+            child.tracker.restarted(Instant::now());
+            self.start("analyzer", ctx);
+        }
         let analyzer = self.deps.analyzer.addr();
         let drain = async move {
             // Only once no collector can queue anything more is the analyzer's queue final.
@@ -457,7 +464,15 @@ impl Handler<RemoveMonitor> for Supervisor {
         }
         self.deps
             .writer
-            .submit(vec![WriteOp::MonitorDeleted(msg.kind, msg.id.clone())])
+            .submit(vec![
+                WriteOp::MonitorDeleted(msg.kind, msg.id.clone()),
+                // Resolved in the database even if the analyzer is restarting right now.
+                WriteOp::ResourceAlertsResolved(
+                    msg.kind.resource_type(),
+                    msg.id.clone(),
+                    chrono::Utc::now(),
+                ),
+            ])
             .map_err(|_| "the database writer is overloaded; try again".to_string())?;
         self.monitors.remove(msg.kind, &msg.id);
         let name = monitor_child_name(msg.kind, &msg.id);

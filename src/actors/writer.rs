@@ -18,7 +18,7 @@ use super::restart::{ChildState, RestartTracker};
 use crate::config::RestartPolicy;
 use crate::faults;
 use crate::store::open_for_writing;
-use crate::store::write::{WriteOp, apply};
+use crate::store::write::{WriteOp, apply, prune};
 
 /// Messages the writer thread accepts.
 #[derive(Debug)]
@@ -40,6 +40,18 @@ pub struct WriterConfig {
     pub batch_rows: usize,
     /// Memory the buffer of uncommitted ops may use before the oldest metric rows are dropped.
     pub buffer_cap_bytes: usize,
+    /// How long rows are kept; `None` keeps everything.
+    pub retention: Option<Retention>,
+    /// How often to look for rows past their retention.
+    pub prune_every: Duration,
+}
+
+/// How long rows are kept before the writer prunes them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retention {
+    pub metrics: Duration,
+    /// Resolved alerts, counted from their resolution; active alerts are never pruned.
+    pub resolved_alerts: Duration,
 }
 
 impl Default for WriterConfig {
@@ -48,6 +60,8 @@ impl Default for WriterConfig {
             channel_capacity: 4096,
             batch_rows: 10_000,
             buffer_cap_bytes: 64 * 1024 * 1024,
+            retention: None,
+            prune_every: Duration::from_secs(60),
         }
     }
 }
@@ -58,6 +72,7 @@ pub struct WriterStats {
     rows_written: AtomicU64,
     rows_dropped: AtomicU64,
     rows_refused: AtomicU64,
+    rows_pruned: AtomicU64,
     commit_failures: AtomicU64,
     buffered_rows: AtomicU64,
     failing: AtomicBool,
@@ -91,6 +106,9 @@ pub struct WriterReport {
     pub rows_dropped: u64,
     /// Rows refused because the channel was full.
     pub rows_refused: u64,
+    /// Rows deleted for being past their retention.
+    #[serde(default)]
+    pub rows_pruned: u64,
     pub commit_failures: u64,
     /// True while commits fail (locked, full or broken database).
     pub failing: bool,
@@ -181,6 +199,7 @@ impl WriterHandle {
             rows_written: s.rows_written.load(Ordering::Relaxed),
             rows_dropped: s.rows_dropped.load(Ordering::Relaxed),
             rows_refused: s.rows_refused.load(Ordering::Relaxed),
+            rows_pruned: s.rows_pruned.load(Ordering::Relaxed),
             commit_failures: s.commit_failures.load(Ordering::Relaxed),
             failing: s.failing.load(Ordering::Relaxed),
             failing_alertable: s.failing_alertable.load(Ordering::Relaxed),
@@ -259,11 +278,22 @@ fn supervise(
             Some(c) => c,
             None => match open() {
                 Ok(c) => c,
+                Err(e) if state.shutdown.is_some() => {
+                    // Nobody waits for another try: say what could not be written, and end.
+                    let lost = state.buffer.rows();
+                    tracing::error!(lost, "writer cannot reopen the database at shutdown: {e:#}");
+                    let result = Err(format!("{lost} rows could not be written: {e:#}"));
+                    for ack in state.acks.drain(..) {
+                        let _ = ack.send(result.clone());
+                    }
+                    if let Some(ack) = state.shutdown.take() {
+                        let _ = ack.send(result);
+                    }
+                    return;
+                }
                 Err(e) => {
                     tracing::error!("writer cannot reopen the database: {e:#}");
-                    if !wait_restart(&mut tracker, &stats, &rx, &mut state, config) {
-                        return;
-                    }
+                    wait_restart(&mut tracker, &stats, &rx, &mut state, config);
                     continue;
                 }
             },
@@ -282,23 +312,21 @@ fn supervise(
                     "writer panicked ({what}); the uncommitted rows are kept for the next writer"
                 );
                 drop(writer);
-                if !wait_restart(&mut tracker, &stats, &rx, &mut state, config) {
-                    return;
-                }
+                wait_restart(&mut tracker, &stats, &rx, &mut state, config);
             }
         }
     }
 }
 
 /// Waits out the backoff (or the park pause) while still accepting messages, so senders are not
-/// refused meanwhile. Returns false when shutdown came and there is nothing left to do.
+/// refused meanwhile; a shutdown request cuts the wait short.
 fn wait_restart(
     tracker: &mut RestartTracker,
     stats: &WriterStats,
     rx: &Receiver<WriterMsg>,
     state: &mut PendingState,
     config: WriterConfig,
-) -> bool {
+) {
     let delay = tracker.exited(Instant::now());
     stats
         .state
@@ -313,7 +341,12 @@ fn wait_restart(
     let until = Instant::now() + delay;
     while let Some(left) = until.checked_duration_since(Instant::now()) {
         match rx.recv_timeout(left) {
-            Ok(msg) => state.accept(msg, &stats.rows_dropped, config),
+            Ok(msg) => {
+                state.accept(msg, &stats.rows_dropped, config);
+                if state.shutdown.is_some() {
+                    break; // Shutting down: one more try now rather than after the pause.
+                }
+            }
             Err(RecvTimeoutError::Timeout) => break,
             Err(RecvTimeoutError::Disconnected) => {
                 std::thread::sleep(left);
@@ -327,7 +360,6 @@ fn wait_restart(
         .state
         .store(state_code(ChildState::Running), Ordering::Relaxed);
     tracing::info!(restarts = tracker.restarts, "writer restarted");
-    true
 }
 
 /// Uncommitted ops in arrival order, with a memory cap that only ever drops metric rows.
@@ -458,10 +490,14 @@ struct Writer {
     retry_at: Option<Instant>,
     /// Every handle is gone.
     disconnected: bool,
+    /// When to look for rows past their retention next.
+    next_prune: Instant,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Rows deleted per pruning transaction: small enough never to stall new writes.
+const PRUNE_BATCH: usize = 5000;
 /// How long another process may hold the database locked before it is alerted on: short lock
 /// waits (a `sqlite3` session, a backup) are normal.
 pub const LOCK_GRACE: Duration = Duration::from_secs(2);
@@ -485,6 +521,7 @@ impl Writer {
             backoff: MIN_BACKOFF,
             retry_at: None,
             disconnected: false,
+            next_prune: Instant::now(),
         }
     }
 
@@ -501,6 +538,9 @@ impl Writer {
             if state.buffer.is_empty() {
                 for ack in state.acks.drain(..) {
                     let _ = ack.send(Ok(()));
+                }
+                if state.shutdown.is_none() && Instant::now() >= self.next_prune {
+                    self.prune_step();
                 }
             }
             if let Some(deadline) = shutdown_deadline
@@ -519,7 +559,9 @@ impl Writer {
     /// Waits for work (not longer than the next retry), then drains the channel into the buffer.
     fn receive(&mut self, state: &mut PendingState) {
         let wait = if state.buffer.is_empty() {
-            Duration::from_secs(1)
+            self.next_prune
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1))
         } else {
             self.retry_at.map_or(Duration::ZERO, |t| {
                 t.saturating_duration_since(Instant::now())
@@ -569,6 +611,10 @@ impl Writer {
                 }
                 Err(e) if is_transient(&e) => {
                     self.failed(&e, state.buffer.rows());
+                    if e.sqlite_error_code() == Some(ErrorCode::DiskFull) {
+                        // Rows past their retention are the space we can give back ourselves.
+                        self.prune_step();
+                    }
                     return;
                 }
                 Err(e) => {
@@ -609,6 +655,40 @@ impl Writer {
         }
         self.retry_at = Some(Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// Deletes one small batch of rows past their retention; comes back at once while a
+    /// backlog remains, otherwise after `prune_every`. Only runs between batches of new rows.
+    fn prune_step(&mut self) {
+        let Some(retention) = self.config.retention else {
+            self.next_prune = Instant::now() + Duration::from_secs(3600);
+            return;
+        };
+        let now = chrono::Utc::now();
+        let before = |keep: Duration| {
+            now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX)
+        };
+        match prune(
+            &mut self.conn,
+            before(retention.metrics),
+            before(retention.resolved_alerts),
+            PRUNE_BATCH,
+        ) {
+            Ok(n) => {
+                self.stats
+                    .rows_pruned
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                self.next_prune = if n >= PRUNE_BATCH {
+                    Instant::now()
+                } else {
+                    Instant::now() + self.config.prune_every
+                };
+            }
+            Err(e) => {
+                tracing::debug!("pruning postponed: {e}");
+                self.next_prune = Instant::now() + self.config.prune_every;
+            }
+        }
     }
 
     /// Applies the first `n` ops one by one, dropping (and logging) those that fail for good.
@@ -736,6 +816,42 @@ mod tests {
         handle.flush_blocking(Duration::from_secs(10)).unwrap();
         assert_eq!(count(&path), 15);
         assert!(!handle.report().failing);
+        handle.shutdown_blocking(Duration::from_secs(10)).unwrap();
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn the_writer_prunes_rows_past_their_retention_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let config = WriterConfig {
+            retention: Some(Retention {
+                metrics: Duration::from_secs(86_400),
+                resolved_alerts: Duration::from_secs(86_400),
+            }),
+            prune_every: Duration::from_millis(50),
+            ..WriterConfig::default()
+        };
+        let (handle, thread) = spawn(
+            opener(path.clone()),
+            open_for_writing(&path).unwrap(),
+            config,
+            RestartPolicy::default(),
+        )
+        .unwrap();
+        let mut old = rows(12_000);
+        if let WriteOp::Metrics(ms) = &mut old {
+            for m in ms {
+                m.timestamp = chrono::Utc::now() - chrono::Duration::days(3);
+            }
+        }
+        handle.submit(vec![old, rows(7)]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while count(&path) != 7 {
+            assert!(Instant::now() < deadline, "old rows were not pruned");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(handle.report().rows_pruned, 12_000);
         handle.shutdown_blocking(Duration::from_secs(10)).unwrap();
         thread.join().unwrap();
     }

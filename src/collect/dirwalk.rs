@@ -15,6 +15,7 @@ pub struct DirStats {
     pub bytes: u64,
     /// Regular files, symlinks and other non-directories, hidden ones included.
     pub files: u64,
+    /// Directories below the root.
     pub dirs: u64,
     /// Entries that could not be read (permissions, vanished mid-walk).
     pub errors: u64,
@@ -37,7 +38,9 @@ pub enum WalkOutcome {
 
 /// Walks `root` until done or until `cap` has passed. Errors only when `root` itself cannot be read.
 pub fn walk(root: &Path, cap: Duration) -> io::Result<WalkOutcome> {
-    let meta = std::fs::symlink_metadata(root)?;
+    // The root may itself be a symlink to a directory (a workspace on another disk); below
+    // it, nothing is followed.
+    let meta = std::fs::metadata(root)?;
     if !meta.is_dir() {
         return Err(io::Error::new(
             io::ErrorKind::NotADirectory,
@@ -62,6 +65,9 @@ pub fn walk(root: &Path, cap: Duration) -> io::Result<WalkOutcome> {
                 continue;
             }
         };
+        if entry.depth() == 0 {
+            continue; // The root itself (possibly a symlink to it) is not content.
+        }
         if entry.file_type().is_dir() {
             stats.dirs += 1;
             continue;
@@ -99,7 +105,7 @@ pub struct DirSizer {
     /// After a walk hits the cap, the next one waits: a tree too big to walk in time would
     /// otherwise be walked back to back forever.
     next_walk_at: Option<Instant>,
-    running: Option<(PathBuf, mpsc::Receiver<io::Result<WalkOutcome>>)>,
+    running: Option<(PathBuf, mpsc::Receiver<io::Result<WalkOutcome>>, Instant)>,
 }
 
 impl DirSizer {
@@ -117,7 +123,7 @@ impl DirSizer {
     /// Starts a walk of `root` unless one is running, waits at most `wait` for it, and reports
     /// the freshest complete totals.
     pub fn poll(&mut self, root: &Path, wait: Duration) -> SizeReading {
-        if self.running.as_ref().is_some_and(|(p, _)| p != root) {
+        if self.running.as_ref().is_some_and(|(p, _, _)| p != root) {
             // The directory changed: the old walk's answer no longer applies.
             self.running = None;
             self.last = None;
@@ -137,14 +143,19 @@ impl DirSizer {
             if let Err(e) = spawned {
                 return SizeReading::Failed(format!("cannot start a walk: {e}"));
             }
-            self.running = Some((root.to_path_buf(), rx));
+            self.running = Some((root.to_path_buf(), rx, Instant::now()));
         }
-        let Some((_, rx)) = &self.running else {
+        let Some((_, rx, started)) = &self.running else {
             return SizeReading::Pending;
         };
         let result = match rx.recv_timeout(wait) {
             Ok(result) => result,
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                // A walk stuck in a system call (a hung network mount) never reaches its own
+                // deadline check: past the cap, it counts as timed out all the same.
+                if started.elapsed() > self.cap + Duration::from_secs(1) {
+                    self.timed_out = true;
+                }
                 return self.last.map_or(SizeReading::Pending, SizeReading::Known);
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -208,7 +219,20 @@ mod tests {
                 .unwrap()
                 .len();
         assert_eq!(s.bytes, 1524 + link_bytes);
-        assert_eq!(s.dirs, 2);
+        assert_eq!(s.dirs, 1);
+    }
+
+    #[test]
+    fn a_symlinked_root_is_walked() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("real")).unwrap();
+        fs::write(dir.path().join("real/a"), vec![0u8; 10]).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+        let outcome = walk(&dir.path().join("link"), Duration::from_secs(10)).unwrap();
+        assert!(
+            matches!(outcome, WalkOutcome::Complete(s) if s.files == 1 && s.bytes == 10),
+            "{outcome:?}"
+        );
     }
 
     #[test]

@@ -6,7 +6,11 @@ use std::path::{Path, PathBuf};
 /// `None` when the workspace has no `.git`; otherwise whether the repository's HEAD can be read.
 pub fn repository_valid(workspace: &Path) -> Option<bool> {
     let dot_git = workspace.join(".git");
-    let meta = fs::symlink_metadata(&dot_git).ok()?;
+    fs::symlink_metadata(&dot_git).ok()?;
+    // A `.git` symlinked to a directory counts as one; a dangling link is broken.
+    let Ok(meta) = fs::metadata(&dot_git) else {
+        return Some(false);
+    };
     let git_dir = if meta.is_dir() {
         dot_git
     } else {

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::analyzer::AnalyzerHandle;
 use crate::actors::supervisor::{Shutdown, Supervisor, SupervisorDeps};
-use crate::actors::writer::{self, WriterConfig};
+use crate::actors::writer::{self, Retention, WriterConfig};
 use crate::analysis::AnalyzerCore;
 use crate::collect::{Probe, SystemProbe, WalkLimits, probe_for};
 use crate::config::Settings;
@@ -93,6 +93,10 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
     };
     let writer_config = WriterConfig {
         buffer_cap_bytes: settings.writer_buffer_bytes,
+        retention: Some(Retention {
+            metrics: settings.metric_retention,
+            resolved_alerts: settings.alert_retention,
+        }),
         ..WriterConfig::default()
     };
     let (writer, writer_thread) = writer::spawn(reopen, conn, writer_config, settings.restart)
@@ -147,7 +151,14 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
     });
     drop(system);
     let flushed = writer.shutdown_blocking(WRITER_SHUTDOWN_TIMEOUT);
-    let _ = writer_thread.join();
+    // A writer that cannot finish (its database gone for good) must not hold the exit hostage.
+    let joined_by = std::time::Instant::now() + Duration::from_secs(5);
+    while !writer_thread.is_finished() && std::time::Instant::now() < joined_by {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if writer_thread.is_finished() {
+        let _ = writer_thread.join();
+    }
     outcome?;
     let report = writer.report();
     tracing::info!(

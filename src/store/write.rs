@@ -89,6 +89,27 @@ fn apply_one(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
             }
         }
         WriteOp::AlertOpened(a) => {
+            // One active row per key, whatever happened before: if an analyzer that restarted
+            // before the previous opening landed fires again, the open row is updated instead.
+            let updated = tx
+                .prepare_cached(
+                    "UPDATE health_alerts SET severity = ?4, message = ?5, metadata = ?6,
+                        last_notified_at = ?7
+                     WHERE resource_type = ?1 AND resource_id = ?2 AND alert_type = ?3
+                        AND resolved = 0",
+                )?
+                .execute(params![
+                    a.resource_type.as_str(),
+                    a.resource_id,
+                    a.alert_type,
+                    a.severity.as_str(),
+                    a.message,
+                    a.metadata.to_string(),
+                    format_timestamp(a.last_notified_at),
+                ])?;
+            if updated > 0 {
+                return Ok(());
+            }
             tx.prepare_cached(
                 "INSERT INTO health_alerts (resource_type, resource_id, alert_type, severity,
                     message, timestamp, metadata, resolved, resolved_at, last_notified_at)
@@ -163,6 +184,32 @@ fn apply_one(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Deletes up to `limit` metric rows older than `metrics_before` and up to `limit` resolved
+/// alerts resolved before `alerts_before`, in one short transaction; returns how many went.
+/// Small batches keep the writer responsive while a large backlog is pruned.
+pub fn prune(
+    conn: &mut Connection,
+    metrics_before: DateTime<Utc>,
+    alerts_before: DateTime<Utc>,
+    limit: usize,
+) -> rusqlite::Result<usize> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let metrics = tx
+        .prepare_cached(
+            "DELETE FROM health_metrics WHERE id IN (
+                SELECT id FROM health_metrics WHERE timestamp < ?1 ORDER BY timestamp LIMIT ?2)",
+        )?
+        .execute(params![format_timestamp(metrics_before), limit as i64])?;
+    let alerts = tx
+        .prepare_cached(
+            "DELETE FROM health_alerts WHERE id IN (
+                SELECT id FROM health_alerts WHERE resolved = 1 AND resolved_at < ?1 LIMIT ?2)",
+        )?
+        .execute(params![format_timestamp(alerts_before), limit as i64])?;
+    tx.commit()?;
+    Ok(metrics + alerts)
 }
 
 #[cfg(test)]
@@ -265,6 +312,67 @@ mod tests {
             ),
             1
         );
+    }
+
+    #[test]
+    fn opening_an_alert_twice_keeps_one_active_row() {
+        let mut conn = db();
+        let first = alert();
+        let mut again = alert();
+        again.severity = HealthStatus::Critical;
+        apply(&mut conn, &[WriteOp::AlertOpened(first)]).unwrap();
+        apply(&mut conn, &[WriteOp::AlertOpened(again)]).unwrap();
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT count(*) FROM health_alerts WHERE resolved = 0"
+            ),
+            1
+        );
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT count(*) FROM health_alerts WHERE severity = 'critical'"
+            ),
+            1
+        );
+    }
+
+    #[test]
+    fn pruning_removes_old_metrics_and_old_resolved_alerts_only() {
+        let mut conn = db();
+        let now = Utc::now();
+        let old = now - chrono::Duration::days(10);
+        let mut rows = Vec::new();
+        for i in 0..25 {
+            let mut m = metric("memory_usage_percent", i as f64);
+            m.timestamp = if i < 20 { old } else { now };
+            rows.push(m);
+        }
+        let mut resolved_long_ago = alert();
+        resolved_long_ago.resolved_at = Some(old);
+        let mut resolved_lately = alert();
+        resolved_lately.alert_type = "other".into();
+        resolved_lately.resolved_at = Some(now);
+        apply(
+            &mut conn,
+            &[
+                WriteOp::Metrics(rows),
+                WriteOp::AlertOpened(resolved_long_ago.clone()),
+                WriteOp::AlertResolved(resolved_long_ago),
+                WriteOp::AlertOpened(resolved_lately.clone()),
+                WriteOp::AlertResolved(resolved_lately),
+                WriteOp::AlertOpened(alert()),
+            ],
+        )
+        .unwrap();
+        let cutoff = now - chrono::Duration::days(7);
+        assert_eq!(prune(&mut conn, cutoff, cutoff, 15).unwrap(), 16);
+        assert_eq!(prune(&mut conn, cutoff, cutoff, 15).unwrap(), 5);
+        assert_eq!(prune(&mut conn, cutoff, cutoff, 15).unwrap(), 0);
+        assert_eq!(count(&conn, "SELECT count(*) FROM health_metrics"), 5);
+        // The recently resolved one and the active one stay.
+        assert_eq!(count(&conn, "SELECT count(*) FROM health_alerts"), 2);
     }
 
     #[test]
