@@ -142,6 +142,15 @@ impl AlertEngine {
         self.healthy(key, true, 1, now)
     }
 
+    /// True when any key of this resource has alert state (active or building up).
+    pub fn has_state_for(&self, resource_type: ResourceType, resource_id: &str) -> bool {
+        !self.states.is_empty()
+            && self
+                .states
+                .keys()
+                .any(|k| k.resource_type == resource_type && k.resource_id == resource_id)
+    }
+
     /// Resolves the metric alerts of a resource whose metric is not among `reported` (the
     /// collector stopped reporting it). Condition alerts, whose type is not a metric, stay.
     pub fn resolve_unreported(

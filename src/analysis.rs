@@ -99,36 +99,59 @@ impl AnalyzerCore {
     }
 
     /// Drops latest values and resolves metric alerts of the batch's resources that the batch
-    /// no longer reports.
+    /// no longer reports. Allocation-free unless something is to be retired: this runs for every
+    /// batch on the ingest path.
     fn retire_unreported(
         &mut self,
         batch: &[Measurement],
         now: DateTime<Utc>,
         events: &mut Vec<AlertEvent>,
     ) {
-        let mut reported: Vec<(ResourceType, &str, Vec<&str>)> = Vec::new();
-        for m in batch.iter().filter(|m| m.value.is_finite()) {
-            match reported
-                .iter_mut()
-                .find(|(t, id, _)| *t == m.resource_type && *id == m.resource_id)
-            {
-                Some((_, _, names)) => names.push(&m.metric_name),
-                None => reported.push((m.resource_type, &m.resource_id, vec![&m.metric_name])),
+        let same = |a: &Measurement, b: &Measurement| {
+            a.resource_type == b.resource_type && a.resource_id == b.resource_id
+        };
+        let finite = |m: &&Measurement| m.value.is_finite();
+        for (i, m) in batch
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.value.is_finite())
+        {
+            if batch[..i].iter().filter(finite).any(|p| same(p, m)) {
+                continue; // Not this resource's first reading in the batch.
             }
-        }
-        for (resource_type, id, names) in reported {
+            let reported = batch[i..]
+                .iter()
+                .filter(finite)
+                .filter(|o| same(o, m))
+                .count();
+            let known = self
+                .latest
+                .get(&m.resource_type)
+                .and_then(|by_id| by_id.get(m.resource_id.as_str()))
+                .map_or(0, HashMap::len);
+            let alerting = self.engine.has_state_for(m.resource_type, &m.resource_id);
+            if known <= reported && !alerting {
+                continue;
+            }
+            let names: Vec<&str> = batch[i..]
+                .iter()
+                .filter(finite)
+                .filter(|o| same(o, m))
+                .map(|o| o.metric_name.as_ref())
+                .collect();
             if let Some(by_name) = self
                 .latest
-                .get_mut(&resource_type)
-                .and_then(|by_id| by_id.get_mut(id))
-                && by_name.len() > names.len()
+                .get_mut(&m.resource_type)
+                .and_then(|by_id| by_id.get_mut(m.resource_id.as_str()))
             {
                 by_name.retain(|name, _| names.contains(&name.as_str()));
             }
-            events.extend(
-                self.engine
-                    .resolve_unreported(resource_type, id, &names, now),
-            );
+            events.extend(self.engine.resolve_unreported(
+                m.resource_type,
+                &m.resource_id,
+                &names,
+                now,
+            ));
         }
     }
 
@@ -140,11 +163,11 @@ impl AnalyzerCore {
         let Some(by_name) = by_id.get_mut(metric.resource_id.as_str()) else {
             return;
         };
-        match by_name.get_mut(metric.metric_name.as_str()) {
+        match by_name.get_mut(metric.metric_name.as_ref()) {
             // clone_from reuses the strings' buffers.
             Some(slot) => slot.clone_from(metric),
             None => {
-                by_name.insert(metric.metric_name.clone(), metric.clone());
+                by_name.insert(metric.metric_name.to_string(), metric.clone());
             }
         }
     }

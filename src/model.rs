@@ -1,5 +1,6 @@
 //! Domain types shared by every layer: resources, statuses, metrics, alerts and monitor specs.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -188,14 +189,18 @@ pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
         .map(|n| n.and_utc())
 }
 
+/// A metric name or unit: almost always one of the catalogue's constants, so copies are free;
+/// owned only when read back from the database.
+pub type Name = Cow<'static, str>;
+
 /// A raw reading from a collector, before the analyzer applies thresholds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Measurement {
     pub resource_type: ResourceType,
     pub resource_id: String,
-    pub metric_name: String,
+    pub metric_name: Name,
     pub value: f64,
-    pub unit: String,
+    pub unit: Name,
     pub timestamp: DateTime<Utc>,
 }
 
@@ -204,16 +209,16 @@ impl Measurement {
     pub fn now(
         resource_type: ResourceType,
         resource_id: &str,
-        metric_name: &str,
+        metric_name: &'static str,
         value: f64,
-        unit: &str,
+        unit: &'static str,
     ) -> Self {
         Measurement {
             resource_type,
             resource_id: resource_id.to_string(),
-            metric_name: metric_name.to_string(),
+            metric_name: Cow::Borrowed(metric_name),
             value,
-            unit: unit.to_string(),
+            unit: Cow::Borrowed(unit),
             timestamp: Utc::now(),
         }
     }
@@ -224,12 +229,12 @@ impl Measurement {
 pub struct HealthMetric {
     pub resource_type: ResourceType,
     pub resource_id: String,
-    pub metric_name: String,
+    pub metric_name: Name,
     pub value: f64,
     pub threshold_warning: Option<f64>,
     pub threshold_critical: Option<f64>,
     pub timestamp: DateTime<Utc>,
-    pub unit: String,
+    pub unit: Name,
     pub status: HealthStatus,
 }
 
@@ -267,7 +272,7 @@ impl HealthMetric {
         AlertKey {
             resource_type: self.resource_type,
             resource_id: self.resource_id.clone(),
-            alert_type: self.metric_name.clone(),
+            alert_type: self.metric_name.to_string(),
         }
     }
 }

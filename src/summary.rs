@@ -229,9 +229,9 @@ pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
                 metrics: metrics
                     .into_iter()
                     .map(|m| MetricView {
-                        metric_name: m.metric_name.clone(),
+                        metric_name: m.metric_name.to_string(),
                         value: m.value,
-                        unit: m.unit.clone(),
+                        unit: m.unit.to_string(),
                         status: m.status,
                         timestamp: format_timestamp(m.timestamp),
                     })
@@ -379,7 +379,7 @@ mod tests {
     use super::*;
     use crate::model::{Measurement, Thresholds};
 
-    fn metric(t: ResourceType, id: &str, name: &str, v: f64) -> HealthMetric {
+    fn metric(t: ResourceType, id: &str, name: &'static str, v: f64) -> HealthMetric {
         HealthMetric::from_measurement(
             Measurement::now(t, id, name, v, "%"),
             Some(Thresholds::new(80.0, 95.0)),

@@ -93,7 +93,7 @@ impl AgentProbe {
         }
     }
 
-    fn reading(&self, metric: &str, value: f64, unit: &str) -> Measurement {
+    fn reading(&self, metric: &'static str, value: f64, unit: &'static str) -> Measurement {
         Measurement::now(ResourceType::Agent, &self.id, metric, value, unit)
     }
 }
@@ -143,7 +143,7 @@ impl WorkspaceProbe {
         }
     }
 
-    fn reading(&self, metric: &str, value: f64, unit: &str) -> Measurement {
+    fn reading(&self, metric: &'static str, value: f64, unit: &'static str) -> Measurement {
         Measurement::now(ResourceType::Workspace, &self.id, metric, value, unit)
     }
 }

@@ -99,7 +99,7 @@ mod tests {
     fn a_sample_has_cpu_memory_and_root_disk_in_range() {
         let mut s = SystemSampler::new().unwrap();
         let sample = s.sample();
-        let names: Vec<_> = sample.iter().map(|m| m.metric_name.as_str()).collect();
+        let names: Vec<_> = sample.iter().map(|m| m.metric_name.as_ref()).collect();
         assert_eq!(
             names,
             [CPU_USAGE_PERCENT, MEMORY_USAGE_PERCENT, DISK_USAGE_PERCENT]

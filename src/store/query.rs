@@ -152,7 +152,7 @@ pub fn latest_metrics(conn: &Connection, window: Duration) -> rusqlite::Result<V
             threshold_warning: r.get(4)?,
             threshold_critical: r.get(5)?,
             timestamp,
-            unit: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
+            unit: r.get::<_, Option<String>>(7)?.unwrap_or_default().into(),
             status,
         }))
     })?;
@@ -163,7 +163,7 @@ pub fn latest_metrics(conn: &Connection, window: Duration) -> rusqlite::Result<V
                 (
                     m.resource_type,
                     m.resource_id.clone(),
-                    m.metric_name.clone(),
+                    m.metric_name.to_string(),
                 ),
                 m,
             );

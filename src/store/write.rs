@@ -228,7 +228,7 @@ mod tests {
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
-    fn metric(name: &str, value: f64) -> HealthMetric {
+    fn metric(name: &'static str, value: f64) -> HealthMetric {
         HealthMetric::from_measurement(
             Measurement::now(ResourceType::Memory, "system", name, value, "%"),
             Some(Thresholds::new(80.0, 95.0)),
