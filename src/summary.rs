@@ -73,6 +73,9 @@ pub struct Summary {
     /// Measurements the analyzer's queue refused because it was full.
     #[serde(default)]
     pub measurements_refused: u64,
+    /// Collector batches waiting for the analyzer.
+    #[serde(default)]
+    pub analyzer_queue_depth: u64,
     pub db_path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -93,6 +96,7 @@ pub struct SummaryInputs {
     pub writer: Option<WriterReport>,
     pub measurements_accepted: u64,
     pub measurements_refused: u64,
+    pub analyzer_queue_depth: u64,
     pub db_path: PathBuf,
     pub pid: Option<u32>,
     pub warnings: Vec<String>,
@@ -273,6 +277,7 @@ pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
         writer: inputs.writer,
         measurements_accepted: inputs.measurements_accepted,
         measurements_refused: inputs.measurements_refused,
+        analyzer_queue_depth: inputs.analyzer_queue_depth,
         db_path: inputs.db_path.display().to_string(),
         pid: inputs.pid,
         warnings: inputs.warnings,

@@ -231,6 +231,7 @@ async fn status(ctx: &RequestContext) -> Result<summary::Summary, String> {
             writer: Some(ctx.deps.writer.report()),
             measurements_accepted: ctx.deps.analyzer.accepted(),
             measurements_refused: ctx.deps.analyzer.refused(),
+            analyzer_queue_depth: ctx.deps.analyzer.queue_depth() as u64,
             db_path: ctx.deps.settings.db_path.clone(),
             pid: Some(std::process::id()),
             warnings,

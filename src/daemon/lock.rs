@@ -13,7 +13,6 @@ use nix::fcntl::{Flock, FlockArg};
 #[derive(Debug)]
 pub struct InstanceLock {
     _file: Flock<File>,
-    path: PathBuf,
 }
 
 /// The lock file that goes with a database.
@@ -55,15 +54,7 @@ impl InstanceLock {
         locked.set_len(0)?;
         locked.rewind()?;
         writeln!(locked, "{}", std::process::id())?;
-        Ok(InstanceLock {
-            _file: locked,
-            path,
-        })
-    }
-
-    /// Where the lock lives.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(InstanceLock { _file: locked })
     }
 }
 

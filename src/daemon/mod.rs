@@ -3,7 +3,7 @@
 
 pub mod lock;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -232,9 +232,4 @@ fn measure_all(probes: Vec<Box<dyn Probe>>) -> Vec<crate::model::Measurement> {
             .flat_map(|w| w.join().unwrap_or_default())
             .collect()
     })
-}
-
-/// True when `path` is where a daemon's socket would be and something answers there.
-pub fn socket_answers(path: &Path) -> bool {
-    std::os::unix::net::UnixStream::connect(path).is_ok()
 }
