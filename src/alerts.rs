@@ -180,7 +180,8 @@ impl AlertEngine {
             .collect()
     }
 
-    /// Resolves every active alert of a resource, e.g. when its monitor is removed.
+    /// Resolves every active alert of a resource (and of a workspace's databases), e.g. when
+    /// its monitor is removed.
     pub fn forget_resource(
         &mut self,
         resource_type: ResourceType,
@@ -190,7 +191,7 @@ impl AlertEngine {
         let keys: Vec<AlertKey> = self
             .states
             .keys()
-            .filter(|k| k.resource_type == resource_type && k.resource_id == resource_id)
+            .filter(|k| belongs_to(k.resource_type, &k.resource_id, resource_type, resource_id))
             .cloned()
             .collect();
         keys.into_iter()
@@ -272,6 +273,22 @@ impl AlertEngine {
     }
 }
 
+/// True when a resource is `owner` itself, or a database inside the workspace `owner`
+/// (`<workspace>/<path>`): removing a workspace forgets its databases too.
+pub fn belongs_to(
+    resource_type: ResourceType,
+    resource_id: &str,
+    owner_type: ResourceType,
+    owner_id: &str,
+) -> bool {
+    (resource_type == owner_type && resource_id == owner_id)
+        || (owner_type == ResourceType::Workspace
+            && resource_type == ResourceType::Database
+            && resource_id
+                .strip_prefix(owner_id)
+                .is_some_and(|rest| rest.starts_with('/')))
+}
+
 fn resolve(mut alert: HealthAlert, now: DateTime<Utc>) -> HealthAlert {
     alert.resolved = true;
     alert.resolved_at = Some(now);
@@ -317,7 +334,7 @@ pub fn threshold_message(metric: &HealthMetric, rule: &AlertRule) -> String {
 /// A value with its unit, rounded for people: `3.5 MB`, `85%`, `0`.
 pub fn format_value(value: f64, unit: &str) -> String {
     match unit {
-        "" | "bool" | "count" => format_number(value),
+        "" | "bool" | "count" | "ratio" => format_number(value),
         "%" => format!("{}%", format_number(value)),
         u => format!("{} {u}", format_number(value)),
     }

@@ -182,6 +182,13 @@ impl AnalyzerCore {
         if let Some(by_id) = self.latest.get_mut(&resource_type) {
             by_id.remove(resource_id);
         }
+        if resource_type == ResourceType::Workspace
+            && let Some(dbs) = self.latest.get_mut(&ResourceType::Database)
+        {
+            dbs.retain(|id, _| {
+                !crate::alerts::belongs_to(ResourceType::Database, id, resource_type, resource_id)
+            });
+        }
         self.engine.forget_resource(resource_type, resource_id, now)
     }
 

@@ -44,6 +44,38 @@ pub const WORKSPACE_READABLE: &str = "workspace_readable";
 pub const WORKSPACE_SCAN_COMPLETE: &str = "workspace_scan_complete";
 /// A count.
 pub const UNIT_COUNT: &str = "count";
+/// Seconds.
+pub const UNIT_SECONDS: &str = "s";
+/// Milliseconds.
+pub const UNIT_MS: &str = "ms";
+/// A ratio (load per core).
+pub const UNIT_RATIO: &str = "ratio";
+/// Processes in an agent's tree.
+pub const AGENT_PROCESS_COUNT: &str = "agent_process_count";
+/// Open file descriptors of an agent's tree.
+pub const AGENT_OPEN_FILES: &str = "agent_open_files";
+/// Processes that belonged to an agent's tree and outlived its root.
+pub const AGENT_ORPHAN_COUNT: &str = "agent_orphan_count";
+/// Resident memory of those orphans.
+pub const AGENT_ORPHAN_MEMORY_MB: &str = "agent_orphan_memory_mb";
+/// Age of an agent's heartbeat.
+pub const HEARTBEAT_AGE_SECONDS: &str = "heartbeat_age_seconds";
+/// 1 when the heartbeat says the agent is stuck.
+pub const HEARTBEAT_STUCK: &str = "heartbeat_stuck";
+/// 1 when a probe file can be created and removed in the workspace.
+pub const WORKSPACE_WRITABLE: &str = "workspace_writable";
+/// 1 when a database opens read-only and passes `PRAGMA quick_check`.
+pub const DATABASE_CONNECTIVITY: &str = "database_connectivity";
+/// How long that check took.
+pub const DATABASE_LATENCY_MS: &str = "database_latency_ms";
+/// Used share of a filesystem's inodes.
+pub const INODE_USAGE_PERCENT: &str = "inode_usage_percent";
+/// 1 when a filesystem is mounted read-only.
+pub const FILESYSTEM_READONLY: &str = "filesystem_readonly";
+/// Used share of swap.
+pub const SWAP_USAGE_PERCENT: &str = "swap_usage_percent";
+/// One-minute load average divided by the number of cores.
+pub const LOAD_PER_CORE: &str = "load_per_core";
 /// 1 when the workspace's `.git` is a usable repository.
 pub const GIT_REPOSITORY_VALID: &str = "git_repository_valid";
 
@@ -74,6 +106,34 @@ pub const METRICS: &[MetricDef] = &[
         description: "used share of the filesystem, as df computes it (resource id `system` is `/`)",
     },
     MetricDef {
+        name: INODE_USAGE_PERCENT,
+        resource_types: &[ResourceType::Filesystem],
+        unit: UNIT_PERCENT,
+        thresholds: Some(Thresholds::new(85.0, 95.0)),
+        description: "used share of the filesystem's inodes (not reported where the filesystem has no inode limit)",
+    },
+    MetricDef {
+        name: FILESYSTEM_READONLY,
+        resource_types: &[ResourceType::Filesystem],
+        unit: UNIT_BOOL,
+        thresholds: Some(Thresholds::new(0.5, 1.0)),
+        description: "1 when the filesystem is mounted read-only (statvfs or /proc/self/mountinfo)",
+    },
+    MetricDef {
+        name: SWAP_USAGE_PERCENT,
+        resource_types: &[ResourceType::Memory],
+        unit: UNIT_PERCENT,
+        thresholds: Some(Thresholds::new(50.0, 90.0)),
+        description: "used share of swap (not reported without swap)",
+    },
+    MetricDef {
+        name: LOAD_PER_CORE,
+        resource_types: &[ResourceType::Cpu],
+        unit: UNIT_RATIO,
+        thresholds: Some(Thresholds::new(2.0, 4.0)),
+        description: "one-minute load average divided by the number of cores",
+    },
+    MetricDef {
         name: AGENT_ACTIVE,
         resource_types: &[ResourceType::Agent],
         unit: UNIT_BOOL,
@@ -95,6 +155,48 @@ pub const METRICS: &[MetricDef] = &[
         description: "resident memory (RSS) of the agent's process and all its descendants",
     },
     MetricDef {
+        name: AGENT_PROCESS_COUNT,
+        resource_types: &[ResourceType::Agent],
+        unit: UNIT_COUNT,
+        thresholds: Some(Thresholds::new(200.0, 1000.0)),
+        description: "processes in the agent's tree (root and all descendants)",
+    },
+    MetricDef {
+        name: AGENT_OPEN_FILES,
+        resource_types: &[ResourceType::Agent],
+        unit: UNIT_COUNT,
+        thresholds: Some(Thresholds::new(10_000.0, 50_000.0)),
+        description: "open file descriptors of the agent's tree",
+    },
+    MetricDef {
+        name: AGENT_ORPHAN_COUNT,
+        resource_types: &[ResourceType::Agent],
+        unit: UNIT_COUNT,
+        thresholds: Some(Thresholds::new(1.0, 20.0)),
+        description: "processes that belonged to the agent's tree and outlive its root process (any is an alert)",
+    },
+    MetricDef {
+        name: AGENT_ORPHAN_MEMORY_MB,
+        resource_types: &[ResourceType::Agent],
+        unit: UNIT_MB,
+        thresholds: Some(Thresholds::new(1024.0, 4096.0)),
+        description: "resident memory of those orphans",
+    },
+    MetricDef {
+        name: HEARTBEAT_AGE_SECONDS,
+        resource_types: &[ResourceType::Agent],
+        unit: UNIT_SECONDS,
+        thresholds: Some(Thresholds::new(180.0, 600.0)),
+        description: "age of the agent's heartbeat: its JSON `timestamp`, else the file's mtime (Gas Town calls 3 min stale)",
+    },
+    MetricDef {
+        name: HEARTBEAT_STUCK,
+        resource_types: &[ResourceType::Agent],
+        unit: UNIT_BOOL,
+        thresholds: Some(Thresholds::new(0.5, 1.0)),
+        description: "1 when the heartbeat's `state` is `stuck`",
+    },
+    MetricDef {
         name: WORKSPACE_SIZE_MB,
         resource_types: &[ResourceType::Agent, ResourceType::Workspace],
         unit: UNIT_MB,
@@ -107,6 +209,13 @@ pub const METRICS: &[MetricDef] = &[
         unit: UNIT_BOOL,
         thresholds: FLAG,
         description: "1 while the workspace directory exists",
+    },
+    MetricDef {
+        name: WORKSPACE_WRITABLE,
+        resource_types: &[ResourceType::Workspace],
+        unit: UNIT_BOOL,
+        thresholds: FLAG,
+        description: "1 when a probe file can be created and removed in the workspace (only reported when it exists)",
     },
     MetricDef {
         name: WORKSPACE_READABLE,
@@ -136,6 +245,20 @@ pub const METRICS: &[MetricDef] = &[
         unit: UNIT_BOOL,
         thresholds: FLAG,
         description: "1 when the workspace's `.git` is a repository whose HEAD can be read (only reported when `.git` exists)",
+    },
+    MetricDef {
+        name: DATABASE_CONNECTIVITY,
+        resource_types: &[ResourceType::Database],
+        unit: UNIT_BOOL,
+        thresholds: FLAG,
+        description: "1 when the database opens read-only (with a busy timeout) and `PRAGMA quick_check` says ok",
+    },
+    MetricDef {
+        name: DATABASE_LATENCY_MS,
+        resource_types: &[ResourceType::Database],
+        unit: UNIT_MS,
+        thresholds: Some(Thresholds::new(1000.0, 5000.0)),
+        description: "how long that open and check took",
     },
 ];
 

@@ -111,6 +111,8 @@ pub struct ConfigFile {
     /// Memory for rows the database has not taken yet, in MB (default 64); past it the oldest
     /// metric rows are dropped and counted. Alerts are never dropped.
     pub writer_buffer_mb: Option<f64>,
+    /// Mount points to watch (default: every real filesystem).
+    pub filesystems: Option<Vec<PathBuf>>,
     /// Days metric rows are kept (default 7).
     pub retention_days: Option<f64>,
     /// Days resolved alerts are kept after resolution (default 30); active ones always stay.
@@ -121,6 +123,9 @@ pub struct ConfigFile {
     /// `[supervisor]`: restart backoff and intensity.
     #[serde(default)]
     pub supervisor: SupervisorConfig,
+    /// `[[override]]` tables: thresholds for one metric of one resource.
+    #[serde(default, rename = "override")]
+    pub overrides: Vec<ResourceOverride>,
 }
 
 /// One `[thresholds.<metric_name>]` table.
@@ -182,10 +187,26 @@ impl AlertRule {
     }
 }
 
+/// One `[[override]]` table: thresholds for one metric of one resource.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceOverride {
+    pub resource_type: ResourceType,
+    pub resource_id: String,
+    pub metric: String,
+    pub warning: Option<f64>,
+    pub critical: Option<f64>,
+    pub for_cycles: Option<u32>,
+    pub clear_cycles: Option<u32>,
+    pub hysteresis: Option<f64>,
+}
+
 /// Thresholds and alert rules for every metric, defaults merged with the config file.
 #[derive(Debug, Clone)]
 pub struct RuleTable {
     by_metric: HashMap<String, AlertRule>,
+    /// `[[override]]`s, by metric, then resource.
+    per_resource: HashMap<String, Vec<(ResourceType, String, AlertRule)>>,
 }
 
 impl Default for RuleTable {
@@ -194,19 +215,83 @@ impl Default for RuleTable {
             .iter()
             .filter_map(|m| Some((m.name.to_string(), AlertRule::new(m.thresholds?))))
             .collect();
-        RuleTable { by_metric }
+        RuleTable {
+            by_metric,
+            per_resource: HashMap::new(),
+        }
     }
 }
 
+/// Layers one table of settings over `base`, naming `label` in every error.
+fn layer_rule(
+    base: Option<AlertRule>,
+    cfg: &ThresholdConfig,
+    label: &str,
+) -> anyhow::Result<AlertRule> {
+    let (warning, critical) = match (cfg.warning, cfg.critical, base) {
+        (Some(w), Some(c), _) => (w, c),
+        (w, c, Some(b)) => (
+            w.unwrap_or(b.thresholds.warning),
+            c.unwrap_or(b.thresholds.critical),
+        ),
+        _ => bail!("{label}: both warning and critical are required"),
+    };
+    for (name, v) in [("warning", warning), ("critical", critical)] {
+        if !v.is_finite() {
+            bail!("{label}: {name} must be a finite number, got {v}");
+        }
+    }
+    let mut rule = base.unwrap_or(AlertRule::new(Thresholds::new(warning, critical)));
+    rule.thresholds = Thresholds::new(warning, critical);
+    for (name, value, slot) in [
+        ("for_cycles", cfg.for_cycles, &mut rule.for_cycles),
+        ("clear_cycles", cfg.clear_cycles, &mut rule.clear_cycles),
+    ] {
+        if let Some(n) = value {
+            if n == 0 {
+                bail!("{label}: {name} must be at least 1");
+            }
+            *slot = n;
+        }
+    }
+    if let Some(h) = cfg.hysteresis {
+        if !h.is_finite() || h < 0.0 {
+            bail!("{label}: hysteresis must be a number >= 0, got {h}");
+        }
+        rule.hysteresis = h;
+    }
+    Ok(rule)
+}
+
+fn known_metric(metric: &str, label: &str) -> anyhow::Result<()> {
+    if catalog::lookup(metric).is_none() {
+        let known: Vec<&str> = catalog::METRICS.iter().map(|m| m.name).collect();
+        bail!(
+            "{label}: unknown metric {metric:?}; known metrics: {}",
+            known.join(", ")
+        );
+    }
+    Ok(())
+}
+
 impl RuleTable {
-    /// The rule for a metric of a resource, if it has thresholds.
+    /// The rule for a metric of a resource, if it has thresholds: a per-resource override
+    /// first, then the metric's.
     pub fn rule(
         &self,
-        _resource_type: ResourceType,
-        _resource_id: &str,
+        resource_type: ResourceType,
+        resource_id: &str,
         metric: &str,
     ) -> Option<&AlertRule> {
-        self.by_metric.get(metric)
+        self.per_resource
+            .get(metric)
+            .and_then(|rules| {
+                rules
+                    .iter()
+                    .find(|(t, id, _)| *t == resource_type && id == resource_id)
+                    .map(|(_, _, rule)| rule)
+            })
+            .or_else(|| self.by_metric.get(metric))
     }
 
     /// Merges `[thresholds.*]` tables over the defaults, rejecting unknown metrics and bad values.
@@ -215,48 +300,39 @@ impl RuleTable {
         overrides: &BTreeMap<String, ThresholdConfig>,
     ) -> anyhow::Result<Self> {
         for (metric, cfg) in overrides {
-            if catalog::lookup(metric).is_none() {
-                let known: Vec<&str> = catalog::METRICS.iter().map(|m| m.name).collect();
-                bail!(
-                    "[thresholds.{metric}]: unknown metric; known metrics: {}",
-                    known.join(", ")
-                );
-            }
-            let base = self.by_metric.get(metric).copied();
-            let (warning, critical) = match (cfg.warning, cfg.critical, base) {
-                (Some(w), Some(c), _) => (w, c),
-                (w, c, Some(b)) => (
-                    w.unwrap_or(b.thresholds.warning),
-                    c.unwrap_or(b.thresholds.critical),
-                ),
-                _ => bail!("[thresholds.{metric}]: both warning and critical are required"),
-            };
-            for (name, v) in [("warning", warning), ("critical", critical)] {
-                if !v.is_finite() {
-                    bail!("[thresholds.{metric}]: {name} must be a finite number, got {v}");
-                }
-            }
-            let mut rule = base.unwrap_or(AlertRule::new(Thresholds::new(warning, critical)));
-            rule.thresholds = Thresholds::new(warning, critical);
-            if let Some(n) = cfg.for_cycles {
-                if n == 0 {
-                    bail!("[thresholds.{metric}]: for_cycles must be at least 1");
-                }
-                rule.for_cycles = n;
-            }
-            if let Some(n) = cfg.clear_cycles {
-                if n == 0 {
-                    bail!("[thresholds.{metric}]: clear_cycles must be at least 1");
-                }
-                rule.clear_cycles = n;
-            }
-            if let Some(h) = cfg.hysteresis {
-                if !h.is_finite() || h < 0.0 {
-                    bail!("[thresholds.{metric}]: hysteresis must be a number >= 0, got {h}");
-                }
-                rule.hysteresis = h;
-            }
+            let label = format!("[thresholds.{metric}]");
+            known_metric(metric, &label)?;
+            let rule = layer_rule(self.by_metric.get(metric).copied(), cfg, &label)?;
             self.by_metric.insert(metric.clone(), rule);
+        }
+        Ok(self)
+    }
+
+    /// Adds `[[override]]` tables, each over its metric's rule.
+    pub fn with_resource_overrides(
+        mut self,
+        overrides: &[ResourceOverride],
+    ) -> anyhow::Result<Self> {
+        for (i, o) in overrides.iter().enumerate() {
+            let label = format!(
+                "[[override]] #{} ({}/{}/{})",
+                i + 1,
+                o.resource_type,
+                o.resource_id,
+                o.metric
+            );
+            known_metric(&o.metric, &label)?;
+            let cfg = ThresholdConfig {
+                warning: o.warning,
+                critical: o.critical,
+                for_cycles: o.for_cycles,
+                clear_cycles: o.clear_cycles,
+                hysteresis: o.hysteresis,
+            };
+            let rule = layer_rule(self.by_metric.get(&o.metric).copied(), &cfg, &label)?;
+            let rules = self.per_resource.entry(o.metric.clone()).or_default();
+            rules.retain(|(t, id, _)| !(*t == o.resource_type && *id == o.resource_id));
+            rules.push((o.resource_type, o.resource_id.clone(), rule));
         }
         Ok(self)
     }
@@ -280,6 +356,8 @@ pub struct Settings {
     pub max_db_bytes: Option<u64>,
     /// Cap on the writer's buffer of uncommitted rows, in bytes.
     pub writer_buffer_bytes: usize,
+    /// Mount points to watch; empty means every real filesystem.
+    pub filesystems: Vec<PathBuf>,
     /// How long metric rows are kept.
     pub metric_retention: Duration,
     /// How long resolved alerts are kept.
@@ -334,7 +412,9 @@ impl Settings {
             .workspace_path
             .unwrap_or_else(|| DEFAULT_WORKSPACE_PATH.into());
         validate_template("workspace_path", &workspace_path)?;
-        let rules = RuleTable::default().with_overrides(&file.thresholds)?;
+        let rules = RuleTable::default()
+            .with_overrides(&file.thresholds)?
+            .with_resource_overrides(&file.overrides)?;
         let restart = file.supervisor.resolve()?;
         let walk_time_cap = match file.walk_time_cap {
             Some(secs) => seconds("walk_time_cap", secs, 0.001)?,
@@ -359,6 +439,13 @@ impl Settings {
             }
             Ok(Duration::from_secs_f64(v * 86_400.0))
         };
+        let filesystems = file.filesystems.unwrap_or_default();
+        if let Some(p) = filesystems.iter().find(|p| !p.is_absolute()) {
+            bail!(
+                "filesystems: {} must be an absolute mount point",
+                p.display()
+            );
+        }
         let metric_retention = days("retention_days", file.retention_days, 7.0)?;
         let alert_retention = days("alert_retention_days", file.alert_retention_days, 30.0)?;
         Ok(Settings {
@@ -376,6 +463,7 @@ impl Settings {
             writer_buffer_bytes,
             metric_retention,
             alert_retention,
+            filesystems,
         })
     }
 
@@ -513,6 +601,7 @@ mod tests {
         assert!(err("interval = -1").contains("interval"));
         assert!(err("interval = \"x\"").contains("interval"));
         assert!(err("[thresholds.nope]\nwarning = 1\ncritical = 2").contains("unknown metric"));
+        assert!(err("filesystems = [\"data\"]").contains("absolute"));
         assert!(err("[thresholds.agent_active]\nwarning = nan").contains("finite"));
         assert!(err("[thresholds.agent_active]\nfor_cycles = 0").contains("for_cycles"));
         assert!(err("workspace_path = \"/tmp/ws\"").contains("{id}"));
@@ -524,6 +613,50 @@ mod tests {
         assert!(err("log_level = \"x=loud\"").contains("log level"));
         validate_log_level("DEBUG").unwrap();
         validate_log_level("health_monitor=debug,actix=warn").unwrap();
+    }
+
+    #[test]
+    fn per_resource_overrides_win_for_their_resource_only() {
+        let file = ConfigFile::parse(
+            "[thresholds.workspace_file_count]\nwarning = 100\ncritical = 1000\n\
+             [[override]]\nresource_type = \"workspace\"\nresource_id = \"wt\"\n\
+             metric = \"workspace_file_count\"\nwarning = 5\ncritical = 100000\nfor_cycles = 2\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(file, &CliOverrides::default()).unwrap();
+        let wt = s
+            .rules
+            .rule(ResourceType::Workspace, "wt", "workspace_file_count")
+            .unwrap();
+        assert_eq!(wt.thresholds, Thresholds::new(5.0, 100_000.0));
+        assert_eq!(wt.for_cycles, 2);
+        let other = s
+            .rules
+            .rule(ResourceType::Workspace, "other", "workspace_file_count")
+            .unwrap();
+        assert_eq!(other.thresholds, Thresholds::new(100.0, 1000.0));
+        assert_eq!(other.for_cycles, 1);
+        let agent = s
+            .rules
+            .rule(ResourceType::Agent, "wt", "workspace_file_count")
+            .unwrap();
+        assert_eq!(agent.thresholds, Thresholds::new(100.0, 1000.0));
+        let bad = ConfigFile::parse(
+            "[[override]]\nresource_type = \"spaceship\"\nresource_id = \"x\"\nmetric = \"agent_active\"\n",
+        );
+        assert!(format!("{:#}", bad.unwrap_err()).contains("spaceship"));
+        let bad = ConfigFile::parse(
+            "[[override]]\nresource_type = \"agent\"\nresource_id = \"x\"\nmetric = \"nope\"\n",
+        )
+        .unwrap();
+        let err = format!(
+            "{:#}",
+            Settings::resolve(bad, &CliOverrides::default()).unwrap_err()
+        );
+        assert!(
+            err.contains("[[override]] #1") && err.contains("unknown metric"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -391,15 +391,54 @@ impl FromStr for MonitorKind {
 }
 
 /// What to watch for one agent. Options left `None` fall back to the configured defaults.
+/// At most one of `pid`, `pid_file`, `pattern` and `tmux_session` names the root process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AgentOptions {
     /// The agent's root process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// A file holding the root's pid, or `pid|starttime` as Gas Town writes it; re-read every cycle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_file: Option<PathBuf>,
+    /// A regular expression matched against command lines; the oldest match is the root.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// A tmux session whose first pane's process is the root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmux_session: Option<String>,
     /// Overrides the `agent_workspace` template for this agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<PathBuf>,
+    /// A heartbeat file (`{timestamp, state, ...}` JSON, or any file whose mtime is the beat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<PathBuf>,
+}
+
+impl AgentOptions {
+    /// Checks that the options make sense together: one root source at most, a pattern that
+    /// compiles, a tmux session name without target syntax.
+    pub fn validate(&self) -> Result<(), String> {
+        let sources = [
+            self.pid.is_some(),
+            self.pid_file.is_some(),
+            self.pattern.is_some(),
+            self.tmux_session.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            return Err("give at most one of --pid, --pid-file, --match and --tmux-session".into());
+        }
+        if self.pid == Some(0) {
+            return Err("pid 0 is not a process".into());
+        }
+        if let Some(p) = &self.pattern {
+            regex::Regex::new(p).map_err(|e| format!("--match {p:?} is not a valid regex: {e}"))?;
+        }
+        if let Some(t) = &self.tmux_session {
+            validate_id(t).map_err(|e| format!("tmux session: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// What to watch for one workspace.
@@ -409,6 +448,9 @@ pub struct WorkspaceOptions {
     /// Overrides the `workspace_path` template for this workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// SQLite files to check besides those found automatically (relative to the workspace).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dbs: Vec<PathBuf>,
 }
 
 /// A monitored agent or workspace, as persisted in the `monitors` table.
@@ -652,7 +694,7 @@ mod tests {
             id: "a1".into(),
             options: AgentOptions {
                 pid: Some(42),
-                workspace: None,
+                ..AgentOptions::default()
             },
         };
         assert_eq!(set.add(with_pid.clone()), AddOutcome::Updated);
@@ -671,6 +713,8 @@ mod tests {
             options: AgentOptions {
                 pid: Some(7),
                 workspace: Some("/w".into()),
+                heartbeat: Some("/hb.json".into()),
+                ..AgentOptions::default()
             },
         };
         let back = MonitorSpec::from_row(MonitorKind::Agent, "a1", &spec.options_json()).unwrap();

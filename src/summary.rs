@@ -181,12 +181,24 @@ pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
             .any(|s| s.kind().resource_type() == t && s.id() == id)
     };
     for m in &inputs.latest {
-        // Rows of a removed agent or workspace linger in the database; they are not shown.
-        if matches!(
-            m.resource_type,
-            ResourceType::Agent | ResourceType::Workspace
-        ) && !monitored(m.resource_type, &m.resource_id)
-        {
+        // Rows of a removed agent or workspace (or of its databases) linger in the database;
+        // they are not shown.
+        let gone = match m.resource_type {
+            ResourceType::Agent | ResourceType::Workspace => {
+                !monitored(m.resource_type, &m.resource_id)
+            }
+            ResourceType::Database => !inputs.monitors.iter().any(|s| {
+                s.kind() == crate::model::MonitorKind::Workspace
+                    && crate::alerts::belongs_to(
+                        m.resource_type,
+                        &m.resource_id,
+                        ResourceType::Workspace,
+                        s.id(),
+                    )
+            }),
+            _ => false,
+        };
+        if gone {
             continue;
         }
         resources

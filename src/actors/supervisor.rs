@@ -370,8 +370,8 @@ fn build_child(
             let server = ControlServer::new(listener, supervisor, deps.clone(), guard);
             return Ok(Box::new(server.start()));
         }
-        ChildKind::System => Box::new(SystemProbe::new()?),
-        ChildKind::Monitor(spec) => probe_for(spec, settings, WalkLimits::from_settings(settings)),
+        ChildKind::System => Box::new(SystemProbe::new(settings.filesystems.clone())?),
+        ChildKind::Monitor(spec) => probe_for(spec, settings, WalkLimits::from_settings(settings))?,
     };
     let actor = Collector::new(name, probe, settings.interval, deps.analyzer.clone(), guard);
     Ok(Box::new(actor.start()))

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use super::{absolute, parse_id, parse_kind};
 use crate::config::Settings;
 use crate::control::client::{self, ClientError};
-use crate::control::protocol::Request;
+use crate::control::protocol::{Request, validate_monitor};
 use crate::daemon::lock::InstanceLock;
 use crate::model::{AddOutcome, AgentOptions, MonitorKind, MonitorSpec, WorkspaceOptions};
 use crate::store::write::{WriteOp, apply};
@@ -24,19 +24,32 @@ pub struct AddArgs {
 /// What to add.
 #[derive(Debug, Subcommand)]
 pub enum AddTarget {
-    /// Watch an agent: its process tree (with --pid) and its workspace
+    /// Watch an agent: its process tree, its heartbeat and its workspace
     Agent {
         /// Agent id: 1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit
         #[arg(value_parser = parse_id)]
         id: String,
-        /// The agent's root process; without it the agent counts as alive while its workspace exists
+        /// The agent's root process. Without --pid, --pid-file, --match or --tmux-session the
+        /// agent counts as alive while its workspace exists
         #[arg(long)]
         pid: Option<u32>,
+        /// A file holding the root's pid, or `pid|starttime` as Gas Town writes it; re-read every cycle
+        #[arg(long, value_name = "FILE")]
+        pid_file: Option<PathBuf>,
+        /// A regular expression matched against command lines; the oldest matching process is the root
+        #[arg(long = "match", value_name = "REGEX")]
+        pattern: Option<String>,
+        /// A tmux session; the process in its first pane is the root
+        #[arg(long, value_name = "NAME")]
+        tmux_session: Option<String>,
         /// The agent's workspace [default: agent_workspace from the config, /tmp/agent_<ID>]
         #[arg(long, value_name = "DIR")]
         workspace: Option<PathBuf>,
+        /// A heartbeat file: JSON with `timestamp` and `state`, or any file whose mtime is the beat
+        #[arg(long, value_name = "FILE")]
+        heartbeat: Option<PathBuf>,
     },
-    /// Watch a workspace directory
+    /// Watch a workspace directory and the SQLite databases in it
     Workspace {
         /// Workspace id: 1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit
         #[arg(value_parser = parse_id)]
@@ -44,6 +57,10 @@ pub enum AddTarget {
         /// The directory [default: workspace_path from the config, /tmp/agent-workspaces/<ID>]
         #[arg(long, value_name = "DIR")]
         path: Option<PathBuf>,
+        /// A SQLite file to check, relative to the workspace (repeatable); *.db, *.sqlite and
+        /// *.sqlite3 at the top level and in .beads/ are found without it
+        #[arg(long = "db", value_name = "FILE")]
+        dbs: Vec<PathBuf>,
     },
 }
 
@@ -60,23 +77,45 @@ pub struct RemoveArgs {
 
 impl AddTarget {
     fn spec(&self) -> anyhow::Result<MonitorSpec> {
-        Ok(match self {
-            AddTarget::Agent { id, pid, workspace } => MonitorSpec::Agent {
+        let abs = |p: &Option<PathBuf>| p.clone().map(absolute).transpose();
+        let spec = match self {
+            AddTarget::Agent {
+                id,
+                pid,
+                pid_file,
+                pattern,
+                tmux_session,
+                workspace,
+                heartbeat,
+            } => MonitorSpec::Agent {
                 id: id.clone(),
                 options: AgentOptions {
                     pid: *pid,
-                    workspace: workspace.clone().map(absolute).transpose()?,
+                    pid_file: abs(pid_file)?,
+                    pattern: pattern.clone(),
+                    tmux_session: tmux_session.clone(),
+                    workspace: abs(workspace)?,
+                    heartbeat: abs(heartbeat)?,
                 },
             },
-            AddTarget::Workspace { id, path } => MonitorSpec::Workspace {
+            AddTarget::Workspace { id, path, dbs } => MonitorSpec::Workspace {
                 id: id.clone(),
                 options: WorkspaceOptions {
-                    path: path.clone().map(absolute).transpose()?,
+                    path: abs(path)?,
+                    dbs: dbs.clone(),
                 },
             },
-        })
+        };
+        // Same checks as the daemon's, before anything is sent or saved.
+        validate_monitor(&spec).map_err(UsageError)?;
+        Ok(spec)
     }
 }
+
+/// A mistake in what the user asked for: exit code 2, like clap's own errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// Writes to the database directly, holding the daemon lock so no daemon starts meanwhile.
 fn offline_write(settings: &Settings, ops: &[WriteOp]) -> anyhow::Result<()> {

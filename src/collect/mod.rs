@@ -1,22 +1,21 @@
 //! The measuring itself, free of actors: each probe turns one resource into measurements.
 
+pub mod agent;
 pub mod dirwalk;
+pub mod filesystems;
 pub mod git;
 pub mod process;
+pub mod sqlite_probe;
 pub mod system;
+pub mod workspace;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::catalog::{
-    AGENT_ACTIVE, AGENT_CPU_PERCENT, AGENT_MEMORY_MB, GIT_REPOSITORY_VALID, UNIT_BOOL, UNIT_COUNT,
-    UNIT_MB, UNIT_PERCENT, WORKSPACE_EXISTS, WORKSPACE_FILE_COUNT, WORKSPACE_READABLE,
-    WORKSPACE_SCAN_COMPLETE, WORKSPACE_SIZE_MB,
-};
 use crate::config::Settings;
-use crate::model::{Measurement, MonitorSpec, ResourceType};
-use dirwalk::{DirSizer, SizeReading};
-use process::{Machine, TreeSampler};
+use crate::model::{Measurement, MonitorSpec};
+pub use agent::{AgentProbe, RootSource};
+pub use workspace::WorkspaceProbe;
 
 /// Something that can be measured once per cycle. `measure` may block (it runs on a blocking
 /// thread), and keeps whatever history it needs between calls.
@@ -46,20 +45,22 @@ impl WalkLimits {
     }
 }
 
-fn flag(value: bool) -> f64 {
+/// 1.0 or 0.0.
+pub(crate) fn flag(value: bool) -> f64 {
     if value { 1.0 } else { 0.0 }
 }
 
-/// Machine-wide CPU, memory and `/` usage.
+/// Machine-wide CPU, memory, swap, load and filesystems.
 pub struct SystemProbe {
     sampler: system::SystemSampler,
 }
 
 impl SystemProbe {
-    /// Primes the CPU counters.
-    pub fn new() -> Result<Self, String> {
+    /// Primes the CPU counters. `filesystems` lists the mount points to watch; empty means every
+    /// real filesystem.
+    pub fn new(filesystems: Vec<PathBuf>) -> Result<Self, String> {
         Ok(SystemProbe {
-            sampler: system::SystemSampler::new()?,
+            sampler: system::SystemSampler::new(filesystems)?,
         })
     }
 }
@@ -70,135 +71,42 @@ impl Probe for SystemProbe {
     }
 }
 
-/// One agent: its process tree (when it has a pid) and its workspace.
-pub struct AgentProbe {
-    id: String,
-    pid: Option<u32>,
-    workspace: PathBuf,
-    tree: TreeSampler,
-    sizer: DirSizer,
-    limits: WalkLimits,
-}
-
-impl AgentProbe {
-    /// A probe for agent `id`, watching `pid` if given and its `workspace`.
-    pub fn new(id: &str, pid: Option<u32>, workspace: PathBuf, limits: WalkLimits) -> Self {
-        AgentProbe {
-            id: id.to_string(),
-            pid,
-            workspace,
-            tree: TreeSampler::new(Machine::current()),
-            sizer: DirSizer::new(limits.cap),
-            limits,
-        }
-    }
-
-    fn reading(&self, metric: &'static str, value: f64, unit: &'static str) -> Measurement {
-        Measurement::now(ResourceType::Agent, &self.id, metric, value, unit)
-    }
-}
-
-impl Probe for AgentProbe {
-    fn measure(&mut self) -> Vec<Measurement> {
-        let mut out = Vec::with_capacity(4);
-        let workspace_exists = self.workspace.is_dir();
-        match self.pid {
-            Some(pid) => {
-                let sample = self.tree.sample(pid);
-                out.push(self.reading(AGENT_ACTIVE, flag(sample.alive), UNIT_BOOL));
-                if let Some(cpu) = sample.cpu_percent {
-                    out.push(self.reading(AGENT_CPU_PERCENT, cpu, UNIT_PERCENT));
-                    out.push(self.reading(AGENT_MEMORY_MB, sample.memory_mb, UNIT_MB));
-                }
-            }
-            // The original's rule: without a process to watch, an agent is alive while its
-            // workspace exists.
-            None => out.push(self.reading(AGENT_ACTIVE, flag(workspace_exists), UNIT_BOOL)),
-        }
-        if workspace_exists
-            && let SizeReading::Known(stats) = self.sizer.poll(&self.workspace, self.limits.wait)
-        {
-            out.push(self.reading(WORKSPACE_SIZE_MB, stats.megabytes(), UNIT_MB));
-        }
-        out
-    }
-}
-
-/// One workspace directory: existence, size and git health.
-pub struct WorkspaceProbe {
-    id: String,
-    path: PathBuf,
-    sizer: DirSizer,
-    limits: WalkLimits,
-}
-
-impl WorkspaceProbe {
-    /// A probe for workspace `id` at `path`.
-    pub fn new(id: &str, path: PathBuf, limits: WalkLimits) -> Self {
-        WorkspaceProbe {
-            id: id.to_string(),
-            path,
-            sizer: DirSizer::new(limits.cap),
-            limits,
-        }
-    }
-
-    fn reading(&self, metric: &'static str, value: f64, unit: &'static str) -> Measurement {
-        Measurement::now(ResourceType::Workspace, &self.id, metric, value, unit)
-    }
-}
-
-impl Probe for WorkspaceProbe {
-    fn measure(&mut self) -> Vec<Measurement> {
-        let exists = self.path.is_dir();
-        let mut out = vec![self.reading(WORKSPACE_EXISTS, flag(exists), UNIT_BOOL)];
-        if !exists {
-            return out;
-        }
-        match self.sizer.poll(&self.path, self.limits.wait) {
-            SizeReading::Known(stats) => {
-                out.push(self.reading(WORKSPACE_READABLE, 1.0, UNIT_BOOL));
-                out.push(self.reading(WORKSPACE_SIZE_MB, stats.megabytes(), UNIT_MB));
-                out.push(self.reading(WORKSPACE_FILE_COUNT, stats.files as f64, UNIT_COUNT));
-            }
-            SizeReading::Pending => {}
-            SizeReading::Failed(e) => {
-                tracing::warn!(workspace = %self.id, path = %self.path.display(), "cannot read workspace: {e}");
-                out.push(self.reading(WORKSPACE_READABLE, 0.0, UNIT_BOOL));
-            }
-        }
-        let complete = !self.sizer.timed_out();
-        out.push(self.reading(WORKSPACE_SCAN_COMPLETE, flag(complete), UNIT_BOOL));
-        if let Some(valid) = git::repository_valid(&self.path) {
-            out.push(self.reading(GIT_REPOSITORY_VALID, flag(valid), UNIT_BOOL));
-        }
-        out
-    }
-}
-
 /// The probe for a monitor, with default paths resolved from `settings`.
-pub fn probe_for(spec: &MonitorSpec, settings: &Settings, limits: WalkLimits) -> Box<dyn Probe> {
-    match spec {
+pub fn probe_for(
+    spec: &MonitorSpec,
+    settings: &Settings,
+    limits: WalkLimits,
+) -> Result<Box<dyn Probe>, String> {
+    Ok(match spec {
         MonitorSpec::Agent { id, options } => {
             let workspace = options
                 .workspace
                 .clone()
                 .unwrap_or_else(|| settings.default_agent_workspace(id));
-            Box::new(AgentProbe::new(id, options.pid, workspace, limits))
+            Box::new(AgentProbe::new(
+                id,
+                RootSource::from_options(options)?,
+                workspace,
+                options.heartbeat.clone(),
+                limits,
+                settings.interval / 2,
+            ))
         }
         MonitorSpec::Workspace { id, options } => {
             let path = options
                 .path
                 .clone()
                 .unwrap_or_else(|| settings.default_workspace_path(id));
-            Box::new(WorkspaceProbe::new(id, path, limits))
+            Box::new(WorkspaceProbe::new(id, path, options.dbs.clone(), limits))
         }
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::*;
+    use crate::model::ResourceType;
 
     fn limits() -> WalkLimits {
         WalkLimits {
@@ -215,7 +123,7 @@ mod tests {
     fn workspace_probe_reports_existence_size_and_git() {
         let dir = tempfile::tempdir().unwrap();
         let ws = dir.path().join("w1");
-        let mut probe = WorkspaceProbe::new("w1", ws.clone(), limits());
+        let mut probe = WorkspaceProbe::new("w1", ws.clone(), Vec::new(), limits());
         let missing = probe.measure();
         assert_eq!(value(&missing, WORKSPACE_EXISTS), Some(0.0));
         assert_eq!(missing.len(), 1);
@@ -228,6 +136,15 @@ mod tests {
         let size = value(&present, WORKSPACE_SIZE_MB).unwrap();
         assert!((2.0..2.01).contains(&size), "{size}");
         assert_eq!(value(&present, GIT_REPOSITORY_VALID), Some(1.0));
+        assert_eq!(value(&present, WORKSPACE_WRITABLE), Some(1.0));
+        assert!(
+            std::fs::read_dir(&ws).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("probe")),
+            "the writability probe leaves nothing behind"
+        );
         assert!(
             present
                 .iter()
@@ -238,7 +155,14 @@ mod tests {
     #[test]
     fn agent_without_pid_is_active_while_its_workspace_exists() {
         let dir = tempfile::tempdir().unwrap();
-        let mut probe = AgentProbe::new("a1", None, dir.path().join("ws"), limits());
+        let mut probe = AgentProbe::new(
+            "a1",
+            RootSource::None,
+            dir.path().join("ws"),
+            None,
+            limits(),
+            Duration::ZERO,
+        );
         assert_eq!(value(&probe.measure(), AGENT_ACTIVE), Some(0.0));
         std::fs::create_dir(dir.path().join("ws")).unwrap();
         let ms = probe.measure();
@@ -251,7 +175,14 @@ mod tests {
     fn agent_with_pid_follows_its_process() {
         let dir = tempfile::tempdir().unwrap();
         let mut child = process::tests::spawn_sleep();
-        let mut probe = AgentProbe::new("a1", Some(child.id()), dir.path().into(), limits());
+        let mut probe = AgentProbe::new(
+            "a1",
+            RootSource::Pid(child.id()),
+            dir.path().into(),
+            None,
+            limits(),
+            Duration::ZERO,
+        );
         let ms = probe.measure();
         assert_eq!(value(&ms, AGENT_ACTIVE), Some(1.0));
         assert!(value(&ms, AGENT_MEMORY_MB).unwrap() > 0.0);

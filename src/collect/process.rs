@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// What one `/proc/<pid>/stat` line says about a process.
@@ -136,6 +137,8 @@ pub struct Machine {
     pub ticks_per_second: f64,
     pub page_size: u64,
     pub cpus: usize,
+    /// When the machine booted, in seconds since the epoch (`btime` in `/proc/stat`).
+    pub boot_time: f64,
 }
 
 impl Machine {
@@ -147,11 +150,30 @@ impl Machine {
             .ok()
             .flatten()
             .unwrap_or(4096);
+        let boot_time = fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("btime "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .unwrap_or(0.0);
         Machine {
             ticks_per_second: ticks as f64,
             page_size: page as u64,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            boot_time,
         }
+    }
+
+    /// When a process started, in seconds since the epoch.
+    pub fn start_epoch(&self, stat: &ProcStat) -> f64 {
+        self.boot_time + stat.start_ticks as f64 / self.ticks_per_second
+    }
+
+    /// Pages to MB.
+    pub fn megabytes(&self, pages: u64) -> f64 {
+        (pages * self.page_size) as f64 / (1024.0 * 1024.0)
     }
 }
 
@@ -165,25 +187,55 @@ fn uptime_seconds() -> Option<f64> {
         .ok()
 }
 
+/// Open file descriptors of a process; 0 when they cannot be listed (another user's process).
+pub fn open_files(pid: u32) -> u64 {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
+}
+
+/// A process of a tree, as remembered from one cycle to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Member {
+    pub pid: u32,
+    pub start_ticks: u64,
+}
+
 /// One reading of an agent's process tree.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TreeSample {
-    /// The root process runs and is the one first seen (its start time has not changed).
+    /// The root process runs, and is the same process as before (its start time has not changed).
     pub alive: bool,
     pub process_count: usize,
     /// CPU of the tree as a share of the whole machine; `None` for a dead root.
     pub cpu_percent: Option<f64>,
     pub memory_mb: f64,
+    pub open_files: u64,
+    /// Every process of the tree, root first.
+    pub members: Vec<Member>,
+}
+
+impl TreeSample {
+    /// The reading of a root that is not there.
+    pub fn dead() -> Self {
+        TreeSample {
+            alive: false,
+            process_count: 0,
+            cpu_percent: None,
+            memory_mb: 0.0,
+            open_files: 0,
+            members: Vec::new(),
+        }
+    }
 }
 
 /// CPU ticks per process, keyed by (pid, start time) so a reused pid is a new process.
 type TickCounts = HashMap<(u32, u64), u64>;
 
-/// Follows one root pid from cycle to cycle, turning tick counters into CPU percentages.
+/// Follows an agent's root process from cycle to cycle, turning tick counters into CPU
+/// percentages. The root may change (a rewritten pid file): history then starts over.
 #[derive(Debug)]
 pub struct TreeSampler {
     machine: Machine,
-    root_start: Option<u64>,
+    root: Option<Member>,
     previous: Option<(Instant, TickCounts)>,
 }
 
@@ -192,38 +244,43 @@ impl TreeSampler {
     pub fn new(machine: Machine) -> Self {
         TreeSampler {
             machine,
-            root_start: None,
+            root: None,
             previous: None,
         }
     }
 
-    /// Reads the tree under `root`. The first reading's CPU is each process's average since it
-    /// started (as `ps` shows it); later readings cover the time since the previous one.
-    pub fn sample(&mut self, root: u32) -> TreeSample {
+    /// Reads the tree under `root`. With `expected_start` (seconds since the epoch, from a pid
+    /// file) the root must have started then, within 2 s; without it, the root must be the
+    /// process first seen with this pid. Either way a reused pid counts as dead.
+    ///
+    /// The first reading's CPU is each process's average since it started (as `ps` shows it);
+    /// later readings cover the time since the previous one.
+    pub fn sample(&mut self, root: u32, expected_start: Option<f64>) -> TreeSample {
         let now = Instant::now();
-        let procs = tree(root);
-        let root_stat = procs.first().filter(|p| p.is_running());
-        let alive = match (root_stat, self.root_start) {
-            (None, _) => false,
-            (Some(r), None) => {
-                self.root_start = Some(r.start_ticks);
-                true
-            }
-            // A different start time means the pid was reused by another process.
-            (Some(r), Some(start)) => r.start_ticks == start,
-        };
-        if !alive {
-            self.previous = None;
-            return TreeSample {
-                alive: false,
-                process_count: 0,
-                cpu_percent: None,
-                memory_mb: 0.0,
-            };
-        }
         let m = self.machine;
-        let memory_mb =
-            procs.iter().map(|p| p.rss_pages * m.page_size).sum::<u64>() as f64 / (1024.0 * 1024.0);
+        let Some(root_stat) = read_stat(root).filter(ProcStat::is_running) else {
+            self.previous = None;
+            return TreeSample::dead();
+        };
+        let same_process = match (expected_start, self.root) {
+            (Some(expected), _) => (m.start_epoch(&root_stat) - expected).abs() <= 2.0,
+            (None, Some(known)) if known.pid == root => known.start_ticks == root_stat.start_ticks,
+            (None, _) => true,
+        };
+        if !same_process {
+            self.previous = None;
+            return TreeSample::dead();
+        }
+        let member = Member {
+            pid: root,
+            start_ticks: root_stat.start_ticks,
+        };
+        if self.root != Some(member) {
+            self.root = Some(member);
+            self.previous = None;
+        }
+        let procs = tree(root);
+        let memory_mb = m.megabytes(procs.iter().map(|p| p.rss_pages).sum());
         let ticks: TickCounts = procs
             .iter()
             .map(|p| ((p.pid, p.start_ticks), p.cpu_ticks))
@@ -259,8 +316,80 @@ impl TreeSampler {
             process_count: procs.len(),
             cpu_percent: Some(cpu_percent),
             memory_mb,
+            open_files: procs.iter().map(|p| open_files(p.pid)).sum(),
+            members: procs
+                .iter()
+                .map(|p| Member {
+                    pid: p.pid,
+                    start_ticks: p.start_ticks,
+                })
+                .collect(),
         }
     }
+}
+
+/// One process in a full scan of the process table.
+#[derive(Debug, Clone)]
+pub struct ScannedProcess {
+    pub stat: ProcStat,
+    /// Arguments joined by spaces.
+    pub cmdline: String,
+}
+
+/// Reads every process with its command line. Only `--match` needs this; the result is shared
+/// by every agent for `max_age` so the table is read once per cycle, never once per agent.
+pub fn scan_all(max_age: std::time::Duration) -> Arc<Vec<ScannedProcess>> {
+    static CACHE: Mutex<Option<(Instant, Arc<Vec<ScannedProcess>>)>> = Mutex::new(None);
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((at, scan)) = cache.as_ref()
+        && at.elapsed() < max_age
+    {
+        return scan.clone();
+    }
+    let mut out = Vec::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let (Some(stat), Ok(raw)) = (read_stat(pid), fs::read(format!("/proc/{pid}/cmdline")))
+            else {
+                continue;
+            };
+            if raw.is_empty() {
+                continue; // Kernel threads.
+            }
+            let cmdline = String::from_utf8_lossy(&raw)
+                .trim_end_matches('\0')
+                .replace('\0', " ");
+            out.push(ScannedProcess { stat, cmdline });
+        }
+    }
+    let scan = Arc::new(out);
+    *cache = Some((Instant::now(), scan.clone()));
+    scan
+}
+
+/// The root of the processes whose command line matches: among matches whose parent does not
+/// match too, the oldest. The monitor itself never matches.
+pub fn find_match(pattern: &regex::Regex, scan: &[ScannedProcess]) -> Option<u32> {
+    let me = std::process::id();
+    let matching: Vec<&ScannedProcess> = scan
+        .iter()
+        .filter(|p| p.stat.pid != me && pattern.is_match(&p.cmdline))
+        .collect();
+    let pids: HashSet<u32> = matching.iter().map(|p| p.stat.pid).collect();
+    matching
+        .iter()
+        .filter(|p| !pids.contains(&p.stat.ppid))
+        .min_by_key(|p| (p.stat.start_ticks, p.stat.pid))
+        .map(|p| p.stat.pid)
 }
 
 #[cfg(test)]
@@ -329,7 +458,7 @@ pub(crate) mod tests {
     fn sampler_sees_life_then_death() {
         let mut child = spawn_sleep();
         let mut sampler = TreeSampler::new(Machine::current());
-        let first = sampler.sample(child.id());
+        let first = sampler.sample(child.id(), None);
         assert!(first.alive);
         assert_eq!(first.process_count, 1);
         assert!(first.memory_mb > 0.0);
@@ -338,7 +467,7 @@ pub(crate) mod tests {
         child.kill().unwrap();
         // Not yet reaped: a zombie is not alive either.
         let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        while sampler.sample(child.id()).alive {
+        while sampler.sample(child.id(), None).alive {
             assert!(Instant::now() < deadline, "killed child still looks alive");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
@@ -347,7 +476,7 @@ pub(crate) mod tests {
             "the zombie is still in /proc"
         );
         child.wait().unwrap();
-        let gone = sampler.sample(child.id());
+        let gone = sampler.sample(child.id(), None);
         assert!(!gone.alive);
         assert_eq!(gone.cpu_percent, None);
     }

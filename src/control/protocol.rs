@@ -66,19 +66,40 @@ impl Response {
 /// directory is not the client's).
 pub fn validate_monitor(spec: &MonitorSpec) -> Result<(), String> {
     validate_id(spec.id())?;
-    let path = match spec {
-        MonitorSpec::Agent { options, .. } => options.workspace.as_ref(),
-        MonitorSpec::Workspace { options, .. } => options.path.as_ref(),
+    let absolute = |p: &std::path::Path| {
+        if p.is_absolute() {
+            Ok(())
+        } else {
+            Err(format!("path {} must be absolute", p.display()))
+        }
     };
-    if let Some(p) = path
-        && !p.is_absolute()
-    {
-        return Err(format!("path {} must be absolute", p.display()));
-    }
-    if let MonitorSpec::Agent { options, .. } = spec
-        && options.pid == Some(0)
-    {
-        return Err("pid 0 is not a process".into());
+    match spec {
+        MonitorSpec::Agent { options, .. } => {
+            options.validate()?;
+            for p in [&options.workspace, &options.pid_file, &options.heartbeat]
+                .into_iter()
+                .flatten()
+            {
+                absolute(p)?;
+            }
+        }
+        MonitorSpec::Workspace { options, .. } => {
+            if let Some(p) = &options.path {
+                absolute(p)?;
+            }
+            for db in &options.dbs {
+                let escapes = db.is_absolute()
+                    || db
+                        .components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir));
+                if escapes {
+                    return Err(format!(
+                        "--db {} must be a path inside the workspace, relative to it",
+                        db.display()
+                    ));
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -145,7 +166,7 @@ mod tests {
                 id: "a1".into(),
                 options: AgentOptions {
                     pid: Some(42),
-                    workspace: None,
+                    ..AgentOptions::default()
                 },
             },
         };
@@ -187,6 +208,7 @@ mod tests {
             id: "w".into(),
             options: crate::model::WorkspaceOptions {
                 path: Some("rel/dir".into()),
+                ..Default::default()
             },
         };
         assert!(

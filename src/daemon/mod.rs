@@ -183,13 +183,14 @@ pub fn run_once(settings: &Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<
         wait: limits.cap,
         ..limits
     };
-    let mut probes: Vec<Box<dyn Probe>> =
-        vec![Box::new(SystemProbe::new().map_err(anyhow::Error::msg)?)];
-    probes.extend(
-        monitors
-            .iter()
-            .map(|spec| probe_for(spec, settings, limits)),
-    );
+    let system = SystemProbe::new(settings.filesystems.clone()).map_err(anyhow::Error::msg)?;
+    let mut probes: Vec<Box<dyn Probe>> = vec![Box::new(system)];
+    for spec in monitors.iter() {
+        match probe_for(spec, settings, limits) {
+            Ok(probe) => probes.push(probe),
+            Err(e) => tracing::error!("{} {}: {e}", spec.kind(), spec.id()),
+        }
+    }
     let readings = measure_all(probes);
 
     let mut core = AnalyzerCore::new(settings.rules.clone(), settings.alert_cooldown);

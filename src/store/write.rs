@@ -174,7 +174,9 @@ fn apply_one(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
         WriteOp::ResourceAlertsResolved(resource_type, resource_id, at) => {
             tx.prepare_cached(
                 "UPDATE health_alerts SET resolved = 1, resolved_at = ?3
-                 WHERE resource_type = ?1 AND resource_id = ?2 AND resolved = 0",
+                 WHERE resolved = 0 AND ((resource_type = ?1 AND resource_id = ?2)
+                    OR (?1 = 'workspace' AND resource_type = 'database'
+                        AND substr(resource_id, 1, length(?2) + 1) = ?2 || '/'))",
             )?
             .execute(params![
                 resource_type.as_str(),

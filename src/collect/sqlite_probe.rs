@@ -1,0 +1,240 @@
+//! Checking a SQLite database someone else owns: read-only, with a busy timeout and a time cap,
+//! never writing to it, never leaving a file behind, never holding it open between checks.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+
+/// The result of one check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DbCheck {
+    /// Opened read-only and `PRAGMA quick_check` said ok.
+    pub ok: bool,
+    pub latency_ms: f64,
+    pub problem: Option<String>,
+}
+
+/// The `file:` URI for a path, with the characters URIs reserve escaped.
+fn uri(path: &Path, immutable: bool) -> String {
+    let escaped = path
+        .display()
+        .to_string()
+        .replace('%', "%25")
+        .replace('?', "%3f")
+        .replace('#', "%23");
+    if immutable {
+        format!("file:{escaped}?mode=ro&immutable=1")
+    } else {
+        format!("file:{escaped}?mode=ro")
+    }
+}
+
+/// A sidecar file SQLite uses next to a database.
+fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Opens `path` read-only and runs `PRAGMA quick_check`, giving up after `cap`.
+///
+/// A WAL database needs its `-shm` file to be read. When nobody has it open (no `-shm`), it is
+/// opened `immutable`, which creates nothing; when someone does, the files already exist.
+pub fn check_database(path: &Path, busy_timeout: Duration, cap: Duration) -> DbCheck {
+    let started = Instant::now();
+    let result = check(path, busy_timeout, cap);
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok(()) => DbCheck {
+            ok: true,
+            latency_ms,
+            problem: None,
+        },
+        Err(problem) => DbCheck {
+            ok: false,
+            latency_ms,
+            problem: Some(problem),
+        },
+    }
+}
+
+fn check(path: &Path, busy_timeout: Duration, cap: Duration) -> Result<(), String> {
+    let mut header = [0u8; 100];
+    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    file.read_exact(&mut header)
+        .map_err(|_| "too short to be a SQLite database".to_string())?;
+    drop(file);
+    if &header[..16] != b"SQLite format 3\0" {
+        return Err("not a SQLite database".into());
+    }
+    let wal = header[18] == 2 || header[19] == 2;
+    let immutable = wal && !sidecar(path, "-shm").exists();
+    let mut conn = Connection::open_with_flags(
+        uri(path, immutable),
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("cannot open read-only: {e}"))?;
+    conn.busy_timeout(busy_timeout).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + cap;
+    conn.progress_handler(10_000, Some(move || Instant::now() > deadline))
+        .map_err(|e| e.to_string())?;
+    let verdict: String = conn
+        .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+        .map_err(|e| {
+            if Instant::now() > deadline {
+                format!("quick_check took longer than {} s", cap.as_secs_f64())
+            } else {
+                e.to_string()
+            }
+        })?;
+    if verdict != "ok" {
+        return Err(format!("quick_check: {verdict}"));
+    }
+    Ok(())
+}
+
+/// SQLite files in a workspace: `*.db`, `*.sqlite`, `*.sqlite3` at the top level and in
+/// `.beads/`, plus the `extra` ones given (relative to the workspace). Paths are relative.
+pub fn discover(workspace: &Path, extra: &[PathBuf]) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = Vec::new();
+    for dir in [PathBuf::new(), PathBuf::from(".beads")] {
+        let Ok(entries) = std::fs::read_dir(workspace.join(&dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let is_db = Path::new(&name)
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "db" | "sqlite" | "sqlite3"));
+            // Symlinks are not followed out of the workspace.
+            if is_db && entry.file_type().is_ok_and(|t| t.is_file()) {
+                found.push(dir.join(name));
+            }
+        }
+    }
+    for e in extra {
+        if !found.contains(e) {
+            found.push(e.clone());
+        }
+    }
+    found.sort();
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let bytes = if e.path().is_file() {
+                    std::fs::read(e.path()).unwrap()
+                } else {
+                    Vec::new()
+                };
+                (e.file_name().to_string_lossy().into_owned(), bytes)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn make_db(path: &Path, wal: bool) {
+        let conn = Connection::open(path).unwrap();
+        if wal {
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        }
+        conn.execute_batch(
+            "CREATE TABLE t (x TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+             INSERT INTO t SELECT hex(randomblob(50)) FROM n;",
+        )
+        .unwrap();
+    }
+
+    const T: Duration = Duration::from_millis(300);
+
+    #[test]
+    fn valid_databases_pass_and_nothing_is_written_or_left_behind() {
+        for wal in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = dir.path().join("beads.db");
+            make_db(&db, wal);
+            let before = listing(dir.path());
+            let check = check_database(&db, T, Duration::from_secs(10));
+            assert!(check.ok, "wal={wal}: {check:?}");
+            assert!(check.latency_ms > 0.0);
+            assert_eq!(listing(dir.path()), before, "wal={wal}");
+        }
+    }
+
+    #[test]
+    fn corrupt_files_and_strangers_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("c.db");
+        make_db(&db, false);
+        let mut bytes = std::fs::read(&db).unwrap();
+        for b in &mut bytes[4096..3 * 4096] {
+            *b = 0x33;
+        }
+        std::fs::write(&db, &bytes).unwrap();
+        let check = check_database(&db, T, Duration::from_secs(10));
+        assert!(!check.ok, "{check:?}");
+        assert_eq!(std::fs::read(&db).unwrap(), bytes);
+        let text = dir.path().join("notes.db");
+        std::fs::write(&text, "hello").unwrap();
+        assert!(!check_database(&text, T, T).ok);
+        assert!(!check_database(&dir.path().join("missing.db"), T, T).ok);
+    }
+
+    #[test]
+    fn a_locked_database_fails_after_the_busy_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("l.db");
+        make_db(&db, false);
+        let locker = Connection::open(&db).unwrap();
+        locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let check = check_database(&db, T, Duration::from_secs(10));
+        assert!(!check.ok, "{check:?}");
+        assert!(check.latency_ms >= 250.0, "{check:?}");
+        locker.execute_batch("COMMIT").unwrap();
+        assert!(check_database(&db, T, Duration::from_secs(10)).ok);
+    }
+
+    #[test]
+    fn discovery_finds_top_level_and_beads_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".beads")).unwrap();
+        std::fs::create_dir(dir.path().join("deep")).unwrap();
+        for f in [
+            "a.db",
+            "b.sqlite",
+            "c.sqlite3",
+            "d.txt",
+            ".beads/beads.db",
+            "deep/x.db",
+        ] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        let found = discover(dir.path(), &[PathBuf::from("deep/x.db")]);
+        let names: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                ".beads/beads.db",
+                "a.db",
+                "b.sqlite",
+                "c.sqlite3",
+                "deep/x.db"
+            ]
+        );
+    }
+}
