@@ -125,6 +125,7 @@ pub fn read_stored(db: &Path, now: DateTime<Utc>) -> anyhow::Result<StoredState>
 /// The summary when no daemon runs: everything from the database.
 pub fn offline(settings: &Settings, now: DateTime<Utc>) -> anyhow::Result<Summary> {
     let db = &settings.db_path;
+    store::check_is_database(db)?;
     let (monitors, latest) = match store::open_read_only(db)? {
         Some(conn) => (
             query::load_monitors(&conn)?,

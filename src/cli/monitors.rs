@@ -119,8 +119,10 @@ pub struct UsageError(pub String);
 
 /// Writes to the database directly, holding the daemon lock so no daemon starts meanwhile.
 fn offline_write(settings: &Settings, ops: &[WriteOp]) -> anyhow::Result<()> {
+    store::check_writable(&settings.db_path)?;
     let _lock = InstanceLock::acquire(&settings.db_path)
         .context("the daemon holds the database but its socket does not answer")?;
+    store::check_is_database(&settings.db_path)?;
     let mut conn = store::open_for_writing(&settings.db_path)?;
     apply(&mut conn, ops).context("cannot save the change")?;
     Ok(())

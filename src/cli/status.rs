@@ -50,6 +50,7 @@ pub fn list(args: &ListArgs, settings: &Settings) -> anyhow::Result<()> {
     let infos: Vec<MonitorInfo> = match client::request(&settings.socket_path, &Request::List {}) {
         Ok(data) => serde_json::from_value(data)?,
         Err(ClientError::NoDaemon(_)) => {
+            store::check_is_database(&settings.db_path)?;
             let monitors = match store::open_read_only(&settings.db_path)? {
                 Some(conn) => query::load_monitors(&conn)?,
                 None => Vec::new(),

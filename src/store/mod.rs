@@ -22,6 +22,10 @@ pub const WRITER_BUSY_TIMEOUT: Duration = Duration::from_millis(200);
 pub const READER_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Refuses a file that exists, is not empty and is not SQLite, before SQLite ever touches it.
+///
+/// Only for a process that has no SQLite connection to `path` open: closing any descriptor of
+/// a file drops all of the process's POSIX locks on it, SQLite's included. The daemon calls it
+/// once, at start; the CLI before its own reads.
 pub fn check_is_database(path: &Path) -> anyhow::Result<()> {
     let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
@@ -125,8 +129,8 @@ pub fn verify_integrity(path: &Path) -> anyhow::Result<()> {
 }
 
 /// Opens (creating if needed) the database for writing, in WAL mode, with the schema migrated.
+/// Callers check a file they have not seen yet with [`check_is_database`] first.
 pub fn open_for_writing(path: &Path) -> anyhow::Result<Connection> {
-    check_is_database(path)?;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -172,7 +176,6 @@ pub fn open_read_only(path: &Path) -> anyhow::Result<Option<Connection>> {
     if !path.exists() {
         return Ok(None);
     }
-    check_is_database(path)?;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -192,8 +195,9 @@ mod tests {
         let path = dir.path().join("notes.db");
         let content = b"these are my notes, not a database\n".repeat(100);
         std::fs::write(&path, &content).unwrap();
-        let err = open_for_writing(&path).unwrap_err().to_string();
+        let err = check_is_database(&path).unwrap_err().to_string();
         assert!(err.contains("is not a SQLite database"), "{err}");
+        assert!(open_for_writing(&path).is_err(), "SQLite refuses it too");
         assert_eq!(std::fs::read(&path).unwrap(), content);
         assert!(!dir.path().join("notes.db-wal").exists());
     }
