@@ -660,6 +660,23 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_config_example_is_valid() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```toml\n").expect("a toml example") + "```toml\n".len();
+        let end = start + readme[start..].find("```").unwrap();
+        let file = ConfigFile::parse(&readme[start..end]).unwrap();
+        let s = Settings::resolve(file, &CliOverrides::default()).unwrap();
+        assert_eq!(s.filesystems.len(), 2);
+        assert_eq!(
+            s.rules
+                .rule(ResourceType::Workspace, "wt", "workspace_file_count")
+                .unwrap()
+                .for_cycles,
+            2
+        );
+    }
+
+    #[test]
     fn partial_threshold_override_keeps_the_other_default() {
         let file = ConfigFile::parse("[thresholds.memory_usage_percent]\ncritical = 99\n").unwrap();
         let s = Settings::resolve(file, &CliOverrides::default()).unwrap();

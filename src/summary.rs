@@ -305,6 +305,9 @@ fn plural(n: usize, noun: &str) -> String {
     }
 }
 
+/// Where the human status wraps long lines of values.
+const WRAP_AT: usize = 100;
+
 /// The summary for people.
 pub fn render(s: &Summary) -> String {
     let mut out = String::new();
@@ -352,11 +355,22 @@ pub fn render(s: &Summary) -> String {
             })
             .collect();
         let values = if values.is_empty() {
-            "(no data yet)".to_string()
+            vec!["(no data yet)".to_string()]
         } else {
-            values.join(" ")
+            values
         };
-        let _ = writeln!(out, "{name:<width$}  {:<9}  {values}", r.status.as_str());
+        // Long value lists wrap under the VALUES column rather than run off the screen.
+        let indent = width + 2 + 9 + 2;
+        let mut line = format!("{name:<width$}  {:<9} ", r.status.as_str());
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 && line.len() + 1 + v.len() > WRAP_AT {
+                let _ = writeln!(out, "{line}");
+                line = " ".repeat(indent - 1);
+            }
+            line.push(' ');
+            line.push_str(v);
+        }
+        let _ = writeln!(out, "{line}");
     }
     let _ = writeln!(out);
     if s.active_alerts.is_empty() {
@@ -460,6 +474,7 @@ mod tests {
         assert!(text.starts_with("overall: UNHEALTHY"), "{text}");
         assert!(text.contains("workspace/w1"), "{text}");
         assert!(text.contains("y=90%"), "{text}");
+        assert!(text.lines().all(|l| l.len() <= 100), "{text}");
         assert!(text.contains("(no data yet)"), "{text}");
     }
 
