@@ -93,9 +93,13 @@ fn pipeline(batch: &[Measurement]) -> Duration {
     .unwrap();
     let mut core = AnalyzerCore::new(RuleTable::default(), Duration::from_secs(300));
     let messages: Vec<Vec<Measurement>> = batch.chunks(PER_MESSAGE).map(|c| c.to_vec()).collect();
+    // Each simulated collector always reports the same resources, as real ones do: message k
+    // covers resources 8k..8k+7 of 100, which repeat every 25 messages.
+    let sources: Vec<String> = (0..25).map(|i| format!("collector:{i}")).collect();
     let start = Instant::now();
-    for msg in messages {
-        let mut ops = core.analyze(&msg, Utc::now()).into_write_ops();
+    for (k, msg) in messages.into_iter().enumerate() {
+        let source = &sources[k % sources.len()];
+        let mut ops = core.analyze_from(source, &msg, Utc::now()).into_write_ops();
         // The daemon's analyzer never blocks: a full queue would count a refusal. Here we
         // want the sustained rate, so wait for room instead of dropping.
         loop {

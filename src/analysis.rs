@@ -50,6 +50,8 @@ pub struct AnalyzerCore {
     rules: RuleTable,
     engine: AlertEngine,
     latest: Latest,
+    /// The resources each collector reported in its last cycle.
+    sources: HashMap<String, Vec<(ResourceType, String)>>,
 }
 
 impl AnalyzerCore {
@@ -59,6 +61,7 @@ impl AnalyzerCore {
             rules,
             engine: AlertEngine::new(cooldown),
             latest: HashMap::new(),
+            sources: HashMap::new(),
         }
     }
 
@@ -95,6 +98,52 @@ impl AnalyzerCore {
             analysis.metrics.push(metric);
         }
         self.retire_unreported(batch, now, &mut analysis.events);
+        analysis
+    }
+
+    /// [`analyze`](Self::analyze) for one cycle of the collector `source`. A resource that
+    /// collector reported last cycle but not in this one (a deleted database, an unmounted
+    /// filesystem) is gone: its values are dropped and its alerts resolve.
+    pub fn analyze_from(
+        &mut self,
+        source: &str,
+        batch: &[Measurement],
+        now: DateTime<Utc>,
+    ) -> Analysis {
+        let mut analysis = self.analyze(batch, now);
+        let first_of_its_resource = |i: usize, m: &Measurement| {
+            !batch[..i]
+                .iter()
+                .any(|p| p.resource_type == m.resource_type && p.resource_id == m.resource_id)
+        };
+        let distinct = batch
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| first_of_its_resource(*i, m))
+            .count();
+        let unchanged = self.sources.get(source).is_some_and(|previous| {
+            previous.len() == distinct
+                && previous.iter().all(|(t, id)| {
+                    batch
+                        .iter()
+                        .any(|m| m.resource_type == *t && m.resource_id == *id)
+                })
+        });
+        if unchanged {
+            return analysis;
+        }
+        let current: Vec<(ResourceType, String)> = batch
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| first_of_its_resource(*i, m))
+            .map(|(_, m)| (m.resource_type, m.resource_id.clone()))
+            .collect();
+        let previous = self.sources.insert(source.to_string(), current.clone());
+        for (t, id) in previous.unwrap_or_default() {
+            if !current.contains(&(t, id.clone())) {
+                analysis.events.extend(self.forget_resource(t, &id, now));
+            }
+        }
         analysis
     }
 
@@ -308,6 +357,56 @@ mod tests {
         a.engine_mut().raise(key, cond, now);
         a.analyze(&dead, now);
         assert_eq!(a.active_alerts().count(), 2);
+    }
+
+    #[test]
+    fn a_resource_a_collector_stops_reporting_is_forgotten() {
+        let mut a = core();
+        let now = Utc::now();
+        let db = |id: &str, ok: f64| {
+            Measurement::now(
+                ResourceType::Database,
+                id,
+                "database_connectivity",
+                ok,
+                "bool",
+            )
+        };
+        let ws = Measurement::now(
+            ResourceType::Workspace,
+            "w",
+            "workspace_exists",
+            1.0,
+            "bool",
+        );
+        let out = a.analyze_from(
+            "workspace:w",
+            &[ws.clone(), db("w/a.db", 0.0), db("w/b.db", 1.0)],
+            now,
+        );
+        assert_eq!(out.events.len(), 1);
+        // a.db was deleted: no longer reported by the workspace's collector.
+        let out = a.analyze_from("workspace:w", &[ws.clone(), db("w/b.db", 1.0)], now);
+        assert!(
+            matches!(out.events.as_slice(), [AlertEvent::Resolved(al)] if al.resource_id == "w/a.db"),
+            "{:?}",
+            out.events
+        );
+        assert!(a.latest().all(|m| m.resource_id != "w/a.db"));
+        // Another collector's batches do not count against this one's resources.
+        let out = a.analyze_from(
+            "system",
+            &[Measurement::now(
+                ResourceType::Cpu,
+                "system",
+                "cpu_usage_percent",
+                1.0,
+                "%",
+            )],
+            now,
+        );
+        assert!(out.events.is_empty());
+        assert!(a.latest().any(|m| m.resource_id == "w/b.db"));
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub struct SupervisorConfig {
     pub window: Option<f64>,
     pub park_pause: Option<f64>,
     pub stable_after: Option<f64>,
+    /// A measurement running longer raises `collector_stalled` (default: 10 intervals, >= 60 s).
+    pub stall_after: Option<f64>,
 }
 
 impl SupervisorConfig {
@@ -241,6 +243,18 @@ fn layer_rule(
             bail!("{label}: {name} must be a finite number, got {v}");
         }
     }
+    // Giving one threshold must not silently turn "higher is worse" into "lower is worse".
+    if let Some(b) = base
+        && (cfg.warning.is_none() || cfg.critical.is_none())
+        && Thresholds::new(warning, critical).lower_is_worse() != b.thresholds.lower_is_worse()
+    {
+        bail!(
+            "{label}: warning {warning} and critical {critical} would reverse the metric's direction \
+             (defaults {} and {}); give both to mean it",
+            b.thresholds.warning,
+            b.thresholds.critical
+        );
+    }
     let mut rule = base.unwrap_or(AlertRule::new(Thresholds::new(warning, critical)));
     rule.thresholds = Thresholds::new(warning, critical);
     for (name, value, slot) in [
@@ -352,6 +366,8 @@ pub struct Settings {
     pub restart: RestartPolicy,
     /// When a directory walk gives up and the last complete size is kept.
     pub walk_time_cap: Duration,
+    /// When a measurement that has not returned raises `collector_stalled`.
+    pub stall_after: Duration,
     /// Cap on the database file, in bytes.
     pub max_db_bytes: Option<u64>,
     /// Cap on the writer's buffer of uncommitted rows, in bytes.
@@ -448,6 +464,10 @@ impl Settings {
         }
         let metric_retention = days("retention_days", file.retention_days, 7.0)?;
         let alert_retention = days("alert_retention_days", file.alert_retention_days, 30.0)?;
+        let stall_after = match file.supervisor.stall_after {
+            Some(v) => seconds("supervisor.stall_after", v, 0.01)?,
+            None => (interval * 10).max(Duration::from_secs(60)),
+        };
         Ok(Settings {
             db_path,
             socket_path,
@@ -459,6 +479,7 @@ impl Settings {
             rules,
             restart,
             walk_time_cap,
+            stall_after,
             max_db_bytes,
             writer_buffer_bytes,
             metric_retention,
@@ -608,6 +629,7 @@ mod tests {
         assert!(err("[supervisor]\nwindow = -1").contains("supervisor.window"));
         assert!(err("[supervisor]\nrestarts = 1").contains("restarts"));
         assert!(err("max_db_size_mb = 0").contains("max_db_size_mb"));
+        assert!(err("[thresholds.disk_usage_percent]\nwarning = 97").contains("reverse"));
         assert!(err("retention_days = -2").contains("retention_days"));
         assert!(err("log_level = \"loud!\"").contains("log level"));
         assert!(err("log_level = \"x=loud\"").contains("log level"));

@@ -175,21 +175,52 @@ fn a_tmux_pane_is_the_agent() {
         return;
     }
     let env = Env::new("interval = 0.1\n");
-    let session = format!("hm-test-{}", std::process::id());
-    let socket_dir = env.path("tmux");
-    fs::create_dir(&socket_dir).unwrap();
-    let started = Command::new("tmux")
-        .args(["new-session", "-d", "-s", &session, "sleep 600"])
-        .status()
-        .unwrap();
-    assert!(started.success());
-    let _daemon = env.start(&[]);
-    env.hm_ok(&["add", "agent", "tm", "--tmux-session", &session]);
+    // A tmux server of the test's own (TMUX_TMPDIR), shared with the daemon, not the user's.
+    let tmux_dir = env.path("tmux");
+    fs::create_dir(&tmux_dir).unwrap();
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(args)
+            .env("TMUX_TMPDIR", &tmux_dir)
+            .env_remove("TMUX")
+            .status()
+            .unwrap()
+    };
+    let session = "agent-pane";
+    assert!(tmux(&["new-session", "-d", "-s", session, "sleep 600"]).success());
+    // A second session keeps the server alive when the first goes: the agent must be the
+    // pane's process, not the server.
+    assert!(tmux(&["new-session", "-d", "-s", "keeper", "sleep 600"]).success());
+    let tmux_dir_str = tmux_dir.display().to_string();
+    let _daemon = env.start_with_env(&[], &[("TMUX_TMPDIR", tmux_dir_str.as_str())]);
+    env.hm_ok(&["add", "agent", "tm", "--tmux-session", session]);
     wait_value(&env, "agent", "tm", "agent_active", 1.0);
-    let _ = Command::new("tmux")
-        .args(["kill-session", "-t", &format!("={session}")])
-        .status();
+    assert_eq!(
+        latest(&env, "agent", "tm", "agent_process_count"),
+        Some(1.0)
+    );
+    assert!(tmux(&["kill-session", "-t", &format!("={session}")]).success());
     wait_value(&env, "agent", "tm", "agent_active", 0.0);
+    let _ = tmux(&["kill-server"]);
+}
+
+#[test]
+fn a_busy_tree_shows_its_cpu() {
+    let env = Env::new("interval = 0.2\n");
+    let mut busy = Command::new("sh")
+        .args(["-c", "while :; do :; done"])
+        .spawn()
+        .unwrap();
+    let _daemon = env.start(&[]);
+    env.hm_ok(&["add", "agent", "busy", "--pid", &busy.id().to_string()]);
+    // One core spinning is a share of the whole machine: well above zero, at most 100.
+    wait_until("the busy loop's CPU", || {
+        latest(&env, "agent", "busy", "agent_cpu_percent").is_some_and(|c| c > 5.0)
+    });
+    let cpu = latest(&env, "agent", "busy", "agent_cpu_percent").unwrap();
+    assert!(cpu <= 100.0, "{cpu}");
+    busy.kill().unwrap();
+    busy.wait().unwrap();
 }
 
 #[test]
@@ -375,10 +406,19 @@ fn databases_in_a_workspace_are_checked_without_being_touched() {
         before,
         "monitored files unchanged, nothing left behind"
     );
-    // Removing the workspace forgets its databases' alerts too.
-    env.hm_ok(&["remove", "workspace", "ws"]);
-    wait_until("the corrupt database's alert resolved", || {
+    // A database that goes away takes its alert with it.
+    fs::remove_file(ws.join("corrupt.db")).unwrap();
+    wait_until("the deleted database's alert resolved", || {
         !active(&env, "ws/corrupt.db", "database_connectivity")
+    });
+    // Removing the workspace resolves its databases' alerts too.
+    fs::write(ws.join("bad.db"), b"SQLite format 3\0 but then nothing").unwrap();
+    wait_until("the bad database's alert", || {
+        active(&env, "ws/bad.db", "database_connectivity")
+    });
+    env.hm_ok(&["remove", "workspace", "ws"]);
+    wait_until("its alert resolved with the workspace", || {
+        !active(&env, "ws/bad.db", "database_connectivity")
     });
 }
 
@@ -410,10 +450,10 @@ fn a_read_only_filesystem_raises_an_alert() {
 }
 
 #[test]
-fn a_per_resource_override_with_for_cycles_waits_two_cycles() {
+fn a_per_resource_override_with_for_cycles_waits_its_cycles() {
     let env = Env::new(
-        "interval = 0.1\n[[override]]\nresource_type = \"workspace\"\nresource_id = \"wt\"\n\
-         metric = \"workspace_file_count\"\nwarning = 5\ncritical = 100000\nfor_cycles = 2\n",
+        "interval = 0.05\n[[override]]\nresource_type = \"workspace\"\nresource_id = \"wt\"\n\
+         metric = \"workspace_file_count\"\nwarning = 5\ncritical = 100000\nfor_cycles = 10\n",
     );
     for id in ["wt", "other"] {
         let dir = env.path(id);
@@ -432,25 +472,23 @@ fn a_per_resource_override_with_for_cycles_waits_two_cycles() {
             &env.path(id).display().to_string(),
         ]);
     }
-    wait_until("the override's alert", || {
-        active(&env, "wt", "workspace_file_count")
-    });
-    let opened: String = env
-        .db()
-        .query_row(
-            "SELECT timestamp FROM health_alerts WHERE resource_id = 'wt' AND alert_type = 'workspace_file_count'",
-            [],
-            |r| r.get(0),
+    let breached = || {
+        env.count(
+            "SELECT count(*) FROM health_metrics WHERE resource_id = 'wt'
+             AND metric_name = 'workspace_file_count' AND status = 'unhealthy' AND threshold_warning = 5",
         )
-        .unwrap();
-    let breached_before = env.count(&format!(
-        "SELECT count(*) FROM health_metrics WHERE resource_id = 'wt' AND metric_name = 'workspace_file_count'
-         AND status = 'unhealthy' AND threshold_warning = 5 AND timestamp <= '{opened}'"
-    ));
-    assert!(
-        breached_before >= 2,
-        "opened after {breached_before} breached samples"
-    );
+    };
+    // Rows land before the alert that follows them: once the alert is seen, at least ten
+    // breached rows must be in the database (read after the alert, never before).
+    wait_until("the override's alert", || {
+        let alerted = active(&env, "wt", "workspace_file_count");
+        let rows = breached();
+        assert!(
+            !alerted || rows >= 10,
+            "alert after only {rows} breached samples"
+        );
+        alerted
+    });
     // The same count elsewhere is within the default thresholds.
     assert!(!active(&env, "other", "workspace_file_count"));
     assert_eq!(

@@ -70,13 +70,15 @@ pub struct Snapshot {
 
 /// A batch being analyzed, kept outside the analyzer so a panic does not lose it.
 struct InFlight {
+    /// The collector it came from (`workspace:w1`...).
+    source: String,
     batch: Vec<Measurement>,
     attempts: u32,
 }
 
 struct HandleInner {
-    tx: Sender<Vec<Measurement>>,
-    rx: Receiver<Vec<Measurement>>,
+    tx: Sender<(String, Vec<Measurement>)>,
+    rx: Receiver<(String, Vec<Measurement>)>,
     addr: RwLock<Option<Addr<Analyzer>>>,
     wake_sent: AtomicBool,
     in_flight: Mutex<Option<InFlight>>,
@@ -133,13 +135,14 @@ impl AnalyzerHandle {
         self.inner.addr.read().ok().and_then(|s| s.clone())
     }
 
-    /// Queues measurements without blocking; refused ones (queue full) are counted.
-    pub fn send_metrics(&self, batch: Vec<Measurement>) {
+    /// Queues one collector cycle (`source` names the collector) without blocking; refused
+    /// measurements (queue full) are counted.
+    pub fn send_metrics(&self, source: &str, batch: Vec<Measurement>) {
         if batch.is_empty() {
             return;
         }
         let n = batch.len() as u64;
-        match self.inner.tx.try_send(batch) {
+        match self.inner.tx.try_send((source.to_string(), batch)) {
             Ok(()) => {
                 self.inner.accepted.fetch_add(n, Ordering::Relaxed);
                 self.wake();
@@ -185,6 +188,12 @@ impl AnalyzerHandle {
     /// second, and again after a restart until it is cleared.
     pub fn set_condition(&self, key: AlertKey, condition: Option<Condition>) {
         lock(&self.inner.conditions).insert(key, condition);
+    }
+
+    /// The wanted state of a condition not yet applied: `Some(Some(_))` raised, `Some(None)`
+    /// cleared, `None` nothing pending.
+    pub fn condition(&self, key: &AlertKey) -> Option<Option<Condition>> {
+        lock(&self.inner.conditions).get(key).cloned()
     }
 
     /// Asks the current analyzer to forget a resource.
@@ -250,7 +259,13 @@ impl Analyzer {
             let mut slot = lock(&inner.in_flight);
             if slot.is_none() {
                 match inner.rx.try_recv() {
-                    Ok(batch) => *slot = Some(InFlight { batch, attempts: 0 }),
+                    Ok((source, batch)) => {
+                        *slot = Some(InFlight {
+                            source,
+                            batch,
+                            attempts: 0,
+                        })
+                    }
                     Err(_) => return,
                 }
             }
@@ -271,7 +286,7 @@ impl Analyzer {
             let Some(core) = self.core.as_mut() else {
                 return;
             };
-            let analysis = core.analyze(&in_flight.batch, Utc::now());
+            let analysis = core.analyze_from(&in_flight.source, &in_flight.batch, Utc::now());
             for event in &analysis.events {
                 notify::log_event(event);
             }

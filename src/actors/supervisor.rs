@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::analyzer::{Analyzer, AnalyzerHandle, Drain};
-use super::collector::Collector;
+use super::collector::{Collector, Pace};
 use super::restart::RestartTracker;
 use super::writer::WriterHandle;
 use super::{ChildExited, ChildRef, ExitGuard};
@@ -373,7 +373,18 @@ fn build_child(
         ChildKind::System => Box::new(SystemProbe::new(settings.filesystems.clone())?),
         ChildKind::Monitor(spec) => probe_for(spec, settings, WalkLimits::from_settings(settings))?,
     };
-    let actor = Collector::new(name, probe, settings.interval, deps.analyzer.clone(), guard);
+    let pace = Pace {
+        interval: settings.interval,
+        stall_after: settings.stall_after,
+    };
+    let actor = Collector::new(
+        name,
+        watched_resource(kind),
+        probe,
+        pace,
+        deps.analyzer.clone(),
+        guard,
+    );
     Ok(Box::new(actor.start()))
 }
 

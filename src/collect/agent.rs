@@ -16,7 +16,7 @@ use crate::catalog::{
     AGENT_ORPHAN_MEMORY_MB, AGENT_PROCESS_COUNT, HEARTBEAT_AGE_SECONDS, HEARTBEAT_STUCK, UNIT_BOOL,
     UNIT_COUNT, UNIT_MB, UNIT_PERCENT, UNIT_SECONDS, WORKSPACE_SIZE_MB,
 };
-use crate::model::{AgentOptions, Measurement, ResourceType, parse_timestamp};
+use crate::model::{AgentOptions, Measurement, ResourceType};
 
 /// How long `tmux` may take to answer.
 const TMUX_TIMEOUT: Duration = Duration::from_secs(2);
@@ -38,8 +38,24 @@ pub enum RootSource {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Root {
     pub pid: u32,
-    /// When the root must have started (from a `pid|starttime` pid file), seconds since the epoch.
-    pub expected_start: Option<f64>,
+    /// When the root must have started (from a `pid|starttime` pid file), seconds since the
+    /// epoch: the earliest and latest readings of a local time (they differ in the hour a DST
+    /// change repeats).
+    pub expected_start: Option<(f64, f64)>,
+    /// The pid is given, not found: the process first seen with it is the agent, and a later
+    /// one with the same pid is a reuse. A found root (match, tmux) is whatever is found.
+    pub pinned: bool,
+}
+
+/// What resolving a root gave this cycle.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Resolution {
+    Found(Root),
+    /// Definitely none: no pid file, no match, no such session.
+    Gone,
+    /// Could not tell this time (a pid file being rewritten, tmux slow to answer): the previous
+    /// root stands for one more cycle.
+    Unknown,
 }
 
 impl RootSource {
@@ -58,36 +74,61 @@ impl RootSource {
         })
     }
 
-    /// Finds the root now; `None` when there is none (missing pid file, no match, no session).
-    pub fn resolve(&self, scan_max_age: Duration) -> Option<Root> {
-        match self {
-            RootSource::None => None,
-            RootSource::Pid(pid) => Some(Root {
-                pid: *pid,
-                expected_start: None,
-            }),
-            RootSource::PidFile(path) => {
-                let text = std::fs::read_to_string(path).ok()?;
-                match parse_pid_file(&text) {
-                    Ok(root) => Some(root),
-                    Err(e) => {
-                        tracing::warn!(pid_file = %path.display(), "{e}");
-                        None
-                    }
-                }
-            }
-            RootSource::Match(pattern) => {
-                let scan = process::scan_all(scan_max_age);
-                process::find_match(pattern, &scan).map(|pid| Root {
-                    pid,
-                    expected_start: None,
-                })
-            }
-            RootSource::Tmux(session) => tmux_pane_pid(session).map(|pid| Root {
+    /// Finds the root now.
+    pub fn resolve(&self, scan_max_age: Duration) -> Resolution {
+        let found = |pid| {
+            Resolution::Found(Root {
                 pid,
                 expected_start: None,
+                pinned: false,
+            })
+        };
+        match self {
+            RootSource::None => Resolution::Gone,
+            RootSource::Pid(pid) => Resolution::Found(Root {
+                pid: *pid,
+                expected_start: None,
+                pinned: true,
             }),
+            RootSource::PidFile(path) => match read_small_file(path) {
+                Ok(Some(text)) => match parse_pid_file(&text) {
+                    Ok(root) => Resolution::Found(root),
+                    Err(e) => {
+                        tracing::debug!(pid_file = %path.display(), "{e}");
+                        Resolution::Unknown
+                    }
+                },
+                Ok(None) => Resolution::Unknown,
+                Err(_) => Resolution::Gone,
+            },
+            RootSource::Match(pattern) => {
+                let scan = process::scan_all(scan_max_age);
+                process::find_match(pattern, &scan).map_or(Resolution::Gone, found)
+            }
+            RootSource::Tmux(session) => match tmux_pane_pid(session) {
+                TmuxAnswer::Pane(pid) => found(pid),
+                TmuxAnswer::NoSession => Resolution::Gone,
+                TmuxAnswer::NoAnswer => Resolution::Unknown,
+            },
         }
+    }
+}
+
+/// Files read by a probe (pid files, heartbeats) are small: more than this is not read.
+const SMALL_FILE: u64 = 64 * 1024;
+
+/// Reads a small regular file. `Ok(None)` for something that is not a regular file or is too
+/// big (a FIFO would block the read for ever); `Err` when it is not there.
+pub fn read_small_file(path: &Path) -> std::io::Result<Option<String>> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() || meta.len() > SMALL_FILE {
+        return Ok(None);
+    }
+    let mut text = String::new();
+    let file = std::fs::File::open(path)?;
+    match std::io::Read::read_to_string(&mut std::io::Read::take(file, SMALL_FILE), &mut text) {
+        Ok(_) => Ok(Some(text)),
+        Err(_) => Ok(None),
     }
 }
 
@@ -111,24 +152,36 @@ pub fn parse_pid_file(text: &str) -> Result<Root, String> {
     Ok(Root {
         pid,
         expected_start,
+        // A bare pid in a file is trusted like --pid; with a start time it is checked instead.
+        pinned: expected_start.is_none(),
     })
 }
 
-/// `Fri Nov 27 18:26:20 2026` (local time, single-digit days space-padded) to epoch seconds.
-pub fn parse_lstart(s: &str) -> Result<f64, String> {
+/// `Fri Nov 27 18:26:20 2026` (local time, single-digit days space-padded) to epoch seconds:
+/// the earliest and latest meaning (equal except in the hour a DST change repeats).
+pub fn parse_lstart(s: &str) -> Result<(f64, f64), String> {
     let normalized = s.split_whitespace().collect::<Vec<_>>().join(" ");
     let naive = NaiveDateTime::parse_from_str(&normalized, "%a %b %e %H:%M:%S %Y")
         .map_err(|e| format!("start time {s:?} is not like `Fri Nov 27 18:26:20 2026`: {e}"))?;
-    let local = Local
-        .from_local_datetime(&naive)
-        .earliest()
-        .ok_or_else(|| format!("start time {s:?} does not exist in the local time zone"))?;
-    Ok(local.timestamp() as f64)
+    let local = Local.from_local_datetime(&naive);
+    match (local.earliest(), local.latest()) {
+        (Some(a), Some(b)) => Ok((a.timestamp() as f64, b.timestamp() as f64)),
+        _ => Err(format!(
+            "start time {s:?} does not exist in the local time zone"
+        )),
+    }
+}
+
+/// What tmux said about a session.
+enum TmuxAnswer {
+    Pane(u32),
+    NoSession,
+    NoAnswer,
 }
 
 /// The pid of the first pane of a tmux session (the session name is matched exactly).
-fn tmux_pane_pid(session: &str) -> Option<u32> {
-    let mut child = Command::new("tmux")
+fn tmux_pane_pid(session: &str) -> TmuxAnswer {
+    let Ok(mut child) = Command::new("tmux")
         .args([
             "list-panes",
             "-s",
@@ -141,24 +194,31 @@ fn tmux_pane_pid(session: &str) -> Option<u32> {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .ok()?;
+    else {
+        return TmuxAnswer::NoSession; // No tmux at all: no session either.
+    };
     let deadline = Instant::now() + TMUX_TIMEOUT;
     loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => break,
-            Ok(Some(_)) => return None,
+            Ok(Some(_)) => return TmuxAnswer::NoSession,
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
                 tracing::warn!(session, "tmux did not answer in time");
-                return None;
+                return TmuxAnswer::NoAnswer;
             }
         }
     }
     let mut out = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take()?, &mut out).ok()?;
-    out.lines().next()?.trim().parse().ok()
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+    }
+    match out.lines().next().and_then(|l| l.trim().parse().ok()) {
+        Some(pid) => TmuxAnswer::Pane(pid),
+        None => TmuxAnswer::NoSession,
+    }
 }
 
 /// What a heartbeat file says.
@@ -168,16 +228,17 @@ pub struct Heartbeat {
     pub state: Option<String>,
 }
 
-/// Reads a heartbeat: its JSON `timestamp` (and `state`) if it has them, else its mtime.
+/// Reads a heartbeat: its JSON `timestamp` (and `state`) if it has them, else its mtime. A
+/// timestamp without a zone is local time.
 pub fn read_heartbeat(path: &Path, now: DateTime<Utc>) -> std::io::Result<Heartbeat> {
-    let text = std::fs::read_to_string(path)?;
+    let text = read_small_file(path)?.unwrap_or_default();
     let json: Option<serde_json::Value> = serde_json::from_str(&text).ok();
     let state = json
         .as_ref()
         .and_then(|j| j.get("state")?.as_str().map(str::to_string));
     let stamped = json
         .as_ref()
-        .and_then(|j| j.get("timestamp")?.as_str().and_then(parse_timestamp));
+        .and_then(|j| j.get("timestamp")?.as_str().and_then(parse_beat_time));
     let beat = match stamped {
         Some(t) => t,
         None => DateTime::<Utc>::from(std::fs::metadata(path)?.modified()?),
@@ -186,6 +247,20 @@ pub fn read_heartbeat(path: &Path, now: DateTime<Utc>) -> std::io::Result<Heartb
         age_seconds: ((now - beat).num_milliseconds() as f64 / 1000.0).max(0.0),
         state,
     })
+}
+
+/// RFC 3339, or a naive ISO time taken as local time (as Python's `isoformat()` writes it).
+fn parse_beat_time(s: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").ok()?;
+    Some(
+        Local
+            .from_local_datetime(&naive)
+            .earliest()?
+            .with_timezone(&Utc),
+    )
 }
 
 /// Remembers which processes were in an agent's tree, under which root, to find the ones that
@@ -215,14 +290,18 @@ impl OrphanTracker {
         }
         let (mut count, mut pages) = (0u64, 0u64);
         self.members.retain(|member, root| {
-            if Some(*root) == live_root {
-                // Still under a living root: in the tree, or gone from it (not an orphan).
-                return tree.contains(member);
+            let under_live_root = Some(*root) == live_root;
+            if under_live_root && tree.contains(member) {
+                return true;
             }
+            // Left the tree (exited, or detached like a daemon) or its root is gone: still the
+            // same process? One that detached counts once its root dies.
             match process::read_stat(member.pid) {
                 Some(stat) if stat.is_running() && stat.start_ticks == member.start_ticks => {
-                    count += 1;
-                    pages += stat.rss_pages;
+                    if !under_live_root {
+                        count += 1;
+                        pages += stat.rss_pages;
+                    }
                     true
                 }
                 _ => false, // Exited, or the pid now belongs to someone else.
@@ -244,6 +323,10 @@ pub struct AgentProbe {
     sizer: DirSizer,
     limits: WalkLimits,
     scan_max_age: Duration,
+    /// The root of the last cycle, standing in when resolution cannot tell.
+    last_root: Option<Root>,
+    /// The last heartbeat read: while the file is missing, its age keeps growing.
+    last_beat: Option<(DateTime<Utc>, Option<String>)>,
 }
 
 impl AgentProbe {
@@ -269,6 +352,8 @@ impl AgentProbe {
             sizer: DirSizer::new(limits.cap),
             limits,
             scan_max_age,
+            last_root: None,
+            last_beat: None,
         }
     }
 
@@ -284,8 +369,14 @@ impl Probe for AgentProbe {
         if matches!(self.source, RootSource::None) {
             out.push(self.reading(AGENT_ACTIVE, flag(workspace_exists), UNIT_BOOL));
         } else {
-            let sample = match self.source.resolve(self.scan_max_age) {
-                Some(root) => self.tree.sample(root.pid, root.expected_start),
+            let root = match self.source.resolve(self.scan_max_age) {
+                Resolution::Found(root) => Some(root),
+                Resolution::Gone => None,
+                Resolution::Unknown => self.last_root,
+            };
+            self.last_root = root;
+            let sample = match root {
+                Some(root) => self.tree.sample(root.pid, root.expected_start, root.pinned),
                 None => process::TreeSample::dead(),
             };
             out.push(self.reading(AGENT_ACTIVE, flag(sample.alive), UNIT_BOOL));
@@ -306,16 +397,30 @@ impl Probe for AgentProbe {
             out.push(self.reading(AGENT_ORPHAN_COUNT, orphans as f64, UNIT_COUNT));
             out.push(self.reading(AGENT_ORPHAN_MEMORY_MB, orphan_mb, UNIT_MB));
         }
-        if let Some(path) = &self.heartbeat {
-            match read_heartbeat(path, Utc::now()) {
+        if let Some(path) = self.heartbeat.clone() {
+            let now = Utc::now();
+            let beat = match read_heartbeat(&path, now) {
                 Ok(hb) => {
-                    let stuck = hb.state.as_deref() == Some("stuck");
-                    out.push(self.reading(HEARTBEAT_AGE_SECONDS, hb.age_seconds, UNIT_SECONDS));
-                    out.push(self.reading(HEARTBEAT_STUCK, flag(stuck), UNIT_BOOL));
+                    let at = now - chrono::Duration::milliseconds((hb.age_seconds * 1000.0) as i64);
+                    self.last_beat = Some((at, hb.state.clone()));
+                    Some((hb.age_seconds, hb.state))
                 }
+                // Gone or unreadable: the last beat keeps ageing, so a vanished heartbeat turns
+                // stale instead of silently clearing its alert.
                 Err(e) => {
-                    tracing::debug!(agent = %self.id, heartbeat = %path.display(), "no heartbeat: {e}")
+                    tracing::debug!(agent = %self.id, heartbeat = %path.display(), "no heartbeat: {e}");
+                    self.last_beat.as_ref().map(|(at, state)| {
+                        (
+                            ((now - *at).num_milliseconds() as f64 / 1000.0).max(0.0),
+                            state.clone(),
+                        )
+                    })
                 }
+            };
+            if let Some((age, state)) = beat {
+                let stuck = state.as_deref() == Some("stuck");
+                out.push(self.reading(HEARTBEAT_AGE_SECONDS, age, UNIT_SECONDS));
+                out.push(self.reading(HEARTBEAT_STUCK, flag(stuck), UNIT_BOOL));
             }
         }
         if workspace_exists
@@ -337,17 +442,21 @@ mod tests {
             parse_pid_file(" 4242\n").unwrap(),
             Root {
                 pid: 4242,
-                expected_start: None
+                expected_start: None,
+                pinned: true,
             }
         );
         let root = parse_pid_file("4242|Fri Nov 27 18:26:20 2026\n").unwrap();
         assert_eq!(root.pid, 4242);
+        assert!(!root.pinned);
         let local = Local.with_ymd_and_hms(2026, 11, 27, 18, 26, 20).unwrap();
-        assert_eq!(root.expected_start, Some(local.timestamp() as f64));
+        let t = local.timestamp() as f64;
+        assert_eq!(root.expected_start, Some((t, t)));
         // ps pads single-digit days with a space.
         let padded = parse_pid_file("7|Sat Nov  7 01:02:03 2026").unwrap();
         let local = Local.with_ymd_and_hms(2026, 11, 7, 1, 2, 3).unwrap();
-        assert_eq!(padded.expected_start, Some(local.timestamp() as f64));
+        let t = local.timestamp() as f64;
+        assert_eq!(padded.expected_start, Some((t, t)));
         for bad in ["", "abc", "0", "12|yesterday", "-3"] {
             assert!(parse_pid_file(bad).is_err(), "{bad}");
         }
@@ -361,7 +470,7 @@ mod tests {
             .env("LC_ALL", "C")
             .output()
             .expect("ps runs");
-        let expected = parse_lstart(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+        let (expected, _) = parse_lstart(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
         let machine = Machine::current();
         let ours = machine.start_epoch(&process::read_stat(me).unwrap());
         assert!((ours - expected).abs() <= 2.0, "{ours} vs {expected}");
@@ -390,6 +499,53 @@ mod tests {
         assert!(hb.age_seconds < 5.0, "{hb:?}");
         assert_eq!(hb.state, None);
         assert!(read_heartbeat(&dir.path().join("none"), now).is_err());
+        // Naive timestamps are local time.
+        let naive = dir.path().join("naive.json");
+        let local = (chrono::Local::now() - chrono::Duration::seconds(60)).naive_local();
+        std::fs::write(
+            &naive,
+            format!(
+                "{{\"timestamp\":\"{}\"}}",
+                local.format("%Y-%m-%dT%H:%M:%S%.6f")
+            ),
+        )
+        .unwrap();
+        let hb = read_heartbeat(&naive, Utc::now()).unwrap();
+        assert!((hb.age_seconds - 60.0).abs() < 5.0, "{hb:?}");
+    }
+
+    #[test]
+    fn a_fifo_is_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pid");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert_eq!(read_small_file(&fifo).unwrap(), None);
+        let source = RootSource::PidFile(fifo);
+        assert_eq!(source.resolve(Duration::ZERO), Resolution::Unknown);
+    }
+
+    #[test]
+    fn orphans_include_children_that_detached_before_their_root_died() {
+        let machine = Machine::current();
+        let mut root = process::tests::spawn_sleep();
+        let mut detached = process::tests::spawn_sleep();
+        let member = |pid: u32| Member {
+            pid,
+            start_ticks: process::read_stat(pid).unwrap().start_ticks,
+        };
+        let (r, d) = (member(root.id()), member(detached.id()));
+        let mut tracker = OrphanTracker::default();
+        // Seen in the tree once, then no longer in it while the root lives: not an orphan yet.
+        assert_eq!(tracker.update(Some(r), &[r, d], &machine).0, 0);
+        assert_eq!(tracker.update(Some(r), &[r], &machine).0, 0);
+        root.kill().unwrap();
+        root.wait().unwrap();
+        let (count, mb) = tracker.update(None, &[], &machine);
+        assert_eq!(count, 1);
+        assert!(mb > 0.0);
+        detached.kill().unwrap();
+        detached.wait().unwrap();
+        assert_eq!(tracker.update(None, &[], &machine).0, 0);
     }
 
     #[test]

@@ -17,40 +17,56 @@ pub struct Mount {
     pub read_only: bool,
 }
 
-/// Undoes mountinfo's octal escapes (`\040` is a space).
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let bytes = s.as_bytes();
+/// Undoes mountinfo's octal escapes (`\040` is a space), byte for byte: mount points need
+/// not be UTF-8.
+fn unescape(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
-        {
-            out.push(v as char);
-            i += 4;
-        } else {
-            out.push(bytes[i] as char);
-            i += 1;
+    while i < s.len() {
+        let octal = s.get(i + 1..i + 4).and_then(|d| {
+            d.iter()
+                .all(|c| (b'0'..=b'7').contains(c))
+                .then(|| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok())
+                .flatten()
+        });
+        match (s[i], octal) {
+            (b'\\', Some(v)) => {
+                out.push(v);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
         }
     }
     out
 }
 
-/// Parses `/proc/self/mountinfo`; malformed lines are skipped.
-pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
-    text.lines()
+/// Parses `/proc/self/mountinfo` (raw bytes); malformed lines are skipped.
+pub fn parse_mountinfo(text: &[u8]) -> Vec<Mount> {
+    use std::os::unix::ffi::OsStringExt;
+    text.split(|b| *b == b'\n')
         .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let l: Vec<&str> = left.split_whitespace().collect();
-            let r: Vec<&str> = right.split_whitespace().collect();
-            let has_ro = |opts: &str| opts.split(',').any(|o| o == "ro");
+            let sep = line.windows(3).position(|w| w == b" - ")?;
+            let (left, right) = (&line[..sep], &line[sep + 3..]);
+            let fields = |part: &[u8]| -> Vec<Vec<u8>> {
+                part.split(|b| *b == b' ')
+                    .filter(|f| !f.is_empty())
+                    .map(<[u8]>::to_vec)
+                    .collect()
+            };
+            let (l, r) = (fields(left), fields(right));
+            let text = |b: &Vec<u8>| String::from_utf8_lossy(b).into_owned();
+            let has_ro = |opts: &Vec<u8>| opts.split(|b| *b == b',').any(|o| o == b"ro");
             Some(Mount {
-                device: l.get(2)?.to_string(),
-                mount_point: PathBuf::from(unescape(l.get(4)?)),
-                read_only: has_ro(l.get(5)?) || r.get(2).is_some_and(|o| has_ro(o)),
-                fstype: r.first()?.to_string(),
-                source: r.get(1).map_or(String::new(), |s| unescape(s)),
+                device: text(l.get(2)?),
+                mount_point: PathBuf::from(std::ffi::OsString::from_vec(unescape(l.get(4)?))),
+                read_only: has_ro(l.get(5)?) || r.get(2).is_some_and(has_ro),
+                fstype: text(r.first()?),
+                source: r.get(1).map_or(String::new(), |s| {
+                    String::from_utf8_lossy(&unescape(s)).into_owned()
+                }),
             })
         })
         .collect()
@@ -79,15 +95,18 @@ const REAL_TYPES: &[&str] = &[
     "glusterfs",
 ];
 
-/// The real filesystems: data-holding types or block devices, plus `/` whatever it is; one
-/// mount point per device (the shortest), so bind mounts are not counted twice.
+/// Read-only images (snap packages, ISOs): always full and read-only by design.
+const IMAGE_TYPES: &[&str] = &["squashfs", "iso9660", "erofs", "cramfs", "udf"];
+
+/// The real filesystems: data-holding types or block devices (not read-only images), plus `/`
+/// whatever it is; one mount point per device (the shortest), so bind mounts count once.
 pub fn real_filesystems(mounts: &[Mount]) -> Vec<Mount> {
     let mut picked: Vec<Mount> = mounts
         .iter()
         .filter(|m| {
             m.mount_point == Path::new("/")
-                || REAL_TYPES.contains(&m.fstype.as_str())
-                || m.source.starts_with("/dev/")
+                || (!IMAGE_TYPES.contains(&m.fstype.as_str())
+                    && (REAL_TYPES.contains(&m.fstype.as_str()) || m.source.starts_with("/dev/")))
         })
         .cloned()
         .collect();
@@ -132,20 +151,29 @@ pub fn usage(path: &Path) -> nix::Result<FsUsage> {
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = "\
+    const SAMPLE: &[u8] = b"\
 22 1 252:0 / / rw,relatime - ext4 /dev/vda rw,discard
 23 22 0:5 / /proc rw,relatime - proc proc rw
 24 22 0:40 / /mnt/my\\040data rw - ext4 /dev/vdb1 rw
 25 22 252:0 /srv /srv/bind rw - ext4 /dev/vda rw
 26 22 0:50 / /data ro,relatime - xfs /dev/vdc ro
 27 22 0:51 / /scratch rw - tmpfs tmpfs rw
+28 22 7:3 / /snap/core/1 ro - squashfs /dev/loop3 ro
 garbage line
+29 22 0:60 / /mnt/caf\xc3\xa9 rw - ext4 /dev/vde rw
+30 22 0:61 / /mnt/raw\xff rw - ext4 /dev/vdf rw
 ";
 
     #[test]
     fn mountinfo_parses_with_escapes_and_read_only_flags() {
         let mounts = parse_mountinfo(SAMPLE);
-        assert_eq!(mounts.len(), 6);
+        assert_eq!(mounts.len(), 9);
+        assert_eq!(mounts[7].mount_point, PathBuf::from("/mnt/caf\u{e9}"));
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(
+            mounts[8].mount_point.as_os_str().as_bytes(),
+            b"/mnt/raw\xff"
+        );
         assert_eq!(mounts[2].mount_point, PathBuf::from("/mnt/my data"));
         assert!(mounts[4].read_only);
         assert!(!mounts[0].read_only);
@@ -158,7 +186,23 @@ garbage line
             .iter()
             .map(|m| m.mount_point.display().to_string())
             .collect();
-        assert_eq!(points, ["/", "/data", "/mnt/my data"]);
+        assert_eq!(
+            points,
+            [
+                "/",
+                "/data",
+                "/mnt/caf\u{e9}",
+                "/mnt/my data",
+                "/mnt/raw\u{fffd}"
+            ]
+        );
+    }
+
+    #[test]
+    fn escapes_at_the_end_and_stray_backslashes_survive() {
+        assert_eq!(unescape(b"/a\\040"), b"/a ");
+        assert_eq!(unescape(b"/a\\9x"), b"/a\\9x");
+        assert_eq!(unescape(b"/a\\04"), b"/a\\04");
     }
 
     #[test]

@@ -50,8 +50,9 @@ pub fn parse_stat(line: &str) -> Option<ProcStat> {
 
 /// Reads one process's stat; `None` when it is gone.
 pub fn read_stat(pid: u32) -> Option<ProcStat> {
-    let line = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&line)
+    // A command name need not be UTF-8.
+    let raw = fs::read(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&String::from_utf8_lossy(&raw))
 }
 
 /// Direct children of `pid`, from `/proc/<pid>/task/*/children`. `Err` when the kernel lacks
@@ -150,18 +151,11 @@ impl Machine {
             .ok()
             .flatten()
             .unwrap_or(4096);
-        let boot_time = fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("btime "))
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-            })
-            .unwrap_or(0.0);
+        let boot_time = read_boot_time().unwrap_or(0.0);
         Machine {
             ticks_per_second: ticks as f64,
             page_size: page as u64,
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpus: online_cpus(),
             boot_time,
         }
     }
@@ -171,9 +165,41 @@ impl Machine {
         self.boot_time + stat.start_ticks as f64 / self.ticks_per_second
     }
 
+    /// The boot time again: it moves when the clock is stepped, and start times with it.
+    pub fn refresh_boot_time(&mut self) {
+        if let Some(bt) = read_boot_time() {
+            self.boot_time = bt;
+        }
+    }
+
     /// Pages to MB.
     pub fn megabytes(&self, pages: u64) -> f64 {
         (pages * self.page_size) as f64 / (1024.0 * 1024.0)
+    }
+}
+
+/// `btime` from `/proc/stat`: when the machine booted, in seconds since the epoch.
+fn read_boot_time() -> Option<f64> {
+    fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The machine's CPUs (all of them, not this process's cgroup or affinity share): agent CPU is
+/// a share of the whole machine.
+fn online_cpus() -> usize {
+    let from_stat = fs::read_to_string("/proc/stat").ok().map(|s| {
+        s.lines()
+            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+            .count()
+    });
+    match from_stat {
+        Some(n) if n > 0 => n,
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
     }
 }
 
@@ -250,21 +276,35 @@ impl TreeSampler {
     }
 
     /// Reads the tree under `root`. With `expected_start` (seconds since the epoch, from a pid
-    /// file) the root must have started then, within 2 s; without it, the root must be the
-    /// process first seen with this pid. Either way a reused pid counts as dead.
+    /// file; two readings where a DST change makes the local time ambiguous) the root must have
+    /// started then, within 2 s. A `pinned` root must be the process first seen with this pid.
+    /// Either way a reused pid counts as dead.
     ///
     /// The first reading's CPU is each process's average since it started (as `ps` shows it);
     /// later readings cover the time since the previous one.
-    pub fn sample(&mut self, root: u32, expected_start: Option<f64>) -> TreeSample {
+    pub fn sample(
+        &mut self,
+        root: u32,
+        expected_start: Option<(f64, f64)>,
+        pinned: bool,
+    ) -> TreeSample {
         let now = Instant::now();
+        if expected_start.is_some() {
+            self.machine.refresh_boot_time();
+        }
         let m = self.machine;
         let Some(root_stat) = read_stat(root).filter(ProcStat::is_running) else {
             self.previous = None;
             return TreeSample::dead();
         };
         let same_process = match (expected_start, self.root) {
-            (Some(expected), _) => (m.start_epoch(&root_stat) - expected).abs() <= 2.0,
-            (None, Some(known)) if known.pid == root => known.start_ticks == root_stat.start_ticks,
+            (Some((early, late)), _) => {
+                let started = m.start_epoch(&root_stat);
+                (started - early).abs() <= 2.0 || (started - late).abs() <= 2.0
+            }
+            (None, Some(known)) if pinned && known.pid == root => {
+                known.start_ticks == root_stat.start_ticks
+            }
             (None, _) => true,
         };
         if !same_process {
@@ -458,7 +498,7 @@ pub(crate) mod tests {
     fn sampler_sees_life_then_death() {
         let mut child = spawn_sleep();
         let mut sampler = TreeSampler::new(Machine::current());
-        let first = sampler.sample(child.id(), None);
+        let first = sampler.sample(child.id(), None, true);
         assert!(first.alive);
         assert_eq!(first.process_count, 1);
         assert!(first.memory_mb > 0.0);
@@ -467,7 +507,7 @@ pub(crate) mod tests {
         child.kill().unwrap();
         // Not yet reaped: a zombie is not alive either.
         let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        while sampler.sample(child.id(), None).alive {
+        while sampler.sample(child.id(), None, true).alive {
             assert!(Instant::now() < deadline, "killed child still looks alive");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
@@ -476,7 +516,7 @@ pub(crate) mod tests {
             "the zombie is still in /proc"
         );
         child.wait().unwrap();
-        let gone = sampler.sample(child.id(), None);
+        let gone = sampler.sample(child.id(), None, true);
         assert!(!gone.alive);
         assert_eq!(gone.cpu_percent, None);
     }

@@ -2,7 +2,10 @@
 //! never writing to it, never leaving a file behind, never holding it open between checks.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
@@ -16,14 +19,39 @@ pub struct DbCheck {
     pub problem: Option<String>,
 }
 
-/// The `file:` URI for a path, with the characters URIs reserve escaped.
+/// The daemon's own database (device, inode): never checked here. Opening and closing a raw
+/// descriptor of it would drop the writer's POSIX locks (they are per process, per file).
+static OWN_DATABASE: OnceLock<(u64, u64)> = OnceLock::new();
+
+/// Checks in this process run one at a time, for the same reason: one check's raw header read
+/// must not drop another check's locks on the same file.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Records the daemon's own database, so a workspace that contains it does not check it.
+pub fn set_own_database(path: &Path) {
+    if let Ok(meta) = std::fs::metadata(path) {
+        let _ = OWN_DATABASE.set((meta.dev(), meta.ino()));
+    }
+}
+
+/// True for the daemon's own database (found by `stat`, which opens nothing).
+pub fn is_own_database(path: &Path) -> bool {
+    OWN_DATABASE
+        .get()
+        .is_some_and(|own| std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == *own))
+}
+
+/// The `file:` URI for a path: the characters URIs reserve and any byte outside printable
+/// ASCII are percent-encoded, so no path is mangled.
 fn uri(path: &Path, immutable: bool) -> String {
-    let escaped = path
-        .display()
-        .to_string()
-        .replace('%', "%25")
-        .replace('?', "%3f")
-        .replace('#', "%23");
+    let mut escaped = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_graphic() && !matches!(b, b'%' | b'?' | b'#') || b == b' ' {
+            escaped.push(b as char);
+        } else {
+            escaped.push_str(&format!("%{b:02x}"));
+        }
+    }
     if immutable {
         format!("file:{escaped}?mode=ro&immutable=1")
     } else {
@@ -43,6 +71,9 @@ fn sidecar(path: &Path, suffix: &str) -> PathBuf {
 /// A WAL database needs its `-shm` file to be read. When nobody has it open (no `-shm`), it is
 /// opened `immutable`, which creates nothing; when someone does, the files already exist.
 pub fn check_database(path: &Path, busy_timeout: Duration, cap: Duration) -> DbCheck {
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let started = Instant::now();
     let result = check(path, busy_timeout, cap);
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -61,6 +92,10 @@ pub fn check_database(path: &Path, busy_timeout: Duration, cap: Duration) -> DbC
 }
 
 fn check(path: &Path, busy_timeout: Duration, cap: Duration) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot open: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into()); // A FIFO would block the open for ever.
+    }
     let mut header = [0u8; 100];
     let mut file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     file.read_exact(&mut header)
@@ -118,11 +153,15 @@ pub fn discover(workspace: &Path, extra: &[PathBuf]) -> Vec<PathBuf> {
         }
     }
     for e in extra {
-        if !found.contains(e) {
-            found.push(e.clone());
+        // `./a.db` and `a.db` are one file.
+        let e: PathBuf = e.components().filter(|c| *c != Component::CurDir).collect();
+        if !found.contains(&e) {
+            found.push(e);
         }
     }
     found.sort();
+    // The daemon's own database may live in a workspace: it is watched as the writer's health.
+    found.retain(|rel| !is_own_database(&workspace.join(rel)));
     found
 }
 
@@ -177,6 +216,42 @@ mod tests {
     }
 
     #[test]
+    fn a_wal_database_with_a_live_writer_is_read_without_new_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("live.db");
+        make_db(&db, true);
+        let writer = Connection::open(&db).unwrap();
+        writer
+            .execute_batch("INSERT INTO t VALUES ('more')")
+            .unwrap();
+        let names = |d: &Path| {
+            let mut v: Vec<_> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            v.sort();
+            v
+        };
+        let before = names(dir.path());
+        assert!(before.len() == 3, "db, -wal and -shm: {before:?}");
+        let check = check_database(&db, T, Duration::from_secs(10));
+        assert!(check.ok, "{check:?}");
+        assert_eq!(names(dir.path()), before);
+        drop(writer);
+    }
+
+    #[test]
+    fn uris_escape_what_sqlite_would_misread() {
+        let path = Path::new("/w/a b?c#d%e");
+        assert_eq!(uri(path, false), "file:/w/a b%3fc%23d%25e?mode=ro");
+        let odd = std::ffi::OsStr::from_bytes(b"/w/\xff.db");
+        assert_eq!(
+            uri(Path::new(odd), true),
+            "file:/w/%ff.db?mode=ro&immutable=1"
+        );
+    }
+
+    #[test]
     fn corrupt_files_and_strangers_fail() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("c.db");
@@ -224,7 +299,10 @@ mod tests {
         ] {
             std::fs::write(dir.path().join(f), "").unwrap();
         }
-        let found = discover(dir.path(), &[PathBuf::from("deep/x.db")]);
+        let found = discover(
+            dir.path(),
+            &[PathBuf::from("deep/x.db"), PathBuf::from("./a.db")],
+        );
         let names: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
         assert_eq!(
             names,

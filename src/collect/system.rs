@@ -22,6 +22,56 @@ pub struct SystemSampler {
     sampled: bool,
     /// Mount points to watch; empty means every real filesystem, found anew each cycle.
     filesystems: Vec<PathBuf>,
+    statvfs: StatvfsGuard,
+}
+
+/// Runs `statvfs` with a time limit: a dead network mount blocks it for ever, and must not take
+/// the CPU and memory readings down with it. At most one call per mount point is outstanding.
+#[derive(Default)]
+struct StatvfsGuard {
+    hung: std::collections::HashMap<
+        PathBuf,
+        std::sync::mpsc::Receiver<nix::Result<filesystems::FsUsage>>,
+    >,
+}
+
+/// How long one `statvfs` may take.
+const STATVFS_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl StatvfsGuard {
+    /// The usage of `point`, or `None` while a call for it hangs.
+    fn usage(&mut self, point: &Path) -> Option<nix::Result<filesystems::FsUsage>> {
+        if let Some(rx) = self.hung.get(point) {
+            return match rx.try_recv() {
+                Ok(result) => {
+                    self.hung.remove(point);
+                    tracing::info!(filesystem = %point.display(), "filesystem answers again");
+                    Some(result)
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => None,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.hung.remove(point);
+                    None
+                }
+            };
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = point.to_path_buf();
+        std::thread::Builder::new()
+            .name("statvfs".into())
+            .spawn(move || {
+                let _ = tx.send(filesystems::usage(&path));
+            })
+            .ok()?;
+        match rx.recv_timeout(STATVFS_LIMIT) {
+            Ok(result) => Some(result),
+            Err(_) => {
+                tracing::warn!(filesystem = %point.display(), "statvfs hangs; skipping this filesystem until it answers");
+                self.hung.insert(point.to_path_buf(), rx);
+                None
+            }
+        }
+    }
 }
 
 impl SystemSampler {
@@ -34,6 +84,7 @@ impl SystemSampler {
             last_cpu_refresh: Instant::now(),
             sampled: false,
             filesystems,
+            statvfs: StatvfsGuard::default(),
         })
     }
 
@@ -99,8 +150,8 @@ impl SystemSampler {
 impl SystemSampler {
     /// Usage, inodes and read-only state of each watched filesystem. `/` is `system`; the
     /// others are named by their mount point.
-    fn filesystems(&self, out: &mut Vec<Measurement>) {
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+    fn filesystems(&mut self, out: &mut Vec<Measurement>) {
+        let mounts = std::fs::read("/proc/self/mountinfo")
             .map(|t| filesystems::parse_mountinfo(&t))
             .unwrap_or_default();
         let points: Vec<PathBuf> = if self.filesystems.is_empty() {
@@ -113,7 +164,16 @@ impl SystemSampler {
             }
             real
         } else {
-            self.filesystems.clone()
+            // A configured mount point that is not mounted would report its parent's numbers.
+            let (mounted, missing): (Vec<PathBuf>, Vec<PathBuf>) = self
+                .filesystems
+                .iter()
+                .cloned()
+                .partition(|p| mounts.iter().any(|m| &m.mount_point == p));
+            for p in missing {
+                tracing::warn!(filesystem = %p.display(), "configured filesystem is not mounted");
+            }
+            mounted
         };
         for point in points {
             let id = if point == Path::new("/") {
@@ -121,12 +181,13 @@ impl SystemSampler {
             } else {
                 point.display().to_string()
             };
-            let usage = match filesystems::usage(&point) {
-                Ok(u) => u,
-                Err(e) => {
+            let usage = match self.statvfs.usage(&point) {
+                Some(Ok(u)) => u,
+                Some(Err(e)) => {
                     tracing::warn!(filesystem = %point.display(), "cannot statvfs: {e}");
                     continue;
                 }
+                None => continue, // Hung (a dead network mount): logged once by the guard.
             };
             let mounted_ro = mounts
                 .iter()

@@ -17,7 +17,7 @@ use crate::model::{Measurement, ResourceType};
 /// How long a database check waits on another process's lock.
 const DB_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long `PRAGMA quick_check` may run.
-const DB_CHECK_CAP: Duration = Duration::from_secs(10);
+const DB_CHECK_CAP: Duration = Duration::from_secs(5);
 
 /// Creates and removes a uniquely named probe file: can the workspace be written?
 pub fn writable(dir: &Path) -> bool {

@@ -67,6 +67,7 @@ fn open_database(settings: &Settings) -> anyhow::Result<(InstanceLock, Connectio
     let lock = InstanceLock::acquire(db)?;
     store::verify_integrity(db)?;
     let conn = open_write_connection(settings)?;
+    crate::collect::sqlite_probe::set_own_database(db);
     Ok((lock, conn))
 }
 
