@@ -10,21 +10,11 @@ use std::process::{Command, Stdio};
 use common::{Env, Tmpfs, wait_until};
 
 fn latest(env: &Env, resource_type: &str, id: &str, metric: &str) -> Option<f64> {
-    env.db()
-        .query_row(
-            "SELECT value FROM health_metrics WHERE resource_type = ?1 AND resource_id = ?2
-             AND metric_name = ?3 ORDER BY id DESC LIMIT 1",
-            [resource_type, id, metric],
-            |r| r.get(0),
-        )
-        .ok()
+    env.latest(resource_type, id, metric)
 }
 
 fn active(env: &Env, id: &str, alert_type: &str) -> bool {
-    env.count(&format!(
-        "SELECT count(*) FROM health_alerts WHERE resource_id = '{id}' AND alert_type = '{alert_type}'
-         AND resolved = 0"
-    )) == 1
+    env.alert_active(id, alert_type)
 }
 
 fn wait_value(env: &Env, t: &str, id: &str, metric: &str, want: f64) {

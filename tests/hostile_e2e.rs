@@ -9,21 +9,11 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use common::{Env, Tmpfs, wait_until};
 
 fn latest(env: &Env, id: &str, metric: &str) -> Option<f64> {
-    env.db()
-        .query_row(
-            "SELECT value FROM health_metrics WHERE resource_id = ?1 AND metric_name = ?2
-             ORDER BY id DESC LIMIT 1",
-            [id, metric],
-            |r| r.get(0),
-        )
-        .ok()
+    env.latest("workspace", id, metric)
 }
 
 fn active_alert(env: &Env, id: &str, alert_type: &str) -> bool {
-    env.count(&format!(
-        "SELECT count(*) FROM health_alerts WHERE resource_id = '{id}' AND alert_type = '{alert_type}'
-         AND resolved = 0"
-    )) == 1
+    env.alert_active(id, alert_type)
 }
 
 fn add(env: &Env, id: &str) {

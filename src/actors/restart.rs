@@ -89,15 +89,9 @@ impl RestartTracker {
 mod tests {
     use super::*;
 
+    /// The default: 100 ms doubling to 30 s, 5 restarts in 60 s, then a 300 s pause.
     fn policy() -> RestartPolicy {
-        RestartPolicy {
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(30),
-            max_restarts: 5,
-            window: Duration::from_secs(60),
-            park_pause: Duration::from_secs(300),
-            stable_after: Duration::from_secs(60),
-        }
+        RestartPolicy::default()
     }
 
     #[test]

@@ -66,6 +66,23 @@ pub fn apply(conn: &mut Connection, ops: &[WriteOp]) -> rusqlite::Result<()> {
     tx.commit()
 }
 
+/// Updates the active row of the alert's key; returns how many rows changed (0 or 1).
+fn update_active_alert(tx: &Transaction<'_>, a: &HealthAlert) -> rusqlite::Result<usize> {
+    tx.prepare_cached(
+        "UPDATE health_alerts SET severity = ?4, message = ?5, metadata = ?6, last_notified_at = ?7
+         WHERE resource_type = ?1 AND resource_id = ?2 AND alert_type = ?3 AND resolved = 0",
+    )?
+    .execute(params![
+        a.resource_type.as_str(),
+        a.resource_id,
+        a.alert_type,
+        a.severity.as_str(),
+        a.message,
+        a.metadata.to_string(),
+        format_timestamp(a.last_notified_at),
+    ])
+}
+
 fn apply_one(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
     match op {
         WriteOp::Metrics(rows) => {
@@ -91,23 +108,7 @@ fn apply_one(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
         WriteOp::AlertOpened(a) => {
             // One active row per key, whatever happened before: if an analyzer that restarted
             // before the previous opening landed fires again, the open row is updated instead.
-            let updated = tx
-                .prepare_cached(
-                    "UPDATE health_alerts SET severity = ?4, message = ?5, metadata = ?6,
-                        last_notified_at = ?7
-                     WHERE resource_type = ?1 AND resource_id = ?2 AND alert_type = ?3
-                        AND resolved = 0",
-                )?
-                .execute(params![
-                    a.resource_type.as_str(),
-                    a.resource_id,
-                    a.alert_type,
-                    a.severity.as_str(),
-                    a.message,
-                    a.metadata.to_string(),
-                    format_timestamp(a.last_notified_at),
-                ])?;
-            if updated > 0 {
+            if update_active_alert(tx, a)? > 0 {
                 return Ok(());
             }
             tx.prepare_cached(
@@ -127,20 +128,7 @@ fn apply_one(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
             ])?;
         }
         WriteOp::AlertUpdated(a) => {
-            tx.prepare_cached(
-                "UPDATE health_alerts SET severity = ?4, message = ?5, metadata = ?6,
-                    last_notified_at = ?7
-                 WHERE resource_type = ?1 AND resource_id = ?2 AND alert_type = ?3 AND resolved = 0",
-            )?
-            .execute(params![
-                a.resource_type.as_str(),
-                a.resource_id,
-                a.alert_type,
-                a.severity.as_str(),
-                a.message,
-                a.metadata.to_string(),
-                format_timestamp(a.last_notified_at),
-            ])?;
+            update_active_alert(tx, a)?;
         }
         WriteOp::AlertResolved(a) => {
             let at = a.resolved_at.unwrap_or_else(Utc::now);

@@ -180,6 +180,31 @@ impl Env {
         self.db().query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
+    /// The newest value of a metric of a resource.
+    pub fn latest(&self, resource_type: &str, id: &str, metric: &str) -> Option<f64> {
+        self.db()
+            .query_row(
+                "SELECT value FROM health_metrics WHERE resource_type = ?1 AND resource_id = ?2
+                 AND metric_name = ?3 ORDER BY id DESC LIMIT 1",
+                [resource_type, id, metric],
+                |r| r.get(0),
+            )
+            .ok()
+    }
+
+    /// True when the resource `id` has an active alert of this type.
+    pub fn alert_active(&self, id: &str, alert_type: &str) -> bool {
+        self.db()
+            .query_row(
+                "SELECT count(*) FROM health_alerts WHERE resource_id = ?1 AND alert_type = ?2
+                 AND resolved = 0",
+                [id, alert_type],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+            == 1
+    }
+
     /// Waits until the query returns at least `n`.
     pub fn wait_count(&self, sql: &str, n: i64) {
         wait_until(&format!("{sql} >= {n}"), || self.count(sql) >= n);

@@ -71,11 +71,12 @@ impl PendingBuffer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::{HealthMetric, Measurement, MonitorKind, ResourceType};
 
-    fn rows(n: usize) -> WriteOp {
+    /// A metrics op of `n` rows.
+    pub(crate) fn rows(n: usize) -> WriteOp {
         WriteOp::Metrics(
             (0..n)
                 .map(|i| {

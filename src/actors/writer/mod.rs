@@ -679,20 +679,18 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{HealthMetric, Measurement, ResourceType};
     use crate::store::open_for_writing;
+    use buffer::tests::rows;
 
-    fn rows(n: usize) -> WriteOp {
-        WriteOp::Metrics(
-            (0..n)
-                .map(|i| {
-                    HealthMetric::from_measurement(
-                        Measurement::now(ResourceType::Cpu, "system", "x", i as f64, "%"),
-                        None,
-                    )
-                })
-                .collect(),
+    fn start(path: &std::path::Path, config: WriterConfig) -> (WriterHandle, JoinHandle<()>) {
+        let conn = open_for_writing(path).unwrap();
+        spawn(
+            opener(path.to_path_buf()),
+            conn,
+            config,
+            RestartPolicy::default(),
         )
+        .unwrap()
     }
 
     fn count(path: &std::path::Path) -> i64 {
@@ -705,13 +703,7 @@ mod tests {
     fn everything_submitted_is_written_by_flush_and_shutdown() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let (handle, thread) = spawn(
-            opener(path.clone()),
-            open_for_writing(&path).unwrap(),
-            WriterConfig::default(),
-            RestartPolicy::default(),
-        )
-        .unwrap();
+        let (handle, thread) = start(&path, WriterConfig::default());
         for _ in 0..50 {
             handle.submit(vec![rows(100)]).unwrap();
         }
@@ -733,13 +725,7 @@ mod tests {
     fn a_locked_database_delays_rows_but_loses_none() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let (handle, thread) = spawn(
-            opener(path.clone()),
-            open_for_writing(&path).unwrap(),
-            WriterConfig::default(),
-            RestartPolicy::default(),
-        )
-        .unwrap();
+        let (handle, thread) = start(&path, WriterConfig::default());
         let locker = Connection::open(&path).unwrap();
         locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
         handle.submit(vec![rows(10)]).unwrap();
@@ -770,13 +756,7 @@ mod tests {
             prune_every: Duration::from_millis(50),
             ..WriterConfig::default()
         };
-        let (handle, thread) = spawn(
-            opener(path.clone()),
-            open_for_writing(&path).unwrap(),
-            config,
-            RestartPolicy::default(),
-        )
-        .unwrap();
+        let (handle, thread) = start(&path, config);
         let mut old = rows(12_000);
         if let WriteOp::Metrics(ms) = &mut old {
             for m in ms {
