@@ -165,15 +165,19 @@ impl Supervisor {
                 "actor has held since its restart; failure resolved"
             );
         }
-        if let Some((resource_type, resource_id)) = watched_resource(&child.kind) {
-            self.deps.analyzer.set_condition(
-                AlertKey {
-                    resource_type,
-                    resource_id,
-                    alert_type: COLLECTOR_FAILED.into(),
-                },
-                None,
-            );
+        let kind = child.kind.clone();
+        self.set_failed(&kind, None);
+    }
+
+    /// Raises (`Some`) or clears (`None`) the `collector_failed` alert of a child's resource.
+    fn set_failed(&self, kind: &ChildKind, condition: Option<Condition>) {
+        if let Some((resource_type, resource_id)) = watched_resource(kind) {
+            let key = AlertKey {
+                resource_type,
+                resource_id,
+                alert_type: COLLECTOR_FAILED.into(),
+            };
+            self.deps.analyzer.set_condition(key, condition);
         }
     }
 
@@ -199,27 +203,22 @@ impl Supervisor {
                 pause_secs = delay.as_secs_f64(),
                 "actor keeps failing: parked before the next try"
             );
-            if let Some((resource_type, resource_id)) = watched_resource(&child.kind) {
-                child.failure_raised = true;
-                let policy = self.deps.settings.restart;
-                self.deps.analyzer.set_condition(
-                    AlertKey {
-                        resource_type,
-                        resource_id,
-                        alert_type: COLLECTOR_FAILED.into(),
-                    },
-                    Some(Condition {
-                        severity: HealthStatus::Critical,
-                        message: format!(
-                            "collector {name} failed {} times within {} s; its data is stale, next try in {} s",
-                            policy.max_restarts + 1,
-                            policy.window.as_secs_f64(),
-                            delay.as_secs_f64()
-                        ),
-                        metadata: json!({"actor": name, "restarts": restarts, "panicked": panicked}),
-                    }),
-                );
-            }
+            child.failure_raised = watched_resource(&child.kind).is_some();
+            let kind = child.kind.clone();
+            let policy = self.deps.settings.restart;
+            self.set_failed(
+                &kind,
+                Some(Condition {
+                    severity: HealthStatus::Critical,
+                    message: format!(
+                        "collector {name} failed {} times within {} s; its data is stale, next try in {} s",
+                        policy.max_restarts + 1,
+                        policy.window.as_secs_f64(),
+                        delay.as_secs_f64()
+                    ),
+                    metadata: json!({"actor": name, "restarts": restarts, "panicked": panicked}),
+                }),
+            );
         } else {
             tracing::warn!(
                 actor = name,
@@ -255,19 +254,8 @@ impl Supervisor {
         if let Some(handle) = &child.handle {
             handle.stop();
         }
-        {
-            if child.failure_raised
-                && let Some((resource_type, resource_id)) = watched_resource(&child.kind)
-            {
-                self.deps.analyzer.set_condition(
-                    AlertKey {
-                        resource_type,
-                        resource_id,
-                        alert_type: COLLECTOR_FAILED.into(),
-                    },
-                    None,
-                );
-            }
+        if child.failure_raised {
+            self.set_failed(&child.kind, None);
         }
         child.handle
     }

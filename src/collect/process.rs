@@ -77,21 +77,20 @@ pub fn children(pid: u32) -> io::Result<Vec<u32>> {
     Ok(out)
 }
 
+/// Every pid in `/proc`.
+fn all_pids() -> impl Iterator<Item = u32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+}
+
 /// Children of every process, from a full `/proc` scan: the fallback for kernels without
 /// `task/*/children`.
 fn children_by_scan() -> HashMap<u32, Vec<u32>> {
     let mut map: HashMap<u32, Vec<u32>> = HashMap::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return map;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in all_pids() {
         if let Some(stat) = read_stat(pid) {
             map.entry(stat.ppid).or_default().push(pid);
         }
@@ -389,27 +388,18 @@ pub fn scan_all(max_age: std::time::Duration) -> Arc<Vec<ScannedProcess>> {
         return scan.clone();
     }
     let mut out = Vec::new();
-    if let Ok(entries) = fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let (Some(stat), Ok(raw)) = (read_stat(pid), fs::read(format!("/proc/{pid}/cmdline")))
-            else {
-                continue;
-            };
-            if raw.is_empty() {
-                continue; // Kernel threads.
-            }
-            let cmdline = String::from_utf8_lossy(&raw)
-                .trim_end_matches('\0')
-                .replace('\0', " ");
-            out.push(ScannedProcess { stat, cmdline });
+    for pid in all_pids() {
+        let (Some(stat), Ok(raw)) = (read_stat(pid), fs::read(format!("/proc/{pid}/cmdline")))
+        else {
+            continue;
+        };
+        if raw.is_empty() {
+            continue; // Kernel threads.
         }
+        let cmdline = String::from_utf8_lossy(&raw)
+            .trim_end_matches('\0')
+            .replace('\0', " ");
+        out.push(ScannedProcess { stat, cmdline });
     }
     let scan = Arc::new(out);
     *cache = Some((Instant::now(), scan.clone()));
