@@ -3,4 +3,5 @@
 pub mod client;
 pub mod protocol;
 pub mod server;
+pub mod service;
 pub mod socket;

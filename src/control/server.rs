@@ -5,18 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use chrono::Utc;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
-use super::protocol::{MAX_LINE_BYTES, Request, Response, monitor_infos, validate_monitor};
-use crate::actors::supervisor::{
-    AddMonitor, GetLive, RemoveMonitor, Shutdown, Supervisor, SupervisorDeps,
-};
+use super::protocol::{MAX_LINE_BYTES, Request, Response};
+use super::service::Service;
+use crate::actors::supervisor::{Supervisor, SupervisorDeps};
 use crate::actors::{ExitGuard, StopChild};
-use crate::model::validate_id;
-use crate::summary::{self, SummaryInputs};
 
 /// Clients served at once; more wait for a free slot.
 const MAX_CLIENTS: usize = 128;
@@ -32,8 +28,7 @@ pub struct ControlServer {
 
 /// What answering a request needs.
 struct RequestContext {
-    supervisor: Addr<Supervisor>,
-    deps: SupervisorDeps,
+    service: Service,
     slots: Arc<Semaphore>,
 }
 
@@ -48,8 +43,7 @@ impl ControlServer {
         ControlServer {
             listener,
             ctx: Arc::new(RequestContext {
-                supervisor,
-                deps,
+                service: Service::new(supervisor, deps),
                 slots: Arc::new(Semaphore::new(MAX_CLIENTS)),
             }),
             _guard: guard,
@@ -122,7 +116,7 @@ async fn serve(stream: UnixStream, ctx: &RequestContext) {
             return;
         }
         if stop {
-            ctx.supervisor.do_send(Shutdown);
+            ctx.service.shutdown();
             return;
         }
     }
@@ -143,99 +137,25 @@ async fn answer(line: &[u8], ctx: &RequestContext) -> (Response, bool) {
         Ok(r) => r,
         Err(e) => return (Response::error(format!("bad request: {e}")), false),
     };
+    let service = &ctx.service;
     let response = match request {
         Request::Ping {} => Response::ok(serde_json::json!({
             "pid": std::process::id(),
             "version": env!("CARGO_PKG_VERSION"),
         })),
-        Request::Status {} => match status(ctx).await {
-            Ok(summary) => Response::ok(summary),
-            Err(e) => Response::error(e),
-        },
-        Request::List {} => match ctx.supervisor.send(GetLive).await {
-            Ok(live) => Response::ok(monitor_infos(
-                &live.monitors,
-                &ctx.deps.settings,
-                &live.actors,
-            )),
-            Err(e) => Response::error(format!("supervisor unavailable: {e}")),
-        },
-        Request::Add { monitor } => {
-            if let Err(e) = validate_monitor(&monitor) {
-                return (Response::error(e), false);
-            }
-            match ctx.supervisor.send(AddMonitor(monitor)).await {
-                Ok(Ok(outcome)) => Response::ok(outcome),
-                Ok(Err(e)) => Response::error(e),
-                Err(e) => Response::error(format!("supervisor unavailable: {e}")),
-            }
-        }
-        Request::Remove { kind, id } => {
-            if let Err(e) = validate_id(&id) {
-                return (Response::error(e), false);
-            }
-            match ctx.supervisor.send(RemoveMonitor { kind, id }).await {
-                Ok(Ok(())) => Response::ok("removed"),
-                Ok(Err(e)) => Response::error(e),
-                Err(e) => Response::error(format!("supervisor unavailable: {e}")),
-            }
-        }
+        Request::Status {} => reply(service.summary().await),
+        Request::List {} => reply(service.monitors().await),
+        Request::Add { monitor } => reply(service.add(monitor).await),
+        Request::Remove { kind, id } => reply(service.remove(kind, id).await.map(|()| "removed")),
         Request::Stop {} => return (Response::ok("stopping"), true),
     };
     (response, false)
 }
 
-/// The live summary: the supervisor's and analyzer's views plus the database's counts.
-async fn status(ctx: &RequestContext) -> Result<summary::Summary, String> {
-    let now = Utc::now();
-    let live = ctx
-        .supervisor
-        .send(GetLive)
-        .await
-        .map_err(|e| format!("supervisor unavailable: {e}"))?;
-    let snapshot = ctx.deps.analyzer.snapshot().await.unwrap_or_default();
-    let db = ctx.deps.settings.db_path.clone();
-    let stored = actix_rt::task::spawn_blocking(move || summary::read_stored(&db, now)).await;
-    let mut warnings = Vec::new();
-    let (recent, active_alerts) = match stored {
-        Ok(Ok(stored)) => {
-            // Alerts the writer has not landed yet (e.g. while the database is full) still show.
-            let mut alerts = stored.active_alerts;
-            let stored_keys: std::collections::HashSet<_> =
-                alerts.iter().map(|a| a.key()).collect();
-            alerts.extend(
-                snapshot
-                    .active_alerts
-                    .into_iter()
-                    .filter(|a| !stored_keys.contains(&a.key())),
-            );
-            (stored.recent, alerts)
-        }
-        Ok(Err(e)) => {
-            warnings.push(format!("cannot read the database: {e:#}"));
-            (Default::default(), snapshot.active_alerts)
-        }
-        Err(e) => {
-            warnings.push(format!("cannot read the database: {e}"));
-            (Default::default(), snapshot.active_alerts)
-        }
-    };
-    Ok(summary::build(
-        SummaryInputs {
-            running: true,
-            monitors: live.monitors,
-            latest: snapshot.latest,
-            active_alerts,
-            recent,
-            actors: live.actors,
-            writer: Some(ctx.deps.writer.report()),
-            measurements_accepted: ctx.deps.analyzer.accepted(),
-            measurements_refused: ctx.deps.analyzer.refused(),
-            analyzer_queue_depth: ctx.deps.analyzer.queue_depth() as u64,
-            db_path: ctx.deps.settings.db_path.clone(),
-            pid: Some(std::process::id()),
-            warnings,
-        },
-        now,
-    ))
+/// A service result as a response.
+fn reply<T: serde::Serialize>(result: Result<T, String>) -> Response {
+    match result {
+        Ok(data) => Response::ok(data),
+        Err(e) => Response::error(e),
+    }
 }

@@ -1,0 +1,118 @@
+//! What the daemon answers, independent of transport: the control socket and the HTTP API both
+//! call these.
+
+use actix::prelude::*;
+use chrono::Utc;
+
+use super::protocol::{MonitorInfo, monitor_infos, validate_monitor};
+use crate::actors::supervisor::{
+    AddMonitor, GetLive, RemoveMonitor, Shutdown, Supervisor, SupervisorDeps,
+};
+use crate::model::{AddOutcome, MonitorKind, MonitorSpec, validate_id};
+use crate::summary::{self, Summary, SummaryInputs};
+
+/// A cheap handle to the running daemon's answers.
+#[derive(Clone)]
+pub struct Service {
+    pub supervisor: Addr<Supervisor>,
+    pub deps: SupervisorDeps,
+}
+
+impl Service {
+    /// A service answering from this supervisor and these shared parts.
+    pub fn new(supervisor: Addr<Supervisor>, deps: SupervisorDeps) -> Self {
+        Service { supervisor, deps }
+    }
+
+    /// The live summary: the supervisor's and analyzer's views plus the database's counts.
+    pub async fn summary(&self) -> Result<Summary, String> {
+        let now = Utc::now();
+        let live = self
+            .supervisor
+            .send(GetLive)
+            .await
+            .map_err(|e| format!("supervisor unavailable: {e}"))?;
+        let snapshot = self.deps.analyzer.snapshot().await.unwrap_or_default();
+        let db = self.deps.settings.db_path.clone();
+        let stored = actix_rt::task::spawn_blocking(move || summary::read_stored(&db, now)).await;
+        let mut warnings = Vec::new();
+        let (recent, active_alerts) = match stored {
+            Ok(Ok(stored)) => {
+                // Alerts the writer has not landed yet (e.g. while the database is full) still show.
+                let mut alerts = stored.active_alerts;
+                let stored_keys: std::collections::HashSet<_> =
+                    alerts.iter().map(|a| a.key()).collect();
+                alerts.extend(
+                    snapshot
+                        .active_alerts
+                        .into_iter()
+                        .filter(|a| !stored_keys.contains(&a.key())),
+                );
+                (stored.recent, alerts)
+            }
+            Ok(Err(e)) => {
+                warnings.push(format!("cannot read the database: {e:#}"));
+                (Default::default(), snapshot.active_alerts)
+            }
+            Err(e) => {
+                warnings.push(format!("cannot read the database: {e}"));
+                (Default::default(), snapshot.active_alerts)
+            }
+        };
+        Ok(summary::build(
+            SummaryInputs {
+                running: true,
+                monitors: live.monitors,
+                latest: snapshot.latest,
+                active_alerts,
+                recent,
+                actors: live.actors,
+                writer: Some(self.deps.writer.report()),
+                measurements_accepted: self.deps.analyzer.accepted(),
+                measurements_refused: self.deps.analyzer.refused(),
+                analyzer_queue_depth: self.deps.analyzer.queue_depth() as u64,
+                db_path: self.deps.settings.db_path.clone(),
+                pid: Some(std::process::id()),
+                warnings,
+            },
+            now,
+        ))
+    }
+
+    /// The monitors with their collectors' states.
+    pub async fn monitors(&self) -> Result<Vec<MonitorInfo>, String> {
+        let live = self
+            .supervisor
+            .send(GetLive)
+            .await
+            .map_err(|e| format!("supervisor unavailable: {e}"))?;
+        Ok(monitor_infos(
+            &live.monitors,
+            &self.deps.settings,
+            &live.actors,
+        ))
+    }
+
+    /// Adds (or replaces) a monitor after validating it; it is persisted and started.
+    pub async fn add(&self, monitor: MonitorSpec) -> Result<AddOutcome, String> {
+        validate_monitor(&monitor)?;
+        self.supervisor
+            .send(AddMonitor(monitor))
+            .await
+            .map_err(|e| format!("supervisor unavailable: {e}"))?
+    }
+
+    /// Removes a monitor: its collector stops and its alerts resolve.
+    pub async fn remove(&self, kind: MonitorKind, id: String) -> Result<(), String> {
+        validate_id(&id)?;
+        self.supervisor
+            .send(RemoveMonitor { kind, id })
+            .await
+            .map_err(|e| format!("supervisor unavailable: {e}"))?
+    }
+
+    /// Asks for an orderly shutdown.
+    pub fn shutdown(&self) {
+        self.supervisor.do_send(Shutdown);
+    }
+}
