@@ -5,17 +5,18 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use health_monitor::cli::{self, Cli, Command};
+use health_monitor::config::LogFormat;
 
 /// Exit code for bad usage or configuration (clap uses it too).
 const USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let args = Cli::parse();
-    let (interval, cooldown) = match &args.command {
-        Command::Start(start) => (start.interval, start.alert_cooldown),
-        _ => (None, None),
+    let start = match &args.command {
+        Command::Start(start) => Some(start),
+        _ => None,
     };
-    let settings = match cli::settings(&args.global, interval, cooldown) {
+    let settings = match cli::settings(&args.global, start) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -26,11 +27,18 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(USAGE);
     }
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&settings.log_level))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match settings.log_format {
+        // Structured fields (alert_state, severity, resource_id...) become JSON keys.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     // Panics (real or injected) are logged like everything else, with where they happened.
     std::panic::set_hook(Box::new(|info| {
         let what = info

@@ -27,6 +27,18 @@ pub struct StartArgs {
     /// Seconds between two notices of the same ongoing alert [default: 300]
     #[arg(long, value_name = "S")]
     pub alert_cooldown: Option<f64>,
+    /// Program run for each alert notice, with the notice as JSON on stdin (repeatable)
+    #[arg(long, value_name = "PROGRAM")]
+    pub on_alert: Vec<std::path::PathBuf>,
+    /// Alertmanager base URL to send alerts to, e.g. http://127.0.0.1:9093 (repeatable)
+    #[arg(long, value_name = "URL")]
+    pub alertmanager: Vec<String>,
+    /// Serve /metrics, /healthz and /api/v1 on this address, e.g. 127.0.0.1:9464
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Allow --listen on an address other than loopback
+    #[arg(long)]
+    pub listen_public: bool,
     /// Run one cycle, write it, print the summary and exit
     #[arg(long)]
     pub once: bool,

@@ -36,6 +36,12 @@ pub struct GlobalArgs {
     /// Log level (error, warn, info, debug, trace) or a tracing filter [default: info]
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Log line format: text, or json for log aggregation [default: text]
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<crate::config::LogFormat>,
+    /// Days metric rows are kept; resolved alerts are kept per alert_retention_days [default: 7]
+    #[arg(long, global = true, value_name = "DAYS")]
+    pub retention_days: Option<f64>,
 }
 
 /// The commands.
@@ -65,23 +71,31 @@ pub fn parse_kind(s: &str) -> Result<MonitorKind, String> {
     s.parse()
 }
 
-/// Resolves settings from the config file and the flags (flags win).
+/// Resolves settings from the config file and the flags (flags win); `start` has its own.
 pub fn settings(
     global: &GlobalArgs,
-    interval: Option<f64>,
-    alert_cooldown: Option<f64>,
+    start: Option<&daemon::StartArgs>,
 ) -> anyhow::Result<Settings> {
     let file = match &global.config {
         Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::default(),
     };
-    let overrides = CliOverrides {
+    let mut overrides = CliOverrides {
         db_path: global.db_path.clone(),
         socket: global.socket.clone(),
-        interval,
-        alert_cooldown,
         log_level: global.log_level.clone(),
+        log_format: global.log_format,
+        retention_days: global.retention_days,
+        ..CliOverrides::default()
     };
+    if let Some(start) = start {
+        overrides.interval = start.interval;
+        overrides.alert_cooldown = start.alert_cooldown;
+        overrides.on_alert = start.on_alert.clone();
+        overrides.alertmanager = start.alertmanager.clone();
+        overrides.listen = start.listen.clone();
+        overrides.listen_public = start.listen_public;
+    }
     Settings::resolve(file, &overrides)
 }
 

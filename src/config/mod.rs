@@ -10,6 +10,10 @@ use serde::Deserialize;
 use crate::catalog;
 use crate::model::{ResourceType, Thresholds};
 
+pub mod outputs;
+
+pub use outputs::{HttpSettings, LogFormat, NotifySettings};
+
 /// Default database file, relative to the working directory (as in the original).
 pub const DEFAULT_DB_PATH: &str = "health_monitor.db";
 /// Default collection interval in seconds.
@@ -128,6 +132,14 @@ pub struct ConfigFile {
     /// `[[override]]` tables: thresholds for one metric of one resource.
     #[serde(default, rename = "override")]
     pub overrides: Vec<ResourceOverride>,
+    /// `text` (default) or `json`.
+    pub log_format: Option<LogFormat>,
+    /// `[notify]`: exec hooks, webhooks, Alertmanagers.
+    #[serde(default)]
+    pub notify: outputs::NotifyConfig,
+    /// `[http]`: the /metrics, /healthz and /api/v1 listener.
+    #[serde(default)]
+    pub http: outputs::HttpConfig,
 }
 
 /// One `[thresholds.<metric_name>]` table.
@@ -166,6 +178,17 @@ pub struct CliOverrides {
     pub interval: Option<f64>,
     pub alert_cooldown: Option<f64>,
     pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+    /// `--retention-days`: days metric rows are kept.
+    pub retention_days: Option<f64>,
+    /// `--on-alert`: programs run for each notice.
+    pub on_alert: Vec<PathBuf>,
+    /// `--alertmanager`: Alertmanager base URLs.
+    pub alertmanager: Vec<String>,
+    /// `--listen`: HTTP address.
+    pub listen: Option<String>,
+    /// `--listen-public`: allow a non-loopback HTTP address.
+    pub listen_public: bool,
 }
 
 /// How one metric alerts: thresholds plus the debounce and hysteresis of DESIGN.md §3.
@@ -378,6 +401,11 @@ pub struct Settings {
     pub metric_retention: Duration,
     /// How long resolved alerts are kept.
     pub alert_retention: Duration,
+    pub log_format: LogFormat,
+    /// Where alert notices go besides the log.
+    pub notify: NotifySettings,
+    /// The HTTP listener, if any.
+    pub http: HttpSettings,
 }
 
 impl Default for Settings {
@@ -462,7 +490,11 @@ impl Settings {
                 p.display()
             );
         }
-        let metric_retention = days("retention_days", file.retention_days, 7.0)?;
+        let metric_retention = days(
+            "retention_days",
+            cli.retention_days.or(file.retention_days),
+            7.0,
+        )?;
         let alert_retention = days("alert_retention_days", file.alert_retention_days, 30.0)?;
         let stall_after = match file.supervisor.stall_after {
             Some(v) => seconds("supervisor.stall_after", v, 0.01)?,
@@ -485,6 +517,11 @@ impl Settings {
             metric_retention,
             alert_retention,
             filesystems,
+            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+            notify: file.notify.resolve(&cli.on_alert, &cli.alertmanager)?,
+            http: file
+                .http
+                .resolve(cli.listen.as_deref(), cli.listen_public)?,
         })
     }
 

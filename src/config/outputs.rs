@@ -1,0 +1,331 @@
+//! Config sections for where alerts and data go: `[notify]` sinks, `[http]`, and the log format.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// Seconds one notification attempt may take unless a sink says otherwise.
+pub const DEFAULT_SINK_TIMEOUT_SECS: f64 = 10.0;
+/// Attempts after the first failed one.
+pub const DEFAULT_SINK_RETRIES: u32 = 3;
+/// Shortest bearer token accepted for the HTTP API's write endpoints.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, for log aggregation.
+    Json,
+}
+
+/// The `[notify]` table: where alert notices go besides the log.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// `[[notify.exec]]`: programs run with the notice on stdin.
+    #[serde(default)]
+    pub exec: Vec<ExecConfig>,
+    /// `[[notify.webhook]]`: URLs the notice is POSTed to.
+    #[serde(default)]
+    pub webhook: Vec<WebhookConfig>,
+    /// `[[notify.alertmanager]]`: Alertmanagers, spoken to with the v2 API.
+    #[serde(default)]
+    pub alertmanager: Vec<AlertmanagerConfig>,
+    /// Seconds one attempt may take (default 10).
+    pub timeout: Option<f64>,
+    /// Attempts after a failed one (default 3).
+    pub retries: Option<u32>,
+}
+
+/// One `[[notify.exec]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecConfig {
+    /// Program and arguments, run directly (never through a shell).
+    pub command: Vec<String>,
+    pub timeout: Option<f64>,
+}
+
+/// One `[[notify.webhook]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub timeout: Option<f64>,
+    /// Extra request headers, e.g. `Authorization`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// One `[[notify.alertmanager]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertmanagerConfig {
+    /// Base URL, e.g. `http://127.0.0.1:9093`.
+    pub url: String,
+    pub timeout: Option<f64>,
+}
+
+/// A program to run for each notice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecSink {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// A URL to POST each notice to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookSink {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+/// An Alertmanager to keep informed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertmanagerSink {
+    /// Base URL without a trailing slash.
+    pub url: String,
+    pub timeout: Duration,
+}
+
+/// Every notification sink, validated.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NotifySettings {
+    pub exec: Vec<ExecSink>,
+    pub webhooks: Vec<WebhookSink>,
+    pub alertmanagers: Vec<AlertmanagerSink>,
+    /// Attempts after a failed one, per notice and sink.
+    pub retries: u32,
+}
+
+impl NotifySettings {
+    /// True when no sink is configured (notices only reach the log).
+    pub fn is_empty(&self) -> bool {
+        self.exec.is_empty() && self.webhooks.is_empty() && self.alertmanagers.is_empty()
+    }
+}
+
+/// Checks an http(s) URL well enough to catch typos before the first alert.
+fn check_url(key: &str, url: &str) -> anyhow::Result<String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(rest)
+            if !rest.is_empty() && !rest.starts_with('/') && !url.contains(char::is_whitespace) =>
+        {
+            Ok(url.trim_end_matches('/').to_string())
+        }
+        _ => bail!("{key}: {url:?} is not an http:// or https:// URL"),
+    }
+}
+
+fn timeout(key: &str, v: Option<f64>, default: f64) -> anyhow::Result<Duration> {
+    let v = v.unwrap_or(default);
+    if !v.is_finite() || !(0.01..=3600.0).contains(&v) {
+        bail!("{key}: timeout must be between 0.01 and 3600 seconds, got {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl NotifyConfig {
+    /// Validates the file's sinks and adds `--on-alert` programs and `--alertmanager` URLs.
+    pub fn resolve(
+        &self,
+        on_alert: &[PathBuf],
+        alertmanager_urls: &[String],
+    ) -> anyhow::Result<NotifySettings> {
+        let default_timeout = timeout("[notify]", self.timeout, DEFAULT_SINK_TIMEOUT_SECS)?;
+        let secs = default_timeout.as_secs_f64();
+        let mut out = NotifySettings {
+            retries: self.retries.unwrap_or(DEFAULT_SINK_RETRIES),
+            ..Default::default()
+        };
+        if out.retries > 20 {
+            bail!("[notify] retries must be at most 20, got {}", out.retries);
+        }
+        for (i, e) in self.exec.iter().enumerate() {
+            let key = format!("[[notify.exec]] #{}", i + 1);
+            let Some((program, args)) = e.command.split_first() else {
+                bail!("{key}: command must name a program");
+            };
+            if program.is_empty() {
+                bail!("{key}: command must name a program");
+            }
+            out.exec.push(ExecSink {
+                program: PathBuf::from(program),
+                args: args.to_vec(),
+                timeout: timeout(&key, e.timeout, secs)?,
+            });
+        }
+        for program in on_alert {
+            if program.as_os_str().is_empty() {
+                bail!("--on-alert needs a program");
+            }
+            out.exec.push(ExecSink {
+                program: program.clone(),
+                args: Vec::new(),
+                timeout: default_timeout,
+            });
+        }
+        for (i, w) in self.webhook.iter().enumerate() {
+            let key = format!("[[notify.webhook]] #{}", i + 1);
+            out.webhooks.push(WebhookSink {
+                url: check_url(&key, &w.url)?,
+                headers: w.headers.clone().into_iter().collect(),
+                timeout: timeout(&key, w.timeout, secs)?,
+            });
+        }
+        for (i, a) in self.alertmanager.iter().enumerate() {
+            let key = format!("[[notify.alertmanager]] #{}", i + 1);
+            out.alertmanagers.push(AlertmanagerSink {
+                url: check_url(&key, &a.url)?,
+                timeout: timeout(&key, a.timeout, secs)?,
+            });
+        }
+        for url in alertmanager_urls {
+            out.alertmanagers.push(AlertmanagerSink {
+                url: check_url("--alertmanager", url)?,
+                timeout: default_timeout,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The `[http]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to serve on, e.g. `127.0.0.1:9464` (default: no HTTP).
+    pub listen: Option<String>,
+    /// Allow a non-loopback `listen` address.
+    pub public: Option<bool>,
+    /// Bearer token that enables POST and DELETE on `/api/v1/monitors`.
+    pub token: Option<String>,
+    /// File holding the token (first line), instead of `token`.
+    pub token_file: Option<PathBuf>,
+}
+
+/// The HTTP listener, validated.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HttpSettings {
+    /// Where to listen; `None` serves no HTTP.
+    pub listen: Option<SocketAddr>,
+    /// The write token; `None` disables writing through HTTP.
+    pub token: Option<String>,
+}
+
+impl HttpConfig {
+    /// Validates the table with `--listen` and `--listen-public` layered over it.
+    pub fn resolve(&self, listen: Option<&str>, public_flag: bool) -> anyhow::Result<HttpSettings> {
+        let public = public_flag || self.public.unwrap_or(false);
+        let listen = match listen.or(self.listen.as_deref()) {
+            None => None,
+            Some(text) => {
+                let addr: SocketAddr = text.parse().with_context(|| {
+                    format!("listen address {text:?} must be IP:PORT, e.g. 127.0.0.1:9464")
+                })?;
+                if !addr.ip().is_loopback() && !public {
+                    bail!(
+                        "listen address {addr} is not a loopback address; pass --listen-public \
+                         (or [http] public = true) to serve beyond this machine"
+                    );
+                }
+                Some(addr)
+            }
+        };
+        let token = match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => bail!("[http] give token or token_file, not both"),
+            (Some(t), None) => Some(t.trim().to_string()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("[http] cannot read token_file {}", path.display()))?;
+                Some(text.lines().next().unwrap_or("").trim().to_string())
+            }
+            (None, None) => None,
+        };
+        if let Some(t) = &token
+            && (t.chars().count() < MIN_TOKEN_CHARS || t.contains(char::is_whitespace))
+        {
+            bail!("[http] token must be at least {MIN_TOKEN_CHARS} characters without spaces");
+        }
+        Ok(HttpSettings { listen, token })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sinks_from_file_and_flags_are_validated() {
+        let cfg: NotifyConfig = toml::from_str(
+            r#"
+            retries = 1
+            [[exec]]
+            command = ["/usr/bin/logger", "-t", "hm"]
+            [[webhook]]
+            url = "http://127.0.0.1:8080/hook/"
+            headers = { Authorization = "Bearer x" }
+            [[alertmanager]]
+            url = "http://127.0.0.1:9093"
+            timeout = 2
+            "#,
+        )
+        .unwrap();
+        let s = cfg
+            .resolve(&["/bin/true".into()], &["https://am.example:9093".into()])
+            .unwrap();
+        assert_eq!(s.retries, 1);
+        assert_eq!(s.exec.len(), 2);
+        assert_eq!(s.exec[0].args, vec!["-t", "hm"]);
+        assert_eq!(s.webhooks[0].url, "http://127.0.0.1:8080/hook");
+        assert_eq!(s.alertmanagers.len(), 2);
+        assert_eq!(s.alertmanagers[0].timeout, Duration::from_secs(2));
+
+        let bad: NotifyConfig = toml::from_str("[[webhook]]\nurl = \"ftp://x\"").unwrap();
+        assert!(
+            bad.resolve(&[], &[])
+                .unwrap_err()
+                .to_string()
+                .contains("not an http")
+        );
+        let empty: NotifyConfig = toml::from_str("[[exec]]\ncommand = []").unwrap();
+        assert!(empty.resolve(&[], &[]).is_err());
+        assert!(toml::from_str::<NotifyConfig>("[[exec]]\ncmd = [\"x\"]").is_err());
+        let none = NotifyConfig::default().resolve(&[], &["not a url".into()]);
+        assert!(none.unwrap_err().to_string().contains("--alertmanager"));
+    }
+
+    #[test]
+    fn http_binds_loopback_unless_told_otherwise() {
+        let cfg = HttpConfig::default();
+        assert_eq!(cfg.resolve(None, false).unwrap(), HttpSettings::default());
+        let s = cfg.resolve(Some("127.0.0.1:9464"), false).unwrap();
+        assert_eq!(s.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(cfg.resolve(Some("[::1]:9464"), false).is_ok());
+        let err = cfg.resolve(Some("0.0.0.0:9464"), false).unwrap_err();
+        assert!(err.to_string().contains("--listen-public"), "{err}");
+        assert!(cfg.resolve(Some("0.0.0.0:9464"), true).is_ok());
+        assert!(cfg.resolve(Some("localhost"), false).is_err());
+
+        let short: HttpConfig = toml::from_str("token = \"abc\"").unwrap();
+        assert!(short.resolve(None, false).is_err());
+        let good: HttpConfig = toml::from_str("token = \"0123456789abcdef0123\"").unwrap();
+        assert_eq!(
+            good.resolve(None, false).unwrap().token.as_deref(),
+            Some("0123456789abcdef0123")
+        );
+    }
+}
