@@ -720,7 +720,7 @@ mod tests {
 
     #[test]
     fn the_readme_config_example_is_valid() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         let start = readme.find("```toml\n").expect("a toml example") + "```toml\n".len();
         let end = start + readme[start..].find("```").unwrap();
         let file = ConfigFile::parse(&readme[start..end]).unwrap();
