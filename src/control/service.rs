@@ -8,8 +8,12 @@ use super::protocol::{MonitorInfo, monitor_infos, validate_monitor};
 use crate::actors::supervisor::{
     AddMonitor, GetLive, RemoveMonitor, Shutdown, Supervisor, SupervisorDeps,
 };
-use crate::model::{AddOutcome, MonitorKind, MonitorSpec, validate_id};
+use crate::model::{AddOutcome, HealthAlert, MonitorKind, MonitorSpec, validate_id};
+use crate::store::{self, query};
 use crate::summary::{self, Summary, SummaryInputs};
+
+/// Most alerts one listing returns.
+pub const ALERT_LIST_LIMIT: usize = 10_000;
 
 /// A cheap handle to the running daemon's answers.
 #[derive(Clone)]
@@ -109,6 +113,23 @@ impl Service {
             .send(RemoveMonitor { kind, id })
             .await
             .map_err(|e| format!("supervisor unavailable: {e}"))?
+    }
+
+    /// Alerts newest first from the database: active ones, or with `all` the resolved too
+    /// (at most [`ALERT_LIST_LIMIT`]).
+    pub async fn alerts(&self, all: bool) -> Result<Vec<HealthAlert>, String> {
+        let db = self.deps.settings.db_path.clone();
+        let read = move || -> anyhow::Result<Vec<HealthAlert>> {
+            match store::open_read_only(&db)? {
+                Some(conn) => Ok(query::alerts(&conn, all, ALERT_LIST_LIMIT)?),
+                None => Ok(Vec::new()),
+            }
+        };
+        match actix_rt::task::spawn_blocking(read).await {
+            Ok(Ok(alerts)) => Ok(alerts),
+            Ok(Err(e)) => Err(format!("cannot read alerts: {e:#}")),
+            Err(e) => Err(format!("cannot read alerts: {e}")),
+        }
     }
 
     /// Asks for an orderly shutdown.

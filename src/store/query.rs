@@ -82,6 +82,16 @@ pub fn active_alerts(conn: &Connection) -> rusqlite::Result<Vec<HealthAlert>> {
     rows.filter_map(Result::transpose).collect()
 }
 
+/// Alerts newest first: the unresolved ones, or with `all` resolved ones too, at most `limit`.
+pub fn alerts(conn: &Connection, all: bool, limit: usize) -> rusqlite::Result<Vec<HealthAlert>> {
+    let filter = if all { "" } else { "WHERE resolved = 0" };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {ALERT_COLUMNS} FROM health_alerts {filter} ORDER BY id DESC LIMIT ?1"
+    ))?;
+    let rows = stmt.query_map([limit as i64], alert_from_row)?;
+    rows.filter_map(Result::transpose).collect()
+}
+
 /// Counts of metric rows written since a time, in total and per status.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RecentCounts {
