@@ -71,6 +71,8 @@ struct KeyState {
 pub struct AlertEngine {
     cooldown: Duration,
     states: HashMap<AlertKey, KeyState>,
+    /// The row id the next opened alert gets, so notices carry it before the row lands.
+    next_id: i64,
 }
 
 impl AlertEngine {
@@ -79,13 +81,34 @@ impl AlertEngine {
         AlertEngine {
             cooldown,
             states: HashMap::new(),
+            next_id: 1,
         }
+    }
+
+    /// Sets the id the next opened alert gets (one past the highest the database has used).
+    pub fn set_next_id(&mut self, next_id: i64) {
+        self.next_id = self.next_id.max(next_id);
+    }
+
+    /// Acknowledges the active alert with this id: its reminders stop until it escalates.
+    /// Returns the alert as acknowledged, or `None` when no active alert has that id.
+    pub fn acknowledge(&mut self, id: i64, now: DateTime<Utc>) -> Option<HealthAlert> {
+        let alert = self
+            .states
+            .values_mut()
+            .filter_map(|s| s.active.as_mut())
+            .find(|a| a.id == Some(id))?;
+        alert.acknowledged_at.get_or_insert(now);
+        Some(alert.clone())
     }
 
     /// Takes back the active alerts read from the database, so a restart neither duplicates rows
     /// nor repeats a notice inside the cooldown. Of several active rows for one key the newest wins.
     pub fn restore(&mut self, alerts: impl IntoIterator<Item = HealthAlert>) {
         for alert in alerts.into_iter().filter(|a| !a.resolved) {
+            if let Some(id) = alert.id {
+                self.next_id = self.next_id.max(id + 1);
+            }
             let state = self.states.entry(alert.key()).or_default();
             let newer = state
                 .active
@@ -217,8 +240,10 @@ impl AlertEngine {
             if state.breach_streak < for_cycles {
                 return None;
             }
+            let id = self.next_id;
+            self.next_id += 1;
             let alert = HealthAlert {
-                id: None,
+                id: Some(id),
                 resource_type: key.resource_type,
                 resource_id: key.resource_id,
                 alert_type: key.alert_type,
@@ -229,6 +254,7 @@ impl AlertEngine {
                 resolved: false,
                 resolved_at: None,
                 last_notified_at: now,
+                acknowledged_at: None,
             };
             state.active = Some(alert.clone());
             return Some(AlertEvent::Fired(alert));
@@ -238,11 +264,15 @@ impl AlertEngine {
         active.message = condition.message;
         active.metadata = condition.metadata;
         if condition.severity > previous {
+            // Worse than what was acknowledged: people must hear about it again.
+            active.acknowledged_at = None;
             active.last_notified_at = now;
             Some(AlertEvent::Escalated(active.clone()))
         } else if condition.severity < previous {
             Some(AlertEvent::Downgraded(active.clone()))
-        } else if elapsed(active.last_notified_at, now) >= cooldown {
+        } else if active.acknowledged_at.is_none()
+            && elapsed(active.last_notified_at, now) >= cooldown
+        {
             active.last_notified_at = now;
             Some(AlertEvent::Reminder(active.clone()))
         } else {
@@ -416,6 +446,97 @@ mod tests {
         assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), at(330)), None);
         let ev = e.observe(&size_metric(1500.0, &r), Some(&r), at(600));
         assert!(matches!(ev, Some(AlertEvent::Reminder(_))), "{ev:?}");
+    }
+
+    #[test]
+    fn alerts_are_numbered_past_what_the_database_used() {
+        let (mut e, r) = (engine(), rule());
+        e.set_next_id(40);
+        let ev = e
+            .observe(&size_metric(1500.0, &r), Some(&r), at(0))
+            .unwrap();
+        assert_eq!(ev.alert().id, Some(40));
+        let mut other = size_metric(1500.0, &r);
+        other.resource_id = "w2".into();
+        let ev = e.observe(&other, Some(&r), at(0)).unwrap();
+        assert_eq!(ev.alert().id, Some(41));
+        // A restored alert with a higher id pushes numbering past it.
+        let mut restored = ev.alert().clone();
+        restored.resource_id = "w3".into();
+        restored.id = Some(90);
+        e.restore([restored]);
+        let mut third = size_metric(1500.0, &r);
+        third.resource_id = "w4".into();
+        assert_eq!(
+            e.observe(&third, Some(&r), at(0)).unwrap().alert().id,
+            Some(91)
+        );
+    }
+
+    #[test]
+    fn an_acknowledged_alert_stops_reminding_until_it_escalates() {
+        let (mut e, r) = (engine(), rule());
+        e.set_next_id(5);
+        e.observe(&size_metric(1500.0, &r), Some(&r), at(0));
+        assert_eq!(e.acknowledge(99, at(10)), None, "unknown id");
+        let acked = e.acknowledge(5, at(10)).unwrap();
+        assert_eq!(acked.acknowledged_at, Some(at(10)));
+        // A second ack keeps the first time.
+        assert_eq!(
+            e.acknowledge(5, at(20)).unwrap().acknowledged_at,
+            Some(at(10))
+        );
+        for s in [300, 600, 900] {
+            assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), at(s)), None);
+        }
+        let ev = e
+            .observe(&size_metric(6000.0, &r), Some(&r), at(901))
+            .unwrap();
+        assert!(matches!(ev, AlertEvent::Escalated(_)), "{ev:?}");
+        assert_eq!(
+            ev.alert().acknowledged_at,
+            None,
+            "escalation re-arms notices"
+        );
+        let ev = e.observe(&size_metric(6000.0, &r), Some(&r), at(1201));
+        assert!(matches!(ev, Some(AlertEvent::Reminder(_))), "{ev:?}");
+        // Resolution still comes through for an acknowledged alert.
+        e.acknowledge(5, at(1202));
+        let ev = e
+            .observe(&size_metric(10.0, &r), Some(&r), at(1203))
+            .unwrap();
+        assert!(matches!(ev, AlertEvent::Resolved(_)), "{ev:?}");
+    }
+
+    #[test]
+    fn silences_cover_their_resource_metric_and_time() {
+        let (mut e, r) = (engine(), rule());
+        let alert = e
+            .observe(&size_metric(1500.0, &r), Some(&r), at(0))
+            .unwrap()
+            .alert()
+            .clone();
+        let silence = crate::model::Silence {
+            resource_type: ResourceType::Workspace,
+            resource_id: "w1".into(),
+            metric: None,
+            created_at: at(0),
+            expires_at: at(3600),
+            comment: None,
+        };
+        assert!(silence.covers(&alert, at(10)));
+        assert!(!silence.covers(&alert, at(3600)), "expired");
+        let other_metric = crate::model::Silence {
+            metric: Some("workspace_file_count".into()),
+            ..silence.clone()
+        };
+        assert!(!other_metric.covers(&alert, at(10)));
+        let mut db_alert = alert.clone();
+        db_alert.resource_type = ResourceType::Database;
+        db_alert.resource_id = "w1/.beads/beads.db".into();
+        assert!(silence.covers(&db_alert, at(10)), "a workspace's databases");
+        db_alert.resource_id = "w10/x.db".into();
+        assert!(!silence.covers(&db_alert, at(10)));
     }
 
     #[test]

@@ -61,6 +61,9 @@ fn main() -> ExitCode {
         Command::Add(a) => cli::monitors::add(a, &settings),
         Command::Remove(a) => cli::monitors::remove(a, &settings),
         Command::Stop => cli::daemon::stop(&settings),
+        Command::Alerts(a) => cli::alerts::alerts(a, &settings),
+        Command::Ack(a) => cli::alerts::ack(a, &settings),
+        Command::Silence(a) => cli::alerts::silence(a, &settings),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

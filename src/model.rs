@@ -312,6 +312,9 @@ pub struct HealthAlert {
     pub resolved_at: Option<DateTime<Utc>>,
     /// When an operator or system was last told about it (opening, escalation or reminder).
     pub last_notified_at: DateTime<Utc>,
+    /// When an operator acknowledged it (`ack`): no more reminders until it escalates.
+    #[serde(default)]
+    pub acknowledged_at: Option<DateTime<Utc>>,
 }
 
 impl HealthAlert {
@@ -322,6 +325,42 @@ impl HealthAlert {
             resource_id: self.resource_id.clone(),
             alert_type: self.alert_type.clone(),
         }
+    }
+}
+
+/// An operator's silence: alerts it covers are recorded but not sent to any sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Silence {
+    pub resource_type: ResourceType,
+    pub resource_id: String,
+    /// One metric (alert type), or every alert of the resource when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+impl Silence {
+    /// True while the silence runs and the alert is on its resource (or one of a silenced
+    /// workspace's databases) and, if it names one, its metric.
+    pub fn covers(&self, alert: &HealthAlert, now: DateTime<Utc>) -> bool {
+        now < self.expires_at
+            && crate::alerts::belongs_to(
+                alert.resource_type,
+                &alert.resource_id,
+                self.resource_type,
+                &self.resource_id,
+            )
+            && self.metric.as_ref().is_none_or(|m| *m == alert.alert_type)
+    }
+
+    /// True when both silence the same thing (adding one replaces the other).
+    pub fn same_target(&self, other: &Silence) -> bool {
+        self.resource_type == other.resource_type
+            && self.resource_id == other.resource_id
+            && self.metric == other.metric
     }
 }
 

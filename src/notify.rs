@@ -3,8 +3,9 @@
 use crate::alerts::AlertEvent;
 use crate::model::{HealthStatus, format_timestamp};
 
-/// Logs an alert event with structured fields: critical as error, unhealthy as warn, resolved as info.
-pub fn log_event(event: &AlertEvent) {
+/// Logs an alert event with structured fields: critical as error, unhealthy as warn, resolved as
+/// info. `silenced` marks events an operator's silence keeps from the sinks.
+pub fn log_event(event: &AlertEvent, silenced: bool) {
     if !event.notifies() {
         return;
     }
@@ -15,6 +16,8 @@ pub fn log_event(event: &AlertEvent) {
         ($level:ident) => {
             tracing::$level!(
                 alert_state = state,
+                alert_id = a.id,
+                silenced,
                 severity = a.severity.as_str(),
                 resource_type = a.resource_type.as_str(),
                 resource_id = %a.resource_id,

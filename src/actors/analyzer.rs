@@ -24,7 +24,9 @@ use crate::alerts::{AlertEvent, Condition};
 use crate::analysis::{AnalyzerCore, write_op};
 use crate::config::Settings;
 use crate::faults;
-use crate::model::{AlertKey, HealthAlert, HealthMetric, HealthStatus, Measurement, ResourceType};
+use crate::model::{
+    AlertKey, HealthAlert, HealthMetric, HealthStatus, Measurement, ResourceType, Silence,
+};
 use crate::notify;
 use crate::store::write::WriteOp;
 use crate::store::{self, query};
@@ -60,6 +62,34 @@ pub struct GetSnapshot;
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Drain;
+
+/// An operator acknowledges an active alert (by row id).
+#[derive(Message, Debug)]
+#[rtype(result = "Result<HealthAlert, String>")]
+pub struct Acknowledge {
+    pub id: i64,
+    /// Who acknowledged it, as recorded.
+    pub by: String,
+}
+
+/// Adds (or replaces) a silence.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), String>")]
+pub struct AddSilence(pub Silence);
+
+/// Removes a resource's silences (all, or the one on `metric`); answers how many went.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<usize, String>")]
+pub struct RemoveSilences {
+    pub resource_type: ResourceType,
+    pub resource_id: String,
+    pub metric: Option<String>,
+}
+
+/// Asks for the silences in force.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<Vec<Silence>, String>")]
+pub struct GetSilences;
 
 /// What the analyzer knows now.
 #[derive(Debug, Clone, Default, MessageResponse)]
@@ -210,6 +240,21 @@ impl AnalyzerHandle {
     pub async fn snapshot(&self) -> Option<Snapshot> {
         self.addr()?.send(GetSnapshot).await.ok()
     }
+
+    /// Sends a request to the current analyzer, with an error for the operator when none runs.
+    pub async fn ask<M, T>(&self, msg: M) -> Result<T, String>
+    where
+        M: Message<Result = Result<T, String>> + Send + 'static,
+        T: Send + 'static,
+        Analyzer: Handler<M>,
+    {
+        let addr = self
+            .addr()
+            .ok_or("the analyzer is restarting; try again in a moment")?;
+        addr.send(msg)
+            .await
+            .map_err(|e| format!("analyzer unavailable: {e}"))?
+    }
 }
 
 /// The analyzer actor.
@@ -224,6 +269,8 @@ pub struct Analyzer {
     batches: u64,
     /// The writer's alerted failure episodes already turned into alerts.
     seen_episodes: u64,
+    /// Operators' silences, read back with the alerts; expired ones are ignored.
+    silences: Vec<Silence>,
     _guard: ExitGuard,
 }
 
@@ -243,6 +290,7 @@ impl Analyzer {
             seen_episodes: writer.report().alerted_episodes,
             writer,
             batches: 0,
+            silences: Vec::new(),
             _guard: guard,
         }
     }
@@ -287,9 +335,7 @@ impl Analyzer {
                 return;
             };
             let analysis = core.analyze_from(&in_flight.source, &in_flight.batch, Utc::now());
-            for event in &analysis.events {
-                notify::log_event(event);
-            }
+            announce(&analysis.events, &self.silences);
             self.submit(analysis.into_write_ops());
             // Only now is the batch safe with the writer.
             *slot = None;
@@ -335,9 +381,7 @@ impl Analyzer {
     }
 
     fn emit(&mut self, events: Vec<AlertEvent>) {
-        for event in &events {
-            notify::log_event(event);
-        }
+        announce(&events, &self.silences);
         let ops = events.iter().map(write_op).collect();
         self.submit(ops);
     }
@@ -404,10 +448,16 @@ impl Analyzer {
         self.emit(events);
     }
 
-    fn loaded(&mut self, alerts: Vec<HealthAlert>) {
+    fn loaded(&mut self, stored: StoredAlertState) {
         let mut core = AnalyzerCore::new(self.settings.rules.clone(), self.settings.alert_cooldown);
-        tracing::debug!(active = alerts.len(), "analyzer restored its alert state");
-        core.restore(alerts);
+        tracing::debug!(
+            active = stored.alerts.len(),
+            silences = stored.silences.len(),
+            "analyzer restored its alert state"
+        );
+        core.restore(stored.alerts);
+        core.engine_mut().set_next_id(stored.next_id);
+        self.silences = stored.silences;
         self.core = Some(core);
         self.drain();
         for waiter in self.drain_waiters.drain(..) {
@@ -416,11 +466,35 @@ impl Analyzer {
     }
 }
 
-/// Reads the active alerts, for a starting analyzer.
-fn load_active_alerts(db: &std::path::Path) -> anyhow::Result<Vec<HealthAlert>> {
+/// Tells people about alert events: every event is logged; sinks hear those no silence covers.
+fn announce(events: &[AlertEvent], silences: &[Silence]) {
+    let now = Utc::now();
+    for event in events {
+        let silenced = silences.iter().any(|s| s.covers(event.alert(), now));
+        notify::log_event(event, silenced);
+    }
+}
+
+/// What a starting analyzer reads back from the database.
+#[derive(Default)]
+struct StoredAlertState {
+    alerts: Vec<HealthAlert>,
+    silences: Vec<Silence>,
+    next_id: i64,
+}
+
+/// Reads the active alerts, the silences and the next alert id, for a starting analyzer.
+fn load_alert_state(db: &std::path::Path) -> anyhow::Result<StoredAlertState> {
     match store::open_read_only(db)? {
-        Some(conn) => Ok(query::active_alerts(&conn)?),
-        None => Ok(Vec::new()),
+        Some(conn) => Ok(StoredAlertState {
+            alerts: query::active_alerts(&conn)?,
+            silences: query::active_silences(&conn, Utc::now())?,
+            next_id: query::next_alert_id(&conn)?,
+        }),
+        None => Ok(StoredAlertState {
+            next_id: 1,
+            ..Default::default()
+        }),
     }
 }
 
@@ -434,21 +508,21 @@ impl Actor for Analyzer {
         let load = async move {
             // Alerts a previous analyzer queued must be in the database before we read it.
             let _ = tokio::time::timeout(FLUSH_WAIT, flushed).await;
-            actix_rt::task::spawn_blocking(move || load_active_alerts(&db)).await
+            actix_rt::task::spawn_blocking(move || load_alert_state(&db)).await
         };
         ctx.spawn(load.into_actor(self).map(|result, act, _| {
-            let alerts = match result {
-                Ok(Ok(alerts)) => alerts,
+            let stored = match result {
+                Ok(Ok(stored)) => stored,
                 Ok(Err(e)) => {
                     tracing::error!("cannot read active alerts back; starting without them: {e:#}");
-                    Vec::new()
+                    StoredAlertState::default()
                 }
                 Err(e) => {
                     tracing::error!("reading active alerts failed: {e}");
-                    Vec::new()
+                    StoredAlertState::default()
                 }
             };
-            act.loaded(alerts);
+            act.loaded(stored);
         }));
         ctx.run_interval(Duration::from_secs(1), |act, _| {
             act.retry_unsent();
@@ -489,6 +563,77 @@ impl Handler<GetSnapshot> for Analyzer {
             },
             None => Snapshot::default(),
         }
+    }
+}
+
+impl Handler<Acknowledge> for Analyzer {
+    type Result = Result<HealthAlert, String>;
+    fn handle(&mut self, msg: Acknowledge, _: &mut Self::Context) -> Self::Result {
+        let core = self
+            .core
+            .as_mut()
+            .ok_or("the analyzer is still loading; try again in a moment")?;
+        let now = Utc::now();
+        let alert = core
+            .engine_mut()
+            .acknowledge(msg.id, now)
+            .ok_or_else(|| format!("no active alert has id {}", msg.id))?;
+        tracing::info!(
+            alert_id = msg.id,
+            by = %msg.by,
+            resource_type = alert.resource_type.as_str(),
+            resource_id = %alert.resource_id,
+            alert_type = %alert.alert_type,
+            "alert acknowledged: reminders stop until it escalates"
+        );
+        self.submit(vec![WriteOp::AlertAcknowledged {
+            id: msg.id,
+            at: alert.acknowledged_at.unwrap_or(now),
+            by: msg.by,
+        }]);
+        Ok(alert)
+    }
+}
+
+impl Handler<AddSilence> for Analyzer {
+    type Result = Result<(), String>;
+    fn handle(&mut self, msg: AddSilence, _: &mut Self::Context) -> Self::Result {
+        let silence = msg.0;
+        self.silences.retain(|s| !s.same_target(&silence));
+        self.silences.push(silence.clone());
+        self.submit(vec![WriteOp::SilenceSaved(silence)]);
+        Ok(())
+    }
+}
+
+impl Handler<RemoveSilences> for Analyzer {
+    type Result = Result<usize, String>;
+    fn handle(&mut self, msg: RemoveSilences, _: &mut Self::Context) -> Self::Result {
+        let before = self.silences.len();
+        self.silences.retain(|s| {
+            !(s.resource_type == msg.resource_type
+                && s.resource_id == msg.resource_id
+                && msg
+                    .metric
+                    .as_ref()
+                    .is_none_or(|m| s.metric.as_ref() == Some(m)))
+        });
+        let removed = before - self.silences.len();
+        self.submit(vec![WriteOp::SilencesRemoved {
+            resource_type: msg.resource_type,
+            resource_id: msg.resource_id,
+            metric: msg.metric,
+        }]);
+        Ok(removed)
+    }
+}
+
+impl Handler<GetSilences> for Analyzer {
+    type Result = Result<Vec<Silence>, String>;
+    fn handle(&mut self, _: GetSilences, _: &mut Self::Context) -> Self::Result {
+        let now = Utc::now();
+        self.silences.retain(|s| s.expires_at > now);
+        Ok(self.silences.clone())
     }
 }
 

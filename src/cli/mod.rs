@@ -1,5 +1,6 @@
 //! The command line: clap types (one file per command group) and the dispatch to them.
 
+pub mod alerts;
 pub mod daemon;
 pub mod monitors;
 pub mod status;
@@ -59,6 +60,12 @@ pub enum Command {
     Remove(monitors::RemoveArgs),
     /// Stop the running daemon gracefully
     Stop,
+    /// List alerts: the active ones, or all with --all
+    Alerts(alerts::AlertsArgs),
+    /// Acknowledge an active alert: no more reminders unless it escalates
+    Ack(alerts::AckArgs),
+    /// Keep a resource's alerts from being sent for a while (they are still recorded)
+    Silence(alerts::SilenceArgs),
 }
 
 /// clap value parser for agent and workspace ids.

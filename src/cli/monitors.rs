@@ -118,7 +118,7 @@ impl AddTarget {
 pub struct UsageError(pub String);
 
 /// Writes to the database directly, holding the daemon lock so no daemon starts meanwhile.
-fn offline_write(settings: &Settings, ops: &[WriteOp]) -> anyhow::Result<()> {
+pub(crate) fn offline_write(settings: &Settings, ops: &[WriteOp]) -> anyhow::Result<()> {
     store::check_writable(&settings.db_path)?;
     let _lock = InstanceLock::acquire(&settings.db_path)
         .context("the daemon holds the database but its socket does not answer")?;

@@ -6,14 +6,49 @@ use serde::{Deserialize, Serialize};
 
 use crate::actors::supervisor::{ActorReport, ChildState, monitor_child_name};
 use crate::config::Settings;
-use crate::model::{MonitorKind, MonitorSpec, validate_id};
+use crate::model::{MonitorKind, MonitorSpec, ResourceType, Silence, validate_id};
+
+/// Longest resource id a silence may name (database ids are `<workspace>/<path>`).
+pub const MAX_RESOURCE_ID_BYTES: usize = 4096;
+
+/// Checks a resource id named by an operator: agents and workspaces follow the id rule, other
+/// resources (databases, filesystems) only need to be printable.
+pub fn validate_resource_id(resource_type: ResourceType, id: &str) -> Result<(), String> {
+    match resource_type {
+        ResourceType::Agent | ResourceType::Workspace => validate_id(id),
+        _ if id.is_empty() || id.len() > MAX_RESOURCE_ID_BYTES => Err(format!(
+            "a resource id is 1 to {MAX_RESOURCE_ID_BYTES} bytes"
+        )),
+        _ if id.chars().any(char::is_control) => {
+            Err("a resource id cannot hold control characters".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks a silence before it is accepted.
+pub fn validate_silence(s: &Silence) -> Result<(), String> {
+    validate_resource_id(s.resource_type, &s.resource_id)?;
+    if let Some(m) = &s.metric
+        && (m.is_empty() || m.len() > 128 || m.chars().any(char::is_control))
+    {
+        return Err(format!("invalid metric name {m:?}"));
+    }
+    if s.expires_at <= s.created_at {
+        return Err("a silence must end after it starts".into());
+    }
+    if s.comment.as_ref().is_some_and(|c| c.len() > 1024) {
+        return Err("a silence comment is at most 1024 bytes".into());
+    }
+    Ok(())
+}
 
 /// Longest request line accepted; longer ones close the connection.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
 /// A request from a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Is anybody there?
     Ping {},
@@ -27,6 +62,24 @@ pub enum Request {
     Remove { kind: MonitorKind, id: String },
     /// Graceful shutdown.
     Stop {},
+    /// Acknowledges an active alert: its reminders stop until it escalates.
+    Ack {
+        id: i64,
+        /// Who acknowledged, as recorded.
+        #[serde(default)]
+        by: Option<String>,
+    },
+    /// Adds (or replaces) a silence.
+    SilenceAdd { silence: Silence },
+    /// Removes a resource's silences (all, or the one on `metric`).
+    SilenceRemove {
+        resource_type: ResourceType,
+        resource_id: String,
+        #[serde(default)]
+        metric: Option<String>,
+    },
+    /// The silences in force.
+    SilenceList {},
 }
 
 /// The answer to a request.

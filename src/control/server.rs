@@ -148,6 +148,23 @@ async fn answer(line: &[u8], ctx: &RequestContext) -> (Response, bool) {
         Request::Add { monitor } => reply(service.add(monitor).await),
         Request::Remove { kind, id } => reply(service.remove(kind, id).await.map(|()| "removed")),
         Request::Stop {} => return (Response::ok("stopping"), true),
+        Request::Ack { id, by } => {
+            let by = by.unwrap_or_else(|| "unknown".into());
+            reply(service.ack(id, by).await)
+        }
+        Request::SilenceAdd { silence } => {
+            reply(service.silence_add(silence).await.map(|()| "silenced"))
+        }
+        Request::SilenceRemove {
+            resource_type,
+            resource_id,
+            metric,
+        } => reply(
+            service
+                .silence_remove(resource_type, resource_id, metric)
+                .await,
+        ),
+        Request::SilenceList {} => reply(service.silences().await),
     };
     (response, false)
 }

@@ -4,11 +4,16 @@
 use actix::prelude::*;
 use chrono::Utc;
 
-use super::protocol::{MonitorInfo, monitor_infos, validate_monitor};
+use super::protocol::{
+    MonitorInfo, monitor_infos, validate_monitor, validate_resource_id, validate_silence,
+};
+use crate::actors::analyzer::{Acknowledge, AddSilence, GetSilences, RemoveSilences};
 use crate::actors::supervisor::{
     AddMonitor, GetLive, RemoveMonitor, Shutdown, Supervisor, SupervisorDeps,
 };
-use crate::model::{AddOutcome, HealthAlert, MonitorKind, MonitorSpec, validate_id};
+use crate::model::{
+    AddOutcome, HealthAlert, MonitorKind, MonitorSpec, ResourceType, Silence, validate_id,
+};
 use crate::store::{self, query};
 use crate::summary::{self, Summary, SummaryInputs};
 
@@ -130,6 +135,40 @@ impl Service {
             Ok(Err(e)) => Err(format!("cannot read alerts: {e:#}")),
             Err(e) => Err(format!("cannot read alerts: {e}")),
         }
+    }
+
+    /// Acknowledges an active alert; `by` is recorded with it.
+    pub async fn ack(&self, id: i64, by: String) -> Result<HealthAlert, String> {
+        self.deps.analyzer.ask(Acknowledge { id, by }).await
+    }
+
+    /// Adds (or replaces) a silence after validating it.
+    pub async fn silence_add(&self, silence: Silence) -> Result<(), String> {
+        validate_silence(&silence)?;
+        self.deps.analyzer.ask(AddSilence(silence)).await
+    }
+
+    /// Removes a resource's silences; answers how many were in force.
+    pub async fn silence_remove(
+        &self,
+        resource_type: ResourceType,
+        resource_id: String,
+        metric: Option<String>,
+    ) -> Result<usize, String> {
+        validate_resource_id(resource_type, &resource_id)?;
+        self.deps
+            .analyzer
+            .ask(RemoveSilences {
+                resource_type,
+                resource_id,
+                metric,
+            })
+            .await
+    }
+
+    /// The silences in force.
+    pub async fn silences(&self) -> Result<Vec<Silence>, String> {
+        self.deps.analyzer.ask(GetSilences).await
     }
 
     /// Asks for an orderly shutdown.

@@ -196,9 +196,13 @@ pub fn run_once(settings: &Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<
 
     let mut core = AnalyzerCore::new(settings.rules.clone(), settings.alert_cooldown);
     core.restore(query::active_alerts(&conn)?);
-    let analysis = core.analyze(&readings, Utc::now());
+    core.engine_mut().set_next_id(query::next_alert_id(&conn)?);
+    let now = Utc::now();
+    let silences = query::active_silences(&conn, now)?;
+    let analysis = core.analyze(&readings, now);
     for event in &analysis.events {
-        notify::log_event(event);
+        let silenced = silences.iter().any(|s| s.covers(event.alert(), now));
+        notify::log_event(event, silenced);
     }
     apply(&mut conn, &analysis.into_write_ops()).context("cannot write the cycle")?;
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));

@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::model::{
-    HealthAlert, HealthMetric, HealthStatus, MonitorKind, MonitorSpec, ResourceType,
+    HealthAlert, HealthMetric, HealthStatus, MonitorKind, MonitorSpec, ResourceType, Silence,
     format_timestamp, parse_timestamp,
 };
 
@@ -35,7 +35,7 @@ pub fn load_monitors(conn: &Connection) -> rusqlite::Result<Vec<MonitorSpec>> {
 }
 
 const ALERT_COLUMNS: &str = "id, resource_type, resource_id, alert_type, severity, message,
-    timestamp, metadata, resolved, resolved_at, last_notified_at";
+    timestamp, metadata, resolved, resolved_at, last_notified_at, acknowledged_at";
 
 /// Reads a `health_alerts` row selected with [`ALERT_COLUMNS`]; `None` for rows another tool
 /// wrote with values outside the contract.
@@ -53,6 +53,7 @@ fn alert_from_row(r: &Row<'_>) -> rusqlite::Result<Option<HealthAlert>> {
     let metadata: Option<String> = r.get(7)?;
     let resolved_at: Option<String> = r.get(9)?;
     let last_notified_at: Option<String> = r.get(10)?;
+    let acknowledged_at: Option<String> = r.get(11)?;
     Ok(Some(HealthAlert {
         id: Some(r.get(0)?),
         resource_type,
@@ -70,7 +71,66 @@ fn alert_from_row(r: &Row<'_>) -> rusqlite::Result<Option<HealthAlert>> {
             .as_deref()
             .and_then(parse_timestamp)
             .unwrap_or(timestamp),
+        acknowledged_at: acknowledged_at.as_deref().and_then(parse_timestamp),
     }))
+}
+
+/// The id the next alert row gets: past every id used, including deleted ones.
+pub fn next_alert_id(conn: &Connection) -> rusqlite::Result<i64> {
+    let max_row: i64 =
+        conn.query_row("SELECT COALESCE(MAX(id), 0) FROM health_alerts", [], |r| {
+            r.get(0)
+        })?;
+    // AUTOINCREMENT remembers ids of pruned rows in sqlite_sequence (absent until first insert).
+    let sequence: i64 = conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'health_alerts'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .unwrap_or(None)
+        .unwrap_or(0);
+    Ok(max_row.max(sequence) + 1)
+}
+
+/// Silences that have not expired, soonest to end first.
+pub fn active_silences(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Vec<Silence>> {
+    let mut stmt = conn.prepare(
+        "SELECT resource_type, resource_id, metric, created_at, expires_at, comment
+         FROM silences WHERE expires_at > ?1 ORDER BY expires_at",
+    )?;
+    let rows = stmt.query_map([format_timestamp(now)], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, Option<String>>(5)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (rtype, rid, metric, created, expires, comment) = row?;
+        let (Ok(resource_type), Some(created_at), Some(expires_at)) = (
+            rtype.parse::<ResourceType>(),
+            parse_timestamp(&created),
+            parse_timestamp(&expires),
+        ) else {
+            tracing::warn!("skipping unreadable silence row {rtype}/{rid}");
+            continue;
+        };
+        out.push(Silence {
+            resource_type,
+            resource_id: rid,
+            metric: (!metric.is_empty()).then_some(metric),
+            created_at,
+            expires_at,
+            comment,
+        });
+    }
+    Ok(out)
 }
 
 /// Unresolved alerts, newest first.

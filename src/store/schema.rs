@@ -3,7 +3,7 @@
 use rusqlite::{Connection, params};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The original tables, column for column (DESIGN.md §1). `IF NOT EXISTS` adopts a database
 /// the Python daemon made.
@@ -53,8 +53,26 @@ CREATE INDEX IF NOT EXISTS idx_health_alerts_active
     ON health_alerts (resource_type, resource_id, alert_type) WHERE resolved = 0;
 ";
 
+/// Version 2: operators' silences. `metric` is '' for "every alert of the resource", so the
+/// primary key treats it like any other value (NULLs would never conflict).
+const V2: &str = "
+CREATE TABLE IF NOT EXISTS silences (
+    resource_type TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    metric TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    comment TEXT,
+    PRIMARY KEY (resource_type, resource_id, metric)
+);
+";
+
 /// Columns added to `health_alerts` (new columns are allowed by the contract).
-const ALERT_COLUMNS: &[(&str, &str)] = &[("last_notified_at", "TEXT")];
+const ALERT_COLUMNS: &[(&str, &str)] = &[
+    ("last_notified_at", "TEXT"),
+    ("acknowledged_at", "TEXT"),
+    ("acknowledged_by", "TEXT"),
+];
 
 /// Brings a new, original or older database up to [`SCHEMA_VERSION`], in one transaction.
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -73,6 +91,7 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             }
         }
         conn.execute_batch(V1)?;
+        conn.execute_batch(V2)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
     })();
     match result {

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, Transaction, params};
 
 use crate::model::{
-    HealthAlert, HealthMetric, MonitorKind, MonitorSpec, ResourceType, format_timestamp,
+    HealthAlert, HealthMetric, MonitorKind, MonitorSpec, ResourceType, Silence, format_timestamp,
 };
 
 /// One change to the database.
@@ -24,6 +24,20 @@ pub enum WriteOp {
     MonitorDeleted(MonitorKind, String),
     /// Resolves every active alert of a resource (its monitor was removed while no daemon ran).
     ResourceAlertsResolved(ResourceType, String, DateTime<Utc>),
+    /// Records an operator's acknowledgement of an active alert.
+    AlertAcknowledged {
+        id: i64,
+        at: DateTime<Utc>,
+        by: String,
+    },
+    /// Adds a silence, replacing one on the same target.
+    SilenceSaved(Silence),
+    /// Removes the silences of a resource: all of them, or the one on `metric`.
+    SilencesRemoved {
+        resource_type: ResourceType,
+        resource_id: String,
+        metric: Option<String>,
+    },
 }
 
 impl WriteOp {
@@ -52,7 +66,10 @@ impl WriteOp {
             }
             WriteOp::MonitorSaved(_)
             | WriteOp::MonitorDeleted(..)
-            | WriteOp::ResourceAlertsResolved(..) => 200,
+            | WriteOp::ResourceAlertsResolved(..)
+            | WriteOp::AlertAcknowledged { .. }
+            | WriteOp::SilenceSaved(_)
+            | WriteOp::SilencesRemoved { .. } => 200,
         }
     }
 }
@@ -69,7 +86,8 @@ pub fn apply(conn: &mut Connection, ops: &[WriteOp]) -> rusqlite::Result<()> {
 /// Updates the active row of the alert's key; returns how many rows changed (0 or 1).
 fn update_active_alert(tx: &Transaction<'_>, a: &HealthAlert) -> rusqlite::Result<usize> {
     tx.prepare_cached(
-        "UPDATE health_alerts SET severity = ?4, message = ?5, metadata = ?6, last_notified_at = ?7
+        "UPDATE health_alerts SET severity = ?4, message = ?5, metadata = ?6, last_notified_at = ?7,
+            acknowledged_at = ?8
          WHERE resource_type = ?1 AND resource_id = ?2 AND alert_type = ?3 AND resolved = 0",
     )?
     .execute(params![
@@ -80,6 +98,7 @@ fn update_active_alert(tx: &Transaction<'_>, a: &HealthAlert) -> rusqlite::Resul
         a.message,
         a.metadata.to_string(),
         format_timestamp(a.last_notified_at),
+        a.acknowledged_at.map(format_timestamp),
     ])
 }
 
@@ -111,10 +130,19 @@ fn apply_one(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
             if update_active_alert(tx, a)? > 0 {
                 return Ok(());
             }
+            // The analyzer numbers alerts so notices carry the id; a clash (an id taken by a
+            // row written while it was not looking) falls back to SQLite's numbering.
+            let taken = match a.id {
+                Some(id) => tx
+                    .prepare_cached("SELECT 1 FROM health_alerts WHERE id = ?1")?
+                    .exists([id])?,
+                None => false,
+            };
+            let id = if taken { None } else { a.id };
             tx.prepare_cached(
                 "INSERT INTO health_alerts (resource_type, resource_id, alert_type, severity,
-                    message, timestamp, metadata, resolved, resolved_at, last_notified_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, NULL, ?8)",
+                    message, timestamp, metadata, resolved, resolved_at, last_notified_at, id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, NULL, ?8, ?9)",
             )?
             .execute(params![
                 a.resource_type.as_str(),
@@ -125,6 +153,7 @@ fn apply_one(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
                 format_timestamp(a.timestamp),
                 a.metadata.to_string(),
                 format_timestamp(a.last_notified_at),
+                id,
             ])?;
         }
         WriteOp::AlertUpdated(a) => {
@@ -172,6 +201,39 @@ fn apply_one(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
                 format_timestamp(*at)
             ])?;
         }
+        WriteOp::AlertAcknowledged { id, at, by } => {
+            tx.prepare_cached(
+                "UPDATE health_alerts SET acknowledged_at = ?2, acknowledged_by = ?3
+                 WHERE id = ?1 AND resolved = 0",
+            )?
+            .execute(params![id, format_timestamp(*at), by])?;
+        }
+        WriteOp::SilenceSaved(s) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO silences
+                    (resource_type, resource_id, metric, created_at, expires_at, comment)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                s.resource_type.as_str(),
+                s.resource_id,
+                s.metric.as_deref().unwrap_or(""),
+                format_timestamp(s.created_at),
+                format_timestamp(s.expires_at),
+                s.comment,
+            ])?;
+        }
+        WriteOp::SilencesRemoved {
+            resource_type,
+            resource_id,
+            metric,
+        } => {
+            tx.prepare_cached(
+                "DELETE FROM silences WHERE resource_type = ?1 AND resource_id = ?2
+                    AND (?3 IS NULL OR metric = ?3)",
+            )?
+            .execute(params![resource_type.as_str(), resource_id, metric])?;
+        }
     }
     Ok(())
 }
@@ -206,6 +268,7 @@ pub fn prune(
 mod tests {
     use super::*;
     use crate::model::{HealthStatus, Measurement, ResourceType, Thresholds};
+    use crate::store::query;
     use crate::store::schema::migrate;
 
     fn db() -> Connection {
@@ -239,7 +302,116 @@ mod tests {
             resolved: false,
             resolved_at: None,
             last_notified_at: now,
+            acknowledged_at: None,
         }
+    }
+
+    #[test]
+    fn alerts_keep_the_analyzers_ids_unless_taken() {
+        let mut conn = db();
+        let mut a = alert();
+        a.id = Some(41);
+        apply(&mut conn, &[WriteOp::AlertOpened(a.clone())]).unwrap();
+        let ids: Vec<i64> = query::alerts(&conn, true, 10)
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.id)
+            .collect();
+        assert_eq!(ids, vec![41]);
+        assert_eq!(query::next_alert_id(&conn).unwrap(), 42);
+        // Another key asking for a taken id gets SQLite's next one instead.
+        let mut b = alert();
+        b.alert_type = "cpu_usage_percent".into();
+        b.id = Some(41);
+        apply(&mut conn, &[WriteOp::AlertOpened(b)]).unwrap();
+        assert_eq!(query::alerts(&conn, true, 10).unwrap()[0].id, Some(42));
+        // Pruned ids are never handed out again.
+        conn.execute("DELETE FROM health_alerts", []).unwrap();
+        assert_eq!(query::next_alert_id(&conn).unwrap(), 43);
+    }
+
+    #[test]
+    fn acknowledgements_and_silences_are_recorded() {
+        let mut conn = db();
+        let mut a = alert();
+        a.id = Some(7);
+        let at = Utc::now();
+        apply(
+            &mut conn,
+            &[
+                WriteOp::AlertOpened(a),
+                WriteOp::AlertAcknowledged {
+                    id: 7,
+                    at,
+                    by: "ops".into(),
+                },
+            ],
+        )
+        .unwrap();
+        let stored = query::active_alerts(&conn).unwrap();
+        assert_eq!(
+            stored[0].acknowledged_at.map(format_timestamp),
+            Some(format_timestamp(at))
+        );
+        let by: String = conn
+            .query_row(
+                "SELECT acknowledged_by FROM health_alerts WHERE id = 7",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(by, "ops");
+
+        let silence = |metric: Option<&str>, hours: i64| Silence {
+            resource_type: ResourceType::Agent,
+            resource_id: "a1".into(),
+            metric: metric.map(String::from),
+            created_at: at,
+            expires_at: at + chrono::Duration::hours(hours),
+            comment: Some("deploy".into()),
+        };
+        apply(
+            &mut conn,
+            &[
+                WriteOp::SilenceSaved(silence(None, 1)),
+                WriteOp::SilenceSaved(silence(None, 2)),
+                WriteOp::SilenceSaved(silence(Some("agent_memory_mb"), 1)),
+                WriteOp::SilenceSaved(silence(Some("agent_alive"), -1)),
+            ],
+        )
+        .unwrap();
+        let active = query::active_silences(&conn, at).unwrap();
+        assert_eq!(active.len(), 2, "{active:?}");
+        assert_eq!(active[0].metric.as_deref(), Some("agent_memory_mb"));
+        assert_eq!(
+            format_timestamp(active[1].expires_at),
+            format_timestamp(silence(None, 2).expires_at),
+            "replaced"
+        );
+        apply(
+            &mut conn,
+            &[WriteOp::SilencesRemoved {
+                resource_type: ResourceType::Agent,
+                resource_id: "a1".into(),
+                metric: Some("agent_memory_mb".into()),
+            }],
+        )
+        .unwrap();
+        assert_eq!(query::active_silences(&conn, at).unwrap().len(), 1);
+        apply(
+            &mut conn,
+            &[WriteOp::SilencesRemoved {
+                resource_type: ResourceType::Agent,
+                resource_id: "a1".into(),
+                metric: None,
+            }],
+        )
+        .unwrap();
+        assert!(
+            query::active_silences(&conn, at - chrono::Duration::days(1))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
