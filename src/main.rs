@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         Command::Alerts(a) => cli::alerts::alerts(a, &settings),
         Command::Ack(a) => cli::alerts::ack(a, &settings),
         Command::Silence(a) => cli::alerts::silence(a, &settings),
+        Command::Db(a) => cli::db::run(a, &args.global, &settings),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

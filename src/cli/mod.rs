@@ -2,6 +2,7 @@
 
 pub mod alerts;
 pub mod daemon;
+pub mod db;
 pub mod monitors;
 pub mod status;
 
@@ -66,6 +67,8 @@ pub enum Command {
     Ack(alerts::AckArgs),
     /// Keep a resource's alerts from being sent for a while (they are still recorded)
     Silence(alerts::SilenceArgs),
+    /// Database upkeep: prune, vacuum, backup, check (safe while the daemon runs)
+    Db(db::DbArgs),
 }
 
 /// clap value parser for agent and workspace ids.

@@ -22,6 +22,15 @@ pub enum ClientError {
 
 /// Sends one request and returns the daemon's data, or its error as `Failed`.
 pub fn request(socket: &Path, request: &Request) -> Result<serde_json::Value, ClientError> {
+    request_with_timeout(socket, request, TIMEOUT)
+}
+
+/// Like [`request`], waiting up to `timeout` for the answer (for long tasks such as vacuum).
+pub fn request_with_timeout(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<serde_json::Value, ClientError> {
     let stream = match UnixStream::connect(socket) {
         Ok(s) => s,
         Err(e)
@@ -40,7 +49,7 @@ pub fn request(socket: &Path, request: &Request) -> Result<serde_json::Value, Cl
         }
     };
     let failed = |e: std::io::Error| ClientError::Failed(format!("control socket: {e}"));
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(failed)?;
+    stream.set_read_timeout(Some(timeout)).map_err(failed)?;
     stream.set_write_timeout(Some(TIMEOUT)).map_err(failed)?;
     let mut line = serde_json::to_vec(request).map_err(|e| ClientError::Failed(e.to_string()))?;
     line.push(b'\n');

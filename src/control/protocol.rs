@@ -80,6 +80,13 @@ pub enum Request {
     },
     /// The silences in force.
     SilenceList {},
+    /// Deletes rows past retention now; `retention_days` overrides the metrics' retention.
+    Prune {
+        #[serde(default)]
+        retention_days: Option<f64>,
+    },
+    /// Rebuilds the database file to give free space back.
+    Vacuum {},
 }
 
 /// The answer to a request.

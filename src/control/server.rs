@@ -165,6 +165,8 @@ async fn answer(line: &[u8], ctx: &RequestContext) -> (Response, bool) {
                 .await,
         ),
         Request::SilenceList {} => reply(service.silences().await),
+        Request::Prune { retention_days } => reply(service.prune(retention_days).await),
+        Request::Vacuum {} => reply(service.vacuum().await),
     };
     (response, false)
 }

@@ -14,6 +14,7 @@ use crate::actors::supervisor::{
 use crate::model::{
     AddOutcome, HealthAlert, MonitorKind, MonitorSpec, ResourceType, Silence, validate_id,
 };
+use crate::store::maintenance::{MaintenanceOutcome, MaintenanceTask};
 use crate::store::{self, query};
 use crate::summary::{self, Summary, SummaryInputs};
 
@@ -169,6 +170,45 @@ impl Service {
     /// The silences in force.
     pub async fn silences(&self) -> Result<Vec<Silence>, String> {
         self.deps.analyzer.ask(GetSilences).await
+    }
+
+    /// Has the writer prune everything past retention now (metrics older than `retention_days`
+    /// when given, else the configured retention).
+    pub async fn prune(&self, retention_days: Option<f64>) -> Result<MaintenanceOutcome, String> {
+        let settings = &self.deps.settings;
+        let metrics = match retention_days {
+            Some(days) if days.is_finite() && days > 0.0 => {
+                std::time::Duration::from_secs_f64(days * 86_400.0)
+            }
+            Some(days) => {
+                return Err(format!(
+                    "retention must be a positive number of days, got {days}"
+                ));
+            }
+            None => settings.metric_retention,
+        };
+        let now = Utc::now();
+        let before = |keep: std::time::Duration| {
+            now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX)
+        };
+        let task = MaintenanceTask::Prune {
+            metrics_before: before(metrics),
+            alerts_before: before(settings.alert_retention),
+        };
+        self.maintain(task).await
+    }
+
+    /// Has the writer vacuum the database.
+    pub async fn vacuum(&self) -> Result<MaintenanceOutcome, String> {
+        self.maintain(MaintenanceTask::Vacuum).await
+    }
+
+    async fn maintain(&self, task: MaintenanceTask) -> Result<MaintenanceOutcome, String> {
+        self.deps
+            .writer
+            .maintain(task)
+            .await
+            .map_err(|_| "the writer stopped before finishing the task".to_string())?
     }
 
     /// Asks for an orderly shutdown.

@@ -1,5 +1,6 @@
 //! SQLite storage: opening the database safely, the schema, the write batches and the read-side queries.
 
+pub mod maintenance;
 pub mod query;
 pub mod schema;
 pub mod write;

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use super::restart::{ChildState, RestartTracker};
 use crate::config::RestartPolicy;
 use crate::faults;
+use crate::store::maintenance::{self, MaintenanceOutcome, MaintenanceTask};
 use crate::store::open_for_writing;
 use crate::store::write::{WriteOp, apply, prune};
 
@@ -32,7 +33,12 @@ pub enum WriterMsg {
     Flush(oneshot::Sender<Result<(), String>>),
     /// Commit what is left, checkpoint the WAL and end the thread.
     Shutdown(oneshot::Sender<Result<(), String>>),
+    /// Run an operator's upkeep task once everything sent before it is committed.
+    Maintenance(MaintenanceTask, MaintenanceReply),
 }
+
+/// Where the outcome of a maintenance task goes.
+pub type MaintenanceReply = oneshot::Sender<Result<MaintenanceOutcome, String>>;
 
 /// Tuning of the writer.
 #[derive(Debug, Clone, Copy)]
@@ -149,6 +155,22 @@ impl WriterHandle {
             }
             Err(_) => unreachable!("try_send hands back the message it was given"),
         }
+    }
+
+    /// Queues an upkeep task (prune, vacuum) without blocking; the receiver gets its outcome.
+    pub fn maintain(
+        &self,
+        task: MaintenanceTask,
+    ) -> oneshot::Receiver<Result<MaintenanceOutcome, String>> {
+        let (tx, rx) = oneshot::channel();
+        if let Err(
+            TrySendError::Full(WriterMsg::Maintenance(_, tx))
+            | TrySendError::Disconnected(WriterMsg::Maintenance(_, tx)),
+        ) = self.tx.try_send(WriterMsg::Maintenance(task, tx))
+        {
+            let _ = tx.send(Err("the writer queue is full or closed; try again".into()));
+        }
+        rx
     }
 
     /// Asks for a flush without blocking; the receiver answers once everything before it landed.
@@ -390,6 +412,8 @@ struct PendingState {
     buffer: PendingBuffer,
     /// Flushes waiting for the buffer to empty.
     acks: Vec<Ack>,
+    /// Upkeep tasks waiting for the buffer to empty.
+    maintenance: Vec<(MaintenanceTask, MaintenanceReply)>,
     shutdown: Option<Ack>,
 }
 
@@ -411,6 +435,7 @@ impl PendingState {
             }
             WriterMsg::Flush(ack) => self.acks.push(ack),
             WriterMsg::Shutdown(ack) => self.shutdown = Some(ack),
+            WriterMsg::Maintenance(task, reply) => self.maintenance.push((task, reply)),
         }
     }
 }
@@ -476,6 +501,9 @@ impl Writer {
             if state.buffer.is_empty() {
                 for ack in state.acks.drain(..) {
                     let _ = ack.send(Ok(()));
+                }
+                for (task, reply) in std::mem::take(&mut state.maintenance) {
+                    self.maintain(task, reply);
                 }
                 if state.shutdown.is_none() && Instant::now() >= self.next_prune {
                     self.prune_step();
@@ -593,6 +621,35 @@ impl Writer {
         }
         self.retry_at = Some(Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// Runs one upkeep task between batches; new rows wait in the channel meanwhile.
+    fn maintain(&mut self, task: MaintenanceTask, reply: MaintenanceReply) {
+        let started = Instant::now();
+        let outcome = maintenance::run(&mut self.conn, task).map_err(|e| e.to_string());
+        match &outcome {
+            Ok(MaintenanceOutcome::Prune { rows_deleted }) => {
+                self.stats
+                    .rows_pruned
+                    .fetch_add(*rows_deleted, Ordering::Relaxed);
+                tracing::info!(
+                    rows_deleted,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "pruned on request"
+                );
+            }
+            Ok(MaintenanceOutcome::Vacuum {
+                bytes_before,
+                bytes_after,
+            }) => tracing::info!(
+                bytes_before,
+                bytes_after,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "vacuumed on request"
+            ),
+            Err(e) => tracing::warn!("maintenance {task:?} failed: {e}"),
+        }
+        let _ = reply.send(outcome);
     }
 
     /// Deletes one small batch of rows past their retention; comes back at once while a
