@@ -65,6 +65,7 @@ fn main() -> ExitCode {
         Command::Ack(a) => cli::alerts::ack(a, &settings),
         Command::Silence(a) => cli::alerts::silence(a, &settings),
         Command::Db(a) => cli::db::run(a, &args.global, &settings),
+        Command::History(a) => cli::history::history(a, &settings),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

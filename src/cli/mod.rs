@@ -3,6 +3,7 @@
 pub mod alerts;
 pub mod daemon;
 pub mod db;
+pub mod history;
 pub mod monitors;
 pub mod status;
 
@@ -69,6 +70,8 @@ pub enum Command {
     Silence(alerts::SilenceArgs),
     /// Database upkeep: prune, vacuum, backup, check (safe while the daemon runs)
     Db(db::DbArgs),
+    /// One metric of one resource over time: points, min/avg/max and a sparkline
+    History(history::HistoryArgs),
 }
 
 /// clap value parser for agent and workspace ids.

@@ -152,6 +152,55 @@ pub fn alerts(conn: &Connection, all: bool, limit: usize) -> rusqlite::Result<Ve
     rows.filter_map(Result::transpose).collect()
 }
 
+/// One stored sample of a series.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Point {
+    pub timestamp: DateTime<Utc>,
+    pub value: f64,
+    pub status: HealthStatus,
+}
+
+/// The samples of one series since a time, oldest first, with the series' unit. Served by the
+/// `(timestamp, status)` index: only rows inside the window are read.
+pub fn series(
+    conn: &Connection,
+    resource_type: ResourceType,
+    resource_id: &str,
+    metric: &str,
+    since: DateTime<Utc>,
+) -> rusqlite::Result<(Vec<Point>, Option<String>)> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT timestamp, value, status, unit FROM health_metrics
+         WHERE timestamp >= ?1 AND resource_type = ?2 AND resource_id = ?3 AND metric_name = ?4
+         ORDER BY timestamp",
+    )?;
+    let mut unit = None;
+    let mut points = Vec::new();
+    let mut rows = stmt.query(params![
+        format_timestamp(since),
+        resource_type.as_str(),
+        resource_id,
+        metric
+    ])?;
+    while let Some(r) = rows.next()? {
+        let (Some(timestamp), Ok(status)) = (
+            parse_timestamp(&r.get::<_, String>(0)?),
+            r.get::<_, String>(2)?.parse::<HealthStatus>(),
+        ) else {
+            continue;
+        };
+        if unit.is_none() {
+            unit = r.get::<_, Option<String>>(3)?;
+        }
+        points.push(Point {
+            timestamp,
+            value: r.get(1)?,
+            status,
+        });
+    }
+    Ok((points, unit))
+}
+
 /// Counts of metric rows written since a time, in total and per status.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RecentCounts {
