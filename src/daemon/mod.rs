@@ -2,6 +2,7 @@
 //! Also `start --once`, the same cycle run once without actors.
 
 pub mod lock;
+pub mod systemd;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -126,6 +127,7 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
         };
         let (stopped_tx, stopped_rx) = oneshot::channel();
         let supervisor = Supervisor::new(deps, monitors, stopped_tx).start();
+        systemd::spawn(supervisor.clone());
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         actix_rt::spawn(async move {
@@ -148,6 +150,7 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
             }
         });
         let _ = stopped_rx.await;
+        systemd::notify_stopping();
         Ok(())
     });
     drop(system);
