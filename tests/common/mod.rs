@@ -175,6 +175,13 @@ impl Env {
         conn
     }
 
+    /// A writable connection, for tests that plant rows.
+    pub fn db_write(&self) -> Connection {
+        let conn = Connection::open(&self.db).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn
+    }
+
     /// One integer from a query.
     pub fn count(&self, sql: &str) -> i64 {
         self.db().query_row(sql, [], |r| r.get(0)).unwrap()
