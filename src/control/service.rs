@@ -63,7 +63,7 @@ impl Service {
                 (Default::default(), snapshot.active_alerts)
             }
         };
-        Ok(summary::build(
+        let mut summary = summary::build(
             SummaryInputs {
                 running: true,
                 monitors: live.monitors,
@@ -80,7 +80,9 @@ impl Service {
                 warnings,
             },
             now,
-        ))
+        );
+        summary.collector_cycles = self.deps.cycles.snapshot();
+        Ok(summary)
     }
 
     /// The monitors with their collectors' states.

@@ -122,6 +122,7 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
             settings: settings.clone(),
             analyzer: deps_analyzer,
             writer: deps_writer,
+            cycles: Default::default(),
             listener: Some(Arc::new(listener)),
         };
         let (stopped_tx, stopped_rx) = oneshot::channel();
