@@ -13,6 +13,7 @@ pub mod control; // the Unix control socket: protocol, server, client
 pub mod daemon; // running the daemon: lock, socket, actors, signals, shutdown
 pub mod faults; // HEALTH_MONITOR_FAULTS: injected panics to check supervision
 pub mod gastown; // Gas Town: town layout, events file, escalation
+pub mod http; // the HTTP listener: Prometheus /metrics, /healthz, the JSON API
 pub mod model; // ResourceType, HealthStatus, HealthMetric, HealthAlert, MonitorSpec
 pub mod notify; // telling the operator about alert events
 pub mod store; // SQLite schema, write batches, read-side queries

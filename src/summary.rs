@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::actors::collector::CycleStat;
 use crate::actors::supervisor::{ActorReport, ChildState, monitor_child_name};
 use crate::actors::writer::WriterReport;
 use crate::alerts::format_value;
@@ -76,6 +77,9 @@ pub struct Summary {
     /// Collector batches waiting for the analyzer.
     #[serde(default)]
     pub analyzer_queue_depth: u64,
+    /// Each collector's latest cycle time, by collector name (live daemons only).
+    #[serde(default)]
+    pub collector_cycles: BTreeMap<String, CycleStat>,
     pub db_path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -291,6 +295,8 @@ pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
         measurements_accepted: inputs.measurements_accepted,
         measurements_refused: inputs.measurements_refused,
         analyzer_queue_depth: inputs.analyzer_queue_depth,
+        // Only a live daemon knows its cycles; `Service::summary` fills them in.
+        collector_cycles: BTreeMap::new(),
         db_path: inputs.db_path.display().to_string(),
         pid: inputs.pid,
         warnings: inputs.warnings,

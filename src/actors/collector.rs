@@ -2,9 +2,12 @@
 //! the event loop, then hands the readings to the analyzer. A measurement that does not come
 //! back (a hung network mount) is reported as `collector_stalled`.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::analyzer::AnalyzerHandle;
@@ -24,6 +27,42 @@ pub struct Pace {
     pub stall_after: Duration,
 }
 
+/// One collector's latest cycle, as the status document and `/metrics` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CycleStat {
+    /// Wall time of the last finished measurement, from its start to its readings.
+    pub last_seconds: f64,
+}
+
+/// Every collector's latest cycle, shared by the collectors (which record) and the status
+/// document (which reads). Keyed by collector name (`system`, `workspace:w1`...).
+#[derive(Debug, Clone, Default)]
+pub struct CycleTimes(Arc<Mutex<HashMap<String, CycleStat>>>);
+
+impl CycleTimes {
+    /// Records that `collector`'s cycle took `took`.
+    pub fn record(&self, collector: &str, took: Duration) {
+        // A poisoned lock only means another thread panicked mid-insert; the map is still usable.
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let stat = CycleStat {
+            last_seconds: took.as_secs_f64(),
+        };
+        map.insert(collector.to_string(), stat);
+    }
+
+    /// Forgets a collector that is gone for good (its monitor was removed).
+    pub fn forget(&self, collector: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(collector);
+    }
+
+    /// A copy of every collector's latest cycle, in name order.
+    pub fn snapshot(&self) -> BTreeMap<String, CycleStat> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
 /// One collector: the system, an agent or a workspace, depending on its probe.
 pub struct Collector {
     name: String,
@@ -33,6 +72,7 @@ pub struct Collector {
     probe: Option<Box<dyn Probe>>,
     pace: Pace,
     analyzer: AnalyzerHandle,
+    cycles: CycleTimes,
     /// When the running measurement began.
     busy_since: Option<Instant>,
     stall_raised: bool,
@@ -51,6 +91,7 @@ impl Collector {
         probe: Box<dyn Probe>,
         pace: Pace,
         analyzer: AnalyzerHandle,
+        cycles: CycleTimes,
         guard: ExitGuard,
     ) -> Self {
         Collector {
@@ -59,6 +100,7 @@ impl Collector {
             probe: Some(probe),
             pace,
             analyzer,
+            cycles,
             busy_since: None,
             stall_raised: false,
             overruns: 0,
@@ -121,7 +163,9 @@ impl Collector {
         ctx.spawn(task.into_actor(self).map(|result, act, ctx| match result {
             Ok((probe, readings)) => {
                 act.probe = Some(probe);
-                act.busy_since = None;
+                if let Some(began) = act.busy_since.take() {
+                    act.cycles.record(&act.name, began.elapsed());
+                }
                 act.set_stalled(false);
                 act.analyzer.send_metrics(&act.name, readings);
             }
@@ -182,12 +226,14 @@ mod tests {
             interval: Duration::from_millis(20),
             stall_after: Duration::from_millis(200),
         };
+        let cycles = CycleTimes::default();
         let collector = Collector::new(
             "workspace:w1",
             Some((ResourceType::Workspace, "w1".into())),
             Box::new(Stuck),
             pace,
             handle.clone(),
+            cycles.clone(),
             ExitGuard::detached("workspace:w1"),
         )
         .start();
@@ -201,6 +247,11 @@ mod tests {
             assert!(Instant::now() < deadline, "the stall never cleared");
             actix_rt::time::sleep(Duration::from_millis(10)).await;
         }
+        // The slow cycle's wall time is recorded under the collector's name.
+        let took = cycles.snapshot()["workspace:w1"].last_seconds;
+        assert!((0.8..10.0).contains(&took), "{took}");
+        cycles.forget("workspace:w1");
+        assert!(cycles.snapshot().is_empty());
         collector.do_send(StopChild);
     }
 }

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::analyzer::{Analyzer, AnalyzerHandle, Drain};
-use super::collector::{Collector, Pace};
+use super::collector::{Collector, CycleTimes, Pace};
 use super::restart::RestartTracker;
 use super::writer::WriterHandle;
 use super::{ChildExited, ChildRef, ExitGuard};
@@ -78,6 +78,8 @@ pub struct SupervisorDeps {
     pub settings: Arc<Settings>,
     pub analyzer: AnalyzerHandle,
     pub writer: WriterHandle,
+    /// Each collector's latest cycle time, for the status document and `/metrics`.
+    pub cycles: CycleTimes,
     /// The bound control socket; `None` runs without a control server (tests).
     pub listener: Option<Arc<tokio::net::UnixListener>>,
 }
@@ -371,6 +373,7 @@ fn build_child(
         probe,
         pace,
         deps.analyzer.clone(),
+        deps.cycles.clone(),
         guard,
     );
     Ok(Box::new(actor.start()))
@@ -477,12 +480,15 @@ impl Handler<RemoveMonitor> for Supervisor {
         let name = monitor_child_name(msg.kind, &msg.id);
         let stopping: Vec<_> = self.stop_child(&name).into_iter().collect();
         let analyzer = self.deps.analyzer.clone();
+        let cycles = self.deps.cycles.clone();
+        let collector = name.clone();
         let (resource_type, id) = (msg.kind.resource_type(), msg.id);
         // Forget only after the collector is gone, so nothing it queued revives the resource.
         ctx.spawn(
             async move {
                 wait_stopped(&stopping, Duration::from_secs(5)).await;
                 analyzer.forget(resource_type, &id);
+                cycles.forget(&collector);
             }
             .into_actor(self),
         );

@@ -69,7 +69,7 @@ impl Service {
                 (Default::default(), snapshot.active_alerts)
             }
         };
-        Ok(summary::build(
+        let mut summary = summary::build(
             SummaryInputs {
                 running: true,
                 monitors: live.monitors,
@@ -86,7 +86,9 @@ impl Service {
                 warnings,
             },
             now,
-        ))
+        );
+        summary.collector_cycles = self.deps.cycles.snapshot();
+        Ok(summary)
     }
 
     /// The monitors with their collectors' states.

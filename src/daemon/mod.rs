@@ -22,6 +22,7 @@ use crate::actors::writer::{self, Retention, WriterConfig};
 use crate::analysis::AnalyzerCore;
 use crate::collect::{Probe, SystemProbe, WalkLimits, probe_for};
 use crate::config::Settings;
+use crate::control::service::Service;
 use crate::control::socket;
 use crate::model::{MonitorSet, MonitorSpec};
 use crate::notify;
@@ -85,6 +86,8 @@ fn open_write_connection(settings: &Settings) -> anyhow::Result<Connection> {
 pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     let (_lock, mut conn) = open_database(&settings)?;
+    // Bound before anything is saved or started: a taken port refuses the start cleanly.
+    let http = crate::http::bind(&settings.http)?;
     let monitors = prepare_monitors(&mut conn, extra)?;
     let listener = socket::bind(&settings.socket_path)?;
     let _socket_file = SocketFile(settings.socket_path.clone());
@@ -123,10 +126,16 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
             settings: settings.clone(),
             analyzer: deps_analyzer,
             writer: deps_writer,
+            cycles: Default::default(),
             listener: Some(Arc::new(listener)),
         };
         let (stopped_tx, stopped_rx) = oneshot::channel();
+        let service_deps = deps.clone();
         let supervisor = Supervisor::new(deps, monitors, stopped_tx).start();
+        let http = match http {
+            Some(listener) => Some(listener.start(Service::new(supervisor.clone(), service_deps))?),
+            None => None,
+        };
         systemd::spawn(supervisor.clone());
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -151,6 +160,9 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
         });
         let _ = stopped_rx.await;
         systemd::notify_stopping();
+        if let Some(http) = http {
+            http.stop(true).await;
+        }
         Ok(())
     });
     drop(system);

@@ -1,0 +1,289 @@
+//! The JSON API under `/api/v1`: the summary, alerts and monitors, answered by the same
+//! [`Service`] as the control socket. Reading is open; adding and removing monitors needs the
+//! configured bearer token.
+
+use std::fmt;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::control::protocol::validate_monitor;
+use crate::control::service::Service;
+use crate::model::{AddOutcome, MonitorKind, MonitorSpec, validate_id};
+
+/// What every handler shares.
+pub struct State {
+    pub service: Service,
+    /// The write token; `None` disables POST and DELETE.
+    pub token: Option<String>,
+}
+
+/// An answer other than success: a status and a message, sent as `{"error": "..."}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with this status and message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// A request whose body, query or path is not what the endpoint takes.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// An error the service returned. It validates ids and paths, but those are checked here
+    /// first (400); what remains is a monitor that is not there (404, the supervisor says
+    /// "... is not monitored") or a daemon that cannot answer now: supervisor gone, shutting down,
+    /// writer overloaded, database unreadable (503).
+    pub fn from_service(message: String) -> Self {
+        let status = if message.ends_with("is not monitored") {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        ApiError::new(status, message)
+    }
+
+    /// An extractor's failure (bad JSON, body over the limit, bad query), keeping its status.
+    pub fn from_extractor(what: &str, e: &actix_web::Error) -> Self {
+        let status = e.as_response_error().status_code();
+        // Extractor errors are all client errors; anything else would be a bug, still a 400.
+        let status = if status.is_client_error() {
+            status
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::new(status, format!("bad {what}: {e}"))
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.insert_header((WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        response.json(json!({ "error": self.message }))
+    }
+}
+
+/// Compares without an early exit, so the time taken does not tell how much of a guess was
+/// right. Lengths may differ in time: a token's length is not the secret.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Lets a write through when `authorization` (the header's value) carries the configured token:
+/// 403 when no token is configured (writing is off), 401 when it is missing or wrong.
+pub fn authorize(token: Option<&str>, authorization: Option<&str>) -> Result<(), ApiError> {
+    let Some(token) = token else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "writing through HTTP is disabled: set [http] token",
+        ));
+    };
+    let presented = authorization
+        .and_then(|h| h.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, credentials)| credentials.trim());
+    match presented {
+        Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "wrong bearer token",
+        )),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token: send Authorization: Bearer <token>",
+        )),
+    }
+}
+
+/// Checks the request's `Authorization` header against the state's token.
+fn check_write(state: &State, req: &HttpRequest) -> Result<(), ApiError> {
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    authorize(state.token.as_deref(), header)
+}
+
+/// `GET /api/v1/summary`: the `status --json` document.
+pub async fn summary(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+    let summary = state
+        .service
+        .summary()
+        .await
+        .map_err(ApiError::from_service)?;
+    Ok(HttpResponse::Ok().json(summary))
+}
+
+/// The query of `GET /api/v1/alerts`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsQuery {
+    /// Include resolved alerts.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// `GET /api/v1/alerts[?all=true]`: active alerts, or all of them, newest first.
+pub async fn alerts(
+    state: web::Data<State>,
+    query: Result<web::Query<AlertsQuery>, actix_web::Error>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.map_err(|e| ApiError::from_extractor("query", &e))?;
+    let alerts = state
+        .service
+        .alerts(query.all)
+        .await
+        .map_err(ApiError::from_service)?;
+    Ok(HttpResponse::Ok().json(alerts))
+}
+
+/// `GET /api/v1/monitors`: what `list --json` prints.
+pub async fn monitors(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+    let monitors = state
+        .service
+        .monitors()
+        .await
+        .map_err(ApiError::from_service)?;
+    Ok(HttpResponse::Ok().json(monitors))
+}
+
+/// `POST /api/v1/monitors` with a monitor (`{"kind": ..., "id": ..., "options": {...}}`, as the
+/// control socket's `add` takes): adds or replaces it. 201 when new, 200 otherwise.
+pub async fn add_monitor(
+    state: web::Data<State>,
+    req: HttpRequest,
+    body: Result<web::Json<MonitorSpec>, actix_web::Error>,
+) -> Result<HttpResponse, ApiError> {
+    // The token first: a stranger learns nothing about what a good body looks like.
+    check_write(&state, &req)?;
+    let spec = body
+        .map_err(|e| ApiError::from_extractor("body", &e))?
+        .into_inner();
+    validate_monitor(&spec).map_err(ApiError::bad_request)?;
+    let (kind, id) = (spec.kind(), spec.id().to_string());
+    let outcome = state
+        .service
+        .add(spec)
+        .await
+        .map_err(ApiError::from_service)?;
+    let status = if outcome == AddOutcome::Added {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status).json(json!({"kind": kind, "id": id, "outcome": outcome})))
+}
+
+/// `DELETE /api/v1/monitors/{kind}/{id}`: removes a monitor; its collector stops and its alerts
+/// resolve.
+pub async fn remove_monitor(
+    state: web::Data<State>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    check_write(&state, &req)?;
+    let (kind, id) = path.into_inner();
+    let kind: MonitorKind = kind.parse().map_err(ApiError::bad_request)?;
+    validate_id(&id).map_err(ApiError::bad_request)?;
+    state
+        .service
+        .remove(kind, id.clone())
+        .await
+        .map_err(ApiError::from_service)?;
+    Ok(HttpResponse::Ok().json(json!({"kind": kind, "id": id, "removed": true})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdef0123";
+
+    #[test]
+    fn writes_need_the_configured_token() {
+        let ok = format!("Bearer {TOKEN}");
+        assert_eq!(authorize(Some(TOKEN), Some(&ok)), Ok(()));
+        assert_eq!(
+            authorize(Some(TOKEN), Some(&format!("bearer  {TOKEN} "))),
+            Ok(())
+        );
+        let wrong = authorize(Some(TOKEN), Some("Bearer 0123456789abcdef0124")).unwrap_err();
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(wrong.message, "wrong bearer token");
+        for header in [
+            None,
+            Some(""),
+            Some(TOKEN),
+            Some("Basic abc"),
+            Some("Bearer"),
+        ] {
+            let err = authorize(Some(TOKEN), header).unwrap_err();
+            assert_eq!(err.status, StatusCode::UNAUTHORIZED, "{header:?}");
+        }
+        let prefix = authorize(Some(TOKEN), Some("Bearer 0123456789")).unwrap_err();
+        assert_eq!(prefix.status, StatusCode::UNAUTHORIZED);
+        let off = authorize(None, Some(&ok)).unwrap_err();
+        assert_eq!(off.status, StatusCode::FORBIDDEN);
+        assert!(off.message.contains("set [http] token"), "{}", off.message);
+    }
+
+    #[test]
+    fn equal_means_equal_bytes() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn service_errors_map_to_statuses() {
+        let missing = ApiError::from_service("agent a9 is not monitored".into());
+        assert_eq!(missing.status, StatusCode::NOT_FOUND);
+        let down = ApiError::from_service("supervisor unavailable: mailbox closed".into());
+        assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+        let stopping = ApiError::from_service("the daemon is shutting down".into());
+        assert_eq!(stopping.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[actix_rt::test]
+    async fn errors_are_json_with_their_status() {
+        let err = ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token");
+        let response = err.error_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers().get(WWW_AUTHENTICATE).unwrap(), "Bearer");
+        let body = actix_web::body::to_bytes(response.into_body())
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v, json!({"error": "wrong bearer token"}));
+    }
+}

@@ -1,0 +1,165 @@
+//! The HTTP listener (`start --listen ADDR`): Prometheus `/metrics`, `/healthz`, and the JSON API
+//! under `/api/v1`. Handlers only wire requests to the [`Service`] and to the plain functions
+//! [`render_metrics`] and [`health`].
+
+pub mod api;
+pub mod health;
+pub mod metrics;
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::http::StatusCode;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use anyhow::Context;
+use serde_json::json;
+
+use crate::config::HttpSettings;
+use crate::control::service::Service;
+pub use health::health;
+pub use metrics::render_metrics;
+
+/// Largest request body accepted (a monitor is a few hundred bytes).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A client must send its request head within this time.
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle keep-alive connections close after this long: long enough for a scraper on the
+/// default 15 s interval to reuse its connection.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Connections served at once; a daemon with one scraper and an operator needs few.
+const MAX_CONNECTIONS: usize = 64;
+/// In-flight requests get this long to finish at shutdown.
+const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
+
+/// A bound HTTP socket that does not serve yet. Binding comes first, before the daemon starts
+/// anything, so a taken port refuses the start cleanly; serving needs the running supervisor.
+pub struct Listener {
+    listener: TcpListener,
+    addr: SocketAddr,
+    token: Option<String>,
+}
+
+/// Binds the configured address; `None` when no HTTP is configured.
+pub fn bind(settings: &HttpSettings) -> anyhow::Result<Option<Listener>> {
+    let Some(addr) = settings.listen else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr).with_context(|| {
+        format!("cannot listen for HTTP on {addr} (start --listen or [http] listen)")
+    })?;
+    Ok(Some(Listener {
+        addr: listener.local_addr().unwrap_or(addr),
+        listener,
+        token: settings.token.clone(),
+    }))
+}
+
+impl Listener {
+    /// The address it is bound to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts serving on the current actix System (one worker thread); stop it with
+    /// `handle.stop(true)`.
+    pub fn start(self, service: Service) -> anyhow::Result<ServerHandle> {
+        let state = web::Data::new(api::State {
+            service,
+            token: self.token,
+        });
+        let writes = if state.token.is_some() {
+            "enabled"
+        } else {
+            "disabled (no [http] token)"
+        };
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(MAX_BODY_BYTES)
+                        // The endpoint only speaks JSON: `curl -d` without a Content-Type works.
+                        .content_type_required(false),
+                )
+                .service(resource("/metrics").route(web::get().to(metrics_handler)))
+                .service(resource("/healthz").route(web::get().to(healthz_handler)))
+                .service(
+                    web::scope("/api/v1")
+                        .service(resource("/summary").route(web::get().to(api::summary)))
+                        .service(resource("/alerts").route(web::get().to(api::alerts)))
+                        .service(
+                            resource("/monitors")
+                                .route(web::get().to(api::monitors))
+                                .route(web::post().to(api::add_monitor)),
+                        )
+                        .service(
+                            resource("/monitors/{kind}/{id}")
+                                .route(web::delete().to(api::remove_monitor)),
+                        ),
+                )
+                .default_service(web::to(not_found))
+        })
+        .workers(1)
+        // SIGINT and SIGTERM belong to the daemon, which stops this server in its own order.
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .keep_alive(KEEP_ALIVE)
+        .max_connections(MAX_CONNECTIONS)
+        .listen(self.listener)
+        .with_context(|| format!("cannot serve HTTP on {}", self.addr))?
+        .run();
+        let handle = server.handle();
+        actix_rt::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!("HTTP server failed: {e}");
+            }
+        });
+        tracing::info!(listen = %self.addr, writes, "serving HTTP: /metrics, /healthz, /api/v1");
+        Ok(handle)
+    }
+}
+
+/// `GET /metrics`.
+async fn metrics_handler(state: web::Data<api::State>) -> HttpResponse {
+    match state.service.summary().await {
+        Ok(summary) => HttpResponse::Ok()
+            .content_type(metrics::CONTENT_TYPE)
+            .body(render_metrics(&summary)),
+        Err(e) => HttpResponse::ServiceUnavailable()
+            .content_type("text/plain; charset=utf-8")
+            .body(format!("cannot build the summary: {e}\n")),
+    }
+}
+
+/// `GET /healthz`: 200 `{"status":"ok"}`, or 503 with the reasons.
+async fn healthz_handler(state: web::Data<api::State>) -> HttpResponse {
+    let verdict = match state.service.summary().await {
+        Ok(summary) => health(&summary),
+        Err(e) => Err(vec![format!("cannot build the summary: {e}")]),
+    };
+    match verdict {
+        Ok(()) => HttpResponse::Ok().json(json!({"status": "ok"})),
+        Err(reasons) => HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "unhealthy", "reasons": reasons})),
+    }
+}
+
+/// A resource whose answer to a method it does not serve is a JSON 405, like every other error.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+/// A known path with a method it does not serve.
+async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    HttpResponse::build(StatusCode::METHOD_NOT_ALLOWED)
+        .json(json!({"error": format!("{} does not take {}", req.path(), req.method())}))
+}
+
+/// Anything else.
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    HttpResponse::build(StatusCode::NOT_FOUND)
+        .json(json!({"error": format!("no such endpoint: {} {}", req.method(), req.path())}))
+}
