@@ -28,9 +28,11 @@ const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 /// What a hook that ran to the end printed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookOutput {
+    /// How it exited (always success when returned by [`run_hook`]).
     pub status: ExitStatus,
     /// Up to [`OUTPUT_LIMIT`] bytes, lossy UTF-8, marked when cut.
     pub stdout: String,
+    /// Like `stdout`.
     pub stderr: String,
 }
 

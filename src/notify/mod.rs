@@ -88,12 +88,17 @@ impl NoticeState {
 pub struct Notice {
     /// The `health_alerts` row id, when the alert has been stored.
     pub id: Option<i64>,
+    /// `agent`, `workspace`, `database`, `filesystem`, `memory`, `cpu` or `network`.
     pub resource_type: ResourceType,
+    /// The agent or workspace id, a database path, or `system`.
     pub resource_id: String,
     /// The metric the alert is about; for a condition (e.g. `collector_failed`) its own name.
     pub metric_name: String,
+    /// The alert's type: the metric name, or the condition's name.
     pub alert_type: String,
+    /// `unhealthy` or `critical` (the last severity, for a resolved notice).
     pub severity: HealthStatus,
+    /// One sentence for people, e.g. `workspace w1: workspace_size_mb is 1500 MB (...)`.
     pub message: String,
     /// The measured value behind a threshold alert; `null` for conditions.
     #[serde(default)]
@@ -101,16 +106,21 @@ pub struct Notice {
     /// When this event happened: opened, escalated, reminded or resolved.
     #[serde(with = "rfc3339")]
     pub timestamp: DateTime<Utc>,
+    /// `firing`, `reminder` or `resolved`.
     pub state: NoticeState,
     /// When the alert opened.
     #[serde(with = "rfc3339")]
     pub started_at: DateTime<Utc>,
+    /// When it recovered; `null` unless `state` is `resolved`.
     #[serde(default, with = "rfc3339_opt")]
     pub resolved_at: Option<DateTime<Utc>>,
+    /// The thresholds the value was held against (`null` for conditions).
     #[serde(default)]
     pub threshold_warning: Option<f64>,
+    /// See `threshold_warning`; below it when lower values are worse.
     #[serde(default)]
     pub threshold_critical: Option<f64>,
+    /// The value's unit, e.g. `MB`, `%` (`null` for conditions).
     #[serde(default)]
     pub unit: Option<String>,
 }
