@@ -80,6 +80,9 @@ pub struct Summary {
     /// Each collector's latest cycle time, by collector name (live daemons only).
     #[serde(default)]
     pub collector_cycles: BTreeMap<String, CycleStat>,
+    /// What each notification sink has sent, failed and dropped (live daemons only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<crate::notify::SinkReport>,
     pub db_path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -297,6 +300,7 @@ pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
         analyzer_queue_depth: inputs.analyzer_queue_depth,
         // Only a live daemon knows its cycles; `Service::summary` fills them in.
         collector_cycles: BTreeMap::new(),
+        notifications: Vec::new(),
         db_path: inputs.db_path.display().to_string(),
         pid: inputs.pid,
         warnings: inputs.warnings,

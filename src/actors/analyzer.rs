@@ -27,7 +27,7 @@ use crate::faults;
 use crate::model::{
     AlertKey, HealthAlert, HealthMetric, HealthStatus, Measurement, ResourceType, Silence,
 };
-use crate::notify;
+use crate::notify::{self, Notice, Notifier};
 use crate::store::write::WriteOp;
 use crate::store::{self, query};
 
@@ -271,6 +271,7 @@ pub struct Analyzer {
     seen_episodes: u64,
     /// Operators' silences, read back with the alerts; expired ones are ignored.
     silences: Vec<Silence>,
+    notifier: Notifier,
     _guard: ExitGuard,
 }
 
@@ -280,6 +281,7 @@ impl Analyzer {
         settings: Arc<Settings>,
         handle: AnalyzerHandle,
         writer: WriterHandle,
+        notifier: Notifier,
         guard: ExitGuard,
     ) -> Self {
         Analyzer {
@@ -291,6 +293,7 @@ impl Analyzer {
             writer,
             batches: 0,
             silences: Vec::new(),
+            notifier,
             _guard: guard,
         }
     }
@@ -335,7 +338,7 @@ impl Analyzer {
                 return;
             };
             let analysis = core.analyze_from(&in_flight.source, &in_flight.batch, Utc::now());
-            announce(&analysis.events, &self.silences);
+            announce(&analysis.events, &self.silences, &self.notifier);
             self.submit(analysis.into_write_ops());
             // Only now is the batch safe with the writer.
             *slot = None;
@@ -381,7 +384,7 @@ impl Analyzer {
     }
 
     fn emit(&mut self, events: Vec<AlertEvent>) {
-        announce(&events, &self.silences);
+        announce(&events, &self.silences, &self.notifier);
         let ops = events.iter().map(write_op).collect();
         self.submit(ops);
     }
@@ -455,6 +458,15 @@ impl Analyzer {
             silences = stored.silences.len(),
             "analyzer restored its alert state"
         );
+        // Alertmanager forgets alerts nobody re-sends: tell it again about the open ones.
+        let now = Utc::now();
+        for alert in &stored.alerts {
+            if !stored.silences.iter().any(|s| s.covers(alert, now))
+                && let Some(notice) = Notice::from_event(&AlertEvent::Reminder(alert.clone()), now)
+            {
+                self.notifier.restore(&notice);
+            }
+        }
         core.restore(stored.alerts);
         core.engine_mut().set_next_id(stored.next_id);
         self.silences = stored.silences;
@@ -467,11 +479,17 @@ impl Analyzer {
 }
 
 /// Tells people about alert events: every event is logged; sinks hear those no silence covers.
-fn announce(events: &[AlertEvent], silences: &[Silence]) {
+pub fn announce(events: &[AlertEvent], silences: &[Silence], notifier: &Notifier) {
     let now = Utc::now();
     for event in events {
         let silenced = silences.iter().any(|s| s.covers(event.alert(), now));
         notify::log_event(event, silenced);
+        if !silenced
+            && !notifier.is_empty()
+            && let Some(notice) = Notice::from_event(event, now)
+        {
+            notifier.notify(&notice);
+        }
     }
 }
 

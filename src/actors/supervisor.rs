@@ -78,6 +78,8 @@ pub struct SupervisorDeps {
     pub settings: Arc<Settings>,
     pub analyzer: AnalyzerHandle,
     pub writer: WriterHandle,
+    /// Where alert notices go besides the log.
+    pub notifier: crate::notify::Notifier,
     /// Each collector's latest cycle time, for the status document and `/metrics`.
     pub cycles: CycleTimes,
     /// The bound control socket; `None` runs without a control server (tests).
@@ -349,6 +351,7 @@ fn build_child(
                 settings.clone(),
                 deps.analyzer.clone(),
                 deps.writer.clone(),
+                deps.notifier.clone(),
                 guard,
             );
             let addr = analyzer.start();

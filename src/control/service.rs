@@ -88,6 +88,7 @@ impl Service {
             now,
         );
         summary.collector_cycles = self.deps.cycles.snapshot();
+        summary.notifications = self.deps.notifier.report();
         Ok(summary)
     }
 

@@ -25,12 +25,14 @@ use crate::config::Settings;
 use crate::control::service::Service;
 use crate::control::socket;
 use crate::model::{MonitorSet, MonitorSpec};
-use crate::notify;
+use crate::notify::Notifier;
 use crate::store::write::{WriteOp, apply};
 use crate::store::{self, query};
 use crate::summary::{self, Summary};
 use lock::InstanceLock;
 
+/// How long shutdown lets queued notices go out.
+const NOTIFIER_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for the writer to land what it holds.
 const WRITER_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -119,6 +121,8 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
     let deps_writer = writer.clone();
     let analyzer = AnalyzerHandle::default();
     let deps_analyzer = analyzer.clone();
+    let notifier = Notifier::spawn(&settings.notify);
+    let deps_notifier = notifier.clone();
     let system = actix_rt::System::new();
     let outcome: anyhow::Result<()> = system.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(listener)?;
@@ -126,6 +130,7 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
             settings: settings.clone(),
             analyzer: deps_analyzer,
             writer: deps_writer,
+            notifier: deps_notifier,
             cycles: Default::default(),
             listener: Some(Arc::new(listener)),
         };
@@ -167,6 +172,8 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
     });
     drop(system);
     let flushed = writer.shutdown_blocking(WRITER_SHUTDOWN_TIMEOUT);
+    // The analyzer has drained: the last resolved notices are queued; give them a moment.
+    notifier.shutdown(NOTIFIER_SHUTDOWN_TIMEOUT);
     // A writer that cannot finish (its database gone for good) must not hold the exit hostage.
     let joined_by = std::time::Instant::now() + Duration::from_secs(5);
     while !writer_thread.is_finished() && std::time::Instant::now() < joined_by {
@@ -215,13 +222,12 @@ pub fn run_once(settings: &Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<
     let now = Utc::now();
     let silences = query::active_silences(&conn, now)?;
     let analysis = core.analyze(&readings, now);
-    for event in &analysis.events {
-        let silenced = silences.iter().any(|s| s.covers(event.alert(), now));
-        notify::log_event(event, silenced);
-    }
+    let notifier = Notifier::spawn(&settings.notify);
+    crate::actors::analyzer::announce(&analysis.events, &silences, &notifier);
     apply(&mut conn, &analysis.into_write_ops()).context("cannot write the cycle")?;
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
     drop(conn);
+    notifier.shutdown(NOTIFIER_SHUTDOWN_TIMEOUT);
     summary::offline(settings, Utc::now())
 }
 

@@ -63,6 +63,12 @@ struct CollectorLabels {
     collector: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabels {
+    sink: String,
+    outcome: String,
+}
+
 /// A gauge holding a float (prometheus-client's default gauge holds an integer).
 type FloatGauge = Gauge<f64, AtomicU64>;
 
@@ -176,6 +182,29 @@ pub fn render_metrics(summary: &Summary) -> String {
                 collector: collector.clone(),
             })
             .set(stat.last_seconds);
+    }
+
+    let notices = registered(
+        &mut registry,
+        "notifications",
+        "Alert notices per sink by outcome: sent, failed (gave up after retries), dropped \
+         (queue full), retried (extra attempts)",
+        Family::<SinkLabels, Counter>::default(),
+    );
+    for r in &summary.notifications {
+        for (outcome, n) in [
+            ("sent", r.sent),
+            ("failed", r.failed),
+            ("dropped", r.dropped),
+            ("retried", r.retries),
+        ] {
+            notices
+                .get_or_create(&SinkLabels {
+                    sink: r.sink.clone(),
+                    outcome: outcome.to_string(),
+                })
+                .inc_by(n);
+        }
     }
 
     if let Some(w) = &summary.writer {
@@ -341,6 +370,15 @@ mod tests {
         s.measurements_refused = 1;
         s.analyzer_queue_depth = 9;
         s.collector_cycles = [("system".to_string(), CycleStat { last_seconds: 0.25 })].into();
+        s.notifications = vec![crate::notify::SinkReport {
+            sink: "webhook:https://hooks.example/…".into(),
+            sent: 11,
+            failed: 1,
+            retries: 3,
+            dropped: 0,
+            queued: 0,
+            last_error: None,
+        }];
         s
     }
 
@@ -363,6 +401,9 @@ mod tests {
             r#"health_monitor_actor_restarts_total{actor="system"} 2"#,
             r#"health_monitor_actor_restarts_total{actor="workspace:w1"} 0"#,
             r#"health_monitor_cycle_duration_seconds{collector="system"} 0.25"#,
+            r#"health_monitor_notifications_total{sink="webhook:https://hooks.example/…",outcome="sent"} 11"#,
+            r#"health_monitor_notifications_total{sink="webhook:https://hooks.example/…",outcome="failed"} 1"#,
+            r#"health_monitor_notifications_total{sink="webhook:https://hooks.example/…",outcome="retried"} 3"#,
             "health_monitor_writer_queue_depth 3",
             "health_monitor_writer_buffered_rows 4",
             "health_monitor_writer_rows_written_total 100",
