@@ -2,6 +2,8 @@
 //! a firing notice shows up with our labels, annotations and start, is kept alive by re-sends,
 //! and a resolved notice ends it. Skips with a note when the binary is missing.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -264,4 +266,68 @@ fn a_real_alertmanager_shows_our_alert_keeps_it_alive_and_ends_it() {
     });
     assert_eq!(fast.report()[0].sent, 1, "re-sends are not notices");
     fast.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn the_daemon_sends_its_alerts_and_their_resolution_to_alertmanager() {
+    let bin = binary();
+    if !bin.exists() {
+        eprintln!(
+            "NOTE: skipping: {} is missing (install prometheus-alertmanager)",
+            bin.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let am = Running::start(&bin, dir.path());
+    let env = common::Env::new("");
+    let workspace = env.path("ws");
+    let _daemon = env.start(&["--interval", "0.1", "--alertmanager", &am.url]);
+    env.hm_ok(&[
+        "add",
+        "workspace",
+        "w1",
+        "--path",
+        workspace.to_str().unwrap(),
+    ]);
+    // The workspace does not exist: workspace_exists goes critical and reaches Alertmanager.
+    let alert = am.eventually(Duration::from_secs(30), |am| am.alert_for("w1"));
+    assert_eq!(alert["labels"]["alertname"], "workspace_exists");
+    assert_eq!(alert["labels"]["severity"], "critical");
+    assert_eq!(alert["labels"]["resource_type"], "workspace");
+    assert_eq!(alert["labels"]["metric"], "workspace_exists");
+    assert!(
+        alert["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("workspace w1"),
+        "{alert}"
+    );
+    let stored_start = env
+        .db()
+        .query_row(
+            "SELECT timestamp FROM health_alerts WHERE resource_id = 'w1' AND resolved = 0",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .unwrap();
+    let stored_start = DateTime::parse_from_rfc3339(&stored_start).unwrap();
+    assert!(
+        (time(&alert["startsAt"]) - stored_start.with_timezone(&Utc))
+            .num_milliseconds()
+            .abs()
+            <= 1
+    );
+    // It comes back: the resolution ends it there.
+    std::fs::create_dir(&workspace).unwrap();
+    am.eventually(Duration::from_secs(30), |am| {
+        am.alert_for("w1").is_none().then_some(())
+    });
+    let status = env.status();
+    let sink = &status["notifications"][0];
+    assert!(
+        sink["sink"].as_str().unwrap().starts_with("alertmanager:"),
+        "{status}"
+    );
+    assert!(sink["sent"].as_u64().unwrap() >= 2, "{sink}");
 }
