@@ -15,12 +15,8 @@ use health_monitor::model::{HealthAlert, HealthStatus, ResourceType};
 use health_monitor::notify::{Notice, NoticeState, Notifier, Timings};
 use serde_json::Value;
 
-/// The minimal configuration the test runs Alertmanager with (also shown in the README).
-const CONFIG: &str = r#"route:
-  receiver: "null"
-receivers:
-  - name: "null"
-"#;
+/// The minimal configuration the test runs Alertmanager with: the README's example.
+const CONFIG: &str = include_str!("../contrib/alertmanager.yml");
 
 /// The binary to run: `$ALERTMANAGER_BIN`, else Debian's.
 fn binary() -> PathBuf {
