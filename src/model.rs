@@ -452,6 +452,10 @@ pub struct AgentOptions {
     /// A heartbeat file (`{timestamp, state, ...}` JSON, or any file whose mtime is the beat).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<PathBuf>,
+    /// Who added it, when not an operator: `gastown` for monitors that follow a town's layout
+    /// (they are reconciled with it at start and removed when the town retires the agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<String>,
 }
 
 impl AgentOptions {
@@ -464,8 +468,18 @@ impl AgentOptions {
             self.pattern.is_some(),
             self.tmux_session.is_some(),
         ];
-        if sources.iter().filter(|s| **s).count() > 1 {
-            return Err("give at most one of --pid, --pid-file, --match and --tmux-session".into());
+        // A pid file with a tmux session to fall back on (Gas Town's way) is the one pair allowed.
+        let fallback_pair = self.pid_file.is_some() && self.tmux_session.is_some();
+        let count = sources.iter().filter(|s| **s).count();
+        if count > 2 || (count == 2 && !fallback_pair) {
+            return Err(
+                "give at most one of --pid, --pid-file, --match and --tmux-session \
+                 (or --pid-file with a --tmux-session to fall back on)"
+                    .into(),
+            );
+        }
+        for m in [&self.managed_by].into_iter().flatten() {
+            validate_id(m).map_err(|e| format!("managed_by: {e}"))?;
         }
         if self.pid == Some(0) {
             return Err("pid 0 is not a process".into());
@@ -490,6 +504,9 @@ pub struct WorkspaceOptions {
     /// SQLite files to check besides those found automatically (relative to the workspace).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dbs: Vec<PathBuf>,
+    /// Who added it, when not an operator (see [`AgentOptions::managed_by`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<String>,
 }
 
 /// A monitored agent or workspace, as persisted in the `monitors` table.
@@ -509,6 +526,14 @@ pub enum MonitorSpec {
 }
 
 impl MonitorSpec {
+    /// Who added it, when not an operator (e.g. `gastown`).
+    pub fn managed_by(&self) -> Option<&str> {
+        match self {
+            MonitorSpec::Agent { options, .. } => options.managed_by.as_deref(),
+            MonitorSpec::Workspace { options, .. } => options.managed_by.as_deref(),
+        }
+    }
+
     /// An agent monitor with default options.
     pub fn agent(id: &str) -> Self {
         MonitorSpec::Agent {

@@ -39,7 +39,8 @@ pub enum AddTarget {
         /// A regular expression matched against command lines; the oldest matching process is the root
         #[arg(long = "match", value_name = "REGEX")]
         pattern: Option<String>,
-        /// A tmux session; the process in its first pane is the root
+        /// A tmux session; the process in its first pane is the root (with --pid-file: the
+        /// fallback while the pid file is missing)
         #[arg(long, value_name = "NAME")]
         tmux_session: Option<String>,
         /// The agent's workspace [default: agent_workspace from the config, /tmp/agent_<ID>]
@@ -96,6 +97,7 @@ impl AddTarget {
                     tmux_session: tmux_session.clone(),
                     workspace: abs(workspace)?,
                     heartbeat: abs(heartbeat)?,
+                    managed_by: None,
                 },
             },
             AddTarget::Workspace { id, path, dbs } => MonitorSpec::Workspace {
@@ -103,6 +105,7 @@ impl AddTarget {
                 options: WorkspaceOptions {
                     path: abs(path)?,
                     dbs: dbs.clone(),
+                    managed_by: None,
                 },
             },
         };

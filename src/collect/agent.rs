@@ -32,6 +32,9 @@ pub enum RootSource {
     PidFile(PathBuf),
     Match(regex::Regex),
     Tmux(String),
+    /// The pid file, or the tmux session while the file is missing (Gas Town writes the file
+    /// once the session runs, and removes it when the session ends).
+    PidFileOrTmux(PathBuf, String),
 }
 
 /// The root found this cycle.
@@ -63,6 +66,8 @@ impl RootSource {
     pub fn from_options(options: &AgentOptions) -> Result<RootSource, String> {
         Ok(if let Some(pid) = options.pid {
             RootSource::Pid(pid)
+        } else if let (Some(file), Some(session)) = (&options.pid_file, &options.tmux_session) {
+            RootSource::PidFileOrTmux(file.clone(), session.clone())
         } else if let Some(file) = &options.pid_file {
             RootSource::PidFile(file.clone())
         } else if let Some(pattern) = &options.pattern {
@@ -110,6 +115,12 @@ impl RootSource {
                 TmuxAnswer::NoSession => Resolution::Gone,
                 TmuxAnswer::NoAnswer => Resolution::Unknown,
             },
+            RootSource::PidFileOrTmux(file, session) => {
+                match RootSource::PidFile(file.clone()).resolve(scan_max_age) {
+                    Resolution::Gone => RootSource::Tmux(session.clone()).resolve(scan_max_age),
+                    other => other,
+                }
+            }
         }
     }
 }
