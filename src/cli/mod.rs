@@ -45,6 +45,9 @@ pub struct GlobalArgs {
     /// Days metric rows are kept; resolved alerts are kept per alert_retention_days [default: 7]
     #[arg(long, global = true, value_name = "DAYS")]
     pub retention_days: Option<f64>,
+    /// Follow the Gas Town town at this root: its agents, events and escalations
+    #[arg(long, global = true, value_name = "TOWN_ROOT")]
+    pub gastown: Option<PathBuf>,
 }
 
 /// The commands.
@@ -99,6 +102,7 @@ pub fn settings(
         log_level: global.log_level.clone(),
         log_format: global.log_format,
         retention_days: global.retention_days,
+        gastown: global.gastown.clone(),
         ..CliOverrides::default()
     };
     if let Some(start) = start {

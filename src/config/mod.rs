@@ -10,8 +10,10 @@ use serde::Deserialize;
 use crate::catalog;
 use crate::model::{ResourceType, Thresholds};
 
+pub mod gastown;
 pub mod outputs;
 
+pub use gastown::GastownSettings;
 pub use outputs::{HttpSettings, LogFormat, NotifySettings};
 
 /// Default database file, relative to the working directory (as in the original).
@@ -140,6 +142,9 @@ pub struct ConfigFile {
     /// `[http]`: the /metrics, /healthz and /api/v1 listener.
     #[serde(default)]
     pub http: outputs::HttpConfig,
+    /// `[gastown]`: following a Gas Town town.
+    #[serde(default)]
+    pub gastown: gastown::GastownConfig,
 }
 
 /// One `[thresholds.<metric_name>]` table.
@@ -189,6 +194,8 @@ pub struct CliOverrides {
     pub listen: Option<String>,
     /// `--listen-public`: allow a non-loopback HTTP address.
     pub listen_public: bool,
+    /// `--gastown`: the town root to follow.
+    pub gastown: Option<PathBuf>,
 }
 
 /// How one metric alerts: thresholds plus the debounce and hysteresis of DESIGN.md §3.
@@ -406,6 +413,8 @@ pub struct Settings {
     pub notify: NotifySettings,
     /// The HTTP listener, if any.
     pub http: HttpSettings,
+    /// The Gas Town town followed, if any.
+    pub gastown: Option<GastownSettings>,
 }
 
 impl Default for Settings {
@@ -456,7 +465,22 @@ impl Settings {
             .workspace_path
             .unwrap_or_else(|| DEFAULT_WORKSPACE_PATH.into());
         validate_template("workspace_path", &workspace_path)?;
-        let rules = RuleTable::default()
+        let gastown = file.gastown.resolve(cli.gastown.as_ref())?;
+        let mut rules = RuleTable::default();
+        if let Some(town) = &gastown {
+            // The town's notion of a stale heartbeat, unless [thresholds] says otherwise.
+            let stale = town.heartbeat_stale.as_secs_f64();
+            let heartbeat = ThresholdConfig {
+                warning: Some(stale),
+                critical: Some(stale.max(300.0) * 2.0),
+                ..ThresholdConfig::default()
+            };
+            rules = rules.with_overrides(&BTreeMap::from([(
+                catalog::HEARTBEAT_AGE_SECONDS.to_string(),
+                heartbeat,
+            )]))?;
+        }
+        let rules = rules
             .with_overrides(&file.thresholds)?
             .with_resource_overrides(&file.overrides)?;
         let restart = file.supervisor.resolve()?;
@@ -522,6 +546,7 @@ impl Settings {
             http: file
                 .http
                 .resolve(cli.listen.as_deref(), cli.listen_public)?,
+            gastown,
         })
     }
 
