@@ -18,7 +18,8 @@ pub enum AlertEvent {
     Escalated(HealthAlert),
     /// Still breached after a cooldown: update `last_notified_at` and notify again.
     Reminder(HealthAlert),
-    /// Severity fell but the key is still breached: update the row quietly.
+    /// Severity fell (or came back to what was acknowledged) while still breached: update the
+    /// row quietly.
     Downgraded(HealthAlert),
     /// Recovered: mark the row resolved and send a resolved notice.
     Resolved(HealthAlert),
@@ -64,6 +65,9 @@ struct KeyState {
     breach_streak: u32,
     clear_streak: u32,
     active: Option<HealthAlert>,
+    /// The severity the active alert had when acknowledged: only a rise above it re-arms
+    /// notices, so an alert that dips and comes back keeps its acknowledgement.
+    acked_severity: Option<HealthStatus>,
 }
 
 /// Alert state for every key, with the cooldown between reminders.
@@ -93,13 +97,20 @@ impl AlertEngine {
     /// Acknowledges the active alert with this id: its reminders stop until it escalates.
     /// Returns the alert as acknowledged, or `None` when no active alert has that id.
     pub fn acknowledge(&mut self, id: i64, now: DateTime<Utc>) -> Option<HealthAlert> {
-        let alert = self
+        let state = self
             .states
             .values_mut()
-            .filter_map(|s| s.active.as_mut())
-            .find(|a| a.id == Some(id))?;
+            .find(|s| s.active.as_ref().is_some_and(|a| a.id == Some(id)))?;
+        let alert = state.active.as_mut()?;
         alert.acknowledged_at.get_or_insert(now);
+        let severity = alert.severity;
+        state.acked_severity = Some(state.acked_severity.map_or(severity, |s| s.max(severity)));
         Some(alert.clone())
+    }
+
+    /// The id the next opened alert will get.
+    pub fn next_id(&self) -> i64 {
+        self.next_id
     }
 
     /// Takes back the active alerts read from the database, so a restart neither duplicates rows
@@ -115,6 +126,7 @@ impl AlertEngine {
                 .as_ref()
                 .is_none_or(|old| alert.timestamp >= old.timestamp);
             if newer {
+                state.acked_severity = alert.acknowledged_at.map(|_| alert.severity);
                 state.active = Some(alert);
             }
         }
@@ -236,6 +248,7 @@ impl AlertEngine {
         let state = self.states.entry(key.clone()).or_default();
         state.clear_streak = 0;
         state.breach_streak = state.breach_streak.saturating_add(1);
+        let acked_severity = state.acked_severity;
         let Some(active) = state.active.as_mut() else {
             if state.breach_streak < for_cycles {
                 return None;
@@ -265,7 +278,12 @@ impl AlertEngine {
         active.metadata = condition.metadata;
         if condition.severity > previous {
             // Worse than what was acknowledged: people must hear about it again.
+            if acked_severity.is_some_and(|acked| condition.severity <= acked) {
+                // Back up to what was acknowledged: a quiet update, like a fall.
+                return Some(AlertEvent::Downgraded(active.clone()));
+            }
             active.acknowledged_at = None;
+            state.acked_severity = None;
             active.last_notified_at = now;
             Some(AlertEvent::Escalated(active.clone()))
         } else if condition.severity < previous {
@@ -500,6 +518,17 @@ mod tests {
         );
         let ev = e.observe(&size_metric(6000.0, &r), Some(&r), at(1201));
         assert!(matches!(ev, Some(AlertEvent::Reminder(_))), "{ev:?}");
+        // Acknowledged at critical, a dip to unhealthy and back keeps the acknowledgement.
+        e.acknowledge(5, at(1201));
+        e.observe(&size_metric(1500.0, &r), Some(&r), at(1202));
+        let ev = e
+            .observe(&size_metric(6000.0, &r), Some(&r), at(1203))
+            .unwrap();
+        assert!(
+            matches!(ev, AlertEvent::Downgraded(_)),
+            "a quiet update: {ev:?}"
+        );
+        assert!(ev.alert().acknowledged_at.is_some(), "{ev:?}");
         // Resolution still comes through for an acknowledged alert.
         e.acknowledge(5, at(1202));
         let ev = e

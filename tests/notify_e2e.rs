@@ -165,8 +165,13 @@ fn hooks_and_webhooks_hear_firing_reminders_and_resolution_but_not_silenced_or_a
     };
     // The ack reaches the analyzer before its answer; at most one reminder was in flight.
     let after_ack = reminders(&out) + 1;
-    let rows = env.count("SELECT count(*) FROM health_metrics");
-    env.wait_count("SELECT count(*) FROM health_metrics", rows + 100);
+    // Wait until measurements taken five cooldowns after the ack have landed.
+    let later = (chrono::Utc::now() + chrono::Duration::milliseconds(1500))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    env.wait_count(
+        &format!("SELECT count(*) FROM health_metrics WHERE timestamp > '{later}'"),
+        1,
+    );
     assert!(
         reminders(&out) <= after_ack,
         "reminders kept coming after the ack"
@@ -184,6 +189,19 @@ fn hooks_and_webhooks_hear_firing_reminders_and_resolution_but_not_silenced_or_a
                 .iter()
                 .any(|n| n["state"] == "resolved" && n["id"] == id)
     });
+    // Long after it fired, the silenced workspace's alert has still not been sent.
+    assert!(
+        !hook_lines(&out)
+            .iter()
+            .any(|(_, _, n)| n["resource_id"] == "quiet")
+    );
+    assert!(
+        !webhook
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n["resource_id"] == "quiet")
+    );
     let status = env.status();
     let sinks = status["notifications"].as_array().unwrap();
     assert_eq!(sinks.len(), 2, "{status}");

@@ -85,10 +85,23 @@ fn ack_stops_reminders_and_silences_persist_across_restarts() {
         serde_json::from_str(&env.hm_ok(&["silence", "list", "--json"])).unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["resource_id"], "system");
+    let alert = memory_alert(&env).unwrap();
+    assert_eq!(alert["id"], id, "the same alert, not a new row");
+    assert!(
+        alert["acknowledged_at"].is_string(),
+        "the ack survived: {alert}"
+    );
+    let after_restart = notified(&env);
+    let later = (chrono::Utc::now() + chrono::Duration::seconds(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    env.wait_count(
+        &format!("SELECT count(*) FROM health_metrics WHERE timestamp > '{later}'"),
+        1,
+    );
     assert_eq!(
-        memory_alert(&env).unwrap()["id"],
-        id,
-        "the same alert, not a new row"
+        notified(&env),
+        after_restart,
+        "reminders resumed after a restart"
     );
     let again = env.hm(&["ack", &id.to_string()]);
     assert!(again.status.success(), "acknowledging twice is harmless");

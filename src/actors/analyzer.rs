@@ -18,6 +18,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use serde_json::json;
 use tokio::sync::oneshot;
 
+use super::alert_memory::AlertMemory;
 use super::writer::WriterHandle;
 use super::{ExitGuard, StopChild};
 use crate::alerts::{AlertEvent, Condition};
@@ -27,7 +28,7 @@ use crate::faults;
 use crate::model::{
     AlertKey, HealthAlert, HealthMetric, HealthStatus, Measurement, ResourceType, Silence,
 };
-use crate::notify::{self, Notice, Notifier};
+use crate::notify::Notifier;
 use crate::store::write::WriteOp;
 use crate::store::{self, query};
 
@@ -72,25 +73,6 @@ pub struct Acknowledge {
     pub by: String,
 }
 
-/// Adds (or replaces) a silence.
-#[derive(Message, Debug)]
-#[rtype(result = "Result<(), String>")]
-pub struct AddSilence(pub Silence);
-
-/// Removes a resource's silences (all, or the one on `metric`); answers how many went.
-#[derive(Message, Debug)]
-#[rtype(result = "Result<usize, String>")]
-pub struct RemoveSilences {
-    pub resource_type: ResourceType,
-    pub resource_id: String,
-    pub metric: Option<String>,
-}
-
-/// Asks for the silences in force.
-#[derive(Message, Debug)]
-#[rtype(result = "Result<Vec<Silence>, String>")]
-pub struct GetSilences;
-
 /// What the analyzer knows now.
 #[derive(Debug, Clone, Default, MessageResponse)]
 pub struct Snapshot {
@@ -119,6 +101,8 @@ struct HandleInner {
     /// Alert and monitor changes the writer refused (its queue was full): retried in order,
     /// never dropped, and kept here so an analyzer panic does not lose them either.
     unsent: Mutex<VecDeque<WriteOp>>,
+    /// Alert ids, announced alerts and silences, for every analyzer in turn.
+    memory: AlertMemory,
 }
 
 /// The stable way to reach whichever analyzer is current: collectors keep this, never an `Addr`,
@@ -142,6 +126,7 @@ impl Default for AnalyzerHandle {
                 refused: AtomicU64::new(0),
                 conditions: Mutex::new(HashMap::new()),
                 unsent: Mutex::new(VecDeque::new()),
+                memory: AlertMemory::default(),
             }),
         }
     }
@@ -241,6 +226,22 @@ impl AnalyzerHandle {
         self.addr()?.send(GetSnapshot).await.ok()
     }
 
+    /// Alert ids, announced alerts and silences, shared by every analyzer.
+    pub fn memory(&self) -> &AlertMemory {
+        &self.inner.memory
+    }
+
+    /// Sends changes to the writer behind any it refused earlier; what it refuses now waits
+    /// with them for the analyzer to send again, in order.
+    pub fn submit_in_order(&self, writer: &WriterHandle, ops: Vec<WriteOp>) {
+        let mut unsent = lock(&self.inner.unsent);
+        if !unsent.is_empty() {
+            unsent.extend(ops);
+        } else if let Err(refused) = writer.submit(ops) {
+            unsent.extend(refused);
+        }
+    }
+
     /// Sends a request to the current analyzer, with an error for the operator when none runs.
     pub async fn ask<M, T>(&self, msg: M) -> Result<T, String>
     where
@@ -269,8 +270,6 @@ pub struct Analyzer {
     batches: u64,
     /// The writer's alerted failure episodes already turned into alerts.
     seen_episodes: u64,
-    /// Operators' silences, read back with the alerts; expired ones are ignored.
-    silences: Vec<Silence>,
     notifier: Notifier,
     _guard: ExitGuard,
 }
@@ -292,7 +291,6 @@ impl Analyzer {
             seen_episodes: writer.report().alerted_episodes,
             writer,
             batches: 0,
-            silences: Vec::new(),
             notifier,
             _guard: guard,
         }
@@ -338,7 +336,9 @@ impl Analyzer {
                 return;
             };
             let analysis = core.analyze_from(&in_flight.source, &in_flight.batch, Utc::now());
-            announce(&analysis.events, &self.silences, &self.notifier);
+            let memory = &self.handle.inner.memory;
+            memory.track(&analysis.events, core.engine_mut().next_id());
+            memory.announce(&analysis.events, &self.notifier);
             self.submit(analysis.into_write_ops());
             // Only now is the batch safe with the writer.
             *slot = None;
@@ -384,7 +384,11 @@ impl Analyzer {
     }
 
     fn emit(&mut self, events: Vec<AlertEvent>) {
-        announce(&events, &self.silences, &self.notifier);
+        let memory = &self.handle.inner.memory;
+        if let Some(core) = self.core.as_mut() {
+            memory.track(&events, core.engine_mut().next_id());
+        }
+        memory.announce(&events, &self.notifier);
         let ops = events.iter().map(write_op).collect();
         self.submit(ops);
     }
@@ -453,23 +457,22 @@ impl Analyzer {
 
     fn loaded(&mut self, stored: StoredAlertState) {
         let mut core = AnalyzerCore::new(self.settings.rules.clone(), self.settings.alert_cooldown);
-        tracing::debug!(
-            active = stored.alerts.len(),
-            silences = stored.silences.len(),
-            "analyzer restored its alert state"
-        );
-        // Alertmanager forgets alerts nobody re-sends: tell it again about the open ones.
-        let now = Utc::now();
-        for alert in &stored.alerts {
-            if !stored.silences.iter().any(|s| s.covers(alert, now))
-                && let Some(notice) = Notice::from_event(&AlertEvent::Reminder(alert.clone()), now)
-            {
-                self.notifier.restore(&notice);
-            }
+        let memory = &self.handle.inner.memory;
+        if let Some(silences) = stored.silences {
+            memory.set_silences(silences);
         }
-        core.restore(stored.alerts);
-        core.engine_mut().set_next_id(stored.next_id);
-        self.silences = stored.silences;
+        // What a predecessor announced but the writer has not landed yet counts too.
+        let first = memory.next_id() == 0;
+        let alerts = memory.merge(stored.alerts);
+        tracing::debug!(active = alerts.len(), "analyzer restored its alert state");
+        if first {
+            // Sinks heard about these before the daemon restarted; Alertmanager needs them again.
+            memory.restored(&alerts, &self.notifier);
+        }
+        core.restore(alerts);
+        core.engine_mut()
+            .set_next_id(stored.next_id.max(memory.next_id()));
+        memory.track(&[], core.engine_mut().next_id());
         self.core = Some(core);
         self.drain();
         for waiter in self.drain_waiters.drain(..) {
@@ -478,35 +481,26 @@ impl Analyzer {
     }
 }
 
-/// Tells people about alert events: every event is logged; sinks hear those no silence covers.
-pub fn announce(events: &[AlertEvent], silences: &[Silence], notifier: &Notifier) {
-    let now = Utc::now();
-    for event in events {
-        let silenced = silences.iter().any(|s| s.covers(event.alert(), now));
-        notify::log_event(event, silenced);
-        if !silenced
-            && !notifier.is_empty()
-            && let Some(notice) = Notice::from_event(event, now)
-        {
-            notifier.notify(&notice);
-        }
-    }
-}
-
 /// What a starting analyzer reads back from the database.
 #[derive(Default)]
 struct StoredAlertState {
     alerts: Vec<HealthAlert>,
-    silences: Vec<Silence>,
+    /// Read only when nobody set them yet (a daemon sets them at start).
+    silences: Option<Vec<Silence>>,
     next_id: i64,
 }
 
-/// Reads the active alerts, the silences and the next alert id, for a starting analyzer.
-fn load_alert_state(db: &std::path::Path) -> anyhow::Result<StoredAlertState> {
+/// Reads the active alerts, the next alert id and (unless known) the silences, for a starting
+/// analyzer.
+fn load_alert_state(db: &std::path::Path, want_silences: bool) -> anyhow::Result<StoredAlertState> {
     match store::open_read_only(db)? {
         Some(conn) => Ok(StoredAlertState {
             alerts: query::active_alerts(&conn)?,
-            silences: query::active_silences(&conn, Utc::now())?,
+            silences: if want_silences {
+                Some(query::active_silences(&conn, Utc::now())?)
+            } else {
+                None
+            },
             next_id: query::next_alert_id(&conn)?,
         }),
         None => Ok(StoredAlertState {
@@ -523,10 +517,11 @@ impl Actor for Analyzer {
         ctx.set_mailbox_capacity(1024);
         let flushed = self.writer.flush();
         let db: PathBuf = self.settings.db_path.clone();
+        let want_silences = !self.handle.inner.memory.silences_loaded();
         let load = async move {
             // Alerts a previous analyzer queued must be in the database before we read it.
             let _ = tokio::time::timeout(FLUSH_WAIT, flushed).await;
-            actix_rt::task::spawn_blocking(move || load_alert_state(&db)).await
+            actix_rt::task::spawn_blocking(move || load_alert_state(&db, want_silences)).await
         };
         ctx.spawn(load.into_actor(self).map(|result, act, _| {
             let stored = match result {
@@ -606,52 +601,11 @@ impl Handler<Acknowledge> for Analyzer {
         );
         self.submit(vec![WriteOp::AlertAcknowledged {
             id: msg.id,
+            key: Some(alert.key()),
             at: alert.acknowledged_at.unwrap_or(now),
             by: msg.by,
         }]);
         Ok(alert)
-    }
-}
-
-impl Handler<AddSilence> for Analyzer {
-    type Result = Result<(), String>;
-    fn handle(&mut self, msg: AddSilence, _: &mut Self::Context) -> Self::Result {
-        let silence = msg.0;
-        self.silences.retain(|s| !s.same_target(&silence));
-        self.silences.push(silence.clone());
-        self.submit(vec![WriteOp::SilenceSaved(silence)]);
-        Ok(())
-    }
-}
-
-impl Handler<RemoveSilences> for Analyzer {
-    type Result = Result<usize, String>;
-    fn handle(&mut self, msg: RemoveSilences, _: &mut Self::Context) -> Self::Result {
-        let before = self.silences.len();
-        self.silences.retain(|s| {
-            !(s.resource_type == msg.resource_type
-                && s.resource_id == msg.resource_id
-                && msg
-                    .metric
-                    .as_ref()
-                    .is_none_or(|m| s.metric.as_ref() == Some(m)))
-        });
-        let removed = before - self.silences.len();
-        self.submit(vec![WriteOp::SilencesRemoved {
-            resource_type: msg.resource_type,
-            resource_id: msg.resource_id,
-            metric: msg.metric,
-        }]);
-        Ok(removed)
-    }
-}
-
-impl Handler<GetSilences> for Analyzer {
-    type Result = Result<Vec<Silence>, String>;
-    fn handle(&mut self, _: GetSilences, _: &mut Self::Context) -> Self::Result {
-        let now = Utc::now();
-        self.silences.retain(|s| s.expires_at > now);
-        Ok(self.silences.clone())
     }
 }
 

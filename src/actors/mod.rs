@@ -2,6 +2,7 @@
 //!
 //! Actors only wire and schedule; the logic they run lives in `collect`, `analysis` and `store`.
 
+pub mod alert_memory;
 pub mod analyzer;
 pub mod collector;
 pub mod restart;

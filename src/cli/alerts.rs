@@ -182,8 +182,12 @@ pub fn ack(args: &AckArgs, settings: &Settings) -> anyhow::Result<()> {
     match client::request(&settings.socket_path, &request) {
         Ok(_) => {}
         Err(ClientError::NoDaemon(_)) => {
-            let (alerts, _) = read_alerts(settings, true)?;
-            match alerts.iter().find(|a| a.id == Some(args.alert_id)) {
+            store::check_is_database(&settings.db_path)?;
+            let alert = match store::open_read_only(&settings.db_path)? {
+                Some(conn) => query::alert_by_id(&conn, args.alert_id)?,
+                None => None,
+            };
+            match alert {
                 None => bail!("no alert has id {}", args.alert_id),
                 Some(a) if a.resolved => bail!("alert {} is already resolved", args.alert_id),
                 Some(_) => {}
@@ -192,6 +196,7 @@ pub fn ack(args: &AckArgs, settings: &Settings) -> anyhow::Result<()> {
                 settings,
                 &[WriteOp::AlertAcknowledged {
                     id: args.alert_id,
+                    key: None,
                     at: Utc::now(),
                     by: by.clone(),
                 }],

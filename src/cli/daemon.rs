@@ -34,7 +34,7 @@ pub struct StartArgs {
     #[arg(long, value_name = "URL")]
     pub alertmanager: Vec<String>,
     /// Serve /metrics, /healthz and /api/v1 on this address, e.g. 127.0.0.1:9464
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "once")]
     pub listen: Option<String>,
     /// Allow --listen on an address other than loopback
     #[arg(long)]

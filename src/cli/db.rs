@@ -51,12 +51,9 @@ pub fn run(args: &DbArgs, global: &GlobalArgs, settings: &Settings) -> anyhow::R
                 retention_days: global.retention_days,
             };
             let now = Utc::now();
-            let before = |keep: Duration| {
-                now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX)
-            };
             let task = MaintenanceTask::Prune {
-                metrics_before: before(settings.metric_retention),
-                alerts_before: before(settings.alert_retention),
+                metrics_before: maintenance::cutoff(now, settings.metric_retention),
+                alerts_before: maintenance::cutoff(now, settings.alert_retention),
             };
             report(writing_task(settings, &request, task)?);
         }

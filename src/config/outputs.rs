@@ -180,6 +180,15 @@ impl NotifyConfig {
         }
         for (i, w) in self.webhook.iter().enumerate() {
             let key = format!("[[notify.webhook]] #{}", i + 1);
+            for (name, value) in &w.headers {
+                let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+                if name.is_empty() || !name.chars().all(token) {
+                    bail!("{key}: {name:?} is not a valid header name");
+                }
+                if value.chars().any(|c| c.is_control() && c != '\t') {
+                    bail!("{key}: header {name} holds control characters");
+                }
+            }
             out.webhooks.push(WebhookSink {
                 url: check_url(&key, &w.url)?,
                 headers: w.headers.clone().into_iter().collect(),
@@ -294,6 +303,24 @@ mod tests {
         assert_eq!(s.alertmanagers.len(), 2);
         assert_eq!(s.alertmanagers[0].timeout, Duration::from_secs(2));
 
+        let bad: NotifyConfig =
+            toml::from_str("[[webhook]]\nurl = \"http://x\"\nheaders = { \"Bad Name\" = \"v\" }")
+                .unwrap();
+        assert!(
+            bad.resolve(&[], &[])
+                .unwrap_err()
+                .to_string()
+                .contains("header name")
+        );
+        let bad: NotifyConfig =
+            toml::from_str("[[webhook]]\nurl = \"http://x\"\nheaders = { A = \"v\\r\\nX: y\" }")
+                .unwrap();
+        assert!(
+            bad.resolve(&[], &[])
+                .unwrap_err()
+                .to_string()
+                .contains("control")
+        );
         let bad: NotifyConfig = toml::from_str("[[webhook]]\nurl = \"ftp://x\"").unwrap();
         assert!(
             bad.resolve(&[], &[])

@@ -37,8 +37,13 @@ pub fn validate_silence(s: &Silence) -> Result<(), String> {
     if s.expires_at <= s.created_at {
         return Err("a silence must end after it starts".into());
     }
-    if s.comment.as_ref().is_some_and(|c| c.len() > 1024) {
-        return Err("a silence comment is at most 1024 bytes".into());
+    if let Some(c) = &s.comment {
+        if c.len() > 1024 {
+            return Err("a silence comment is at most 1024 bytes".into());
+        }
+        if c.chars().any(char::is_control) {
+            return Err("a silence comment cannot hold control characters".into());
+        }
     }
     Ok(())
 }

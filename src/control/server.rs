@@ -149,7 +149,13 @@ async fn answer(line: &[u8], ctx: &RequestContext) -> (Response, bool) {
         Request::Remove { kind, id } => reply(service.remove(kind, id).await.map(|()| "removed")),
         Request::Stop {} => return (Response::ok("stopping"), true),
         Request::Ack { id, by } => {
-            let by = by.unwrap_or_else(|| "unknown".into());
+            // Recorded and logged: no control characters, and a sane length.
+            let by: String = by
+                .unwrap_or_else(|| "unknown".into())
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(64)
+                .collect();
             reply(service.ack(id, by).await)
         }
         Request::SilenceAdd { silence } => {

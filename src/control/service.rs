@@ -7,14 +7,15 @@ use chrono::Utc;
 use super::protocol::{
     MonitorInfo, monitor_infos, validate_monitor, validate_resource_id, validate_silence,
 };
-use crate::actors::analyzer::{Acknowledge, AddSilence, GetSilences, RemoveSilences};
+use crate::actors::analyzer::Acknowledge;
 use crate::actors::supervisor::{
     AddMonitor, GetLive, RemoveMonitor, Shutdown, Supervisor, SupervisorDeps,
 };
 use crate::model::{
     AddOutcome, HealthAlert, MonitorKind, MonitorSpec, ResourceType, Silence, validate_id,
 };
-use crate::store::maintenance::{MaintenanceOutcome, MaintenanceTask};
+use crate::store::maintenance::{MaintenanceOutcome, MaintenanceTask, cutoff};
+use crate::store::write::WriteOp;
 use crate::store::{self, query};
 use crate::summary::{self, Summary, SummaryInputs};
 
@@ -146,10 +147,12 @@ impl Service {
         self.deps.analyzer.ask(Acknowledge { id, by }).await
     }
 
-    /// Adds (or replaces) a silence after validating it.
+    /// Adds (or replaces) a silence after validating it; it applies at once and is persisted.
     pub async fn silence_add(&self, silence: Silence) -> Result<(), String> {
         validate_silence(&silence)?;
-        self.deps.analyzer.ask(AddSilence(silence)).await
+        self.deps.analyzer.memory().add_silence(silence.clone());
+        self.persist(WriteOp::SilenceSaved(silence));
+        Ok(())
     }
 
     /// Removes a resource's silences; answers how many were in force.
@@ -160,19 +163,29 @@ impl Service {
         metric: Option<String>,
     ) -> Result<usize, String> {
         validate_resource_id(resource_type, &resource_id)?;
-        self.deps
-            .analyzer
-            .ask(RemoveSilences {
-                resource_type,
-                resource_id,
-                metric,
-            })
-            .await
+        let removed = self.deps.analyzer.memory().remove_silences(
+            resource_type,
+            &resource_id,
+            metric.as_deref(),
+        );
+        self.persist(WriteOp::SilencesRemoved {
+            resource_type,
+            resource_id,
+            metric,
+        });
+        Ok(removed)
     }
 
     /// The silences in force.
     pub async fn silences(&self) -> Result<Vec<Silence>, String> {
-        self.deps.analyzer.ask(GetSilences).await
+        Ok(self.deps.analyzer.memory().silences(Utc::now()))
+    }
+
+    /// Hands a change to the writer, in order with any it refused before.
+    fn persist(&self, op: WriteOp) {
+        self.deps
+            .analyzer
+            .submit_in_order(&self.deps.writer, vec![op]);
     }
 
     /// Has the writer prune everything past retention now (metrics older than `retention_days`
@@ -180,23 +193,20 @@ impl Service {
     pub async fn prune(&self, retention_days: Option<f64>) -> Result<MaintenanceOutcome, String> {
         let settings = &self.deps.settings;
         let metrics = match retention_days {
-            Some(days) if days.is_finite() && days > 0.0 => {
+            Some(days) if days.is_finite() && days > 0.0 && days <= 36_500.0 => {
                 std::time::Duration::from_secs_f64(days * 86_400.0)
             }
             Some(days) => {
                 return Err(format!(
-                    "retention must be a positive number of days, got {days}"
+                    "retention_days must be a number of days between 0 and 36500, got {days}"
                 ));
             }
             None => settings.metric_retention,
         };
         let now = Utc::now();
-        let before = |keep: std::time::Duration| {
-            now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX)
-        };
         let task = MaintenanceTask::Prune {
-            metrics_before: before(metrics),
-            alerts_before: before(settings.alert_retention),
+            metrics_before: cutoff(now, metrics),
+            alerts_before: cutoff(now, settings.alert_retention),
         };
         self.maintain(task).await
     }

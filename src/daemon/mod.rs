@@ -16,6 +16,7 @@ use rusqlite::Connection;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 
+use crate::actors::alert_memory::AlertMemory;
 use crate::actors::analyzer::AnalyzerHandle;
 use crate::actors::supervisor::{Shutdown, Supervisor, SupervisorDeps};
 use crate::actors::writer::{self, Retention, WriterConfig};
@@ -90,7 +91,12 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
     let (_lock, mut conn) = open_database(&settings)?;
     // Bound before anything is saved or started: a taken port refuses the start cleanly.
     let http = crate::http::bind(&settings.http)?;
+    if http.is_none() && settings.http.token.is_some() {
+        tracing::warn!("[http] token is set but no listen address: the HTTP API is off");
+    }
     let monitors = prepare_monitors(&mut conn, extra)?;
+    let silences =
+        query::active_silences(&conn, Utc::now()).context("cannot read the silences table")?;
     let listener = socket::bind(&settings.socket_path)?;
     let _socket_file = SocketFile(settings.socket_path.clone());
     listener.set_nonblocking(true)?;
@@ -120,6 +126,7 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
     );
     let deps_writer = writer.clone();
     let analyzer = AnalyzerHandle::default();
+    analyzer.memory().set_silences(silences);
     let deps_analyzer = analyzer.clone();
     let notifier = Notifier::spawn(&settings.notify);
     let deps_notifier = notifier.clone();
@@ -220,10 +227,11 @@ pub fn run_once(settings: &Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<
     core.restore(query::active_alerts(&conn)?);
     core.engine_mut().set_next_id(query::next_alert_id(&conn)?);
     let now = Utc::now();
-    let silences = query::active_silences(&conn, now)?;
+    let memory = AlertMemory::default();
+    memory.set_silences(query::active_silences(&conn, now)?);
     let analysis = core.analyze(&readings, now);
     let notifier = Notifier::spawn(&settings.notify);
-    crate::actors::analyzer::announce(&analysis.events, &silences, &notifier);
+    memory.announce(&analysis.events, &notifier);
     apply(&mut conn, &analysis.into_write_ops()).context("cannot write the cycle")?;
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
     drop(conn);

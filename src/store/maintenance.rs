@@ -36,6 +36,14 @@ pub enum MaintenanceTask {
     Vacuum,
 }
 
+/// The time `keep` before `now`, or the earliest time there is when `keep` reaches past it.
+pub fn cutoff(now: DateTime<Utc>, keep: std::time::Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(keep)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 /// Runs a task on a connection that may write.
 pub fn run(conn: &mut Connection, task: MaintenanceTask) -> rusqlite::Result<MaintenanceOutcome> {
     match task {
@@ -117,8 +125,18 @@ pub fn backup(source: &Path, dest: &Path) -> anyhow::Result<BackupReport> {
     )
     .with_context(|| format!("cannot open {}", source.display()))?;
     src.busy_timeout(super::READER_BUSY_TIMEOUT)?;
-    // Written under a temporary name and renamed, so a failed backup never looks like a good one.
-    let partial = dest.with_extension("partial");
+    // Written to a fresh temporary file next to the destination, then linked into place (which
+    // fails rather than replace a file that appeared meanwhile), so a failed backup never looks
+    // like a good one and no other file is ever touched.
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let temp = tempfile::Builder::new()
+        .prefix(".health-monitor-backup-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    let partial = temp.path().to_path_buf();
     let result = (|| -> anyhow::Result<BackupReport> {
         let mut dst = Connection::open(&partial)
             .with_context(|| format!("cannot create {}", partial.display()))?;
@@ -145,13 +163,16 @@ pub fn backup(source: &Path, dest: &Path) -> anyhow::Result<BackupReport> {
             alert_rows: count("health_alerts")?,
         };
         drop(dst);
-        std::fs::rename(&partial, dest)
-            .with_context(|| format!("cannot move the copy to {}", dest.display()))?;
+        std::fs::hard_link(&partial, dest).with_context(|| {
+            format!(
+                "cannot put the copy at {} (does it exist now?)",
+                dest.display()
+            )
+        })?;
         Ok(report)
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
-    }
+    // The temporary name goes either way (after a success the copy lives on at `dest`).
+    drop(temp);
     result
 }
 
@@ -226,7 +247,21 @@ mod tests {
         assert!(integrity_problems(&copy).unwrap().is_empty());
         let err = backup(&src, &dest).unwrap_err();
         assert!(err.to_string().contains("refusing to overwrite"), "{err}");
-        assert!(!dest.with_extension("partial").exists());
+        // An unrelated file that looks like a temporary is left alone, and no temporary stays.
+        let bystander = dir.path().join("copy2.partial");
+        std::fs::write(&bystander, "mine").unwrap();
+        backup(&src, &dir.path().join("copy2.db")).unwrap();
+        assert_eq!(std::fs::read_to_string(&bystander).unwrap(), "mine");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".health-monitor-backup-")
+            })
+            .collect();
+        assert!(leftovers.is_empty());
     }
 
     #[test]

@@ -75,6 +75,17 @@ fn alert_from_row(r: &Row<'_>) -> rusqlite::Result<Option<HealthAlert>> {
     }))
 }
 
+/// One alert by its row id.
+pub fn alert_by_id(conn: &Connection, id: i64) -> rusqlite::Result<Option<HealthAlert>> {
+    conn.query_row(
+        &format!("SELECT {ALERT_COLUMNS} FROM health_alerts WHERE id = ?1"),
+        [id],
+        alert_from_row,
+    )
+    .optional()
+    .map(Option::flatten)
+}
+
 /// The id the next alert row gets: past every id used, including deleted ones.
 pub fn next_alert_id(conn: &Connection) -> rusqlite::Result<i64> {
     let max_row: i64 =

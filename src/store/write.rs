@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, Transaction, params};
 
 use crate::model::{
-    HealthAlert, HealthMetric, MonitorKind, MonitorSpec, ResourceType, Silence, format_timestamp,
+    AlertKey, HealthAlert, HealthMetric, MonitorKind, MonitorSpec, ResourceType, Silence,
+    format_timestamp,
 };
 
 /// One change to the database.
@@ -24,9 +25,11 @@ pub enum WriteOp {
     MonitorDeleted(MonitorKind, String),
     /// Resolves every active alert of a resource (its monitor was removed while no daemon ran).
     ResourceAlertsResolved(ResourceType, String, DateTime<Utc>),
-    /// Records an operator's acknowledgement of an active alert.
+    /// Records an operator's acknowledgement of an active alert: the active row of `key` when
+    /// given (the daemon's view), else the row `id` (an offline `ack`).
     AlertAcknowledged {
         id: i64,
+        key: Option<AlertKey>,
         at: DateTime<Utc>,
         by: String,
     },
@@ -201,13 +204,29 @@ fn apply_one(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
                 format_timestamp(*at)
             ])?;
         }
-        WriteOp::AlertAcknowledged { id, at, by } => {
-            tx.prepare_cached(
-                "UPDATE health_alerts SET acknowledged_at = ?2, acknowledged_by = ?3
-                 WHERE id = ?1 AND resolved = 0",
-            )?
-            .execute(params![id, format_timestamp(*at), by])?;
-        }
+        WriteOp::AlertAcknowledged { id, key, at, by } => match key {
+            Some(k) => {
+                tx.prepare_cached(
+                    "UPDATE health_alerts SET acknowledged_at = ?4, acknowledged_by = ?5
+                     WHERE resource_type = ?1 AND resource_id = ?2 AND alert_type = ?3
+                        AND resolved = 0",
+                )?
+                .execute(params![
+                    k.resource_type.as_str(),
+                    k.resource_id,
+                    k.alert_type,
+                    format_timestamp(*at),
+                    by
+                ])?;
+            }
+            None => {
+                tx.prepare_cached(
+                    "UPDATE health_alerts SET acknowledged_at = ?2, acknowledged_by = ?3
+                     WHERE id = ?1 AND resolved = 0",
+                )?
+                .execute(params![id, format_timestamp(*at), by])?;
+            }
+        },
         WriteOp::SilenceSaved(s) => {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO silences
@@ -342,6 +361,7 @@ mod tests {
                 WriteOp::AlertOpened(a),
                 WriteOp::AlertAcknowledged {
                     id: 7,
+                    key: None,
                     at,
                     by: "ops".into(),
                 },

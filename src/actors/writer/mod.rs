@@ -455,6 +455,17 @@ struct Writer {
     disconnected: bool,
     /// When to look for rows past their retention next.
     next_prune: Instant,
+    /// An operator's prune, done one batch per turn so new rows keep landing meanwhile.
+    prune_job: Option<PruneJob>,
+}
+
+/// A `db prune` in progress.
+struct PruneJob {
+    metrics_before: chrono::DateTime<chrono::Utc>,
+    alerts_before: chrono::DateTime<chrono::Utc>,
+    deleted: u64,
+    started: Instant,
+    reply: MaintenanceReply,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -485,6 +496,7 @@ impl Writer {
             retry_at: None,
             disconnected: false,
             next_prune: Instant::now(),
+            prune_job: None,
         }
     }
 
@@ -498,14 +510,22 @@ impl Writer {
             if self.retry_at.is_none_or(|t| Instant::now() >= t) {
                 self.commit_some(state);
             }
+            // Upkeep runs between batches, or at once while commits fail (a prune may be what
+            // frees the space), so an operator never waits on a buffer that cannot drain.
+            if state.buffer.is_empty() || self.failing_since.is_some() {
+                for (task, reply) in std::mem::take(&mut state.maintenance) {
+                    self.maintain(task, reply);
+                }
+                self.prune_job_step();
+            }
             if state.buffer.is_empty() {
                 for ack in state.acks.drain(..) {
                     let _ = ack.send(Ok(()));
                 }
-                for (task, reply) in std::mem::take(&mut state.maintenance) {
-                    self.maintain(task, reply);
-                }
-                if state.shutdown.is_none() && Instant::now() >= self.next_prune {
+                if state.shutdown.is_none()
+                    && self.prune_job.is_none()
+                    && Instant::now() >= self.next_prune
+                {
                     self.prune_step();
                 }
             }
@@ -623,8 +643,28 @@ impl Writer {
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
-    /// Runs one upkeep task between batches; new rows wait in the channel meanwhile.
+    /// Starts an upkeep task: a prune becomes a job done in batches; a vacuum runs whole (it
+    /// needs the database to itself), new rows waiting in the channel meanwhile.
     fn maintain(&mut self, task: MaintenanceTask, reply: MaintenanceReply) {
+        if let MaintenanceTask::Prune {
+            metrics_before,
+            alerts_before,
+        } = task
+        {
+            if let Some(running) = self.prune_job.take() {
+                let _ = running
+                    .reply
+                    .send(Err("superseded by a newer prune".into()));
+            }
+            self.prune_job = Some(PruneJob {
+                metrics_before,
+                alerts_before,
+                deleted: 0,
+                started: Instant::now(),
+                reply,
+            });
+            return;
+        }
         let started = Instant::now();
         let outcome = maintenance::run(&mut self.conn, task).map_err(|e| e.to_string());
         match &outcome {
@@ -652,6 +692,46 @@ impl Writer {
         let _ = reply.send(outcome);
     }
 
+    /// One batch of an operator's prune; answers once nothing past the cutoff is left.
+    fn prune_job_step(&mut self) {
+        let Some(job) = self.prune_job.as_mut() else {
+            return;
+        };
+        match prune(
+            &mut self.conn,
+            job.metrics_before,
+            job.alerts_before,
+            maintenance::PRUNE_BATCH,
+        ) {
+            Ok(n) => {
+                job.deleted += n as u64;
+                self.stats
+                    .rows_pruned
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                if n < maintenance::PRUNE_BATCH
+                    && let Some(job) = self.prune_job.take()
+                {
+                    tracing::info!(
+                        rows_deleted = job.deleted,
+                        elapsed_ms = job.started.elapsed().as_millis() as u64,
+                        "pruned on request"
+                    );
+                    let _ = job.reply.send(Ok(MaintenanceOutcome::Prune {
+                        rows_deleted: job.deleted,
+                    }));
+                }
+            }
+            Err(e) => {
+                if let Some(job) = self.prune_job.take() {
+                    tracing::warn!("prune on request failed: {e}");
+                    let _ = job
+                        .reply
+                        .send(Err(format!("prune failed after {} rows: {e}", job.deleted)));
+                }
+            }
+        }
+    }
+
     /// Deletes one small batch of rows past their retention; comes back at once while a
     /// backlog remains, otherwise after `prune_every`. Only runs between batches of new rows.
     fn prune_step(&mut self) {
@@ -660,13 +740,10 @@ impl Writer {
             return;
         };
         let now = chrono::Utc::now();
-        let before = |keep: Duration| {
-            now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX)
-        };
         match prune(
             &mut self.conn,
-            before(retention.metrics),
-            before(retention.resolved_alerts),
+            maintenance::cutoff(now, retention.metrics),
+            maintenance::cutoff(now, retention.resolved_alerts),
             PRUNE_BATCH,
         ) {
             Ok(n) => {
