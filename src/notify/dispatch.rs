@@ -19,6 +19,9 @@ use crate::config::outputs::NotifySettings;
 /// The longest `last_error` kept in a report: enough for a status line and a little output.
 const LAST_ERROR_CHARS: usize = 1024;
 
+/// A test of a notice, run by the caller before the notice takes a slot in a sink's queue.
+pub(crate) type Filter = Box<dyn Fn(&Notice) -> bool + Send + Sync>;
+
 /// A place notices go. Implementations do one attempt at a time; the worker retries.
 pub(crate) trait Sink: Send + 'static {
     /// How reports and logs name it: `exec:/path/prog`, `webhook:URL`, `alertmanager:URL`.
@@ -28,7 +31,20 @@ pub(crate) trait Sink: Send + 'static {
     /// One delivery attempt. A retry calls it again with the same notice, so it must be
     /// safe to repeat.
     fn send(&mut self, notice: &Notice, timeout: Duration) -> Result<(), String>;
-    /// True for sinks that keep alerts alive themselves and want restored ones (Alertmanager).
+    /// Which notices are worth queueing, for sinks that ignore most: a notice it
+    /// refuses is never queued nor counted. It runs on the caller's thread, so it can only look
+    /// at the notice, never at the sink's state; `None` queues everything.
+    fn filter(&self) -> Option<Filter> {
+        None
+    }
+    /// Asked on the worker before delivering: true when the notice needs no attempt (it only
+    /// updates the sink's state, or was dealt with before). A skipped notice counts as neither
+    /// sent nor failed.
+    fn skip(&mut self, _notice: &Notice) -> bool {
+        false
+    }
+    /// True for sinks that keep per-alert state and want restored alerts (Alertmanager keeps
+    /// them alive).
     fn keeps_state(&self) -> bool {
         false
     }
@@ -73,7 +89,7 @@ impl Default for Timings {
 pub struct SinkReport {
     /// `exec:/path/prog`, `webhook:URL` or `alertmanager:URL`.
     pub sink: String,
-    /// Notices delivered (after retries, if any).
+    /// Notices delivered (after retries, if any); notices a sink skips are not counted.
     pub sent: u64,
     /// Notices given up on after every retry.
     pub failed: u64,
@@ -162,6 +178,8 @@ impl Control {
 struct Handle {
     name: String,
     keeps_state: bool,
+    /// The sink's [`Sink::filter`]: notices it refuses never reach the queue.
+    filter: Option<Filter>,
     tx: Sender<Job>,
     stats: Arc<Stats>,
 }
@@ -249,6 +267,7 @@ impl Notifier {
             let stats = Arc::new(Stats::default());
             let name = sink.name();
             let keeps_state = sink.keeps_state();
+            let filter = sink.filter();
             let worker = Worker {
                 sink,
                 name: name.clone(),
@@ -267,6 +286,7 @@ impl Notifier {
             }
             handles.push(Handle {
                 keeps_state,
+                filter,
                 name,
                 tx,
                 stats,
@@ -294,7 +314,9 @@ impl Notifier {
         };
         let shared = Arc::new(notice.clone());
         for h in &inner.sinks {
-            h.offer(Job::Notice(shared.clone()));
+            if h.filter.as_ref().is_none_or(|wanted| wanted(notice)) {
+                h.offer(Job::Notice(shared.clone()));
+            }
         }
     }
 
@@ -407,7 +429,11 @@ impl Worker {
                 },
             };
             match job {
-                Job::Notice(notice) => self.deliver(&notice),
+                Job::Notice(notice) => {
+                    if !self.skips(&notice) {
+                        self.deliver(&notice);
+                    }
+                }
                 Job::Restore(notice) => {
                     let sink = &mut self.sink;
                     if let Err(e) = guarded(|| {
@@ -421,6 +447,21 @@ impl Worker {
                 Job::Stop => break,
             }
         }
+    }
+
+    /// The sink's [`Sink::skip`]; a panic there means "deliver", where it is counted.
+    fn skips(&mut self, notice: &Notice) -> bool {
+        let sink = &mut self.sink;
+        let skipped = catch_unwind(AssertUnwindSafe(|| sink.skip(notice))).unwrap_or(false);
+        if skipped {
+            tracing::debug!(
+                sink = %self.name,
+                alert = %notice.key(),
+                state = notice.state.as_str(),
+                "notice needs no delivery"
+            );
+        }
+        skipped
     }
 
     fn tick(&mut self) {
