@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::Notice;
 use super::alertmanager::Alertmanager;
+use super::escalate::Escalation;
 use super::exec::ExecHook;
 use super::webhook::Webhook;
 use crate::config::outputs::NotifySettings;
@@ -24,14 +25,15 @@ pub(crate) type Filter = Box<dyn Fn(&Notice) -> bool + Send + Sync>;
 
 /// A place notices go. Implementations do one attempt at a time; the worker retries.
 pub(crate) trait Sink: Send + 'static {
-    /// How reports and logs name it: `exec:/path/prog`, `webhook:URL`, `alertmanager:URL`.
+    /// How reports and logs name it: `exec:/path/prog`, `webhook:URL`, `alertmanager:URL`,
+    /// `escalate:prog`.
     fn name(&self) -> String;
     /// The longest one attempt may take.
     fn timeout(&self) -> Duration;
     /// One delivery attempt. A retry calls it again with the same notice, so it must be
     /// safe to repeat.
     fn send(&mut self, notice: &Notice, timeout: Duration) -> Result<(), String>;
-    /// Which notices are worth queueing, for sinks that ignore most: a notice it
+    /// Which notices are worth queueing, for sinks that ignore most (escalation): a notice it
     /// refuses is never queued nor counted. It runs on the caller's thread, so it can only look
     /// at the notice, never at the sink's state; `None` queues everything.
     fn filter(&self) -> Option<Filter> {
@@ -43,8 +45,8 @@ pub(crate) trait Sink: Send + 'static {
     fn skip(&mut self, _notice: &Notice) -> bool {
         false
     }
-    /// True for sinks that keep per-alert state and want restored alerts (Alertmanager keeps
-    /// them alive).
+    /// True for sinks that keep per-alert state and want restored alerts: Alertmanager keeps
+    /// them alive, escalation remembers them as escalated already.
     fn keeps_state(&self) -> bool {
         false
     }
@@ -87,7 +89,7 @@ impl Default for Timings {
 /// What a sink has done so far, for `status` and `/metrics`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SinkReport {
-    /// `exec:/path/prog`, `webhook:URL` or `alertmanager:URL`.
+    /// `exec:/path/prog`, `webhook:URL`, `alertmanager:URL` or `escalate:prog`.
     pub sink: String,
     /// Notices delivered (after retries, if any); notices a sink skips are not counted.
     pub sent: u64,
@@ -247,6 +249,9 @@ impl Notifier {
                 timings.resend_interval,
             )));
         }
+        if let Some(e) = &settings.escalate {
+            sinks.push(Box::new(Escalation::new(e.clone())));
+        }
         Notifier::from_sinks(sinks, settings.retries, timings)
     }
 
@@ -333,7 +338,7 @@ impl Notifier {
         }
     }
 
-    /// Counters for every sink, in configuration order (exec, webhook, alertmanager).
+    /// Counters for every sink, in configuration order (exec, webhook, alertmanager, escalate).
     pub fn report(&self) -> Vec<SinkReport> {
         let Some(inner) = &self.inner else {
             return Vec::new();
