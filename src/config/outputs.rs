@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+use crate::model::HealthStatus;
+
 /// Seconds one notification attempt may take unless a sink says otherwise.
 pub const DEFAULT_SINK_TIMEOUT_SECS: f64 = 10.0;
 /// Attempts after the first failed one.
@@ -98,12 +100,35 @@ pub struct AlertmanagerSink {
     pub timeout: Duration,
 }
 
+/// Escalation to Gas Town with `gt escalate`, once per alert (see `notify::escalate`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EscalateSink {
+    /// The `gt` program: a path, or a name looked up on `PATH` (default `gt`).
+    pub program: PathBuf,
+    /// The least severe alert that is escalated (default unhealthy).
+    pub min_severity: HealthStatus,
+    /// The longest one `gt escalate` run may take before its process group is killed.
+    pub timeout: Duration,
+}
+
+impl Default for EscalateSink {
+    fn default() -> Self {
+        EscalateSink {
+            program: PathBuf::from("gt"),
+            min_severity: HealthStatus::Unhealthy,
+            timeout: Duration::from_secs_f64(DEFAULT_SINK_TIMEOUT_SECS),
+        }
+    }
+}
+
 /// Every notification sink, validated.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct NotifySettings {
     pub exec: Vec<ExecSink>,
     pub webhooks: Vec<WebhookSink>,
     pub alertmanagers: Vec<AlertmanagerSink>,
+    /// Gas Town escalation; `None` escalates nothing.
+    pub escalate: Option<EscalateSink>,
     /// Attempts after a failed one, per notice and sink.
     pub retries: u32,
 }
@@ -111,7 +136,10 @@ pub struct NotifySettings {
 impl NotifySettings {
     /// True when no sink is configured (notices only reach the log).
     pub fn is_empty(&self) -> bool {
-        self.exec.is_empty() && self.webhooks.is_empty() && self.alertmanagers.is_empty()
+        self.exec.is_empty()
+            && self.webhooks.is_empty()
+            && self.alertmanagers.is_empty()
+            && self.escalate.is_none()
     }
 }
 
@@ -333,6 +361,18 @@ mod tests {
         assert!(toml::from_str::<NotifyConfig>("[[exec]]\ncmd = [\"x\"]").is_err());
         let none = NotifyConfig::default().resolve(&[], &["not a url".into()]);
         assert!(none.unwrap_err().to_string().contains("--alertmanager"));
+    }
+
+    #[test]
+    fn escalation_defaults_to_gt_for_unhealthy_alerts_and_counts_as_a_sink() {
+        let e = EscalateSink::default();
+        assert_eq!(e.program, PathBuf::from("gt"));
+        assert_eq!(e.min_severity, HealthStatus::Unhealthy);
+        assert_eq!(e.timeout, Duration::from_secs(10));
+        let mut s = NotifySettings::default();
+        assert!(s.is_empty());
+        s.escalate = Some(e);
+        assert!(!s.is_empty());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::Notice;
 use super::alertmanager::Alertmanager;
+use super::escalate::Escalation;
 use super::exec::ExecHook;
 use super::webhook::Webhook;
 use crate::config::outputs::NotifySettings;
@@ -19,16 +20,33 @@ use crate::config::outputs::NotifySettings;
 /// The longest `last_error` kept in a report: enough for a status line and a little output.
 const LAST_ERROR_CHARS: usize = 1024;
 
+/// A test of a notice, run by the caller before the notice takes a slot in a sink's queue.
+pub(crate) type Filter = Box<dyn Fn(&Notice) -> bool + Send + Sync>;
+
 /// A place notices go. Implementations do one attempt at a time; the worker retries.
 pub(crate) trait Sink: Send + 'static {
-    /// How reports and logs name it: `exec:/path/prog`, `webhook:URL`, `alertmanager:URL`.
+    /// How reports and logs name it: `exec:/path/prog`, `webhook:URL`, `alertmanager:URL`,
+    /// `escalate:prog`.
     fn name(&self) -> String;
     /// The longest one attempt may take.
     fn timeout(&self) -> Duration;
     /// One delivery attempt. A retry calls it again with the same notice, so it must be
     /// safe to repeat.
     fn send(&mut self, notice: &Notice, timeout: Duration) -> Result<(), String>;
-    /// True for sinks that keep alerts alive themselves and want restored ones (Alertmanager).
+    /// Which notices are worth queueing, for sinks that ignore most (escalation): a notice it
+    /// refuses is never queued nor counted. It runs on the caller's thread, so it can only look
+    /// at the notice, never at the sink's state; `None` queues everything.
+    fn filter(&self) -> Option<Filter> {
+        None
+    }
+    /// Asked on the worker before delivering: true when the notice needs no attempt (it only
+    /// updates the sink's state, or was dealt with before). A skipped notice counts as neither
+    /// sent nor failed.
+    fn skip(&mut self, _notice: &Notice) -> bool {
+        false
+    }
+    /// True for sinks that keep per-alert state and want restored alerts: Alertmanager keeps
+    /// them alive, escalation remembers them as escalated already.
     fn keeps_state(&self) -> bool {
         false
     }
@@ -71,9 +89,9 @@ impl Default for Timings {
 /// What a sink has done so far, for `status` and `/metrics`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SinkReport {
-    /// `exec:/path/prog`, `webhook:URL` or `alertmanager:URL`.
+    /// `exec:/path/prog`, `webhook:URL`, `alertmanager:URL` or `escalate:prog`.
     pub sink: String,
-    /// Notices delivered (after retries, if any).
+    /// Notices delivered (after retries, if any); notices a sink skips are not counted.
     pub sent: u64,
     /// Notices given up on after every retry.
     pub failed: u64,
@@ -162,6 +180,8 @@ impl Control {
 struct Handle {
     name: String,
     keeps_state: bool,
+    /// The sink's [`Sink::filter`]: notices it refuses never reach the queue.
+    filter: Option<Filter>,
     tx: Sender<Job>,
     stats: Arc<Stats>,
 }
@@ -229,6 +249,9 @@ impl Notifier {
                 timings.resend_interval,
             )));
         }
+        if let Some(e) = &settings.escalate {
+            sinks.push(Box::new(Escalation::new(e.clone())));
+        }
         Notifier::from_sinks(sinks, settings.retries, timings)
     }
 
@@ -249,6 +272,7 @@ impl Notifier {
             let stats = Arc::new(Stats::default());
             let name = sink.name();
             let keeps_state = sink.keeps_state();
+            let filter = sink.filter();
             let worker = Worker {
                 sink,
                 name: name.clone(),
@@ -267,6 +291,7 @@ impl Notifier {
             }
             handles.push(Handle {
                 keeps_state,
+                filter,
                 name,
                 tx,
                 stats,
@@ -294,7 +319,9 @@ impl Notifier {
         };
         let shared = Arc::new(notice.clone());
         for h in &inner.sinks {
-            h.offer(Job::Notice(shared.clone()));
+            if h.filter.as_ref().is_none_or(|wanted| wanted(notice)) {
+                h.offer(Job::Notice(shared.clone()));
+            }
         }
     }
 
@@ -311,7 +338,7 @@ impl Notifier {
         }
     }
 
-    /// Counters for every sink, in configuration order (exec, webhook, alertmanager).
+    /// Counters for every sink, in configuration order (exec, webhook, alertmanager, escalate).
     pub fn report(&self) -> Vec<SinkReport> {
         let Some(inner) = &self.inner else {
             return Vec::new();
@@ -407,7 +434,11 @@ impl Worker {
                 },
             };
             match job {
-                Job::Notice(notice) => self.deliver(&notice),
+                Job::Notice(notice) => {
+                    if !self.skips(&notice) {
+                        self.deliver(&notice);
+                    }
+                }
                 Job::Restore(notice) => {
                     let sink = &mut self.sink;
                     if let Err(e) = guarded(|| {
@@ -421,6 +452,21 @@ impl Worker {
                 Job::Stop => break,
             }
         }
+    }
+
+    /// The sink's [`Sink::skip`]; a panic there means "deliver", where it is counted.
+    fn skips(&mut self, notice: &Notice) -> bool {
+        let sink = &mut self.sink;
+        let skipped = catch_unwind(AssertUnwindSafe(|| sink.skip(notice))).unwrap_or(false);
+        if skipped {
+            tracing::debug!(
+                sink = %self.name,
+                alert = %notice.key(),
+                state = notice.state.as_str(),
+                "notice needs no delivery"
+            );
+        }
+        skipped
     }
 
     fn tick(&mut self) {

@@ -1,10 +1,12 @@
-//! Telling the operator: every alert event is logged, and notices go to exec hooks, webhooks and Alertmanagers.
+//! Telling the operator: every alert event is logged, and notices go to exec hooks, webhooks,
+//! Alertmanagers and Gas Town escalations.
 //!
 //! [`Notice`] is the one JSON object every sink sends; [`Notifier`] hands it to one worker
 //! thread per sink so a slow or broken sink never holds up the caller or another sink.
 
 pub mod alertmanager;
 mod dispatch;
+pub mod escalate;
 pub mod exec;
 #[cfg(test)]
 mod testutil;
