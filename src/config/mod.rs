@@ -542,7 +542,20 @@ impl Settings {
             alert_retention,
             filesystems,
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
-            notify: file.notify.resolve(&cli.on_alert, &cli.alertmanager)?,
+            notify: {
+                let mut notify = file.notify.resolve(&cli.on_alert, &cli.alertmanager)?;
+                if let Some(town) = &gastown
+                    && let Some(min_severity) = town.escalate
+                {
+                    notify.escalate = Some(outputs::EscalateSink {
+                        program: town.gt.clone(),
+                        min_severity,
+                        timeout: town.escalate_timeout,
+                        cwd: Some(town.root.clone()),
+                    });
+                }
+                notify
+            },
             http: file
                 .http
                 .resolve(cli.listen.as_deref(), cli.listen_public)?,

@@ -82,6 +82,8 @@ pub struct ExecSink {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub timeout: Duration,
+    /// Where it runs (default: the daemon's working directory).
+    pub cwd: Option<PathBuf>,
 }
 
 /// A URL to POST each notice to.
@@ -109,6 +111,8 @@ pub struct EscalateSink {
     pub min_severity: HealthStatus,
     /// The longest one `gt escalate` run may take before its process group is killed.
     pub timeout: Duration,
+    /// Where `gt` runs: the town root, which is how `gt` finds its town.
+    pub cwd: Option<PathBuf>,
 }
 
 impl Default for EscalateSink {
@@ -117,6 +121,7 @@ impl Default for EscalateSink {
             program: PathBuf::from("gt"),
             min_severity: HealthStatus::Unhealthy,
             timeout: Duration::from_secs_f64(DEFAULT_SINK_TIMEOUT_SECS),
+            cwd: None,
         }
     }
 }
@@ -194,6 +199,7 @@ impl NotifyConfig {
                 program: PathBuf::from(program),
                 args: args.to_vec(),
                 timeout: timeout(&key, e.timeout, secs)?,
+                cwd: None,
             });
         }
         for program in on_alert {
@@ -204,6 +210,7 @@ impl NotifyConfig {
                 program: program.clone(),
                 args: Vec::new(),
                 timeout: default_timeout,
+                cwd: None,
             });
         }
         for (i, w) in self.webhook.iter().enumerate() {

@@ -339,6 +339,7 @@ impl Sink for Escalation {
             program,
             args: escalate_args(notice, level, &self.host),
             timeout,
+            cwd: self.sink.cwd.clone(),
         };
         let out = run_hook(&run, notice, timeout)?;
         // Remembered only once gt has taken it: after a failure the alert's next firing notice
@@ -418,6 +419,7 @@ mod tests {
             program: program.to_path_buf(),
             min_severity,
             timeout: Duration::from_secs(10),
+            cwd: None,
         }
     }
 

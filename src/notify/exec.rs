@@ -102,6 +102,9 @@ pub fn run_hook(sink: &ExecSink, notice: &Notice, timeout: Duration) -> Result<H
 
 fn spawn(sink: &ExecSink, notice: &Notice) -> Result<Child, String> {
     let mut cmd = Command::new(&sink.program);
+    if let Some(dir) = &sink.cwd {
+        cmd.current_dir(dir);
+    }
     cmd.args(&sink.args)
         .envs(notice.env_vars())
         // Only the daemon speaks to systemd; a hook must not feed its watchdog.
@@ -248,6 +251,7 @@ mod tests {
             program: program.to_path_buf(),
             args: Vec::new(),
             timeout,
+            cwd: None,
         }
     }
 
