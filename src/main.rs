@@ -66,6 +66,7 @@ fn main() -> ExitCode {
         Command::Silence(a) => cli::alerts::silence(a, &settings),
         Command::Db(a) => cli::db::run(a, &args.global, &settings),
         Command::History(a) => cli::history::history(a, &settings),
+        Command::Gastown(a) => cli::gastown::run(a, &settings),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -83,6 +83,9 @@ pub struct Summary {
     /// What each notification sink has sent, failed and dropped (live daemons only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notifications: Vec<crate::notify::SinkReport>,
+    /// The Gas Town town the daemon follows, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gastown_root: Option<String>,
     pub db_path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -301,6 +304,7 @@ pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
         // Only a live daemon knows its cycles; `Service::summary` fills them in.
         collector_cycles: BTreeMap::new(),
         notifications: Vec::new(),
+        gastown_root: None,
         db_path: inputs.db_path.display().to_string(),
         pid: inputs.pid,
         warnings: inputs.warnings,

@@ -7,6 +7,7 @@ pub mod analyzer;
 pub mod collector;
 pub mod restart;
 pub mod supervisor;
+pub mod town;
 pub mod writer;
 
 use actix::{Actor, Addr, Handler, Message, Recipient};

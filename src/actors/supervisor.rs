@@ -46,6 +46,8 @@ enum ChildKind {
     Analyzer,
     System,
     Control,
+    /// The Gas Town follower.
+    Town,
     Monitor(MonitorSpec),
 }
 
@@ -59,6 +61,10 @@ fn watched_resource(kind: &ChildKind) -> Option<(ResourceType, String)> {
     match kind {
         ChildKind::Monitor(spec) => Some((spec.kind().resource_type(), spec.id().to_string())),
         ChildKind::System => Some((ResourceType::Cpu, "system".into())),
+        ChildKind::Town => Some((
+            ResourceType::Agent,
+            crate::gastown::lifecycle::TOWN_RESOURCE.into(),
+        )),
         ChildKind::Analyzer | ChildKind::Control => None,
     }
 }
@@ -80,6 +86,8 @@ pub struct SupervisorDeps {
     pub writer: WriterHandle,
     /// Where alert notices go besides the log.
     pub notifier: crate::notify::Notifier,
+    /// Where the Gas Town follower is, when a town is followed.
+    pub town: Option<super::town::SharedTownState>,
     /// Each collector's latest cycle time, for the status document and `/metrics`.
     pub cycles: CycleTimes,
     /// The bound control socket; `None` runs without a control server (tests).
@@ -358,6 +366,19 @@ fn build_child(
             deps.analyzer.set(Some(addr.clone()));
             return Ok(Box::new(addr));
         }
+        ChildKind::Town => {
+            let town = settings.gastown.clone().ok_or("no town configured")?;
+            let state = deps.town.clone().ok_or("no town state")?;
+            let watcher = super::town::TownWatcher::new(
+                town,
+                state,
+                supervisor,
+                deps.analyzer.clone(),
+                deps.writer.clone(),
+                guard,
+            );
+            return Ok(Box::new(watcher.start()));
+        }
         ChildKind::Control => {
             let listener = deps.listener.clone().ok_or("no control socket")?;
             let server = ControlServer::new(listener, supervisor, deps.clone(), guard);
@@ -395,6 +416,9 @@ impl Actor for Supervisor {
         }
         if self.deps.listener.is_some() {
             self.add_child("control".into(), ChildKind::Control, ctx);
+        }
+        if self.deps.town.is_some() {
+            self.add_child("gastown".into(), ChildKind::Town, ctx);
         }
         // Backstop for deaths whose notice got lost: a dead address is a dead child.
         ctx.run_interval(Duration::from_secs(1), |act, ctx| {

@@ -3,6 +3,7 @@
 pub mod alerts;
 pub mod daemon;
 pub mod db;
+pub mod gastown;
 pub mod history;
 pub mod monitors;
 pub mod status;
@@ -75,6 +76,8 @@ pub enum Command {
     Db(db::DbArgs),
     /// One metric of one resource over time: points, min/avg/max and a sparkline
     History(history::HistoryArgs),
+    /// The Gas Town town followed with --gastown: its agents and their health
+    Gastown(gastown::GastownArgs),
 }
 
 /// clap value parser for agent and workspace ids.

@@ -90,6 +90,12 @@ impl Service {
         );
         summary.collector_cycles = self.deps.cycles.snapshot();
         summary.notifications = self.deps.notifier.report();
+        summary.gastown_root = self
+            .deps
+            .settings
+            .gastown
+            .as_ref()
+            .map(|t| t.root.display().to_string());
         Ok(summary)
     }
 

@@ -19,12 +19,14 @@ use tokio::sync::oneshot;
 use crate::actors::alert_memory::AlertMemory;
 use crate::actors::analyzer::AnalyzerHandle;
 use crate::actors::supervisor::{Shutdown, Supervisor, SupervisorDeps};
+use crate::actors::town::TownState;
 use crate::actors::writer::{self, Retention, WriterConfig};
 use crate::analysis::AnalyzerCore;
 use crate::collect::{Probe, SystemProbe, WalkLimits, probe_for};
 use crate::config::Settings;
 use crate::control::service::Service;
 use crate::control::socket;
+use crate::gastown::{self, layout::Town};
 use crate::model::{MonitorSet, MonitorSpec};
 use crate::notify::Notifier;
 use crate::store::write::{WriteOp, apply};
@@ -46,13 +48,49 @@ impl Drop for SocketFile {
     }
 }
 
-/// Loads the persisted monitors and adds (and persists) the ones given on the command line.
-fn prepare_monitors(conn: &mut Connection, extra: Vec<MonitorSpec>) -> anyhow::Result<MonitorSet> {
+/// Loads the persisted monitors, adds (and persists) the ones given on the command line, and
+/// brings a followed town's monitors in line with its layout.
+fn prepare_monitors(
+    conn: &mut Connection,
+    extra: Vec<MonitorSpec>,
+    settings: &Settings,
+) -> anyhow::Result<MonitorSet> {
     let mut monitors: MonitorSet = query::load_monitors(conn)
         .context("cannot read the monitors table")?
         .into_iter()
         .collect();
     let mut ops = Vec::new();
+    if let Some(town) = &settings.gastown {
+        let town = Town::new(&town.root);
+        let wanted: Vec<MonitorSpec> = town
+            .agents()
+            .context("cannot follow the Gas Town town")?
+            .iter()
+            .flat_map(|a| a.monitors(&town, false))
+            .collect();
+        let current: Vec<MonitorSpec> = monitors.iter().cloned().collect();
+        let (add, remove) = gastown::layout::reconcile(&current, &wanted);
+        tracing::info!(
+            town = %town.root.display(),
+            agents = wanted.len() / 2,
+            added = add.len(),
+            removed = remove.len(),
+            "following the Gas Town town"
+        );
+        for spec in remove {
+            monitors.remove(spec.kind(), spec.id());
+            ops.push(WriteOp::MonitorDeleted(spec.kind(), spec.id().to_string()));
+            ops.push(WriteOp::ResourceAlertsResolved(
+                spec.kind().resource_type(),
+                spec.id().to_string(),
+                Utc::now(),
+            ));
+        }
+        for spec in add {
+            ops.push(WriteOp::MonitorSaved(spec.clone()));
+            monitors.add(spec);
+        }
+    }
     for spec in extra {
         // `--agents a1` adds a1 with default options but keeps options an earlier `add` set.
         if !monitors.contains(spec.kind(), spec.id()) {
@@ -94,7 +132,7 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
     if http.is_none() && settings.http.token.is_some() {
         tracing::warn!("[http] token is set but no listen address: the HTTP API is off");
     }
-    let monitors = prepare_monitors(&mut conn, extra)?;
+    let monitors = prepare_monitors(&mut conn, extra, &settings)?;
     let silences =
         query::active_silences(&conn, Utc::now()).context("cannot read the silences table")?;
     let listener = socket::bind(&settings.socket_path)?;
@@ -138,6 +176,10 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
             analyzer: deps_analyzer,
             writer: deps_writer,
             notifier: deps_notifier,
+            town: settings
+                .gastown
+                .as_ref()
+                .map(|t| Arc::new(std::sync::Mutex::new(TownState::new(&Town::new(&t.root))))),
             cycles: Default::default(),
             listener: Some(Arc::new(listener)),
         };
@@ -206,7 +248,7 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
 /// One cycle without a daemon: measure everything, analyze, write, and return the summary.
 pub fn run_once(settings: &Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<Summary> {
     let (_lock, mut conn) = open_database(settings)?;
-    let monitors = prepare_monitors(&mut conn, extra)?;
+    let monitors = prepare_monitors(&mut conn, extra, settings)?;
     // One cycle has no next tick to catch up on: let walks run to their cap.
     let limits = WalkLimits::from_settings(settings);
     let limits = WalkLimits {

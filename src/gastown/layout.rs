@@ -228,9 +228,22 @@ fn role_dir(role: Role) -> &'static str {
 }
 
 impl TownAgent {
-    /// The two monitors that watch it: the agent (process from the pid file, else the tmux
+    /// The monitors that watch it: the agent (process from the pid file, else the tmux
     /// session; heartbeat; worktree) and its worktree as a workspace (with its beads database).
-    pub fn monitors(&self, town: &Town) -> [MonitorSpec; 2] {
+    /// A crew member's clone outlives its sessions, so it is watched as an agent only while a
+    /// session runs (`running`, or a pid file says so); a polecat exists to work, so always.
+    pub fn monitors(&self, town: &Town, running: bool) -> Vec<MonitorSpec> {
+        let [agent, workspace] = self.both_monitors(town);
+        let as_agent =
+            running || self.role == Role::Polecat || town.pid_file(&self.session).exists();
+        if as_agent {
+            vec![agent, workspace]
+        } else {
+            vec![workspace]
+        }
+    }
+
+    fn both_monitors(&self, town: &Town) -> [MonitorSpec; 2] {
         let agent = MonitorSpec::Agent {
             id: self.session.clone(),
             options: AgentOptions {
@@ -389,7 +402,19 @@ mod tests {
     fn monitors_follow_the_town_and_leave_operators_alone() {
         let (_dir, town) = town();
         let quartz = town.agent_in("gastown", Role::Polecat, "quartz").unwrap();
-        let [agent, workspace] = quartz.monitors(&town);
+        let [agent, workspace] = quartz.both_monitors(&town);
+        assert_eq!(
+            quartz.monitors(&town, false).len(),
+            2,
+            "a polecat is always an agent"
+        );
+        let max = town.agent_in("ac", Role::Crew, "max").unwrap();
+        assert_eq!(
+            max.monitors(&town, false).len(),
+            1,
+            "an idle crew clone is a workspace"
+        );
+        assert_eq!(max.monitors(&town, true).len(), 2);
         let MonitorSpec::Agent { options, .. } = &agent else {
             panic!()
         };
