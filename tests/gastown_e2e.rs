@@ -204,6 +204,10 @@ fn a_town_is_discovered_its_heartbeats_read_and_its_alerts_escalated() {
     // Max's session runs, but its heartbeat is ten minutes old: stale, and past critical.
     town.run("ac-crew-max", "exec sleep 600");
     town.heartbeat("ac-crew-max", 600, "working");
+    // Jade is alive and beating, but says it is stuck.
+    town.polecat("jade");
+    town.run("ac-jade", "exec sleep 600");
+    town.heartbeat("ac-jade", 1, "stuck");
     let _daemon = start(&env, &town);
 
     for (kind, id) in [
@@ -260,6 +264,13 @@ fn a_town_is_discovered_its_heartbeats_read_and_its_alerts_escalated() {
         .filter(|a| a.iter().any(|x| x.contains("heartbeat_age_seconds")))
         .count();
     assert_eq!(heartbeat_escalations, 1);
+    // A stuck agent alerts and escalates too.
+    wait_until("the stuck heartbeat alerted and escalated", || {
+        env.alert_active("ac-jade", "heartbeat_stuck")
+            && !town
+                .escalations_for("health-monitor:agent:ac-jade")
+                .is_empty()
+    });
     // The old history was not replayed.
     assert!(
         town.escalations_for("health-monitor:agent:ac-ghost")

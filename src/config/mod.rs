@@ -771,6 +771,47 @@ mod tests {
                 .for_cycles,
             2
         );
+        // Every other TOML snippet in the README parses too.
+        let mut blocks = 0;
+        for block in readme.split("```toml\n").skip(2) {
+            let text = &block[..block.find("```").unwrap()];
+            let file = ConfigFile::parse(text).unwrap_or_else(|e| panic!("{e:#}\n{text}"));
+            Settings::resolve(file, &CliOverrides::default())
+                .unwrap_or_else(|e| panic!("{e:#}\n{text}"));
+            blocks += 1;
+        }
+        assert!(blocks >= 1, "the [gastown] example");
+    }
+
+    #[test]
+    fn a_town_sets_the_heartbeat_threshold_and_escalation() {
+        let file = ConfigFile::parse("[gastown]\nroot = \"/gt\"\nheartbeat_stale = 60\n").unwrap();
+        let s = Settings::resolve(file, &CliOverrides::default()).unwrap();
+        let rule = s
+            .rules
+            .rule(ResourceType::Agent, "a", catalog::HEARTBEAT_AGE_SECONDS)
+            .unwrap();
+        assert_eq!(
+            (rule.thresholds.warning, rule.thresholds.critical),
+            (60.0, 600.0)
+        );
+        let escalate = s.notify.escalate.expect("escalation on by default");
+        assert_eq!(escalate.cwd.as_deref(), Some(Path::new("/gt")));
+        assert_eq!(escalate.min_severity, crate::model::HealthStatus::Unhealthy);
+        // [thresholds] still wins over the town's default.
+        let file = ConfigFile::parse(
+            "[gastown]\nroot = \"/gt\"\n[thresholds.heartbeat_age_seconds]\nwarning = 30\ncritical = 90\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(file, &CliOverrides::default()).unwrap();
+        let rule = s
+            .rules
+            .rule(ResourceType::Agent, "a", catalog::HEARTBEAT_AGE_SECONDS)
+            .unwrap();
+        assert_eq!(
+            (rule.thresholds.warning, rule.thresholds.critical),
+            (30.0, 90.0)
+        );
     }
 
     #[test]
