@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
-use common::{Env, wait_until};
+use common::{Env, FakeAgent, wait_until};
 use serde_json::{Value, json};
 
 /// A town in a temporary directory, with a stand-in `gt` that records its arguments.
@@ -184,7 +184,7 @@ fn kill(pid: u32) {
     );
 }
 
-const CONFIG: &str = "interval = 0.2\nalert_cooldown = 600\n[gastown]\nspawn_grace = 1\n";
+const CONFIG: &str = "interval = 0.2\nalert_cooldown = 0.5\n[gastown]\nspawn_grace = 1\n";
 
 fn start(env: &Env, town: &FakeTown) -> common::Daemon {
     let root = town.root.to_str().unwrap().to_string();
@@ -355,11 +355,20 @@ fn lifecycle_events_add_retire_and_alert() {
         "ac/quartz",
         json!({"session": "ac-quartz", "reason": "exited"}),
     );
-    let rows = env.count("SELECT count(*) FROM health_metrics");
-    env.wait_count("SELECT count(*) FROM health_metrics", rows + 100);
+    // A later event that shows it has been read: the death before it was read too.
+    town.polecat("marker");
+    town.run("ac-marker", "exec sleep 600");
+    town.event("spawn", "gt", json!({"rig": "ac", "polecat": "marker"}));
+    wait_until("the marker watched", || {
+        has_monitor(&env, "agent", "ac-marker")
+    });
     assert!(
         has_monitor(&env, "agent", "ac-quartz"),
         "retired with an orphan alive"
+    );
+    assert!(
+        !has_monitor(&env, "workspace", "ac-quartz"),
+        "a finished polecat's worktree is let go at once"
     );
     assert!(
         !env.alert_active("ac-quartz", "session_death"),
@@ -370,6 +379,35 @@ fn lifecycle_events_add_retire_and_alert() {
     wait_until("quartz retired once the orphan is gone", || {
         !has_monitor(&env, "agent", "ac-quartz") && !has_monitor(&env, "workspace", "ac-quartz")
     });
+
+    // Onyx died unexplained; the witness kills it: retired, its death alert resolved for good.
+    town.event(
+        "kill",
+        "gt",
+        json!({"rig": "ac", "target": "onyx", "reason": "gt stop"}),
+    );
+    for p in &mut town.processes {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    wait_until("onyx retired", || !has_monitor(&env, "agent", "ac-onyx"));
+    wait_until("its death alert resolved", || {
+        !env.alert_active("ac-onyx", "session_death")
+    });
+    let rows = env.count("SELECT count(*) FROM health_metrics");
+    env.wait_count("SELECT count(*) FROM health_metrics", rows + 60);
+    assert!(
+        !env.alert_active("ac-onyx", "session_death"),
+        "raised again after removal"
+    );
+    assert_eq!(
+        town.escalations_for("health-monitor:agent:ac-onyx")
+            .iter()
+            .filter(|a| a[3].contains("tmux server died"))
+            .count(),
+        1,
+        "the death is escalated once"
+    );
 
     // Malformed and partial lines are skipped; the follower keeps going.
     town.append("this is not json\n{\"type\": \"mass_");
@@ -399,11 +437,43 @@ fn lifecycle_events_add_retire_and_alert() {
 #[test]
 fn monitors_are_reconciled_with_the_layout_at_start() {
     let env = Env::new(CONFIG);
-    let town = FakeTown::new(&env);
+    let mut town = FakeTown::new(&env);
     town.polecat("quartz");
+    town.polecat("jade");
+    town.run("ac-jade", "exec sleep 600");
     fs::create_dir_all(town.root.join("ac/crew/max")).unwrap();
+    // An operator watches ac-jade their own way before the town is followed.
+    let theirs = FakeAgent::spawn();
+    env.hm_ok(&[
+        "add",
+        "agent",
+        "ac-jade",
+        "--pid",
+        &theirs.pid().to_string(),
+    ]);
     let daemon = start(&env, &town);
     assert!(has_monitor(&env, "workspace", "ac-crew-max"));
+    assert!(has_monitor(&env, "workspace", "ac-quartz"));
+    assert!(
+        !has_monitor(&env, "agent", "ac-quartz"),
+        "no session: not an agent"
+    );
+    // The town's first rescan leaves the operator's monitor as it is.
+    wait_until("the town's first rescan", || {
+        daemon.log().contains("town layout read again")
+    });
+    let rows = env.count("SELECT count(*) FROM health_metrics");
+    env.wait_count("SELECT count(*) FROM health_metrics", rows + 60);
+    let list: Vec<Value> = serde_json::from_str(&env.hm_ok(&["list", "--json"])).unwrap();
+    let jade = list
+        .iter()
+        .find(|m| m["kind"] == "agent" && m["id"] == "ac-jade")
+        .unwrap();
+    assert_eq!(
+        jade["pid"],
+        theirs.pid(),
+        "the operator's monitor was replaced: {jade}"
+    );
     env.hm_ok(&[
         "add",
         "workspace",
@@ -420,7 +490,7 @@ fn monitors_are_reconciled_with_the_layout_at_start() {
     let now = monitors(&env);
     assert!(!now.iter().any(|(_, id)| id == "ac-crew-max"), "{now:?}");
     assert!(
-        now.contains(&("agent".into(), "ac-quartz".into())),
+        now.contains(&("workspace".into(), "ac-quartz".into())),
         "{now:?}"
     );
     assert!(

@@ -99,6 +99,22 @@ impl AlertMemory {
         list.push(silence);
     }
 
+    /// Adds a silence unless one on the same target already lasts as long; true when added.
+    /// Automatic silences use it, so they never shorten an operator's.
+    pub fn extend_silence(&self, silence: Silence) -> bool {
+        let mut guard = lock(&self.silences);
+        let list = guard.get_or_insert_with(Vec::new);
+        if list
+            .iter()
+            .any(|s| s.same_target(&silence) && s.expires_at >= silence.expires_at)
+        {
+            return false;
+        }
+        list.retain(|s| !s.same_target(&silence));
+        list.push(silence);
+        true
+    }
+
     /// Removes a resource's silences (all, or the one on `metric`); returns how many.
     pub fn remove_silences(
         &self,
@@ -144,14 +160,28 @@ impl AlertMemory {
         (silenced, send)
     }
 
+    /// True when the alert's firing notice never went out (it fired under a silence that has
+    /// since ended): its next notice must go out as a firing one, or sinks that take only
+    /// firings (an escalation) would never hear of it.
+    fn first_notice(&self, event: &AlertEvent) -> bool {
+        matches!(event, AlertEvent::Reminder(_))
+            && !lock(&self.notified).contains(&event.alert().key())
+    }
+
     /// Tells people about alert events: every event is logged, and sent as [`decide`] says.
     ///
     /// [`decide`]: AlertMemory::decide
     pub fn announce(&self, events: &[AlertEvent], notifier: &Notifier) {
         let now = Utc::now();
         for event in events {
+            let first = self.first_notice(event);
             let (silenced, send) = self.decide(event, now);
             notify::log_event(event, silenced);
+            let event = if first && send {
+                &AlertEvent::Fired(event.alert().clone())
+            } else {
+                event
+            };
             if send
                 && !notifier.is_empty()
                 && let Some(notice) = Notice::from_event(event, now)
@@ -259,6 +289,26 @@ mod tests {
         let b = alert(2, "w1");
         assert_eq!(m.decide(&AlertEvent::Fired(b.clone()), now), (true, false));
         assert_eq!(m.decide(&resolved(&b), now), (true, false));
+        // One that fired under a silence since ended: its next reminder is its first notice.
+        let d = alert(4, "w3");
+        m.add_silence(silence("w3"));
+        assert_eq!(m.decide(&AlertEvent::Fired(d.clone()), now), (true, false));
+        m.remove_silences(ResourceType::Workspace, "w3", None);
+        assert!(m.first_notice(&AlertEvent::Reminder(d.clone())));
+        assert_eq!(
+            m.decide(&AlertEvent::Reminder(d.clone()), now),
+            (false, true)
+        );
+        assert!(!m.first_notice(&AlertEvent::Reminder(d)));
+        // Automatic silences never shorten a longer one.
+        assert!(!m.extend_silence(Silence {
+            expires_at: now + chrono::Duration::minutes(1),
+            ..silence("w1")
+        }));
+        assert!(m.extend_silence(Silence {
+            expires_at: now + chrono::Duration::hours(2),
+            ..silence("w1")
+        }));
         // Quiet updates never go out.
         let c = alert(3, "w2");
         assert_eq!(m.decide(&AlertEvent::Downgraded(c), now), (false, false));

@@ -558,6 +558,15 @@ impl Handler<ForgetResource> for Analyzer {
     fn handle(&mut self, msg: ForgetResource, _: &mut Self::Context) {
         // The collector is already stopped: what it queued is analyzed first, then forgotten.
         self.drain();
+        // Conditions raised for it (a death, a failed collector) go with it.
+        lock(&self.handle.inner.conditions).retain(|k, _| {
+            !crate::alerts::belongs_to(
+                k.resource_type,
+                &k.resource_id,
+                msg.resource_type,
+                &msg.resource_id,
+            )
+        });
         let Some(core) = self.core.as_mut() else {
             return;
         };

@@ -524,6 +524,51 @@ impl Handler<RemoveMonitor> for Supervisor {
     }
 }
 
+/// Adds or updates a monitor on behalf of its `managed_by` owner (the town follower): one that
+/// someone else added, an operator say, is left as it is.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<AddOutcome, String>")]
+pub struct AddOwnedMonitor(pub MonitorSpec);
+
+impl Handler<AddOwnedMonitor> for Supervisor {
+    type Result = Result<AddOutcome, String>;
+    fn handle(&mut self, msg: AddOwnedMonitor, ctx: &mut Self::Context) -> Self::Result {
+        let spec = msg.0;
+        if let Some(existing) = self.monitors.get(spec.kind(), spec.id())
+            && existing.managed_by() != spec.managed_by()
+        {
+            tracing::debug!(kind = %spec.kind(), id = spec.id(), "left as its owner set it");
+            return Ok(AddOutcome::Unchanged);
+        }
+        self.handle(AddMonitor(spec), ctx)
+    }
+}
+
+/// Removes a monitor only if `owner` manages it.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), String>")]
+pub struct RemoveOwnedMonitor {
+    pub kind: MonitorKind,
+    pub id: String,
+    pub owner: String,
+}
+
+impl Handler<RemoveOwnedMonitor> for Supervisor {
+    type Result = Result<(), String>;
+    fn handle(&mut self, msg: RemoveOwnedMonitor, ctx: &mut Self::Context) -> Self::Result {
+        match self.monitors.get(msg.kind, &msg.id) {
+            Some(existing) if existing.managed_by() == Some(msg.owner.as_str()) => self.handle(
+                RemoveMonitor {
+                    kind: msg.kind,
+                    id: msg.id,
+                },
+                ctx,
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Asks for the monitors and the actors' states.
 #[derive(Message, Debug)]
 #[rtype(result = "LiveInfo")]

@@ -1,7 +1,7 @@
 //! The Gas Town actor: follows the town's events file, starts and retires monitors as agents
 //! come and go, raises death alerts, and picks up agents that appear in the layout.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -9,15 +9,15 @@ use actix::prelude::*;
 use chrono::Utc;
 
 use super::analyzer::AnalyzerHandle;
-use super::supervisor::{AddMonitor, RemoveMonitor, Supervisor};
+use super::supervisor::{AddOwnedMonitor, GetLive, RemoveOwnedMonitor, Supervisor};
 use super::writer::WriterHandle;
 use super::{ExitGuard, StopChild};
 use crate::catalog;
 use crate::config::GastownSettings;
 use crate::gastown::events::EventFollower;
-use crate::gastown::layout::{Role, Town};
-use crate::gastown::lifecycle::{Action, Lifecycle};
-use crate::model::{HealthMetric, MonitorKind, ResourceType, Silence};
+use crate::gastown::layout::{MANAGED_BY, Town, reconcile};
+use crate::gastown::lifecycle::{Action, EVENT_ALERT_HOLD, Lifecycle, is_event_alert};
+use crate::model::{HealthMetric, MonitorKind, MonitorSpec, ResourceType, Silence};
 use crate::store::write::WriteOp;
 
 /// How often the events file is read.
@@ -26,14 +26,19 @@ const POLL_EVERY: Duration = Duration::from_secs(1);
 const RESCAN_EVERY: Duration = Duration::from_secs(60);
 /// How long a retiring agent's expected silence (no process, no heartbeat) is kept from sinks.
 const RETIRE_QUIET: chrono::Duration = chrono::Duration::minutes(10);
+/// How often retiring agents and aging death alerts are looked at.
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// A retiring agent never measured is retired after this long.
+const UNMEASURED_WAIT: Duration = Duration::from_secs(120);
 
 /// What must survive a restart of the actor: where it is in the events file, what it remembers
-/// of endings, and which agents wait for their last orphan check.
+/// of endings, and which agents wait for their last orphan check (and since when).
 pub struct TownState {
     follower: EventFollower,
     lifecycle: Lifecycle,
-    retiring: BTreeSet<String>,
+    retiring: BTreeMap<String, Instant>,
     last_rescan: Option<Instant>,
+    last_check: Option<Instant>,
 }
 
 impl TownState {
@@ -42,14 +47,19 @@ impl TownState {
         TownState {
             follower: EventFollower::from_end(&town.events_file()),
             lifecycle: Lifecycle::new(town.clone()),
-            retiring: BTreeSet::new(),
+            retiring: BTreeMap::new(),
             last_rescan: None,
+            last_check: None,
         }
     }
 }
 
 /// Shared, restart-proof town state.
 pub type SharedTownState = Arc<Mutex<TownState>>;
+
+fn lock(state: &SharedTownState) -> std::sync::MutexGuard<'_, TownState> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The actor.
 pub struct TownWatcher {
@@ -59,6 +69,8 @@ pub struct TownWatcher {
     supervisor: Addr<Supervisor>,
     analyzer: AnalyzerHandle,
     writer: WriterHandle,
+    /// A poll, rescan or check is running (they run off the event loop, one at a time).
+    busy: bool,
     _guard: ExitGuard,
 }
 
@@ -69,7 +81,7 @@ pub enum Retirement {
     Done,
     /// Still running, or orphans remain: keep watching.
     Wait,
-    /// Not monitored (no measurements at all): nothing to retire.
+    /// Nothing measured yet: wait a little, then retire it anyway.
     Unknown,
 }
 
@@ -95,6 +107,54 @@ pub fn retirement(session: &str, latest: &[HealthMetric]) -> Retirement {
     }
 }
 
+/// What one poll of the town found, computed off the event loop.
+struct PollResult {
+    actions: Vec<Action>,
+    /// The town's wanted monitors, when it was time to read the layout again.
+    rescan: Option<Vec<MonitorSpec>>,
+}
+
+/// Reads new events and, every [`RESCAN_EVERY`], the layout (blocking file and tmux work).
+fn poll_town(state: &SharedTownState, town: &Town) -> PollResult {
+    let now = Utc::now();
+    let mut st = lock(state);
+    let mut actions = Vec::new();
+    for event in st.follower.poll() {
+        tracing::debug!(kind = %event.kind, actor = ?event.actor, "town event");
+        actions.extend(st.lifecycle.on_event(&event, now));
+    }
+    st.lifecycle.on_tick(now);
+    for action in &actions {
+        match action {
+            Action::Watch(agent) => {
+                st.retiring.remove(&agent.session);
+            }
+            Action::Retire(session) => {
+                st.retiring
+                    .entry(session.clone())
+                    .or_insert_with(Instant::now);
+            }
+            _ => {}
+        }
+    }
+    let due = st.last_rescan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY);
+    if !due {
+        return PollResult {
+            actions,
+            rescan: None,
+        };
+    }
+    st.last_rescan = Some(Instant::now());
+    drop(st);
+    // tmux not answering: skip this rescan rather than guess which sessions run.
+    let rescan = crate::collect::agent::tmux_sessions().and_then(|sessions| {
+        town.wanted_monitors(&sessions)
+            .map_err(|e| tracing::warn!("cannot read the town's layout: {e:#}"))
+            .ok()
+    });
+    PollResult { actions, rescan }
+}
+
 impl TownWatcher {
     /// A watcher over shared state that outlives it.
     pub fn new(
@@ -112,55 +172,51 @@ impl TownWatcher {
             supervisor,
             analyzer,
             writer,
+            busy: false,
             _guard: guard,
         }
     }
 
-    /// Reads new events and acts on them.
+    /// Reads new events (and now and then the layout) off the event loop, then acts.
     fn poll(&mut self, ctx: &mut Context<Self>) {
-        let now = Utc::now();
-        let (actions, rescan) = {
-            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut actions = Vec::new();
-            for event in state.follower.poll() {
-                tracing::debug!(kind = %event.kind, actor = ?event.actor, "town event");
-                actions.extend(state.lifecycle.on_event(&event, now));
-            }
-            actions.extend(state.lifecycle.on_tick(now));
-            for action in &actions {
-                match action {
-                    Action::Watch(agent) => {
-                        state.retiring.remove(&agent.session);
-                    }
-                    Action::Retire(session) => {
-                        state.retiring.insert(session.clone());
-                    }
-                    _ => {}
-                }
-            }
-            let rescan = state
-                .last_rescan
-                .is_none_or(|t| t.elapsed() >= RESCAN_EVERY);
-            if rescan {
-                state.last_rescan = Some(Instant::now());
-            }
-            (actions, rescan)
-        };
-        for action in actions {
-            self.act(action, ctx);
+        if self.busy {
+            return;
         }
-        if rescan {
-            self.rescan();
-        }
-        self.check_retiring(ctx);
+        self.busy = true;
+        let state = self.state.clone();
+        let town = self.town.clone();
+        let work = actix_rt::task::spawn_blocking(move || poll_town(&state, &town));
+        ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
+            act.busy = false;
+            let Ok(result) = result else { return };
+            for action in result.actions {
+                act.act(action);
+            }
+            if let Some(wanted) = result.rescan {
+                act.rescan(wanted, ctx);
+            }
+            act.check_retiring(ctx);
+        }));
     }
 
-    fn act(&mut self, action: Action, _ctx: &mut Context<Self>) {
+    fn add(&self, spec: MonitorSpec) {
+        self.supervisor.do_send(AddOwnedMonitor(spec));
+    }
+
+    fn remove(&self, kind: MonitorKind, id: &str) {
+        self.supervisor.do_send(RemoveOwnedMonitor {
+            kind,
+            id: id.to_string(),
+            owner: MANAGED_BY.into(),
+        });
+    }
+
+    fn act(&mut self, action: Action) {
         let now = Utc::now();
         match action {
             Action::Watch(agent) => {
                 tracing::info!(session = %agent.session, rig = %agent.rig, "town agent started: watching it");
-                // A fresh session may not have its process or heartbeat yet.
+                // A fresh session may not have its process yet: its first notice waits.
                 let grace = chrono::Duration::from_std(self.settings.spawn_grace)
                     .unwrap_or(chrono::Duration::minutes(2));
                 self.quiet(
@@ -170,7 +226,7 @@ impl TownWatcher {
                     "starting",
                 );
                 for spec in agent.monitors(&self.town, true) {
-                    self.supervisor.do_send(AddMonitor(spec));
+                    self.add(spec);
                 }
             }
             Action::Retire(session) => {
@@ -185,6 +241,11 @@ impl TownWatcher {
                     now + RETIRE_QUIET,
                     "retiring",
                 );
+                // A polecat's worktree goes with it (the witness may remove it any moment); a
+                // crew clone stays. The agent stays until its last orphan check.
+                if !self.is_crew(&session) {
+                    self.remove(MonitorKind::Workspace, &session);
+                }
             }
             Action::Raise(key, condition) => {
                 tracing::warn!(resource_id = %key.resource_id, alert_type = %key.alert_type, "{}", condition.message);
@@ -194,13 +255,18 @@ impl TownWatcher {
         }
     }
 
+    fn is_crew(&self, session: &str) -> bool {
+        session.contains("-crew-")
+    }
+
     /// Keeps the expected alerts of a starting or ending agent from the sinks for a while
-    /// (they are still recorded): planned lifecycle is not an incident.
+    /// (they are still recorded): planned lifecycle is not an incident. An alert that fires
+    /// meanwhile and is still firing afterwards goes out then. A longer silence stays.
     fn quiet(&self, session: &str, metrics: &[&str], until: chrono::DateTime<Utc>, why: &str) {
         let now = Utc::now();
         let ops: Vec<WriteOp> = metrics
             .iter()
-            .map(|metric| {
+            .filter_map(|metric| {
                 let silence = Silence {
                     resource_type: ResourceType::Agent,
                     resource_id: session.to_string(),
@@ -209,69 +275,102 @@ impl TownWatcher {
                     expires_at: until,
                     comment: Some(format!("gastown: {why}")),
                 };
-                self.analyzer.memory().add_silence(silence.clone());
-                WriteOp::SilenceSaved(silence)
+                self.analyzer
+                    .memory()
+                    .extend_silence(silence.clone())
+                    .then_some(WriteOp::SilenceSaved(silence))
             })
             .collect();
-        self.analyzer.submit_in_order(&self.writer, ops);
+        if !ops.is_empty() {
+            self.analyzer.submit_in_order(&self.writer, ops);
+        }
     }
 
-    /// Adds monitors for agents the layout has and no event announced (crew added by hand).
-    fn rescan(&self) {
-        match self.town.agents() {
-            Ok(agents) => {
-                for agent in agents {
-                    for spec in agent.monitors(&self.town, false) {
-                        self.supervisor.do_send(AddMonitor(spec));
-                    }
+    /// Brings the town's monitors in line with the layout read off the event loop: new
+    /// worktrees and running sessions are added; worktrees and sessions gone are removed,
+    /// except agents waiting for their orphan check. Operators' monitors are never touched.
+    fn rescan(&self, wanted: Vec<MonitorSpec>, ctx: &mut Context<Self>) {
+        let supervisor = self.supervisor.clone();
+        let get = async move { supervisor.send(GetLive).await.ok() };
+        ctx.spawn(get.into_actor(self).map(move |live, act, _| {
+            let Some(live) = live else { return };
+            let now = Utc::now();
+            let (retiring, ended): (Vec<String>, Vec<String>) = {
+                let st = lock(&act.state);
+                let ended = wanted
+                    .iter()
+                    .map(|w| w.id().to_string())
+                    .filter(|id| st.lifecycle.recently_ended(id, now))
+                    .collect();
+                (st.retiring.keys().cloned().collect(), ended)
+            };
+            let (add, remove) = reconcile(&live.monitors, &wanted);
+            tracing::debug!(
+                wanted = wanted.len(),
+                add = add.len(),
+                remove = remove.len(),
+                "town layout read again"
+            );
+            for spec in add {
+                // A session that just ended is not started again by its leftover tmux pane.
+                if !(spec.kind() == MonitorKind::Agent && ended.iter().any(|e| e == spec.id())) {
+                    act.add(spec);
                 }
             }
-            Err(e) => tracing::warn!("cannot read the town's layout: {e:#}"),
-        }
+            for spec in remove {
+                if !retiring.iter().any(|r| r == spec.id()) {
+                    act.remove(spec.kind(), spec.id());
+                }
+            }
+        }));
     }
 
-    /// Retires the agents whose process is gone without orphans.
+    /// Every few seconds: retires agents whose process is gone without orphans, and resolves
+    /// death alerts past their hold (also ones restored after a restart).
     fn check_retiring(&self, ctx: &mut Context<Self>) {
-        let sessions: Vec<String> = {
-            let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.retiring.iter().cloned().collect()
-        };
-        if sessions.is_empty() {
-            return;
+        {
+            let mut st = lock(&self.state);
+            if st.last_check.is_some_and(|t| t.elapsed() < CHECK_EVERY) {
+                return;
+            }
+            st.last_check = Some(Instant::now());
         }
         let analyzer = self.analyzer.clone();
-        let check = async move { analyzer.snapshot().await.map(|s| s.latest) };
-        ctx.spawn(check.into_actor(self).map(move |latest, act, _| {
-            let Some(latest) = latest else { return };
-            for session in sessions {
-                let verdict = retirement(&session, &latest);
-                if verdict == Retirement::Wait {
+        let snapshot = async move { analyzer.snapshot().await };
+        ctx.spawn(snapshot.into_actor(self).map(move |snapshot, act, _| {
+            let Some(snapshot) = snapshot else { return };
+            let now = Utc::now();
+            for alert in &snapshot.active_alerts {
+                if alert.resource_type == ResourceType::Agent
+                    && is_event_alert(&alert.alert_type)
+                    && now - alert.timestamp >= EVENT_ALERT_HOLD
+                {
+                    act.analyzer.set_condition(alert.key(), None);
+                }
+            }
+            let retiring: Vec<(String, Instant)> = lock(&act.state)
+                .retiring
+                .iter()
+                .map(|(s, t)| (s.clone(), *t))
+                .collect();
+            for (session, since) in retiring {
+                let done = match retirement(&session, &snapshot.latest) {
+                    Retirement::Done => true,
+                    Retirement::Wait => false,
+                    // Never measured (it ended before its first cycle): retire it after a while.
+                    Retirement::Unknown => since.elapsed() >= UNMEASURED_WAIT,
+                };
+                if !done {
                     continue;
                 }
-                act.state
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .retiring
-                    .remove(&session);
-                if verdict == Retirement::Done {
-                    tracing::info!(%session, "town agent gone without orphans: no longer watched");
-                    // A crew member's clone stays: only its session ended.
-                    let crew_clone_stays = act.town.agents().is_ok_and(|agents| {
-                        agents
-                            .iter()
-                            .any(|a| a.session == session && a.role == Role::Crew)
-                    });
-                    let kinds: &[MonitorKind] = if crew_clone_stays {
-                        &[MonitorKind::Agent]
-                    } else {
-                        &[MonitorKind::Agent, MonitorKind::Workspace]
-                    };
-                    for &kind in kinds {
-                        act.supervisor.do_send(RemoveMonitor {
-                            kind,
-                            id: session.clone(),
-                        });
-                    }
+                // Still retiring? A new spawn may have taken it back meanwhile.
+                if lock(&act.state).retiring.remove(&session).is_none() {
+                    continue;
+                }
+                tracing::info!(%session, "town agent gone without orphans: no longer watched");
+                act.remove(MonitorKind::Agent, &session);
+                if !act.is_crew(&session) {
+                    act.remove(MonitorKind::Workspace, &session);
                 }
             }
         }));

@@ -191,34 +191,36 @@ enum TmuxAnswer {
 }
 
 /// The pid of the first pane of a tmux session (the session name is matched exactly).
-fn tmux_pane_pid(session: &str) -> TmuxAnswer {
+/// What one tmux command gave.
+enum TmuxRun {
+    Output(String),
+    /// It ran and said no (no such session, no server), or there is no tmux.
+    Failed,
+    /// It did not answer within [`TMUX_TIMEOUT`].
+    NoAnswer,
+}
+
+/// Runs `tmux ARGS` with a time limit (a wedged tmux server must not hold a cycle).
+fn run_tmux(args: &[&str]) -> TmuxRun {
     let Ok(mut child) = Command::new("tmux")
-        .args([
-            "list-panes",
-            "-s",
-            "-t",
-            &format!("={session}"),
-            "-F",
-            "#{pane_pid}",
-        ])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
     else {
-        return TmuxAnswer::NoSession; // No tmux at all: no session either.
+        return TmuxRun::Failed;
     };
     let deadline = Instant::now() + TMUX_TIMEOUT;
     loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => break,
-            Ok(Some(_)) => return TmuxAnswer::NoSession,
+            Ok(Some(_)) => return TmuxRun::Failed,
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                tracing::warn!(session, "tmux did not answer in time");
-                return TmuxAnswer::NoAnswer;
+                return TmuxRun::NoAnswer;
             }
         }
     }
@@ -226,9 +228,31 @@ fn tmux_pane_pid(session: &str) -> TmuxAnswer {
     if let Some(mut stdout) = child.stdout.take() {
         let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
     }
-    match out.lines().next().and_then(|l| l.trim().parse().ok()) {
-        Some(pid) => TmuxAnswer::Pane(pid),
-        None => TmuxAnswer::NoSession,
+    TmuxRun::Output(out)
+}
+
+fn tmux_pane_pid(session: &str) -> TmuxAnswer {
+    let target = format!("={session}");
+    match run_tmux(&["list-panes", "-s", "-t", &target, "-F", "#{pane_pid}"]) {
+        TmuxRun::Output(out) => match out.lines().next().and_then(|l| l.trim().parse().ok()) {
+            Some(pid) => TmuxAnswer::Pane(pid),
+            None => TmuxAnswer::NoSession,
+        },
+        TmuxRun::Failed => TmuxAnswer::NoSession,
+        TmuxRun::NoAnswer => {
+            tracing::warn!(session, "tmux did not answer in time");
+            TmuxAnswer::NoAnswer
+        }
+    }
+}
+
+/// The names of the running tmux sessions (empty with no server or no tmux); `None` when tmux
+/// does not answer in time.
+pub fn tmux_sessions() -> Option<std::collections::HashSet<String>> {
+    match run_tmux(&["list-sessions", "-F", "#{session_name}"]) {
+        TmuxRun::Output(out) => Some(out.lines().map(|l| l.trim().to_string()).collect()),
+        TmuxRun::Failed => Some(Default::default()),
+        TmuxRun::NoAnswer => None,
     }
 }
 

@@ -62,17 +62,16 @@ fn prepare_monitors(
     let mut ops = Vec::new();
     if let Some(town) = &settings.gastown {
         let town = Town::new(&town.root);
-        let wanted: Vec<MonitorSpec> = town
-            .agents()
-            .context("cannot follow the Gas Town town")?
-            .iter()
-            .flat_map(|a| a.monitors(&town, false))
-            .collect();
+        // A tmux that does not answer leaves the pid files to say which sessions run.
+        let sessions = crate::collect::agent::tmux_sessions().unwrap_or_default();
+        let wanted = town
+            .wanted_monitors(&sessions)
+            .context("cannot follow the Gas Town town")?;
         let current: Vec<MonitorSpec> = monitors.iter().cloned().collect();
         let (add, remove) = gastown::layout::reconcile(&current, &wanted);
         tracing::info!(
             town = %town.root.display(),
-            agents = wanted.len() / 2,
+            monitors = wanted.len(),
             added = add.len(),
             removed = remove.len(),
             "following the Gas Town town"

@@ -31,19 +31,15 @@ pub struct TownEvent {
     pub visibility: Option<String>,
 }
 
-/// Where the follower is in which file.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Position {
-    dev: u64,
-    ino: u64,
-    offset: u64,
-}
-
 /// Tails one JSONL file across truncation and rotation.
 #[derive(Debug)]
 pub struct EventFollower {
     path: PathBuf,
-    position: Option<Position>,
+    /// The file being read, held open so a rotated file's last lines are still read.
+    file: Option<File>,
+    /// Its identity (device, inode) and how far it was read.
+    ident: Option<(u64, u64)>,
+    offset: u64,
     /// Bytes of a line whose newline has not arrived yet.
     partial: Vec<u8>,
     /// True while skipping the rest of an over-long line.
@@ -55,64 +51,105 @@ pub struct EventFollower {
 impl EventFollower {
     /// A follower that starts at the current end of `path` (or at its start, once it appears).
     pub fn from_end(path: &Path) -> Self {
-        let position = std::fs::metadata(path).ok().map(|m| Position {
-            dev: m.dev(),
-            ino: m.ino(),
-            offset: m.len(),
-        });
-        EventFollower {
+        let mut f = EventFollower {
             path: path.to_path_buf(),
-            position,
+            file: None,
+            ident: None,
+            offset: 0,
             partial: Vec::new(),
             skipping: false,
             malformed: 0,
+        };
+        if let Ok(file) = File::open(path)
+            && let Ok(meta) = file.metadata()
+        {
+            f.ident = Some((meta.dev(), meta.ino()));
+            f.offset = meta.len();
+            f.file = Some(file);
         }
+        f
     }
 
     /// Reads what was appended since the last poll and returns the complete events.
     pub fn poll(&mut self) -> Vec<TownEvent> {
         let mut events = Vec::new();
-        let Ok(mut file) = File::open(&self.path) else {
-            return events; // Not there (yet, or mid-rotation): nothing new.
+        let current = File::open(&self.path)
+            .ok()
+            .and_then(|f| f.metadata().ok().map(|m| (f, m)));
+        let same_file = match (&current, self.ident) {
+            (Some((_, m)), Some(ident)) => (m.dev(), m.ino()) == ident,
+            _ => false,
         };
-        let Ok(meta) = file.metadata() else {
-            return events;
-        };
-        let mut pos = match self.position {
-            // The same file, not shrunk: carry on where we were.
-            Some(p) if p.dev == meta.dev() && p.ino == meta.ino() && meta.len() >= p.offset => p,
-            Some(p) if p.dev == meta.dev() && p.ino == meta.ino() => {
-                tracing::info!(path = %self.path.display(), "events file truncated; reading it from the start");
-                self.partial.clear();
-                self.skipping = false;
-                Position { offset: 0, ..p }
-            }
-            // A new file (rotated, or created after we started): all of it is new.
-            _ => {
-                if self.position.is_some() {
+        if !same_file {
+            // Rotated (or gone): what the old file still holds comes first.
+            if self.file.is_some() {
+                self.read_available(&mut events);
+                if self.ident.is_some() && current.is_some() {
                     tracing::info!(path = %self.path.display(), "events file rotated; following the new one");
                 }
-                self.partial.clear();
-                self.skipping = false;
-                Position {
-                    dev: meta.dev(),
-                    ino: meta.ino(),
-                    offset: 0,
+            }
+            self.partial.clear();
+            self.skipping = false;
+            match current {
+                Some((file, meta)) => {
+                    self.ident = Some((meta.dev(), meta.ino()));
+                    self.offset = 0;
+                    self.file = Some(file);
+                }
+                None => {
+                    self.file = None;
+                    self.ident = None;
+                    return events;
                 }
             }
+        } else if self.truncated() {
+            tracing::info!(path = %self.path.display(), "events file truncated; reading it from the start");
+            self.offset = 0;
+            self.partial.clear();
+            self.skipping = false;
+        }
+        self.read_available(&mut events);
+        events
+    }
+
+    /// True when the file shrank below what was read, or was rewritten so that the byte before
+    /// the read position is no longer the end of a line (truncated and regrown between polls).
+    fn truncated(&mut self) -> bool {
+        let Some(file) = self.file.as_mut() else {
+            return false;
         };
-        if file.seek(SeekFrom::Start(pos.offset)).is_err() {
-            return events;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < self.offset {
+            return true;
+        }
+        if self.offset == 0 || !self.partial.is_empty() || self.skipping {
+            return false;
+        }
+        let mut last = [0u8; 1];
+        file.seek(SeekFrom::Start(self.offset - 1)).is_ok()
+            && file.read_exact(&mut last).is_ok()
+            && last[0] != b'\n'
+    }
+
+    /// Reads from the held file up to its end (at most a burst's worth), advancing by exactly
+    /// what was read, even when a read fails part way.
+    fn read_available(&mut self, events: &mut Vec<TownEvent>) {
+        let Some(file) = self.file.as_mut() else {
+            return;
+        };
+        if file.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
         }
         let mut chunk = Vec::new();
-        let read = (&mut file)
-            .take(MAX_READ_PER_POLL)
-            .read_to_end(&mut chunk)
-            .unwrap_or(0);
-        pos.offset += read as u64;
-        self.position = Some(pos);
-        self.feed(&chunk, &mut events);
-        events
+        let mut buf = [0u8; 64 * 1024];
+        while (chunk.len() as u64) < MAX_READ_PER_POLL {
+            match file.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => chunk.extend_from_slice(&buf[..n]),
+            }
+        }
+        self.offset += chunk.len() as u64;
+        self.feed(&chunk, events);
     }
 
     /// Splits bytes into lines, keeping an unfinished last line for the next poll.
@@ -236,8 +273,20 @@ mod tests {
         // Truncated and rewritten shorter: read from the start.
         std::fs::write(&path, "{\"type\":\"c\"}\n").unwrap();
         assert_eq!(kinds(&f.poll()), ["c"]);
+        // Truncated and regrown past where we were between two polls: noticed, read whole.
+        append(&path, "{\"type\":\"c2\"}\n");
+        assert_eq!(kinds(&f.poll()), ["c2"]);
+        std::fs::write(&path, "{\"type\":\"long-enough-to-pass-the-old-offset\"}\n").unwrap();
+        assert_eq!(kinds(&f.poll()), ["long-enough-to-pass-the-old-offset"]);
+        // Rotated with lines the follower had not read yet: they are read before the new file.
+        append(&path, "{\"type\":\"late-in-old\"}\n");
         // Rotated: renamed away, a new file in its place.
         std::fs::rename(&path, dir.path().join(".events.jsonl.1")).unwrap();
+        assert_eq!(
+            kinds(&f.poll()),
+            ["late-in-old"],
+            "the old file's last lines"
+        );
         assert!(f.poll().is_empty(), "nothing there mid-rotation");
         append(&path, "{\"type\":\"d\"}\n");
         assert_eq!(kinds(&f.poll()), ["d"]);

@@ -200,6 +200,19 @@ impl Town {
         }
     }
 
+    /// The monitors the town wants now: every worktree, and an agent for every running session
+    /// (in `sessions`, tmux's list, or with a pid file).
+    pub fn wanted_monitors(
+        &self,
+        sessions: &std::collections::HashSet<String>,
+    ) -> anyhow::Result<Vec<MonitorSpec>> {
+        Ok(self
+            .agents()?
+            .iter()
+            .flat_map(|a| a.monitors(self, sessions.contains(&a.session)))
+            .collect())
+    }
+
     /// Finds an agent by the address events use: `rig/polecats/name`, `rig/crew/name` or the
     /// older `rig/name`.
     pub fn agent_by_address(&self, address: &str) -> Option<TownAgent> {
@@ -207,7 +220,14 @@ impl Town {
         let (rig, role, name) = match parts.as_slice() {
             [rig, "polecats", name] => (*rig, Role::Polecat, *name),
             [rig, "crew", name] => (*rig, Role::Crew, *name),
-            [rig, name] => (*rig, Role::Polecat, *name),
+            // The older `rig/name` names a polecat only when it has one (not `rig/witness`).
+            [rig, name]
+                if validate_id(rig).is_ok()
+                    && validate_id(name).is_ok()
+                    && self.root.join(rig).join("polecats").join(name).is_dir() =>
+            {
+                (*rig, Role::Polecat, *name)
+            }
             _ => return None,
         };
         self.agent_in(rig, role, name)
@@ -230,13 +250,12 @@ fn role_dir(role: Role) -> &'static str {
 impl TownAgent {
     /// The monitors that watch it: the agent (process from the pid file, else the tmux
     /// session; heartbeat; worktree) and its worktree as a workspace (with its beads database).
-    /// A crew member's clone outlives its sessions, so it is watched as an agent only while a
-    /// session runs (`running`, or a pid file says so); a polecat exists to work, so always.
+    /// Worktrees outlive sessions (an idle polecat, a crew clone), so it is watched as an agent
+    /// only while a session runs: `running` (its tmux session is up, or an event said so), or
+    /// its pid file exists (Gas Town removes it when the session ends).
     pub fn monitors(&self, town: &Town, running: bool) -> Vec<MonitorSpec> {
         let [agent, workspace] = self.both_monitors(town);
-        let as_agent =
-            running || self.role == Role::Polecat || town.pid_file(&self.session).exists();
-        if as_agent {
+        if running || town.pid_file(&self.session).exists() {
             vec![agent, workspace]
         } else {
             vec![workspace]
@@ -393,6 +412,7 @@ mod tests {
             "ac-crew-max"
         );
         assert_eq!(town.agent_by_address("ac/onyx").unwrap().session, "ac-onyx");
+        assert_eq!(town.agent_by_address("ac/witness"), None, "not a polecat");
         assert_eq!(town.agent_by_address("nope/polecats/x"), None);
         assert_eq!(town.agent_by_address("ac/polecats/../../etc"), None);
         assert_eq!(town.agent_by_address("mayor"), None);
@@ -405,8 +425,16 @@ mod tests {
         let [agent, workspace] = quartz.both_monitors(&town);
         assert_eq!(
             quartz.monitors(&town, false).len(),
+            1,
+            "no session: a worktree only"
+        );
+        assert_eq!(quartz.monitors(&town, true).len(), 2);
+        std::fs::create_dir_all(town.root.join(".runtime/pids")).unwrap();
+        std::fs::write(town.pid_file("gt-quartz"), "1\n").unwrap();
+        assert_eq!(
+            quartz.monitors(&town, false).len(),
             2,
-            "a polecat is always an agent"
+            "a pid file means a session"
         );
         let max = town.agent_in("ac", Role::Crew, "max").unwrap();
         assert_eq!(
@@ -414,7 +442,6 @@ mod tests {
             1,
             "an idle crew clone is a workspace"
         );
-        assert_eq!(max.monitors(&town, true).len(), 2);
         let MonitorSpec::Agent { options, .. } = &agent else {
             panic!()
         };

@@ -19,8 +19,14 @@ pub const MASS_DEATH: &str = "mass_death";
 pub const TOWN_RESOURCE: &str = "gastown";
 /// A death this soon after the agent ended (done, kill, session_end) is that ending, not news.
 const ENDED_MEMORY: Duration = Duration::minutes(10);
-/// A mass-death alert resolves on its own after this long: it reports an event, not a state.
-pub const MASS_DEATH_HOLD: Duration = Duration::minutes(30);
+/// Death alerts resolve on their own after this long: they report an event, not a state (an
+/// agent that stays dead keeps its `agent_active` alert).
+pub const EVENT_ALERT_HOLD: Duration = Duration::minutes(30);
+
+/// True for the alert types raised from town events, which resolve after [`EVENT_ALERT_HOLD`].
+pub fn is_event_alert(alert_type: &str) -> bool {
+    alert_type == SESSION_DEATH || alert_type == MASS_DEATH
+}
 
 /// One thing to do about the town.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,12 +59,11 @@ pub fn mass_death_key() -> AlertKey {
     }
 }
 
-/// Memory across events: which agents ended recently, and when a mass death was raised.
+/// Memory across events: which agents ended recently.
 #[derive(Debug)]
 pub struct Lifecycle {
     town: Town,
     ended: HashMap<String, DateTime<Utc>>,
-    mass_death_at: Option<DateTime<Utc>>,
 }
 
 fn text<'a>(payload: &'a Value, key: &str) -> Option<&'a str> {
@@ -74,7 +79,6 @@ impl Lifecycle {
         Lifecycle {
             town,
             ended: HashMap::new(),
-            mass_death_at: None,
         }
     }
 
@@ -114,7 +118,6 @@ impl Lifecycle {
             }
             "session_death" => self.death(p, now),
             "mass_death" => {
-                self.mass_death_at = Some(now);
                 let sessions: Vec<&str> = p
                     .get("sessions")
                     .and_then(Value::as_array)
@@ -147,17 +150,21 @@ impl Lifecycle {
         }
     }
 
-    /// Periodic upkeep: a mass-death alert resolves after [`MASS_DEATH_HOLD`]; old endings are
-    /// forgotten.
-    pub fn on_tick(&mut self, now: DateTime<Utc>) -> Vec<Action> {
+    /// Periodic upkeep: old endings are forgotten.
+    pub fn on_tick(&mut self, now: DateTime<Utc>) {
         self.ended.retain(|_, at| now - *at < ENDED_MEMORY);
-        match self.mass_death_at {
-            Some(at) if now - at >= MASS_DEATH_HOLD => {
-                self.mass_death_at = None;
-                vec![Action::Clear(mass_death_key())]
-            }
-            _ => Vec::new(),
-        }
+    }
+
+    /// True when the session ended (done, kill, session_end) within the last ten minutes.
+    pub fn recently_ended(&self, session: &str, now: DateTime<Utc>) -> bool {
+        self.ended
+            .get(session)
+            .is_some_and(|at| now - *at < ENDED_MEMORY)
+    }
+
+    /// The town this follows.
+    pub fn town(&self) -> &Town {
+        &self.town
     }
 
     fn started(&mut self, agent: Option<TownAgent>) -> Vec<Action> {
@@ -327,8 +334,10 @@ mod tests {
             ),
             vec![Action::Retire("ac-crew-max".into())]
         );
+        assert!(l.recently_ended("ac-quartz", t(5)));
         // Long after the done, a death is news again.
         l.on_tick(t(20));
+        assert!(!l.recently_ended("ac-quartz", t(20)));
         let actions = l.on_event(
             &event("session_death", None, json!({"session":"ac-quartz"})),
             t(20),
@@ -372,7 +381,7 @@ mod tests {
     }
 
     #[test]
-    fn a_mass_death_is_raised_then_resolves_after_its_hold() {
+    fn a_mass_death_is_raised() {
         let (_d, town) = town();
         let mut l = Lifecycle::new(town);
         let actions = l.on_event(
@@ -391,8 +400,7 @@ mod tests {
             c.message,
             "Gas Town reports 3 sessions dead within 30s: ac-a, ac-b, ac-c (possible cause: OOM)"
         );
-        assert!(l.on_tick(t(29)).is_empty());
-        assert_eq!(l.on_tick(t(30)), vec![Action::Clear(mass_death_key())]);
-        assert!(l.on_tick(t(31)).is_empty());
+        assert!(is_event_alert(&key.alert_type) && is_event_alert(SESSION_DEATH));
+        assert!(!is_event_alert("agent_active"));
     }
 }
