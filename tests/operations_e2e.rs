@@ -268,7 +268,11 @@ fn json_logs_carry_alert_fields() {
         .collect();
     let fired = events
         .iter()
-        .find(|e| e["alert_state"] == "firing" && e["resource_id"] == "system")
+        .find(|e| {
+            e["alert_state"] == "firing"
+                && e["resource_type"] == "memory"
+                && e["alert_type"] == "memory_usage_percent"
+        })
         .unwrap_or_else(|| panic!("no alert event in {log}"));
     assert_eq!(fired["severity"], "unhealthy");
     assert_eq!(fired["resource_type"], "memory");
