@@ -10,6 +10,9 @@
 //! independent reference walk (walkdir, one thread) finds, the reference must match what was
 //! made, and du's total must equal the reference's file bytes plus its directories' own sizes.
 //!
+//! Then the same tree kept by a [`DirSizer`] with inotify watches: the time to measure it again
+//! unchanged, and after one file appears or goes, as a fraction of a full walk.
+//!
 //! Run: `cargo bench --bench dirwalk` (RUNS sets the number of interleaved runs, default 7;
 //! THREADS our walk's threads, default 2; DIRWALK_TREE another place for the tree).
 
@@ -18,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use health_monitor::collect::dirwalk::{DEFAULT_WALK_THREADS, DirStats, WalkOutcome, walk_with};
+use health_monitor::collect::dirwalk::{
+    DEFAULT_WALK_THREADS, DirSizer, DirStats, SizeReading, WalkOutcome, walk_with,
+};
 use nix::sys::resource::{UsageWho, getrusage};
 
 /// Bumped whenever the tree's shape changes, so an old tree is made again.
@@ -91,6 +96,11 @@ fn make_tree(root: &Path) -> DirStats {
     made.dirs = (FANOUT + FANOUT * FANOUT + FANOUT * FANOUT * FANOUT) as u64;
     assert_eq!(made.files, TOTAL_FILES);
     made
+}
+
+/// Where the re-measure part puts (and removes) its one changing file.
+fn scratch(root: &Path) -> PathBuf {
+    root.join("crate5/mod5/part5/bench-scratch")
 }
 
 /// The tree and its totals, made unless a complete one is there already.
@@ -211,6 +221,8 @@ fn main() {
     let threads = env_usize("THREADS", DEFAULT_WALK_THREADS);
     let started = Instant::now();
     let (root, made) = tree();
+    // Left behind by an interrupted run.
+    let _ = fs::remove_file(scratch(&root));
     let load_before = loadavg();
 
     // Warm the caches, and check that everyone measures the same tree.
@@ -271,7 +283,9 @@ fn main() {
         ratio_serial.push(serial_run.0 / du_run.0);
     }
 
+    let remeasure = remeasure(&root, want, threads);
     let ratio = median(ratio_wall);
+    let full = median(ours_s.wall.clone());
     println!(
         "dirwalk: {} files, {} dirs, {} bytes; {runs} interleaved runs, warm cache (medians)\n  \
          load average before/after: {load_before} / {}\n  \
@@ -279,6 +293,9 @@ fn main() {
          {:<24}{:.3} s wall, {:.3} s CPU\n  \
          ours, 1 thread:         {:.3} s wall, {:.3} s CPU\n  \
          ratio ours/du wall: {ratio:.2} (target <= 0.80: {}), CPU: {:.2}, 1 thread wall: {:.2}\n  \
+         watched ({} watches): first walk {:.3} s ({:.2}x a plain walk)\n  \
+         re-measure unchanged:   {:.1} us = {:.4} % of a full walk (target <= 1 %: {})\n  \
+         re-measure, 1 change:   {:.1} us = {:.3} % of a full walk\n  \
          total bench time {:.1} s",
         want.files,
         want.dirs,
@@ -294,6 +311,80 @@ fn main() {
         if ratio <= 0.80 { "met" } else { "NOT met" },
         median(ratio_cpu),
         median(ratio_serial),
+        remeasure.watches,
+        remeasure.build,
+        remeasure.build / full,
+        remeasure.unchanged * 1e6,
+        100.0 * remeasure.unchanged / full,
+        if remeasure.unchanged <= 0.01 * full {
+            "met"
+        } else {
+            "NOT met"
+        },
+        remeasure.one_change * 1e6,
+        100.0 * remeasure.one_change / full,
         started.elapsed().as_secs_f64(),
     );
+}
+
+struct Remeasure {
+    watches: usize,
+    /// Seconds of the first measurement, which builds the watches.
+    build: f64,
+    /// Median seconds to measure the unchanged tree again.
+    unchanged: f64,
+    /// Median seconds to measure it again after one file appeared or went.
+    one_change: f64,
+}
+
+/// Times a [`DirSizer`] keeping the tree with inotify watches; checks every answer.
+fn remeasure(root: &Path, want: DirStats, threads: usize) -> Remeasure {
+    let poll = |sizer: &mut DirSizer| -> (DirStats, f64) {
+        let started = Instant::now();
+        let reading = sizer.poll(root, Duration::from_secs(600));
+        let took = started.elapsed().as_secs_f64();
+        match reading {
+            SizeReading::Known(stats) => (stats, took),
+            other => panic!("the sizer says {other:?}"),
+        }
+    };
+    let mut sizer = DirSizer::with_threads(Duration::from_secs(600), threads);
+    let (stats, build) = poll(&mut sizer);
+    assert_eq!(stats, want, "the watched walk is wrong");
+    let watches = sizer.watches();
+    assert_eq!(
+        watches as u64,
+        want.dirs + 1,
+        "not watching every directory"
+    );
+    let mut unchanged = Vec::new();
+    for _ in 0..101 {
+        let (stats, took) = poll(&mut sizer);
+        assert_eq!(stats, want, "the unchanged tree measured again is wrong");
+        unchanged.push(took);
+    }
+    let mut one_change = Vec::new();
+    let extra = 12_345;
+    for _ in 0..10 {
+        fs::write(scratch(root), vec![0u8; extra]).unwrap();
+        let (stats, took) = poll(&mut sizer);
+        let grown = DirStats {
+            bytes: want.bytes + extra as u64,
+            files: want.files + 1,
+            ..want
+        };
+        assert_eq!(stats, grown, "a new file measured again is wrong");
+        one_change.push(took);
+        fs::remove_file(scratch(root)).unwrap();
+        let (stats, took) = poll(&mut sizer);
+        assert_eq!(stats, want, "a removed file measured again is wrong");
+        one_change.push(took);
+    }
+    assert_eq!(sizer.watches(), watches, "watches came or went");
+    Remeasure {
+        watches,
+        build,
+        unchanged: median(unchanged),
+        one_change: median(one_change),
+    }
 }
