@@ -1273,10 +1273,19 @@ mod tests {
             };
             assert_eq!(outcome, WalkOutcome::Complete(want), "{threads} threads");
         }
+        // Watched, the mount point is not: what happens behind it is not ours.
+        let mut sizer = DirSizer::new(Duration::from_secs(10));
+        let before = known(&mut sizer, dir.path());
+        assert_eq!(sizer.watches(), 1);
+        fs::write(mnt.join("sub/more"), vec![0u8; 500]).unwrap();
+        assert_eq!(
+            sizer.poll(dir.path(), Duration::ZERO),
+            SizeReading::Known(before)
+        );
         // Walked from inside, the other filesystem is the root's own.
         let inside = walk_with(&mnt, Duration::from_secs(10), 2).unwrap();
         assert!(
-            matches!(inside, WalkOutcome::Complete(s) if s.files == 1 && s.bytes == 1000),
+            matches!(inside, WalkOutcome::Complete(s) if s.files == 2 && s.bytes == 1500),
             "{inside:?}"
         );
     }
