@@ -80,11 +80,47 @@ impl WriteOp {
 /// Applies `ops` in one transaction: all of them land or none does.
 pub fn apply(conn: &mut Connection, ops: &[WriteOp]) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    for op in ops {
-        apply_one(&tx, op)?;
+    {
+        // The hot path: one prepared insert for every metric row of the batch, and each
+        // distinct timestamp formatted once (a collector's readings share theirs).
+        let mut insert = None;
+        let mut stamp: Option<(DateTime<Utc>, String)> = None;
+        for op in ops {
+            match op {
+                WriteOp::Metrics(rows) => {
+                    let stmt = match &mut insert {
+                        Some(stmt) => stmt,
+                        None => insert.insert(tx.prepare_cached(INSERT_METRIC)?),
+                    };
+                    for m in rows {
+                        if stamp.as_ref().is_none_or(|(t, _)| *t != m.timestamp) {
+                            stamp = Some((m.timestamp, format_timestamp(m.timestamp)));
+                        }
+                        let ts = stamp.as_ref().map(|(_, s)| s.as_str()).unwrap_or_default();
+                        stmt.execute(params![
+                            m.resource_type.as_str(),
+                            m.resource_id,
+                            m.metric_name,
+                            m.value,
+                            m.threshold_warning,
+                            m.threshold_critical,
+                            ts,
+                            m.unit,
+                            m.status.as_str(),
+                        ])?;
+                    }
+                }
+                other => apply_one(&tx, other)?,
+            }
+        }
     }
     tx.commit()
 }
+
+/// The insert of one metric row.
+const INSERT_METRIC: &str = "INSERT INTO health_metrics (resource_type, resource_id,
+    metric_name, value, threshold_warning, threshold_critical, timestamp, unit, status)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
 /// Updates the active row of the alert's key; returns how many rows changed (0 or 1).
 fn update_active_alert(tx: &Transaction<'_>, a: &HealthAlert) -> rusqlite::Result<usize> {
@@ -107,26 +143,7 @@ fn update_active_alert(tx: &Transaction<'_>, a: &HealthAlert) -> rusqlite::Resul
 
 fn apply_one(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
     match op {
-        WriteOp::Metrics(rows) => {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO health_metrics (resource_type, resource_id, metric_name, value,
-                    threshold_warning, threshold_critical, timestamp, unit, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?;
-            for m in rows {
-                stmt.execute(params![
-                    m.resource_type.as_str(),
-                    m.resource_id,
-                    m.metric_name,
-                    m.value,
-                    m.threshold_warning,
-                    m.threshold_critical,
-                    format_timestamp(m.timestamp),
-                    m.unit,
-                    m.status.as_str(),
-                ])?;
-            }
-        }
+        WriteOp::Metrics(_) => unreachable!("apply() inserts metric rows itself"),
         WriteOp::AlertOpened(a) => {
             // One active row per key, whatever happened before: if an analyzer that restarted
             // before the previous opening landed fires again, the open row is updated instead.
