@@ -1,9 +1,10 @@
-//! A collector actor: ticks on its interval and runs its probe on the blocking pool, never on
-//! the event loop, then hands the readings to the analyzer. A measurement that does not come
-//! back (a hung network mount) is reported as `collector_stalled`.
+//! A collector actor: ticks on its interval and runs its probe on a [`ProbeRunner`] thread,
+//! never on the event loop, then hands the readings to the analyzer. A measurement that does
+//! not come back (a hung network mount) is reported as `collector_stalled`.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -63,6 +64,151 @@ impl CycleTimes {
     }
 }
 
+/// A measurement handed to the runner: it runs a probe and sends its readings back.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A job running this long no longer counts against [`ProbeRunner`]'s parallelism: probes that
+/// wait by design (a slow directory walk, a database check) or hang (a dead mount) get more
+/// threads started beside them, so they never hold up the others.
+const RUNNER_STUCK_AFTER: Duration = Duration::from_millis(50);
+/// An idle runner thread exits after this long without work.
+const RUNNER_KEEP_ALIVE: Duration = Duration::from_secs(60);
+
+/// Runs probes off the event loop, on few threads. Every collector ticks at the same moments,
+/// so a cycle hands its runners a burst of short probes: they take them one after the other
+/// from one queue, as many at once as the machine has CPUs. That costs one thread wake-up per
+/// burst instead of one per probe (a hand-off between threads costs about as much as a small
+/// probe on a 2-CPU VM: tens of µs), and a few threads instead of one per probe in flight.
+/// Probes that block are covered by [`RUNNER_STUCK_AFTER`]: parallelism is bounded only among
+/// probes that are quick.
+pub struct ProbeRunner {
+    state: Mutex<RunnerState>,
+    work: Condvar,
+    /// Threads running quick probes at once.
+    parallelism: usize,
+}
+
+#[derive(Default)]
+struct RunnerState {
+    queue: VecDeque<Job>,
+    /// When each thread's current job began; `None` while it waits for work.
+    busy: HashMap<u64, Option<Instant>>,
+    next_id: u64,
+}
+
+impl RunnerState {
+    fn idle(&self) -> usize {
+        self.busy.values().filter(|b| b.is_none()).count()
+    }
+
+    /// Threads busy with a job that is not (yet) taking long.
+    fn quick(&self) -> usize {
+        self.busy
+            .values()
+            .filter(|b| b.is_some_and(|t| t.elapsed() < RUNNER_STUCK_AFTER))
+            .count()
+    }
+}
+
+/// The daemon's runner.
+static RUNNER: LazyLock<Arc<ProbeRunner>> = LazyLock::new(|| {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Arc::new(ProbeRunner::new(cpus.max(2)))
+});
+
+impl ProbeRunner {
+    /// A runner keeping at most `parallelism` quick jobs running at once.
+    pub fn new(parallelism: usize) -> Self {
+        ProbeRunner {
+            state: Mutex::new(RunnerState::default()),
+            work: Condvar::new(),
+            parallelism: parallelism.max(1),
+        }
+    }
+
+    /// The process's runner, shared by every collector.
+    pub fn shared() -> Arc<ProbeRunner> {
+        RUNNER.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RunnerState> {
+        // Jobs run outside the lock and catch their panics: a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `job`; it runs on a runner thread.
+    fn submit(self: &Arc<Self>, job: Job) {
+        let mut state = self.lock();
+        state.queue.push_back(job);
+        self.make_progress(&mut state);
+    }
+
+    /// Makes sure queued jobs get a thread: an idle one, or a new one while fewer than
+    /// `parallelism` run quick jobs. Called on every submit and again by a collector whose
+    /// job has not come back after [`RUNNER_STUCK_AFTER`].
+    fn ensure_progress(self: &Arc<Self>) {
+        let mut state = self.lock();
+        self.make_progress(&mut state);
+    }
+
+    fn make_progress(self: &Arc<Self>, state: &mut RunnerState) {
+        if state.queue.is_empty() {
+            return;
+        }
+        let idle = state.idle();
+        if idle >= state.queue.len() {
+            self.work.notify_one();
+            return;
+        }
+        if idle > 0 {
+            self.work.notify_all();
+        }
+        if idle + state.quick() >= self.parallelism {
+            return; // Enough threads are on it; the queue drains as they finish.
+        }
+        let id = state.next_id;
+        let runner = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("probe-runner".into())
+            .spawn(move || runner.run(id));
+        match spawned {
+            Ok(_) => {
+                state.next_id += 1;
+                state.busy.insert(id, None);
+            }
+            // Queued jobs wait for a thread that exists; the next submit tries again.
+            Err(e) => tracing::error!("cannot start a probe runner thread: {e}"),
+        }
+    }
+
+    /// A runner thread: takes jobs until none has come for [`RUNNER_KEEP_ALIVE`].
+    fn run(&self, id: u64) {
+        let mut state = self.lock();
+        loop {
+            if let Some(job) = state.queue.pop_front() {
+                state.busy.insert(id, Some(Instant::now()));
+                drop(state);
+                job();
+                state = self.lock();
+                state.busy.insert(id, None);
+                continue;
+            }
+            let (guard, timeout) = self
+                .work
+                .wait_timeout(state, RUNNER_KEEP_ALIVE)
+                .unwrap_or_else(|e| e.into_inner());
+            state = guard;
+            if timeout.timed_out() && state.queue.is_empty() {
+                state.busy.remove(&id);
+                return;
+            }
+        }
+    }
+}
+
+/// What a measurement sends back: the probe and its readings, or the panic that lost them.
+type Outcome = Result<(Box<dyn Probe>, Vec<crate::model::Measurement>), String>;
+
 /// One collector: the system, an agent or a workspace, depending on its probe.
 pub struct Collector {
     name: String,
@@ -80,6 +226,7 @@ pub struct Collector {
     overruns: u64,
     /// Ticks since this instance started (for fault injection).
     ticks: u64,
+    runner: Arc<ProbeRunner>,
     _guard: ExitGuard,
 }
 
@@ -105,6 +252,7 @@ impl Collector {
             stall_raised: false,
             overruns: 0,
             ticks: 0,
+            runner: ProbeRunner::shared(),
             _guard: guard,
         }
     }
@@ -156,12 +304,29 @@ impl Collector {
             return;
         };
         self.busy_since = Some(Instant::now());
-        let task = actix_rt::task::spawn_blocking(move || {
-            let readings = probe.measure();
-            (probe, readings)
+        let (tx, rx) = tokio::sync::oneshot::channel::<Outcome>();
+        self.runner.submit(Box::new(move || {
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(move || {
+                let readings = probe.measure();
+                (probe, readings)
+            }))
+            .map_err(|panic| {
+                panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into())
+            });
+            let _ = tx.send(outcome);
+        }));
+        // A job still queued or running after a while may be behind a stuck one.
+        ctx.run_later(RUNNER_STUCK_AFTER, |act, _| {
+            if act.probe.is_none() {
+                act.runner.ensure_progress();
+            }
         });
-        ctx.spawn(task.into_actor(self).map(|result, act, ctx| match result {
-            Ok((probe, readings)) => {
+        ctx.spawn(rx.into_actor(self).map(|result, act, ctx| match result {
+            Ok(Ok((probe, readings))) => {
                 act.probe = Some(probe);
                 if let Some(began) = act.busy_since.take() {
                     act.cycles.record(&act.name, began.elapsed());
@@ -169,9 +334,13 @@ impl Collector {
                 act.set_stalled(false);
                 act.analyzer.send_metrics(&act.name, readings);
             }
-            Err(e) => {
+            Ok(Err(panic)) => {
                 // The probe is lost with the panic; stopping lets the supervisor build a fresh one.
-                tracing::error!(collector = %act.name, "measuring failed: {e}");
+                tracing::error!(collector = %act.name, "measuring failed: the probe panicked: {panic}");
+                ctx.stop();
+            }
+            Err(_) => {
+                tracing::error!(collector = %act.name, "measuring failed: the runner dropped it");
                 ctx.stop();
             }
         }));
@@ -211,6 +380,77 @@ mod tests {
         fn measure(&mut self) -> Vec<Measurement> {
             std::thread::sleep(Duration::from_millis(800));
             Vec::new()
+        }
+    }
+
+    #[test]
+    fn a_stuck_job_does_not_hold_up_the_queue_and_threads_stay_few() {
+        let runner = Arc::new(ProbeRunner::new(1));
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<u32>();
+        runner.submit(Box::new(move || {
+            let _ = release_rx.recv(); // Stuck until released.
+        }));
+        for i in 0..20 {
+            let done = done_tx.clone();
+            runner.submit(Box::new(move || {
+                let _ = done.send(i);
+            }));
+        }
+        // Behind the stuck job with a parallelism of 1: nothing runs until the stuck one has
+        // run for RUNNER_STUCK_AFTER and someone checks.
+        std::thread::sleep(RUNNER_STUCK_AFTER + Duration::from_millis(20));
+        runner.ensure_progress();
+        let got: Vec<u32> = (0..20)
+            .map(|_| done_rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        assert_eq!(got, (0..20).collect::<Vec<_>>(), "in order, all of them");
+        assert_eq!(runner.lock().busy.len(), 2, "the stuck thread and one more");
+        release_tx.send(()).unwrap();
+        // Quick jobs reuse the idle threads.
+        for i in 0..20 {
+            let done = done_tx.clone();
+            runner.submit(Box::new(move || {
+                let _ = done.send(i);
+            }));
+        }
+        for _ in 0..20 {
+            done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        assert_eq!(runner.lock().busy.len(), 2);
+    }
+
+    struct Panicky;
+
+    impl Probe for Panicky {
+        fn measure(&mut self) -> Vec<Measurement> {
+            panic!("probe broke");
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_probe_that_panics_stops_its_collector_for_the_supervisor() {
+        let pace = Pace {
+            interval: Duration::from_millis(20),
+            stall_after: Duration::from_secs(10),
+        };
+        let collector = Collector::new(
+            "workspace:p1",
+            Some((ResourceType::Workspace, "p1".into())),
+            Box::new(Panicky),
+            pace,
+            AnalyzerHandle::default(),
+            CycleTimes::default(),
+            ExitGuard::detached("workspace:p1"),
+        )
+        .start();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while collector.connected() {
+            assert!(
+                Instant::now() < deadline,
+                "the collector outlived its probe"
+            );
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Utc};
 
-use super::dirwalk::{DirSizer, SizeReading};
+use super::dirwalk::SizeReading;
 use super::process::{self, Machine, Member, TreeSampler};
+use super::shared_size::SharedSizer;
 use super::{Probe, WalkLimits, flag};
 use crate::catalog::{
     AGENT_ACTIVE, AGENT_CPU_PERCENT, AGENT_MEMORY_MB, AGENT_OPEN_FILES, AGENT_ORPHAN_COUNT,
@@ -355,7 +356,8 @@ pub struct AgentProbe {
     machine: Machine,
     tree: TreeSampler,
     orphans: OrphanTracker,
-    sizer: DirSizer,
+    /// Shared with the workspace monitor of the same directory, if there is one.
+    sizer: SharedSizer,
     limits: WalkLimits,
     scan_max_age: Duration,
     /// The root of the last cycle, standing in when resolution cannot tell.
@@ -379,12 +381,12 @@ impl AgentProbe {
         AgentProbe {
             id: id.to_string(),
             source,
+            sizer: SharedSizer::new(&workspace, limits.cap),
             workspace,
             heartbeat,
             machine,
             tree: TreeSampler::new(machine),
             orphans: OrphanTracker::default(),
-            sizer: DirSizer::new(limits.cap),
             limits,
             scan_max_age,
             last_root: None,
@@ -459,7 +461,7 @@ impl Probe for AgentProbe {
             }
         }
         if workspace_exists
-            && let SizeReading::Known(stats) = self.sizer.poll(&self.workspace, self.limits.wait)
+            && let SizeReading::Known(stats) = self.sizer.poll(self.limits.wait).size
         {
             out.push(self.reading(WORKSPACE_SIZE_MB, stats.megabytes(), UNIT_MB));
         }

@@ -5,6 +5,7 @@ pub mod dirwalk;
 pub mod filesystems;
 pub mod git;
 pub mod process;
+pub mod shared_size;
 pub mod sqlite_probe;
 pub mod system;
 pub mod workspace;

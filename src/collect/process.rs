@@ -1,9 +1,9 @@
 //! Process trees read straight from `/proc`: cost grows with the tree, not with the host's process count.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -20,6 +20,8 @@ pub struct ProcStat {
     pub start_ticks: u64,
     /// Resident set size, in pages.
     pub rss_pages: u64,
+    /// Threads of the process.
+    pub threads: u64,
 }
 
 impl ProcStat {
@@ -35,24 +37,100 @@ pub fn parse_stat(line: &str) -> Option<ProcStat> {
     let open = line.find('(')?;
     let close = line.rfind(')')?;
     let pid = line[..open].trim().parse().ok()?;
-    let rest: Vec<&str> = line.get(close + 1..)?.split_whitespace().collect();
-    // rest[0] is field 3 (state); field n is rest[n - 3].
-    let field = |n: usize| -> Option<u64> { rest.get(n - 3)?.parse().ok() };
+    // rest[0] is field 3 (state); field n is rest[n - 3]. Fields 3 to 24 are all we need.
+    let mut rest = [""; 22];
+    let mut count = 0;
+    for (slot, f) in rest
+        .iter_mut()
+        .zip(line.get(close + 1..)?.split_whitespace())
+    {
+        *slot = f;
+        count += 1;
+    }
+    let field = |n: usize| -> Option<u64> {
+        if n - 3 >= count {
+            return None;
+        }
+        rest[n - 3].parse().ok()
+    };
     Some(ProcStat {
         pid,
-        state: rest.first()?.chars().next()?,
+        state: rest[0].chars().next()?,
         ppid: field(4)? as u32,
         cpu_ticks: field(14)? + field(15)?,
         start_ticks: field(22)?,
         rss_pages: field(24)?,
+        threads: field(20)?,
     })
+}
+
+/// Formats a `/proc` path on the stack.
+struct ProcPath {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl ProcPath {
+    fn new(args: std::fmt::Arguments) -> Option<ProcPath> {
+        use std::io::Write;
+        let mut buf = [0u8; 64];
+        let mut cursor = io::Cursor::new(&mut buf[..]);
+        cursor.write_fmt(args).ok()?;
+        let len = cursor.position() as usize;
+        Some(ProcPath { buf, len })
+    }
+
+    fn path(&self) -> &Path {
+        use std::os::unix::ffi::OsStrExt;
+        Path::new(std::ffi::OsStr::from_bytes(&self.buf[..self.len]))
+    }
+}
+
+/// Reads a small `/proc` file into `buf` with plain reads: no heap, none of the `statx` and
+/// `lseek` calls `fs::read` spends on sizing a buffer for a file whose size says nothing.
+/// `Ok(None)` when it does not fit.
+fn read_small<'a>(path: &Path, buf: &'a mut [u8]) -> io::Result<Option<&'a [u8]>> {
+    use std::io::Read;
+    let mut file = fs::File::open(path)?;
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            return Ok(None);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => return Ok(Some(&buf[..len])),
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Reads one process's stat; `None` when it is gone.
 pub fn read_stat(pid: u32) -> Option<ProcStat> {
+    let path = ProcPath::new(format_args!("/proc/{pid}/stat"))?;
+    // A stat line is well under 1.5 KB; a longer one is read the slow way.
+    let mut buf = [0u8; 1536];
+    let raw = match read_small(path.path(), &mut buf).ok()? {
+        Some(raw) => std::borrow::Cow::Borrowed(raw),
+        None => std::borrow::Cow::Owned(fs::read(path.path()).ok()?),
+    };
     // A command name need not be UTF-8.
-    let raw = fs::read(format!("/proc/{pid}/stat")).ok()?;
     parse_stat(&String::from_utf8_lossy(&raw))
+}
+
+/// Pids listed in a `children` file, appended to `out`.
+fn read_children(path: &Path, out: &mut Vec<u32>) -> io::Result<()> {
+    let mut buf = [0u8; 1024];
+    let raw = match read_small(path, &mut buf)? {
+        Some(raw) => std::borrow::Cow::Borrowed(raw),
+        None => std::borrow::Cow::Owned(fs::read(path)?),
+    };
+    out.extend(
+        raw.split(u8::is_ascii_whitespace)
+            .filter_map(|p| std::str::from_utf8(p).ok()?.parse::<u32>().ok()),
+    );
+    Ok(())
 }
 
 /// Direct children of `pid`, from `/proc/<pid>/task/*/children`. `Err` when the kernel lacks
@@ -62,11 +140,8 @@ pub fn children(pid: u32) -> io::Result<Vec<u32>> {
     for task in fs::read_dir(format!("/proc/{pid}/task"))? {
         let mut path: PathBuf = task?.path();
         path.push("children");
-        match fs::read_to_string(&path) {
-            Ok(text) => out.extend(
-                text.split_whitespace()
-                    .filter_map(|p| p.parse::<u32>().ok()),
-            ),
+        match read_children(&path, &mut out) {
+            Ok(()) => {}
             // A thread that exits while we read is not an error.
             Err(e)
                 if e.kind() == io::ErrorKind::NotFound
@@ -75,6 +150,24 @@ pub fn children(pid: u32) -> io::Result<Vec<u32>> {
         }
     }
     Ok(out)
+}
+
+/// Direct children of a process whose stat was just read: a single-threaded one has one
+/// `children` file, read without listing its tasks.
+fn children_of(stat: &ProcStat) -> io::Result<Vec<u32>> {
+    if stat.threads != 1 {
+        return children(stat.pid);
+    }
+    let pid = stat.pid;
+    let path = ProcPath::new(format_args!("/proc/{pid}/task/{pid}/children"))
+        .ok_or_else(|| io::Error::other("pid too long"))?;
+    let mut out = Vec::new();
+    match read_children(path.path(), &mut out) {
+        Ok(()) => Ok(out),
+        // It started a thread since: list them all.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => children(pid),
+        Err(e) => Err(e),
+    }
 }
 
 /// Every pid in `/proc`.
@@ -100,15 +193,24 @@ fn children_by_scan() -> HashMap<u32, Vec<u32>> {
 
 /// The root and all its living descendants (zombies excluded), root first.
 pub fn tree(root: u32) -> Vec<ProcStat> {
-    let Some(root_stat) = read_stat(root) else {
-        return Vec::new();
-    };
+    match read_stat(root) {
+        Some(root_stat) => tree_from(root_stat),
+        None => Vec::new(),
+    }
+}
+
+/// [`tree`] from a root whose stat was just read.
+pub fn tree_from(root_stat: ProcStat) -> Vec<ProcStat> {
+    let root = root_stat.pid;
     let mut out = vec![root_stat];
     let mut seen = HashSet::from([root]);
-    let mut queue = VecDeque::from([root]);
     let mut scanned: Option<HashMap<u32, Vec<u32>>> = None;
-    while let Some(pid) = queue.pop_front() {
-        let kids = match children(pid) {
+    // Breadth first: `out` is the queue, `next` its head.
+    let mut next = 0;
+    while let Some(parent) = out.get(next).copied() {
+        next += 1;
+        let pid = parent.pid;
+        let kids = match children_of(&parent) {
             Ok(kids) => kids,
             Err(_) if read_stat(pid).is_none() => Vec::new(),
             Err(_) => scanned
@@ -122,7 +224,6 @@ pub fn tree(root: u32) -> Vec<ProcStat> {
                 && let Some(stat) = read_stat(kid)
                 && stat.ppid == pid
             {
-                queue.push_back(kid);
                 out.push(stat);
             }
         }
@@ -318,7 +419,7 @@ impl TreeSampler {
             self.root = Some(member);
             self.previous = None;
         }
-        let procs = tree(root);
+        let procs = tree_from(root_stat);
         let memory_mb = m.megabytes(procs.iter().map(|p| p.rss_pages).sum());
         let ticks: TickCounts = procs
             .iter()
@@ -437,7 +538,10 @@ pub(crate) mod tests {
         assert_eq!(s.cpu_ticks, 10);
         assert_eq!(s.start_ticks, 123456);
         assert_eq!(s.rss_pages, 250);
+        assert_eq!(s.threads, 1);
         assert!(parse_stat("garbage").is_none());
+        // Cut short before the fields we need.
+        assert!(parse_stat("4242 (x) S 1 4242").is_none());
     }
 
     #[test]
@@ -509,6 +613,29 @@ pub(crate) mod tests {
         let gone = sampler.sample(child.id(), None, true);
         assert!(!gone.alive);
         assert_eq!(gone.cpu_percent, None);
+    }
+
+    #[test]
+    fn children_of_any_thread_of_a_multi_threaded_parent_are_found() {
+        // The child is started by a second thread of this process, and listed under it.
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let helper = std::thread::spawn(move || {
+            let child = spawn_sleep();
+            started_tx.send(child.id()).unwrap();
+            let _ = done_rx.recv();
+            child
+        });
+        let pid = started_rx.recv().unwrap();
+        let me = read_stat(std::process::id()).unwrap();
+        let found = tree(std::process::id());
+        done_tx.send(()).unwrap();
+        let mut child = helper.join().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(me.threads > 1, "{me:?}");
+        assert!(found.iter().any(|p| p.pid == pid), "{found:?}");
+        assert_eq!(found[0].pid, std::process::id());
     }
 
     #[test]

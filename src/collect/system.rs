@@ -23,6 +23,9 @@ pub struct SystemSampler {
     /// Mount points to watch; empty means every real filesystem, found anew each cycle.
     filesystems: Vec<PathBuf>,
     statvfs: StatvfsGuard,
+    /// The last `/proc/self/mountinfo` read and what it parsed to: parsed again only when it
+    /// changes.
+    mountinfo: (Vec<u8>, Vec<filesystems::Mount>),
 }
 
 /// Runs `statvfs` with a time limit: a dead network mount blocks it for ever, and must not take
@@ -38,9 +41,20 @@ struct StatvfsGuard {
 /// How long one `statvfs` may take.
 const STATVFS_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Local disk (and memory) filesystems, whose `statvfs` answers from counters in memory and
+/// cannot hang: called directly, without a thread to time it (a thread hand-off costs more
+/// than the call). Network, FUSE and anything else go through the guard.
+const NEVER_HANG: &[&str] = &[
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "vfat", "exfat", "ntfs3", "tmpfs",
+];
+
 impl StatvfsGuard {
-    /// The usage of `point`, or `None` while a call for it hangs.
-    fn usage(&mut self, point: &Path) -> Option<nix::Result<filesystems::FsUsage>> {
+    /// The usage of `point` (a filesystem of type `fstype`), or `None` while a call for it
+    /// hangs.
+    fn usage(&mut self, point: &Path, fstype: &str) -> Option<nix::Result<filesystems::FsUsage>> {
+        if NEVER_HANG.contains(&fstype) && !self.hung.contains_key(point) {
+            return Some(filesystems::usage(point));
+        }
         if let Some(rx) = self.hung.get(point) {
             return match rx.try_recv() {
                 Ok(result) => {
@@ -85,6 +99,7 @@ impl SystemSampler {
             sampled: false,
             filesystems,
             statvfs: StatvfsGuard::default(),
+            mountinfo: Default::default(),
         })
     }
 
@@ -151,11 +166,14 @@ impl SystemSampler {
     /// Usage, inodes and read-only state of each watched filesystem. `/` is `system`; the
     /// others are named by their mount point.
     fn filesystems(&mut self, out: &mut Vec<Measurement>) {
-        let mounts = std::fs::read("/proc/self/mountinfo")
-            .map(|t| filesystems::parse_mountinfo(&t))
-            .unwrap_or_default();
+        let raw = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+        if raw != self.mountinfo.0 {
+            self.mountinfo.1 = filesystems::parse_mountinfo(&raw);
+            self.mountinfo.0 = raw;
+        }
+        let mounts = &self.mountinfo.1;
         let points: Vec<PathBuf> = if self.filesystems.is_empty() {
-            let mut real: Vec<PathBuf> = filesystems::real_filesystems(&mounts)
+            let mut real: Vec<PathBuf> = filesystems::real_filesystems(mounts)
                 .into_iter()
                 .map(|m| m.mount_point)
                 .collect();
@@ -181,7 +199,9 @@ impl SystemSampler {
             } else {
                 point.display().to_string()
             };
-            let usage = match self.statvfs.usage(&point) {
+            let mount = mounts.iter().rev().find(|m| m.mount_point == point);
+            let fstype = mount.map_or("", |m| m.fstype.as_str());
+            let usage = match self.statvfs.usage(&point, fstype) {
                 Some(Ok(u)) => u,
                 Some(Err(e)) => {
                     tracing::warn!(filesystem = %point.display(), "cannot statvfs: {e}");
@@ -189,11 +209,7 @@ impl SystemSampler {
                 }
                 None => continue, // Hung (a dead network mount): logged once by the guard.
             };
-            let mounted_ro = mounts
-                .iter()
-                .rev()
-                .find(|m| m.mount_point == point)
-                .is_some_and(|m| m.read_only);
+            let mounted_ro = mount.is_some_and(|m| m.read_only);
             let reading = |metric, value, unit| {
                 Measurement::now(ResourceType::Filesystem, &id, metric, value, unit)
             };

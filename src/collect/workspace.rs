@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::dirwalk::{DirSizer, SizeReading};
+use super::dirwalk::SizeReading;
+use super::shared_size::SharedSizer;
 use super::{Probe, WalkLimits, flag, git, sqlite_probe};
 use crate::catalog::{
     DATABASE_CONNECTIVITY, DATABASE_LATENCY_MS, GIT_REPOSITORY_VALID, UNIT_BOOL, UNIT_COUNT,
@@ -46,7 +47,8 @@ pub struct WorkspaceProbe {
     id: String,
     path: PathBuf,
     dbs: Vec<PathBuf>,
-    sizer: DirSizer,
+    /// Shared with the agent whose workspace this is, if there is one.
+    sizer: SharedSizer,
     limits: WalkLimits,
 }
 
@@ -55,9 +57,9 @@ impl WorkspaceProbe {
     pub fn new(id: &str, path: PathBuf, dbs: Vec<PathBuf>, limits: WalkLimits) -> Self {
         WorkspaceProbe {
             id: id.to_string(),
+            sizer: SharedSizer::new(&path, limits.cap),
             path,
             dbs,
-            sizer: DirSizer::new(limits.cap),
             limits,
         }
     }
@@ -100,7 +102,8 @@ impl Probe for WorkspaceProbe {
         if !exists {
             return out;
         }
-        match self.sizer.poll(&self.path, self.limits.wait) {
+        let reading = self.sizer.poll(self.limits.wait);
+        match reading.size {
             SizeReading::Known(stats) => {
                 out.push(self.reading(WORKSPACE_READABLE, 1.0, UNIT_BOOL));
                 out.push(self.reading(WORKSPACE_SIZE_MB, stats.megabytes(), UNIT_MB));
@@ -112,7 +115,7 @@ impl Probe for WorkspaceProbe {
                 out.push(self.reading(WORKSPACE_READABLE, 0.0, UNIT_BOOL));
             }
         }
-        let complete = !self.sizer.timed_out();
+        let complete = !reading.timed_out;
         out.push(self.reading(WORKSPACE_SCAN_COMPLETE, flag(complete), UNIT_BOOL));
         out.push(self.reading(WORKSPACE_WRITABLE, flag(writable(&self.path)), UNIT_BOOL));
         if let Some(valid) = git::repository_valid(&self.path) {

@@ -1,0 +1,324 @@
+//! Cycle cost: the real daemon (release) at a 1 s interval watching N agents (each a real
+//! process, one in ten a small tree, each with its workspace) and N workspaces (the same
+//! directories, as Gas Town sets them up), for N = 10, 100 and 1000. Its CPU time (utime +
+//! stime from `/proc/<pid>/stat`, every thread, living or exited) and resident memory are read
+//! over a window of several cycles after a warm-up. Rounds are interleaved (10, 100, 1000, 10,
+//! 100...) and every figure is a median over them.
+//!
+//! The baseline, measured in the same run: a daemon with no monitors at all (the fixed cost:
+//! the system collector, the actors, the writer), running beside the others for the whole
+//! benchmark so that its small cost is read over a long window (`/proc` counts in 10 ms ticks).
+//! Per-resource costs are given over all the CPU and above that fixed cost.
+//!
+//! All the processes (N = 1000's) run for the whole benchmark, so the smaller runs also show
+//! what a host with ~1000 unrelated processes costs them.
+//!
+//! Run: `cargo bench --bench cycle`. Environment: `ROUNDS` (default 3), `WARMUP_SECS` (5),
+//! `WINDOW_SECS` (10: N = 100's window; N = 10 gets 1.5 times that, N = 1000 0.8 times), `NS`
+//! (a comma separated list instead of 10,100,1000), and `HM_BASE`: another build of the daemon
+//! (say, a copy of an earlier `target/release/health-monitor`) to run right before ours for
+//! every N of every round, with the ratio ours/base per N (before/after comparisons).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use health_monitor::control::protocol::validate_monitor;
+use health_monitor::model::{AgentOptions, MonitorSpec, WorkspaceOptions};
+use health_monitor::store::write::{WriteOp, apply};
+use support::{Daemon, Meter, Procs, env_u64, make_workspace, median};
+
+const INTERVAL: f64 = 1.0;
+
+/// Agents whose root is a small tree (`sh` with two `sleep`s) instead of one `sleep`.
+const TREE_EVERY: usize = 10;
+
+/// Saves `n` agents (`aI --pid P --workspace wsI`) and `n` workspaces (`wI --path wsI`) in a
+/// new database, exactly as `add` does without a daemon (the same validation and write).
+fn save_monitors(db: &Path, pids: &[u32], workspaces: &Path, n: usize) {
+    let mut ops = Vec::with_capacity(2 * n);
+    for (i, pid) in pids.iter().enumerate().take(n) {
+        let dir = workspaces.join(format!("ws{i}"));
+        let agent = MonitorSpec::Agent {
+            id: format!("a{i}"),
+            options: AgentOptions {
+                pid: Some(*pid),
+                workspace: Some(dir.clone()),
+                ..AgentOptions::default()
+            },
+        };
+        let workspace = MonitorSpec::Workspace {
+            id: format!("w{i}"),
+            options: WorkspaceOptions {
+                path: Some(dir),
+                ..WorkspaceOptions::default()
+            },
+        };
+        for spec in [agent, workspace] {
+            validate_monitor(&spec).unwrap();
+            ops.push(WriteOp::MonitorSaved(spec));
+        }
+    }
+    let mut conn = health_monitor::store::open_for_writing(db).unwrap();
+    apply(&mut conn, &ops).unwrap();
+}
+
+/// One run's figures.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    cpu_ms_per_cycle: f64,
+    rss_mb: f64,
+    threads: u64,
+    rows_per_cycle: f64,
+}
+
+/// A directory for one daemon, with a config that leaves everything at its default.
+fn daemon_dir(root: &Path, tag: &str) -> std::path::PathBuf {
+    let dir = root.join(tag);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        "# cycle bench: defaults, interval from the command line\n",
+    )
+    .unwrap();
+    dir
+}
+
+/// Starts the daemon (`program`) on a fresh database watching the first `n` agents and
+/// workspaces, lets it warm up, and measures it over `window`.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    program: &str,
+    root: &Path,
+    tag: &str,
+    n: usize,
+    pids: &[u32],
+    workspaces: &Path,
+    warmup: Duration,
+    window: Duration,
+) -> Run {
+    let dir = daemon_dir(root, tag);
+    save_monitors(&dir.join("hm.db"), pids, workspaces, n);
+    let daemon = Daemon::start_binary(program, &dir, INTERVAL, &[]);
+    std::thread::sleep(warmup);
+    let rows_before = daemon.rows();
+    let mut meter = Meter::start(&[daemon.pid]);
+    std::thread::sleep(window);
+    let w = meter.lap()[0];
+    let rows = daemon.rows() - rows_before;
+    daemon.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+    Run {
+        cpu_ms_per_cycle: w.per_cycle(INTERVAL),
+        rss_mb: w.rss_mb,
+        threads: w.threads,
+        rows_per_cycle: rows as f64 / (w.secs / INTERVAL),
+    }
+}
+
+fn host_processes() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .count()
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+fn main() {
+    let rounds = env_u64("ROUNDS", 3) as usize;
+    let warmup = Duration::from_secs(env_u64("WARMUP_SECS", 5));
+    let window_secs = env_u64("WINDOW_SECS", 10) as f64;
+    let window_for = |n: usize| {
+        Duration::from_secs_f64(match n {
+            0..=10 => window_secs * 1.5,
+            11..=100 => window_secs,
+            _ => window_secs * 0.8,
+        })
+    };
+    let ns: Vec<usize> = std::env::var("NS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![10, 100, 1000]);
+    let max_n = ns.iter().copied().max().unwrap_or(0);
+    let base_bin = std::env::var("HM_BASE").ok().filter(|s| !s.is_empty());
+
+    let root = tempfile::tempdir().unwrap();
+    let workspaces = root.path().join("workspaces");
+    let mut procs = Procs::default();
+    let pids: Vec<u32> = (0..max_n)
+        .map(|i| {
+            if i % TREE_EVERY == 0 {
+                procs.spawn("sh", &["-c", "sleep 600 & sleep 600 & wait"])
+            } else {
+                procs.spawn("sleep", &["600"])
+            }
+        })
+        .collect();
+    for i in 0..max_n {
+        make_workspace(&workspaces.join(format!("ws{i}")));
+    }
+    let host = host_processes();
+
+    // The fixed cost: a daemon watching only the system, beside the others all along.
+    let fixed_daemon = Daemon::start(&daemon_dir(root.path(), "fixed"), INTERVAL, &[]);
+    std::thread::sleep(warmup);
+    let mut fixed_meter = Meter::start(&[fixed_daemon.pid]);
+    let mut fixed: Vec<support::Window> = Vec::new();
+    let mut results: Vec<Vec<Run>> = vec![Vec::new(); ns.len()];
+    let mut base_results: Vec<Vec<Run>> = vec![Vec::new(); ns.len()];
+    for round in 0..rounds {
+        for (k, &n) in ns.iter().enumerate() {
+            if let Some(base) = &base_bin {
+                let r = run(
+                    base,
+                    root.path(),
+                    &format!("r{round}-n{n}-base"),
+                    n,
+                    &pids,
+                    &workspaces,
+                    warmup,
+                    window_for(n),
+                );
+                eprintln!(
+                    "  round {round} N={n} base: {:.2} ms/cycle, RSS {:.1} MB, {} threads, {:.0} rows/cycle",
+                    r.cpu_ms_per_cycle, r.rss_mb, r.threads, r.rows_per_cycle
+                );
+                base_results[k].push(r);
+            }
+            let r = run(
+                support::bin(),
+                root.path(),
+                &format!("r{round}-n{n}"),
+                n,
+                &pids,
+                &workspaces,
+                warmup,
+                window_for(n),
+            );
+            eprintln!(
+                "  round {round} N={n}: {:.2} ms/cycle, RSS {:.1} MB, {} threads, {:.0} rows/cycle",
+                r.cpu_ms_per_cycle, r.rss_mb, r.threads, r.rows_per_cycle
+            );
+            results[k].push(r);
+        }
+        let f = fixed_meter.lap()[0];
+        eprintln!(
+            "  round {round} fixed cost: {:.2} ms/cycle over {:.0} s, RSS {:.1} MB",
+            f.per_cycle(INTERVAL),
+            f.secs,
+            f.rss_mb
+        );
+        fixed.push(f);
+    }
+    fixed_daemon.stop();
+
+    let ms_per_tick = 1000.0 / support::ticks_per_second();
+    println!(
+        "cycle: interval {INTERVAL} s, {rounds} interleaved rounds (medians), warm-up {} s, windows {:.0}/{:.0}/{:.0} s for N <= 10/100/more; {} agents' processes and {host} processes on the host throughout; CPU resolution {ms_per_tick} ms per reading",
+        warmup.as_secs(),
+        window_for(10).as_secs_f64(),
+        window_for(100).as_secs_f64(),
+        window_for(1000).as_secs_f64(),
+        procs.len(),
+    );
+    println!(
+        "  {:>5} {:>9} {:>12} {:>14} {:>14} {:>8} {:>7} {:>10}",
+        "N",
+        "resources",
+        "CPU ms/cycle",
+        "ms/cyc/resrc",
+        "marginal/resrc",
+        "RSS MB",
+        "threads",
+        "rows/cycle"
+    );
+    let fixed_ms: Vec<f64> = fixed.iter().map(|f| f.per_cycle(INTERVAL)).collect();
+    println!(
+        "  {:>5} {:>9} {:>12.2} {:>14} {:>14} {:>8.1} {:>7.0} {:>10}   (baseline: no monitors, ~{:.0} s windows)",
+        0,
+        0,
+        median(fixed_ms.clone()),
+        "-",
+        "-",
+        median(fixed.iter().map(|f| f.rss_mb).collect()),
+        median(fixed.iter().map(|f| f.threads as f64).collect()),
+        "-",
+        median(fixed.iter().map(|f| f.secs).collect()),
+    );
+    // Per round, so that ratios compare figures of the same round.
+    let mut per_resource: Vec<Vec<f64>> = Vec::new();
+    let mut marginal: Vec<Vec<f64>> = Vec::new();
+    for (k, &n) in ns.iter().enumerate() {
+        let rs = &results[k];
+        let resources = (2 * n).max(1) as f64;
+        let pr: Vec<f64> = rs.iter().map(|r| r.cpu_ms_per_cycle / resources).collect();
+        let mr: Vec<f64> = rs
+            .iter()
+            .zip(&fixed_ms)
+            .map(|(r, f)| (r.cpu_ms_per_cycle - f) / resources)
+            .collect();
+        println!(
+            "  {:>5} {:>9} {:>12.2} {:>14.4} {:>14.4} {:>8.1} {:>7.0} {:>10.0}",
+            n,
+            2 * n,
+            median(rs.iter().map(|r| r.cpu_ms_per_cycle).collect()),
+            median(pr.clone()),
+            median(mr.clone()),
+            median(rs.iter().map(|r| r.rss_mb).collect()),
+            median(rs.iter().map(|r| r.threads as f64).collect()),
+            median(rs.iter().map(|r| r.rows_per_cycle).collect()),
+        );
+        per_resource.push(pr);
+        marginal.push(mr);
+    }
+    let ratio = |a: &[f64], b: &[f64]| median(a.iter().zip(b).map(|(x, y)| x / y).collect());
+    if let Some(base) = ns.iter().position(|&n| n == 10) {
+        for (k, &n) in ns.iter().enumerate() {
+            if n <= 10 {
+                continue;
+            }
+            let raw = ratio(&per_resource[k], &per_resource[base]);
+            let mar = ratio(&marginal[k], &marginal[base]);
+            println!(
+                "  per-resource cost N={n} / N=10: {raw:.2} (all CPU), {mar:.2} (above the fixed cost); target <= 2: {}",
+                verdict(raw <= 2.0 && mar <= 2.0)
+            );
+        }
+    }
+    if let Some(base) = &base_bin {
+        println!("  against HM_BASE={base}, run before ours in every round:");
+        for (k, &n) in ns.iter().enumerate() {
+            let b = &base_results[k];
+            let o = &results[k];
+            println!(
+                "    N={n}: base {:.2} ms/cycle, RSS {:.1} MB, {:.0} threads; ours/base CPU {:.2}, RSS {:.2}",
+                median(b.iter().map(|r| r.cpu_ms_per_cycle).collect()),
+                median(b.iter().map(|r| r.rss_mb).collect()),
+                median(b.iter().map(|r| r.threads as f64).collect()),
+                median(
+                    o.iter()
+                        .zip(b)
+                        .map(|(o, b)| o.cpu_ms_per_cycle / b.cpu_ms_per_cycle)
+                        .collect()
+                ),
+                median(o.iter().zip(b).map(|(o, b)| o.rss_mb / b.rss_mb).collect()),
+            );
+        }
+    }
+    if let Some(k) = ns.iter().position(|&n| n == 100) {
+        let cpu = median(results[k].iter().map(|r| r.cpu_ms_per_cycle).collect());
+        let rss = median(results[k].iter().map(|r| r.rss_mb).collect());
+        println!(
+            "  N=100 at 1 s: {cpu:.1} ms CPU per second (target <= 20: {}), RSS {rss:.1} MB (target <= 20: {})",
+            verdict(cpu <= 20.0),
+            verdict(rss <= 20.0)
+        );
+    }
+    drop(procs);
+}
