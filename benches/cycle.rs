@@ -16,8 +16,9 @@
 //! Run: `cargo bench --bench cycle`. Environment: `ROUNDS` (default 3), `WARMUP_SECS` (5),
 //! `WINDOW_SECS` (10: N = 100's window; N = 10 gets 1.5 times that, N = 1000 0.8 times), `NS`
 //! (a comma separated list instead of 10,100,1000), and `HM_BASE`: another build of the daemon
-//! (say, a copy of an earlier `target/release/health-monitor`) to run right before ours for
-//! every N of every round, with the ratio ours/base per N (before/after comparisons).
+//! (say, a copy of an earlier `target/release/health-monitor`) for before/after comparisons:
+//! after ours alone, every N of every round runs it and ours again side by side over the same
+//! window (so noise from the shared machine hits both), with the ratio ours/base per N.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -86,11 +87,12 @@ fn daemon_dir(root: &Path, tag: &str) -> std::path::PathBuf {
     dir
 }
 
-/// Starts the daemon (`program`) on a fresh database watching the first `n` agents and
-/// workspaces, lets it warm up, and measures it over `window`.
+/// Starts the daemons (`programs`, side by side, each on its own fresh database) watching the
+/// first `n` agents and workspaces, lets them warm up, and measures them over the same
+/// `window`.
 #[allow(clippy::too_many_arguments)]
 fn run(
-    program: &str,
+    programs: &[&str],
     root: &Path,
     tag: &str,
     n: usize,
@@ -98,24 +100,35 @@ fn run(
     workspaces: &Path,
     warmup: Duration,
     window: Duration,
-) -> Run {
-    let dir = daemon_dir(root, tag);
-    save_monitors(&dir.join("hm.db"), pids, workspaces, n);
-    let daemon = Daemon::start_binary(program, &dir, INTERVAL, &[]);
+) -> Vec<Run> {
+    let daemons: Vec<(std::path::PathBuf, Daemon)> = programs
+        .iter()
+        .enumerate()
+        .map(|(i, program)| {
+            let dir = daemon_dir(root, &format!("{tag}-{i}"));
+            save_monitors(&dir.join("hm.db"), pids, workspaces, n);
+            let daemon = Daemon::start_binary(program, &dir, INTERVAL, &[]);
+            (dir, daemon)
+        })
+        .collect();
     std::thread::sleep(warmup);
-    let rows_before = daemon.rows();
-    let mut meter = Meter::start(&[daemon.pid]);
+    let rows_before: Vec<i64> = daemons.iter().map(|(_, d)| d.rows()).collect();
+    let mut meter = Meter::start(&daemons.iter().map(|(_, d)| d.pid).collect::<Vec<_>>());
     std::thread::sleep(window);
-    let w = meter.lap()[0];
-    let rows = daemon.rows() - rows_before;
-    daemon.stop();
-    std::fs::remove_dir_all(&dir).unwrap();
-    Run {
-        cpu_ms_per_cycle: w.per_cycle(INTERVAL),
-        rss_mb: w.rss_mb,
-        threads: w.threads,
-        rows_per_cycle: rows as f64 / (w.secs / INTERVAL),
+    let windows = meter.lap();
+    let mut out = Vec::new();
+    for (((dir, daemon), w), before) in daemons.into_iter().zip(windows).zip(rows_before) {
+        let rows = daemon.rows() - before;
+        daemon.stop();
+        std::fs::remove_dir_all(&dir).unwrap();
+        out.push(Run {
+            cpu_ms_per_cycle: w.per_cycle(INTERVAL),
+            rss_mb: w.rss_mb,
+            threads: w.threads,
+            rows_per_cycle: rows as f64 / (w.secs / INTERVAL),
+        });
     }
+    out
 }
 
 fn host_processes() -> usize {
@@ -171,28 +184,11 @@ fn main() {
     let mut fixed_meter = Meter::start(&[fixed_daemon.pid]);
     let mut fixed: Vec<support::Window> = Vec::new();
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); ns.len()];
-    let mut base_results: Vec<Vec<Run>> = vec![Vec::new(); ns.len()];
+    let mut base_results: Vec<Vec<(Run, Run)>> = vec![Vec::new(); ns.len()];
     for round in 0..rounds {
         for (k, &n) in ns.iter().enumerate() {
-            if let Some(base) = &base_bin {
-                let r = run(
-                    base,
-                    root.path(),
-                    &format!("r{round}-n{n}-base"),
-                    n,
-                    &pids,
-                    &workspaces,
-                    warmup,
-                    window_for(n),
-                );
-                eprintln!(
-                    "  round {round} N={n} base: {:.2} ms/cycle, RSS {:.1} MB, {} threads, {:.0} rows/cycle",
-                    r.cpu_ms_per_cycle, r.rss_mb, r.threads, r.rows_per_cycle
-                );
-                base_results[k].push(r);
-            }
             let r = run(
-                support::bin(),
+                &[support::bin()],
                 root.path(),
                 &format!("r{round}-n{n}"),
                 n,
@@ -200,12 +196,33 @@ fn main() {
                 &workspaces,
                 warmup,
                 window_for(n),
-            );
+            )[0];
             eprintln!(
                 "  round {round} N={n}: {:.2} ms/cycle, RSS {:.1} MB, {} threads, {:.0} rows/cycle",
                 r.cpu_ms_per_cycle, r.rss_mb, r.threads, r.rows_per_cycle
             );
             results[k].push(r);
+            if let Some(base) = &base_bin {
+                // Side by side over the same window: noise from the shared machine hits both.
+                let pair = run(
+                    &[base, support::bin()],
+                    root.path(),
+                    &format!("r{round}-n{n}-ab"),
+                    n,
+                    &pids,
+                    &workspaces,
+                    warmup,
+                    window_for(n),
+                );
+                eprintln!(
+                    "  round {round} N={n} side by side: base {:.2} ms/cycle {:.1} MB, ours {:.2} ms/cycle {:.1} MB",
+                    pair[0].cpu_ms_per_cycle,
+                    pair[0].rss_mb,
+                    pair[1].cpu_ms_per_cycle,
+                    pair[1].rss_mb
+                );
+                base_results[k].push((pair[0], pair[1]));
+            }
         }
         let f = fixed_meter.lap()[0];
         eprintln!(
@@ -292,22 +309,20 @@ fn main() {
         }
     }
     if let Some(base) = &base_bin {
-        println!("  against HM_BASE={base}, run before ours in every round:");
+        println!("  against HM_BASE={base}, side by side with ours over the same windows:");
         for (k, &n) in ns.iter().enumerate() {
-            let b = &base_results[k];
-            let o = &results[k];
+            let pairs = &base_results[k];
+            let ratio =
+                |f: fn(&Run) -> f64| median(pairs.iter().map(|(b, o)| f(o) / f(b)).collect());
             println!(
-                "    N={n}: base {:.2} ms/cycle, RSS {:.1} MB, {:.0} threads; ours/base CPU {:.2}, RSS {:.2}",
-                median(b.iter().map(|r| r.cpu_ms_per_cycle).collect()),
-                median(b.iter().map(|r| r.rss_mb).collect()),
-                median(b.iter().map(|r| r.threads as f64).collect()),
-                median(
-                    o.iter()
-                        .zip(b)
-                        .map(|(o, b)| o.cpu_ms_per_cycle / b.cpu_ms_per_cycle)
-                        .collect()
-                ),
-                median(o.iter().zip(b).map(|(o, b)| o.rss_mb / b.rss_mb).collect()),
+                "    N={n}: base {:.2} ms/cycle, RSS {:.1} MB, {:.0} threads; ours {:.2} ms/cycle, RSS {:.1} MB; ours/base CPU {:.2}, RSS {:.2}",
+                median(pairs.iter().map(|(b, _)| b.cpu_ms_per_cycle).collect()),
+                median(pairs.iter().map(|(b, _)| b.rss_mb).collect()),
+                median(pairs.iter().map(|(b, _)| b.threads as f64).collect()),
+                median(pairs.iter().map(|(_, o)| o.cpu_ms_per_cycle).collect()),
+                median(pairs.iter().map(|(_, o)| o.rss_mb).collect()),
+                ratio(|r| r.cpu_ms_per_cycle),
+                ratio(|r| r.rss_mb),
             );
         }
     }
