@@ -17,8 +17,10 @@
 //! `WINDOW_SECS` (10: N = 100's window; N = 10 gets 1.5 times that, N = 1000 0.8 times), `NS`
 //! (a comma separated list instead of 10,100,1000), and `HM_BASE`: another build of the daemon
 //! (say, a copy of an earlier `target/release/health-monitor`) for before/after comparisons:
-//! after ours alone, every N of every round runs it and ours again side by side over the same
-//! window (so noise from the shared machine hits both), with the ratio ours/base per N.
+//! after ours alone, every N of every round runs it alone, then it and ours side by side over
+//! the same window (noise from the shared machine hits both alike; each watches its own copy of
+//! the workspaces), with the ratios ours/base per N both ways. Side by side they also share
+//! per-user limits (inotify instances), which can weigh on either.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -89,7 +91,8 @@ fn daemon_dir(root: &Path, tag: &str) -> std::path::PathBuf {
 
 /// Starts the daemons (`programs`, side by side, each on its own fresh database) watching the
 /// first `n` agents and workspaces, lets them warm up, and measures them over the same
-/// `window`.
+/// `window`. Daemon `i` watches the workspaces under `workspaces[i]`: its own copies, since
+/// a daemon's writability probes and walks must not show up in another's directories.
 #[allow(clippy::too_many_arguments)]
 fn run(
     programs: &[&str],
@@ -97,7 +100,7 @@ fn run(
     tag: &str,
     n: usize,
     pids: &[u32],
-    workspaces: &Path,
+    workspaces: &[std::path::PathBuf],
     warmup: Duration,
     window: Duration,
 ) -> Vec<Run> {
@@ -106,7 +109,7 @@ fn run(
         .enumerate()
         .map(|(i, program)| {
             let dir = daemon_dir(root, &format!("{tag}-{i}"));
-            save_monitors(&dir.join("hm.db"), pids, workspaces, n);
+            save_monitors(&dir.join("hm.db"), pids, &workspaces[i], n);
             let daemon = Daemon::start_binary(program, &dir, INTERVAL, &[]);
             (dir, daemon)
         })
@@ -162,7 +165,11 @@ fn main() {
     let base_bin = std::env::var("HM_BASE").ok().filter(|s| !s.is_empty());
 
     let root = tempfile::tempdir().unwrap();
-    let workspaces = root.path().join("workspaces");
+    // A second copy of the workspaces for HM_BASE's daemon.
+    let copies = if base_bin.is_some() { 2 } else { 1 };
+    let workspaces: Vec<std::path::PathBuf> = (0..copies)
+        .map(|c| root.path().join(format!("workspaces{c}")))
+        .collect();
     let mut procs = Procs::default();
     let pids: Vec<u32> = (0..max_n)
         .map(|i| {
@@ -174,7 +181,9 @@ fn main() {
         })
         .collect();
     for i in 0..max_n {
-        make_workspace(&workspaces.join(format!("ws{i}")));
+        for copy in &workspaces {
+            make_workspace(&copy.join(format!("ws{i}")));
+        }
     }
     let host = host_processes();
 
@@ -185,6 +194,7 @@ fn main() {
     let mut fixed: Vec<support::Window> = Vec::new();
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); ns.len()];
     let mut base_results: Vec<Vec<(Run, Run)>> = vec![Vec::new(); ns.len()];
+    let mut base_alone: Vec<Vec<Run>> = vec![Vec::new(); ns.len()];
     for round in 0..rounds {
         for (k, &n) in ns.iter().enumerate() {
             let r = run(
@@ -203,6 +213,21 @@ fn main() {
             );
             results[k].push(r);
             if let Some(base) = &base_bin {
+                let b = run(
+                    &[base],
+                    root.path(),
+                    &format!("r{round}-n{n}-base"),
+                    n,
+                    &pids,
+                    &workspaces,
+                    warmup,
+                    window_for(n),
+                )[0];
+                eprintln!(
+                    "  round {round} N={n} base alone: {:.2} ms/cycle, RSS {:.1} MB, {} threads, {:.0} rows/cycle",
+                    b.cpu_ms_per_cycle, b.rss_mb, b.threads, b.rows_per_cycle
+                );
+                base_alone[k].push(b);
                 // Side by side over the same window: noise from the shared machine hits both.
                 let pair = run(
                     &[base, support::bin()],
@@ -309,16 +334,37 @@ fn main() {
         }
     }
     if let Some(base) = &base_bin {
-        println!("  against HM_BASE={base}, side by side with ours over the same windows:");
+        println!(
+            "  against HM_BASE={base}: alone, each right after ours; side by side, over the same windows:"
+        );
         for (k, &n) in ns.iter().enumerate() {
+            let alone = &base_alone[k];
+            let ours = &results[k];
             let pairs = &base_results[k];
             let ratio =
                 |f: fn(&Run) -> f64| median(pairs.iter().map(|(b, o)| f(o) / f(b)).collect());
             println!(
-                "    N={n}: base {:.2} ms/cycle, RSS {:.1} MB, {:.0} threads; ours {:.2} ms/cycle, RSS {:.1} MB; ours/base CPU {:.2}, RSS {:.2}",
+                "    N={n} alone: base {:.2} ms/cycle, RSS {:.1} MB, {:.0} threads; ours/base CPU {:.2}, RSS {:.2}",
+                median(alone.iter().map(|r| r.cpu_ms_per_cycle).collect()),
+                median(alone.iter().map(|r| r.rss_mb).collect()),
+                median(alone.iter().map(|r| r.threads as f64).collect()),
+                median(
+                    ours.iter()
+                        .zip(alone)
+                        .map(|(o, b)| o.cpu_ms_per_cycle / b.cpu_ms_per_cycle)
+                        .collect()
+                ),
+                median(
+                    ours.iter()
+                        .zip(alone)
+                        .map(|(o, b)| o.rss_mb / b.rss_mb)
+                        .collect()
+                ),
+            );
+            println!(
+                "    N={n} side by side: base {:.2} ms/cycle, RSS {:.1} MB; ours {:.2} ms/cycle, RSS {:.1} MB; ours/base CPU {:.2}, RSS {:.2}",
                 median(pairs.iter().map(|(b, _)| b.cpu_ms_per_cycle).collect()),
                 median(pairs.iter().map(|(b, _)| b.rss_mb).collect()),
-                median(pairs.iter().map(|(b, _)| b.threads as f64).collect()),
                 median(pairs.iter().map(|(_, o)| o.cpu_ms_per_cycle).collect()),
                 median(pairs.iter().map(|(_, o)| o.rss_mb).collect()),
                 ratio(|r| r.cpu_ms_per_cycle),
