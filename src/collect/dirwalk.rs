@@ -705,7 +705,16 @@ impl TreeWatch {
             match self.inotify.read_events() {
                 Ok(events) if !events.is_empty() => {
                     for event in events {
-                        self.note(event.wd, event.mask);
+                        // Our own writability probe leaves nothing behind: its file's
+                        // creation and removal change no total.
+                        let own_probe = !event.mask.contains(AddWatchFlags::IN_ISDIR)
+                            && event
+                                .name
+                                .as_deref()
+                                .is_some_and(super::workspace::is_own_probe_file);
+                        if !own_probe {
+                            self.note(event.wd, event.mask);
+                        }
                     }
                 }
                 Ok(_) | Err(Errno::EAGAIN) => break,

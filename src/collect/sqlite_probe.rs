@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -132,26 +132,94 @@ fn check(path: &Path, busy_timeout: Duration, cap: Duration) -> Result<(), Strin
     Ok(())
 }
 
-/// SQLite files in a workspace: `*.db`, `*.sqlite`, `*.sqlite3` at the top level and in
-/// `.beads/`, plus the `extra` ones given (relative to the workspace). Paths are relative.
-pub fn discover(workspace: &Path, extra: &[PathBuf]) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = Vec::new();
-    for dir in [PathBuf::new(), PathBuf::from(".beads")] {
-        let Ok(entries) = std::fs::read_dir(workspace.join(&dir)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
+/// The directories of a workspace searched for databases, relative to it.
+const DB_DIRS: [&str; 2] = ["", ".beads"];
+
+/// A listing trusted only while its directory's modification time is older than this, at the
+/// time it was made: a file created in the same clock tick as the listing (the kernel's file
+/// times are coarse) must not be missed for good.
+const LISTING_SETTLE: Duration = Duration::from_secs(2);
+
+/// The SQLite files of one directory as last listed, and what the directory looked like then.
+#[derive(Debug, Clone)]
+struct Listing {
+    ino: u64,
+    mtime: SystemTime,
+    /// The listing is reusable while the directory still has this inode and mtime.
+    settled: bool,
+    names: Vec<std::ffi::OsString>,
+}
+
+/// Finds a workspace's SQLite files cycle after cycle, listing a directory again only when
+/// it changed (its mtime moves when an entry is added, removed or renamed): one `stat` per
+/// directory per cycle instead of a listing.
+#[derive(Debug, Default)]
+pub struct Discovery {
+    listings: [Option<Listing>; 2],
+}
+
+impl Discovery {
+    /// What [`discover`] returns, from the listings kept where the directories did not change.
+    pub fn discover(&mut self, workspace: &Path, extra: &[PathBuf]) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for (dir, kept) in DB_DIRS.iter().zip(self.listings.iter_mut()) {
+            let path = workspace.join(dir);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                *kept = None;
+                continue;
+            };
+            let (ino, mtime) = (meta.ino(), meta.modified().unwrap_or(UNIX_EPOCH));
+            let reuse = kept
+                .as_ref()
+                .is_some_and(|l| l.settled && l.ino == ino && l.mtime == mtime);
+            if !reuse {
+                let names = list_databases(&path);
+                let settled = SystemTime::now()
+                    .duration_since(mtime)
+                    .is_ok_and(|age| age >= LISTING_SETTLE);
+                *kept = Some(Listing {
+                    ino,
+                    mtime,
+                    settled,
+                    names,
+                });
+            }
+            if let Some(listing) = kept {
+                found.extend(listing.names.iter().map(|n| Path::new(dir).join(n)));
+            }
+        }
+        finish(workspace, found, extra)
+    }
+}
+
+/// The names of the SQLite files directly in `dir` (not following symlinks).
+fn list_databases(dir: &Path) -> Vec<std::ffi::OsString> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
             let name = entry.file_name();
             let is_db = Path::new(&name)
                 .extension()
                 .and_then(|e| e.to_str())
                 .is_some_and(|e| matches!(e, "db" | "sqlite" | "sqlite3"));
             // Symlinks are not followed out of the workspace.
-            if is_db && entry.file_type().is_ok_and(|t| t.is_file()) {
-                found.push(dir.join(name));
-            }
-        }
-    }
+            is_db && entry.file_type().is_ok_and(|t| t.is_file())
+        })
+        .map(|entry| entry.file_name())
+        .collect()
+}
+
+/// SQLite files in a workspace: `*.db`, `*.sqlite`, `*.sqlite3` at the top level and in
+/// `.beads/`, plus the `extra` ones given (relative to the workspace). Paths are relative.
+pub fn discover(workspace: &Path, extra: &[PathBuf]) -> Vec<PathBuf> {
+    Discovery::default().discover(workspace, extra)
+}
+
+/// Adds the `extra` databases to those found, in order, without the daemon's own.
+fn finish(workspace: &Path, mut found: Vec<PathBuf>, extra: &[PathBuf]) -> Vec<PathBuf> {
     for e in extra {
         // `./a.db` and `a.db` are one file.
         let e: PathBuf = e.components().filter(|c| *c != Component::CurDir).collect();
@@ -282,6 +350,53 @@ mod tests {
         assert!(check.latency_ms >= 250.0, "{check:?}");
         locker.execute_batch("COMMIT").unwrap();
         assert!(check_database(&db, T, Duration::from_secs(10)).ok);
+    }
+
+    /// Sets a directory's modification time, as adding an entry would (or would not).
+    fn set_mtime(dir: &Path, at: SystemTime) {
+        std::fs::File::open(dir).unwrap().set_modified(at).unwrap();
+    }
+
+    #[test]
+    fn discovery_lists_a_directory_again_only_when_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = |found: Vec<PathBuf>| -> Vec<String> {
+            found.iter().map(|p| p.display().to_string()).collect()
+        };
+        std::fs::write(dir.path().join("a.db"), "").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(60);
+        set_mtime(dir.path(), old);
+        let mut discovery = Discovery::default();
+        assert_eq!(names(discovery.discover(dir.path(), &[])), ["a.db"]);
+        // An entry appears but the directory looks unchanged: the kept listing answers (so
+        // this shows that no listing was made).
+        std::fs::write(dir.path().join("b.db"), "").unwrap();
+        set_mtime(dir.path(), old);
+        assert_eq!(names(discovery.discover(dir.path(), &[])), ["a.db"]);
+        // The directory changed: listed again.
+        let now = SystemTime::now();
+        set_mtime(dir.path(), now);
+        assert_eq!(names(discovery.discover(dir.path(), &[])), ["a.db", "b.db"]);
+        // A listing of a directory changed just now is not trusted: an entry added in the same
+        // clock tick leaves the time as it was, and is still found.
+        std::fs::write(dir.path().join("c.db"), "").unwrap();
+        set_mtime(dir.path(), now);
+        assert_eq!(
+            names(discovery.discover(dir.path(), &[])),
+            ["a.db", "b.db", "c.db"]
+        );
+        // `.beads` appearing later is found, and a vanished one forgotten.
+        std::fs::create_dir(dir.path().join(".beads")).unwrap();
+        std::fs::write(dir.path().join(".beads/beads.db"), "").unwrap();
+        assert_eq!(
+            names(discovery.discover(dir.path(), &[])),
+            [".beads/beads.db", "a.db", "b.db", "c.db"]
+        );
+        std::fs::remove_dir_all(dir.path().join(".beads")).unwrap();
+        assert_eq!(
+            names(discovery.discover(dir.path(), &[])),
+            ["a.db", "b.db", "c.db"]
+        );
     }
 
     #[test]
