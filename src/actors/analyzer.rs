@@ -537,7 +537,7 @@ impl Actor for Analyzer {
             };
             act.loaded(stored);
         }));
-        ctx.run_interval(Duration::from_secs(1), |act, _| {
+        super::cadence::run_on_beat(ctx, Duration::from_secs(1), Duration::ZERO, |act, _| {
             act.retry_unsent();
             act.reconcile_conditions();
             // A wake-up lost with a dead predecessor must not strand the queue.

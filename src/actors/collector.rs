@@ -110,6 +110,24 @@ impl RunnerState {
     }
 }
 
+/// Which waiting runner threads a change to the queue should wake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    None,
+    One,
+    All,
+}
+
+impl Wake {
+    fn notify(self, work: &Condvar) {
+        match self {
+            Wake::None => {}
+            Wake::One => work.notify_one(),
+            Wake::All => work.notify_all(),
+        }
+    }
+}
+
 /// The daemon's runner.
 static RUNNER: LazyLock<Arc<ProbeRunner>> = LazyLock::new(|| {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -136,35 +154,42 @@ impl ProbeRunner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `job`; it runs on a runner thread.
-    fn submit(self: &Arc<Self>, job: Job) {
+    /// Queues `job`; it runs on a runner thread. Returns true when a thread is already busy
+    /// with a slow job: then the caller should [`ensure_progress`](Self::ensure_progress) after
+    /// [`RUNNER_STUCK_AFTER`], in case that job hangs and others get stuck behind it.
+    fn submit(self: &Arc<Self>, job: Job) -> bool {
         let mut state = self.lock();
         state.queue.push_back(job);
-        self.make_progress(&mut state);
+        let wake = self.make_progress(&mut state);
+        let slow = state.busy.len() > state.idle() + state.quick();
+        drop(state);
+        // Woken after the lock is released, so the thread does not wake only to wait for it.
+        wake.notify(&self.work);
+        slow
     }
 
     /// Makes sure queued jobs get a thread: an idle one, or a new one while fewer than
     /// `parallelism` run quick jobs. Called on every submit and again by a collector whose
-    /// job has not come back after [`RUNNER_STUCK_AFTER`].
+    /// job has not come back after [`RUNNER_STUCK_AFTER`] while a slow job was running.
     fn ensure_progress(self: &Arc<Self>) {
         let mut state = self.lock();
-        self.make_progress(&mut state);
+        let wake = self.make_progress(&mut state);
+        drop(state);
+        wake.notify(&self.work);
     }
 
-    fn make_progress(self: &Arc<Self>, state: &mut RunnerState) {
+    /// Starts a thread if one is needed; returns which idle threads to wake.
+    fn make_progress(self: &Arc<Self>, state: &mut RunnerState) -> Wake {
         if state.queue.is_empty() {
-            return;
+            return Wake::None;
         }
         let idle = state.idle();
         if idle >= state.queue.len() {
-            self.work.notify_one();
-            return;
+            return Wake::One;
         }
-        if idle > 0 {
-            self.work.notify_all();
-        }
+        let wake = if idle > 0 { Wake::All } else { Wake::None };
         if idle + state.quick() >= self.parallelism {
-            return; // Enough threads are on it; the queue drains as they finish.
+            return wake; // Enough threads are on it; the queue drains as they finish.
         }
         let id = state.next_id;
         let runner = Arc::clone(self);
@@ -179,6 +204,7 @@ impl ProbeRunner {
             // Queued jobs wait for a thread that exists; the next submit tries again.
             Err(e) => tracing::error!("cannot start a probe runner thread: {e}"),
         }
+        wake
     }
 
     /// A runner thread: takes jobs until none has come for [`RUNNER_KEEP_ALIVE`].
@@ -305,7 +331,7 @@ impl Collector {
         };
         self.busy_since = Some(Instant::now());
         let (tx, rx) = tokio::sync::oneshot::channel::<Outcome>();
-        self.runner.submit(Box::new(move || {
+        let behind_slow_job = self.runner.submit(Box::new(move || {
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(move || {
                 let readings = probe.measure();
                 (probe, readings)
@@ -319,12 +345,17 @@ impl Collector {
             });
             let _ = tx.send(outcome);
         }));
-        // A job still queued or running after a while may be behind a stuck one.
-        ctx.run_later(RUNNER_STUCK_AFTER, |act, _| {
-            if act.probe.is_none() {
-                act.runner.ensure_progress();
-            }
-        });
+        // A job still queued or running after a while may be behind a stuck one. Checked only
+        // when a slow job is running: a timer per tick would wake the event loop once more
+        // every cycle. A job that starts hanging later in this burst is covered by the next
+        // submit (the next tick of any collector), which counts it as no longer quick.
+        if behind_slow_job {
+            ctx.run_later(RUNNER_STUCK_AFTER, |act, _| {
+                if act.probe.is_none() {
+                    act.runner.ensure_progress();
+                }
+            });
+        }
         ctx.spawn(rx.into_actor(self).map(|result, act, ctx| match result {
             Ok(Ok((probe, readings))) => {
                 act.probe = Some(probe);
@@ -351,8 +382,12 @@ impl Actor for Collector {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // Measure at once, then on the daemon's beat: every collector ticks in the same wake-up
+        // of the event loop, whenever it started (at least half an interval from now, so a
+        // collector started just before a beat does not measure twice in a row).
         self.tick(ctx);
-        ctx.run_interval(self.pace.interval, |act, ctx| act.tick(ctx));
+        let interval = self.pace.interval;
+        super::cadence::run_on_beat(ctx, interval, interval / 2, |act, ctx| act.tick(ctx));
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {

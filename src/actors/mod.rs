@@ -4,6 +4,7 @@
 
 pub mod alert_memory;
 pub mod analyzer;
+pub mod cadence;
 pub mod collector;
 pub mod restart;
 pub mod supervisor;

@@ -421,7 +421,7 @@ impl Actor for Supervisor {
             self.add_child("gastown".into(), ChildKind::Town, ctx);
         }
         // Backstop for deaths whose notice got lost: a dead address is a dead child.
-        ctx.run_interval(Duration::from_secs(1), |act, ctx| {
+        super::cadence::run_on_beat(ctx, Duration::from_secs(1), Duration::ZERO, |act, ctx| {
             let dead: Vec<(String, u64)> = act
                 .children
                 .iter()

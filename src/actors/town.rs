@@ -381,7 +381,7 @@ impl Actor for TownWatcher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(POLL_EVERY, |act, ctx| act.poll(ctx));
+        super::cadence::run_on_beat(ctx, POLL_EVERY, Duration::ZERO, |act, ctx| act.poll(ctx));
     }
 }
 
