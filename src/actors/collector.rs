@@ -1,10 +1,10 @@
-//! A collector actor: ticks on its interval and runs its probe on a [`ProbeRunner`] thread,
+//! A collector actor: ticks on the daemon's beat and runs its probe on a [`ProbeRunner`] thread,
 //! never on the event loop, then hands the readings to the analyzer. A measurement that does
 //! not come back (a hung network mount) is reported as `collector_stalled`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::analyzer::AnalyzerHandle;
+use super::probe_runner::{Delivery, Destination, Job, ProbeRunner, RUNNER_STUCK_AFTER};
 use super::{ExitGuard, StopChild};
 use crate::alerts::Condition;
 use crate::collect::Probe;
@@ -64,174 +65,6 @@ impl CycleTimes {
     }
 }
 
-/// A measurement handed to the runner: it runs a probe and sends its readings back.
-type Job = Box<dyn FnOnce() + Send>;
-
-/// A job running this long no longer counts against [`ProbeRunner`]'s parallelism: probes that
-/// wait by design (a slow directory walk, a database check) or hang (a dead mount) get more
-/// threads started beside them, so they never hold up the others.
-const RUNNER_STUCK_AFTER: Duration = Duration::from_millis(50);
-/// An idle runner thread exits after this long without work.
-const RUNNER_KEEP_ALIVE: Duration = Duration::from_secs(60);
-
-/// Runs probes off the event loop, on few threads. Every collector ticks at the same moments,
-/// so a cycle hands its runners a burst of short probes: they take them one after the other
-/// from one queue, as many at once as the machine has CPUs. That costs one thread wake-up per
-/// burst instead of one per probe (a hand-off between threads costs about as much as a small
-/// probe on a 2-CPU VM: tens of µs), and a few threads instead of one per probe in flight.
-/// Probes that block are covered by [`RUNNER_STUCK_AFTER`]: parallelism is bounded only among
-/// probes that are quick.
-pub struct ProbeRunner {
-    state: Mutex<RunnerState>,
-    work: Condvar,
-    /// Threads running quick probes at once.
-    parallelism: usize,
-}
-
-#[derive(Default)]
-struct RunnerState {
-    queue: VecDeque<Job>,
-    /// When each thread's current job began; `None` while it waits for work.
-    busy: HashMap<u64, Option<Instant>>,
-    next_id: u64,
-}
-
-impl RunnerState {
-    fn idle(&self) -> usize {
-        self.busy.values().filter(|b| b.is_none()).count()
-    }
-
-    /// Threads busy with a job that is not (yet) taking long.
-    fn quick(&self) -> usize {
-        self.busy
-            .values()
-            .filter(|b| b.is_some_and(|t| t.elapsed() < RUNNER_STUCK_AFTER))
-            .count()
-    }
-}
-
-/// Which waiting runner threads a change to the queue should wake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wake {
-    None,
-    One,
-    All,
-}
-
-impl Wake {
-    fn notify(self, work: &Condvar) {
-        match self {
-            Wake::None => {}
-            Wake::One => work.notify_one(),
-            Wake::All => work.notify_all(),
-        }
-    }
-}
-
-/// The daemon's runner.
-static RUNNER: LazyLock<Arc<ProbeRunner>> = LazyLock::new(|| {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    Arc::new(ProbeRunner::new(cpus.max(2)))
-});
-
-impl ProbeRunner {
-    /// A runner keeping at most `parallelism` quick jobs running at once.
-    pub fn new(parallelism: usize) -> Self {
-        ProbeRunner {
-            state: Mutex::new(RunnerState::default()),
-            work: Condvar::new(),
-            parallelism: parallelism.max(1),
-        }
-    }
-
-    /// The process's runner, shared by every collector.
-    pub fn shared() -> Arc<ProbeRunner> {
-        RUNNER.clone()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, RunnerState> {
-        // Jobs run outside the lock and catch their panics: a poisoned lock is still consistent.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues `job`; it runs on a runner thread. Returns true when a thread is already busy
-    /// with a slow job: then the caller should [`ensure_progress`](Self::ensure_progress) after
-    /// [`RUNNER_STUCK_AFTER`], in case that job hangs and others get stuck behind it.
-    fn submit(self: &Arc<Self>, job: Job) -> bool {
-        let mut state = self.lock();
-        state.queue.push_back(job);
-        let wake = self.make_progress(&mut state);
-        let slow = state.busy.len() > state.idle() + state.quick();
-        drop(state);
-        // Woken after the lock is released, so the thread does not wake only to wait for it.
-        wake.notify(&self.work);
-        slow
-    }
-
-    /// Makes sure queued jobs get a thread: an idle one, or a new one while fewer than
-    /// `parallelism` run quick jobs. Called on every submit and again by a collector whose
-    /// job has not come back after [`RUNNER_STUCK_AFTER`] while a slow job was running.
-    fn ensure_progress(self: &Arc<Self>) {
-        let mut state = self.lock();
-        let wake = self.make_progress(&mut state);
-        drop(state);
-        wake.notify(&self.work);
-    }
-
-    /// Starts a thread if one is needed; returns which idle threads to wake.
-    fn make_progress(self: &Arc<Self>, state: &mut RunnerState) -> Wake {
-        if state.queue.is_empty() {
-            return Wake::None;
-        }
-        let idle = state.idle();
-        if idle >= state.queue.len() {
-            return Wake::One;
-        }
-        let wake = if idle > 0 { Wake::All } else { Wake::None };
-        if idle + state.quick() >= self.parallelism {
-            return wake; // Enough threads are on it; the queue drains as they finish.
-        }
-        let id = state.next_id;
-        let runner = Arc::clone(self);
-        let spawned = std::thread::Builder::new()
-            .name("probe-runner".into())
-            .spawn(move || runner.run(id));
-        match spawned {
-            Ok(_) => {
-                state.next_id += 1;
-                state.busy.insert(id, None);
-            }
-            // Queued jobs wait for a thread that exists; the next submit tries again.
-            Err(e) => tracing::error!("cannot start a probe runner thread: {e}"),
-        }
-        wake
-    }
-
-    /// A runner thread: takes jobs until none has come for [`RUNNER_KEEP_ALIVE`].
-    fn run(&self, id: u64) {
-        let mut state = self.lock();
-        loop {
-            if let Some(job) = state.queue.pop_front() {
-                state.busy.insert(id, Some(Instant::now()));
-                drop(state);
-                job();
-                state = self.lock();
-                state.busy.insert(id, None);
-                continue;
-            }
-            let (guard, timeout) = self
-                .work
-                .wait_timeout(state, RUNNER_KEEP_ALIVE)
-                .unwrap_or_else(|e| e.into_inner());
-            state = guard;
-            if timeout.timed_out() && state.queue.is_empty() {
-                state.busy.remove(&id);
-                return;
-            }
-        }
-    }
-}
-
 /// What a measurement sends back: the probe and its readings, or the panic that lost them.
 type Outcome = Result<(Box<dyn Probe>, Vec<crate::model::Measurement>), String>;
 
@@ -253,6 +86,8 @@ pub struct Collector {
     /// Ticks since this instance started (for fault injection).
     ticks: u64,
     runner: Arc<ProbeRunner>,
+    /// Where results come back: this actor's event loop (set once it runs there).
+    destination: Destination,
     _guard: ExitGuard,
 }
 
@@ -279,6 +114,7 @@ impl Collector {
             overruns: 0,
             ticks: 0,
             runner: ProbeRunner::shared(),
+            destination: Destination::InPlace,
             _guard: guard,
         }
     }
@@ -331,7 +167,7 @@ impl Collector {
         };
         self.busy_since = Some(Instant::now());
         let (tx, rx) = tokio::sync::oneshot::channel::<Outcome>();
-        let behind_slow_job = self.runner.submit(Box::new(move || {
+        let job: Job = Box::new(move || -> Delivery {
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(move || {
                 let readings = probe.measure();
                 (probe, readings)
@@ -343,8 +179,11 @@ impl Collector {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "panic".into())
             });
-            let _ = tx.send(outcome);
-        }));
+            Box::new(move || {
+                let _ = tx.send(outcome);
+            })
+        });
+        let behind_slow_job = self.runner.submit(job, self.destination.clone());
         // A job still queued or running after a while may be behind a stuck one. Checked only
         // when a slow job is running: a timer per tick would wake the event loop once more
         // every cycle. A job that starts hanging later in this burst is covered by the next
@@ -382,6 +221,7 @@ impl Actor for Collector {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.destination = Destination::this_event_loop();
         // Measure at once, then on the daemon's beat: every collector ticks in the same wake-up
         // of the event loop, whenever it started (at least half an interval from now, so a
         // collector started just before a beat does not measure twice in a row).
@@ -416,43 +256,6 @@ mod tests {
             std::thread::sleep(Duration::from_millis(800));
             Vec::new()
         }
-    }
-
-    #[test]
-    fn a_stuck_job_does_not_hold_up_the_queue_and_threads_stay_few() {
-        let runner = Arc::new(ProbeRunner::new(1));
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<u32>();
-        runner.submit(Box::new(move || {
-            let _ = release_rx.recv(); // Stuck until released.
-        }));
-        for i in 0..20 {
-            let done = done_tx.clone();
-            runner.submit(Box::new(move || {
-                let _ = done.send(i);
-            }));
-        }
-        // Behind the stuck job with a parallelism of 1: nothing runs until the stuck one has
-        // run for RUNNER_STUCK_AFTER and someone checks.
-        std::thread::sleep(RUNNER_STUCK_AFTER + Duration::from_millis(20));
-        runner.ensure_progress();
-        let got: Vec<u32> = (0..20)
-            .map(|_| done_rx.recv_timeout(Duration::from_secs(10)).unwrap())
-            .collect();
-        assert_eq!(got, (0..20).collect::<Vec<_>>(), "in order, all of them");
-        assert_eq!(runner.lock().busy.len(), 2, "the stuck thread and one more");
-        release_tx.send(()).unwrap();
-        // Quick jobs reuse the idle threads.
-        for i in 0..20 {
-            let done = done_tx.clone();
-            runner.submit(Box::new(move || {
-                let _ = done.send(i);
-            }));
-        }
-        for _ in 0..20 {
-            done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        }
-        assert_eq!(runner.lock().busy.len(), 2);
     }
 
     struct Panicky;

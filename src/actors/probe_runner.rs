@@ -1,0 +1,377 @@
+//! The threads probes run on, off the event loop, and the way their results get back to it:
+//! a cycle's burst of measurements costs a few thread wake-ups, not a few per probe.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+
+/// What a finished job leaves to do: hand its result over (a oneshot send, say).
+pub type Delivery = Box<dyn FnOnce() + Send>;
+
+/// A measurement: it runs on a runner thread and returns the delivery of its result.
+pub type Job = Box<dyn FnOnce() -> Delivery + Send>;
+
+/// A job running this long no longer counts against [`ProbeRunner`]'s parallelism: probes that
+/// wait by design (a slow directory walk, a database check) or hang (a dead mount) get more
+/// threads started beside them, so they never hold up the others.
+pub const RUNNER_STUCK_AFTER: Duration = Duration::from_millis(50);
+/// An idle runner thread exits after this long without work.
+const RUNNER_KEEP_ALIVE: Duration = Duration::from_secs(60);
+
+/// Where a job's delivery runs.
+#[derive(Clone)]
+pub enum Destination {
+    /// On the runner thread itself.
+    InPlace,
+    /// On an event loop, handed over in batches: one wake-up of the loop per batch.
+    EventLoop(UnboundedSender<Vec<Delivery>>),
+}
+
+thread_local! {
+    /// This thread's event-loop inbox, once a collector on it has asked for one.
+    static INBOX: RefCell<Option<UnboundedSender<Vec<Delivery>>>> = const { RefCell::new(None) };
+}
+
+impl Destination {
+    /// The event loop of the calling thread (which must run one, as an actor's does): a task
+    /// on it runs each batch of deliveries as it arrives.
+    pub fn this_event_loop() -> Destination {
+        INBOX.with(|inbox| {
+            let mut inbox = inbox.borrow_mut();
+            // A loop that has ended (a test's system, say) closed its inbox: start another.
+            if inbox.as_ref().is_none_or(|tx| tx.is_closed()) {
+                let (tx, mut rx) = unbounded_channel::<Vec<Delivery>>();
+                actix_rt::spawn(async move {
+                    while let Some(batch) = rx.recv().await {
+                        for delivery in batch {
+                            delivery();
+                        }
+                    }
+                });
+                *inbox = Some(tx);
+            }
+            Destination::EventLoop(inbox.clone().expect("just set"))
+        })
+    }
+
+    fn same(&self, other: &Destination) -> bool {
+        match (self, other) {
+            (Destination::InPlace, Destination::InPlace) => true,
+            (Destination::EventLoop(a), Destination::EventLoop(b)) => a.same_channel(b),
+            _ => false,
+        }
+    }
+}
+
+/// Hands deliveries over, one batch per destination.
+fn deliver(finished: Vec<(Destination, Delivery)>) {
+    let mut batches: Vec<(Destination, Vec<Delivery>)> = Vec::new();
+    for (to, delivery) in finished {
+        match batches.iter_mut().find(|(d, _)| d.same(&to)) {
+            Some((_, batch)) => batch.push(delivery),
+            None => batches.push((to, vec![delivery])),
+        }
+    }
+    for (to, batch) in batches {
+        match to {
+            Destination::InPlace => batch.into_iter().for_each(|d| d()),
+            Destination::EventLoop(tx) => {
+                if let Err(returned) = tx.send(batch) {
+                    // The loop is gone; so is whoever waited. Dropping would do as well, but
+                    // running them keeps "every delivery runs once" true.
+                    returned.0.into_iter().for_each(|d| d());
+                }
+            }
+        }
+    }
+}
+
+/// Runs probes off the event loop, on few threads. Every collector ticks on the same beat, so
+/// a cycle hands the runner a burst of short probes: its threads take them one after the other
+/// from one queue, as many at once as the machine has CPUs, and hold their results back until
+/// the queue is empty, so the event loop wakes for a batch instead of for each result (a
+/// hand-off between threads costs about as much as a small probe on a 2-CPU VM: tens of µs,
+/// and each result woke the loop and was handed back in turn). Probes that block are covered
+/// by [`RUNNER_STUCK_AFTER`]: parallelism is bounded only among probes that are quick.
+pub struct ProbeRunner {
+    state: Mutex<RunnerState>,
+    work: Condvar,
+    /// Threads running quick probes at once.
+    parallelism: usize,
+}
+
+#[derive(Default)]
+struct RunnerState {
+    queue: VecDeque<(Job, Destination)>,
+    /// Deliveries held back while the queue has work; only ever non-empty while it has (the
+    /// thread that takes the last job hands them over first), so a job that hangs holds up
+    /// no result but its own.
+    finished: Vec<(Destination, Delivery)>,
+    /// When each thread's current job began; `None` while it waits for work.
+    busy: HashMap<u64, Option<Instant>>,
+    next_id: u64,
+}
+
+impl RunnerState {
+    fn idle(&self) -> usize {
+        self.busy.values().filter(|b| b.is_none()).count()
+    }
+
+    /// Threads busy with a job that is not (yet) taking long.
+    fn quick(&self) -> usize {
+        self.busy
+            .values()
+            .filter(|b| b.is_some_and(|t| t.elapsed() < RUNNER_STUCK_AFTER))
+            .count()
+    }
+}
+
+/// Which waiting runner threads a change to the queue should wake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    None,
+    One,
+    All,
+}
+
+impl Wake {
+    fn notify(self, work: &Condvar) {
+        match self {
+            Wake::None => {}
+            Wake::One => work.notify_one(),
+            Wake::All => work.notify_all(),
+        }
+    }
+}
+
+/// The daemon's runner.
+static RUNNER: LazyLock<Arc<ProbeRunner>> = LazyLock::new(|| {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Arc::new(ProbeRunner::new(cpus.max(2)))
+});
+
+impl ProbeRunner {
+    /// A runner keeping at most `parallelism` quick jobs running at once.
+    pub fn new(parallelism: usize) -> Self {
+        ProbeRunner {
+            state: Mutex::new(RunnerState::default()),
+            work: Condvar::new(),
+            parallelism: parallelism.max(1),
+        }
+    }
+
+    /// The process's runner, shared by every collector.
+    pub fn shared() -> Arc<ProbeRunner> {
+        RUNNER.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RunnerState> {
+        // Jobs run outside the lock and catch their panics: a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `job`, whose delivery runs at `to`. Returns true when a thread is already busy
+    /// with a slow job: then the caller should [`ensure_progress`](Self::ensure_progress)
+    /// after [`RUNNER_STUCK_AFTER`], in case that job hangs and others get stuck behind it.
+    pub fn submit(self: &Arc<Self>, job: Job, to: Destination) -> bool {
+        let mut state = self.lock();
+        state.queue.push_back((job, to));
+        let wake = self.make_progress(&mut state);
+        let slow = state.busy.len() > state.idle() + state.quick();
+        drop(state);
+        // Woken after the lock is released, so the thread does not wake only to wait for it.
+        wake.notify(&self.work);
+        slow
+    }
+
+    /// Makes sure queued jobs get a thread: an idle one, or a new one while fewer than
+    /// `parallelism` run quick jobs. Called on every submit and again by a collector whose
+    /// job has not come back after [`RUNNER_STUCK_AFTER`] while a slow job was running.
+    pub fn ensure_progress(self: &Arc<Self>) {
+        let mut state = self.lock();
+        let wake = self.make_progress(&mut state);
+        drop(state);
+        wake.notify(&self.work);
+    }
+
+    /// Starts a thread if one is needed; returns which idle threads to wake.
+    fn make_progress(self: &Arc<Self>, state: &mut RunnerState) -> Wake {
+        if state.queue.is_empty() {
+            return Wake::None;
+        }
+        let idle = state.idle();
+        if idle >= state.queue.len() {
+            return Wake::One;
+        }
+        let wake = if idle > 0 { Wake::All } else { Wake::None };
+        if idle + state.quick() >= self.parallelism {
+            return wake; // Enough threads are on it; the queue drains as they finish.
+        }
+        let id = state.next_id;
+        let runner = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("probe-runner".into())
+            .spawn(move || runner.run(id));
+        match spawned {
+            Ok(_) => {
+                state.next_id += 1;
+                state.busy.insert(id, None);
+            }
+            // Queued jobs wait for a thread that exists; the next submit tries again.
+            Err(e) => tracing::error!("cannot start a probe runner thread: {e}"),
+        }
+        wake
+    }
+
+    /// A runner thread: takes jobs until none has come for [`RUNNER_KEEP_ALIVE`].
+    fn run(&self, id: u64) {
+        let mut state = self.lock();
+        loop {
+            if let Some((job, to)) = state.queue.pop_front() {
+                // The last job of a burst: what the others finished goes now, not after it.
+                let held = if state.queue.is_empty() {
+                    std::mem::take(&mut state.finished)
+                } else {
+                    Vec::new()
+                };
+                state.busy.insert(id, Some(Instant::now()));
+                drop(state);
+                deliver(held);
+                let delivery = job();
+                state = self.lock();
+                state.busy.insert(id, None);
+                state.finished.push((to, delivery));
+                if state.queue.is_empty() {
+                    let held = std::mem::take(&mut state.finished);
+                    drop(state);
+                    deliver(held);
+                    state = self.lock();
+                }
+                continue;
+            }
+            let (guard, timeout) = self
+                .work
+                .wait_timeout(state, RUNNER_KEEP_ALIVE)
+                .unwrap_or_else(|e| e.into_inner());
+            state = guard;
+            if timeout.timed_out() && state.queue.is_empty() {
+                state.busy.remove(&id);
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A job that sends `i` to `done` when its result is delivered.
+    fn job(i: u32, done: &mpsc::Sender<u32>) -> Job {
+        let done = done.clone();
+        Box::new(move || -> Delivery {
+            Box::new(move || {
+                let _ = done.send(i);
+            })
+        })
+    }
+
+    #[test]
+    fn a_stuck_job_does_not_hold_up_the_queue_and_threads_stay_few() {
+        let runner = Arc::new(ProbeRunner::new(1));
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (done_tx, done_rx) = mpsc::channel::<u32>();
+        let stuck: Job = Box::new(move || -> Delivery {
+            let _ = release_rx.recv(); // Stuck until released.
+            Box::new(|| {})
+        });
+        runner.submit(stuck, Destination::InPlace);
+        for i in 0..20 {
+            runner.submit(job(i, &done_tx), Destination::InPlace);
+        }
+        // Behind the stuck job with a parallelism of 1: nothing runs until the stuck one has
+        // run for RUNNER_STUCK_AFTER and someone checks.
+        std::thread::sleep(RUNNER_STUCK_AFTER + Duration::from_millis(20));
+        runner.ensure_progress();
+        let got: Vec<u32> = (0..20)
+            .map(|_| done_rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        assert_eq!(got, (0..20).collect::<Vec<_>>(), "in order, all of them");
+        assert_eq!(runner.lock().busy.len(), 2, "the stuck thread and one more");
+        release_tx.send(()).unwrap();
+        // Quick jobs reuse the idle threads.
+        for i in 0..20 {
+            runner.submit(job(i, &done_tx), Destination::InPlace);
+        }
+        for _ in 0..20 {
+            done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        assert_eq!(runner.lock().busy.len(), 2);
+    }
+
+    #[test]
+    fn results_wait_for_the_end_of_the_burst_but_never_behind_a_job_that_hangs() {
+        let runner = Arc::new(ProbeRunner::new(1));
+        let (done_tx, done_rx) = mpsc::channel::<u32>();
+        let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        // A burst: a job that waits for a gate, then three quick ones, then one that hangs
+        // until released. While the gate is shut everything queues behind the first job.
+        let gated: Job = Box::new(move || -> Delivery {
+            let _ = gate_rx.recv();
+            Box::new(|| {})
+        });
+        runner.submit(gated, Destination::InPlace);
+        for i in 0..3 {
+            runner.submit(job(i, &done_tx), Destination::InPlace);
+        }
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let hangs: Job = Box::new(move || -> Delivery {
+            let _ = release_rx.recv();
+            Box::new(|| {})
+        });
+        runner.submit(hangs, Destination::InPlace);
+        gate_tx.send(()).unwrap();
+        // The three results are held while jobs are queued, and handed over by the thread
+        // that takes the last job (the hanging one) before it starts it.
+        let got: Vec<u32> = (0..3)
+            .map(|_| done_rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        assert_eq!(got, [0, 1, 2]);
+        assert!(runner.lock().finished.is_empty());
+        release_tx.send(()).unwrap();
+    }
+
+    #[actix_rt::test]
+    async fn deliveries_reach_the_event_loop_in_batches() {
+        let runner = Arc::new(ProbeRunner::new(2));
+        let to = Destination::this_event_loop();
+        let (tx, mut rx) = unbounded_channel::<(u32, std::thread::ThreadId)>();
+        for i in 0..50 {
+            let tx = tx.clone();
+            let job: Job = Box::new(move || -> Delivery {
+                Box::new(move || {
+                    let _ = tx.send((i, std::thread::current().id()));
+                })
+            });
+            runner.submit(job, to.clone());
+        }
+        let mut got = Vec::new();
+        while got.len() < 50 {
+            let (i, thread) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("every delivery arrives")
+                .unwrap();
+            // Run by the event loop's task, on this thread.
+            assert_eq!(thread, std::thread::current().id());
+            got.push(i);
+        }
+        got.sort_unstable();
+        assert_eq!(got, (0..50).collect::<Vec<_>>());
+        // The same inbox serves every collector of this loop.
+        assert!(to.same(&Destination::this_event_loop()));
+    }
+}
