@@ -319,17 +319,53 @@ fn main() {
         per_resource.push(pr);
         marginal.push(mr);
     }
-    let ratio = |a: &[f64], b: &[f64]| median(a.iter().zip(b).map(|(x, y)| x / y).collect());
-    if let Some(base) = ns.iter().position(|&n| n == 10) {
-        for (k, &n) in ns.iter().enumerate() {
-            if n <= 10 {
-                continue;
-            }
-            let raw = ratio(&per_resource[k], &per_resource[base]);
-            let mar = ratio(&marginal[k], &marginal[base]);
+    // Flat per resource: the spread (largest over smallest) of the per-resource cost across
+    // every N, per round, then the median over rounds; over all the CPU, and above the fixed
+    // cost. Linear growth: the cost of each added resource between one N and the next.
+    let spread = |per: &[Vec<f64>]| {
+        median(
+            (0..rounds)
+                .map(|r| {
+                    let xs: Vec<f64> = per.iter().map(|v| v[r]).collect();
+                    let max = xs.iter().copied().fold(f64::MIN, f64::max);
+                    let min = xs.iter().copied().fold(f64::MAX, f64::min);
+                    max / min
+                })
+                .collect(),
+        )
+    };
+    if ns.len() > 1 {
+        let raw = spread(&per_resource);
+        let above = spread(&marginal);
+        println!(
+            "  per-resource cost, largest / smallest over N = {ns:?}: {raw:.2} (all CPU), {above:.2} (above the fixed cost); target <= 2: {}",
+            verdict(above <= 2.0)
+        );
+        let mut increments: Vec<f64> = Vec::new();
+        for k in 1..ns.len() {
+            let added = (2 * (ns[k] - ns[k - 1])) as f64;
+            let inc = median(
+                (0..rounds)
+                    .map(|r| {
+                        (results[k][r].cpu_ms_per_cycle - results[k - 1][r].cpu_ms_per_cycle)
+                            / added
+                    })
+                    .collect(),
+            );
             println!(
-                "  per-resource cost N={n} / N=10: {raw:.2} (all CPU), {mar:.2} (above the fixed cost); target <= 2: {}",
-                verdict(raw <= 2.0 && mar <= 2.0)
+                "  each resource added from N={} to N={}: {inc:.4} ms per cycle",
+                ns[k - 1],
+                ns[k]
+            );
+            increments.push(inc);
+        }
+        if increments.len() > 1 {
+            let max = increments.iter().copied().fold(f64::MIN, f64::max);
+            let min = increments.iter().copied().fold(f64::MAX, f64::min);
+            println!(
+                "  linear growth: largest / smallest cost per added resource {:.2}; target <= 2: {}",
+                max / min,
+                verdict(min > 0.0 && max / min <= 2.0)
             );
         }
     }
