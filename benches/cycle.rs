@@ -319,20 +319,15 @@ fn main() {
         per_resource.push(pr);
         marginal.push(mr);
     }
-    // Flat per resource: the spread (largest over smallest) of the per-resource cost across
-    // every N, per round, then the median over rounds; over all the CPU, and above the fixed
-    // cost. Linear growth: the cost of each added resource between one N and the next.
+    // Flat per resource: the spread (largest over smallest) of the median per-resource cost
+    // across every N, over all the CPU and above the fixed cost (medians: at N = 10 a single
+    // round's reading is a few 10 ms ticks). Linear growth: the cost of each added resource
+    // between one N and the next.
     let spread = |per: &[Vec<f64>]| {
-        median(
-            (0..rounds)
-                .map(|r| {
-                    let xs: Vec<f64> = per.iter().map(|v| v[r]).collect();
-                    let max = xs.iter().copied().fold(f64::MIN, f64::max);
-                    let min = xs.iter().copied().fold(f64::MAX, f64::min);
-                    max / min
-                })
-                .collect(),
-        )
+        let medians: Vec<f64> = per.iter().map(|v| median(v.clone())).collect();
+        let max = medians.iter().copied().fold(f64::MIN, f64::max);
+        let min = medians.iter().copied().fold(f64::MAX, f64::min);
+        max / min
     };
     if ns.len() > 1 {
         let raw = spread(&per_resource);

@@ -18,6 +18,8 @@ pub type Job = Box<dyn FnOnce() -> Delivery + Send>;
 /// wait by design (a slow directory walk, a database check) or hang (a dead mount) get more
 /// threads started beside them, so they never hold up the others.
 pub const RUNNER_STUCK_AFTER: Duration = Duration::from_millis(50);
+/// Queued jobs one thread on its way takes before another is woken for them.
+const JOBS_PER_THREAD: usize = 16;
 /// An idle runner thread exits after this long without work.
 const RUNNER_KEEP_ALIVE: Duration = Duration::from_secs(60);
 
@@ -112,6 +114,8 @@ struct RunnerState {
     finished: Vec<(Destination, Delivery)>,
     /// When each thread's current job began; `None` while it waits for work.
     busy: HashMap<u64, Option<Instant>>,
+    /// Waiting threads signalled to take work that have not woken yet.
+    signalled: usize,
     next_id: u64,
 }
 
@@ -134,7 +138,6 @@ impl RunnerState {
 enum Wake {
     None,
     One,
-    All,
 }
 
 impl Wake {
@@ -142,7 +145,6 @@ impl Wake {
         match self {
             Wake::None => {}
             Wake::One => work.notify_one(),
-            Wake::All => work.notify_all(),
         }
     }
 }
@@ -197,18 +199,24 @@ impl ProbeRunner {
         wake.notify(&self.work);
     }
 
-    /// Starts a thread if one is needed; returns which idle threads to wake.
+    /// Wakes or starts a thread if the queue needs one more; returns which to wake. A thread
+    /// that is on its way (running a quick job, or signalled) takes up to [`JOBS_PER_THREAD`]
+    /// queued jobs before another is woken: a small burst costs one wake-up, not one per CPU
+    /// (each wake-up from idle is charged dearly on a VM, see `cadence`).
     fn make_progress(self: &Arc<Self>, state: &mut RunnerState) -> Wake {
         if state.queue.is_empty() {
             return Wake::None;
         }
-        let idle = state.idle();
-        if idle >= state.queue.len() {
+        let coming = state.quick() + state.signalled;
+        if coming * JOBS_PER_THREAD >= state.queue.len() {
+            return Wake::None;
+        }
+        if state.idle() > state.signalled {
+            state.signalled += 1;
             return Wake::One;
         }
-        let wake = if idle > 0 { Wake::All } else { Wake::None };
-        if idle + state.quick() >= self.parallelism {
-            return wake; // Enough threads are on it; the queue drains as they finish.
+        if coming >= self.parallelism {
+            return Wake::None; // Enough threads are on it; the queue drains as they finish.
         }
         let id = state.next_id;
         let runner = Arc::clone(self);
@@ -218,12 +226,13 @@ impl ProbeRunner {
         match spawned {
             Ok(_) => {
                 state.next_id += 1;
-                state.busy.insert(id, None);
+                // On its way to the queue, like a thread running a quick job.
+                state.busy.insert(id, Some(Instant::now()));
             }
             // Queued jobs wait for a thread that exists; the next submit tries again.
             Err(e) => tracing::error!("cannot start a probe runner thread: {e}"),
         }
-        wake
+        Wake::None
     }
 
     /// A runner thread: takes jobs until none has come for [`RUNNER_KEEP_ALIVE`].
@@ -252,11 +261,16 @@ impl ProbeRunner {
                 }
                 continue;
             }
+            state.busy.insert(id, None);
             let (guard, timeout) = self
                 .work
                 .wait_timeout(state, RUNNER_KEEP_ALIVE)
                 .unwrap_or_else(|e| e.into_inner());
             state = guard;
+            if !timeout.timed_out() {
+                // Woken (or spuriously: then the next submit signals one more).
+                state.signalled = state.signalled.saturating_sub(1);
+            }
             if timeout.timed_out() && state.queue.is_empty() {
                 state.busy.remove(&id);
                 return;
