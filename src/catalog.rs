@@ -215,7 +215,7 @@ pub const METRICS: &[MetricDef] = &[
         resource_types: &[ResourceType::Workspace],
         unit: UNIT_BOOL,
         thresholds: FLAG,
-        description: "1 when a probe file can be created and removed in the workspace (only reported when it exists)",
+        description: "1 when the workspace passes the permission check and a probe file (at most once a minute while writable) can be created and removed (only reported when it exists)",
     },
     MetricDef {
         name: WORKSPACE_READABLE,

@@ -207,6 +207,8 @@ impl ProbeRunner {
         if state.queue.is_empty() {
             return Wake::None;
         }
+        // Only idle threads can be signalled; this keeps any drift from stranding the queue.
+        state.signalled = state.signalled.min(state.idle());
         let coming = state.quick() + state.signalled;
         if coming * JOBS_PER_THREAD >= state.queue.len() {
             return Wake::None;
@@ -251,7 +253,8 @@ impl ProbeRunner {
                 deliver(held);
                 let delivery = job();
                 state = self.lock();
-                state.busy.insert(id, None);
+                // Still marked busy: only a thread waiting on the condition variable is idle,
+                // or a signal meant for an idle thread could be lost while this one delivers.
                 state.finished.push((to, delivery));
                 if state.queue.is_empty() {
                     let held = std::mem::take(&mut state.finished);
@@ -267,10 +270,11 @@ impl ProbeRunner {
                 .wait_timeout(state, RUNNER_KEEP_ALIVE)
                 .unwrap_or_else(|e| e.into_inner());
             state = guard;
-            if !timeout.timed_out() {
-                // Woken (or spuriously: then the next submit signals one more).
-                state.signalled = state.signalled.saturating_sub(1);
-            }
+            // Woken, spuriously, or timed out as a signal came: counted off in every case.
+            // Counting too few only costs a wake-up; counting too many would leave a short
+            // queue waiting for a thread nobody wakes.
+            state.signalled = state.signalled.saturating_sub(1);
+            state.busy.insert(id, Some(Instant::now()));
             if timeout.timed_out() && state.queue.is_empty() {
                 state.busy.remove(&id);
                 return;
@@ -357,6 +361,28 @@ mod tests {
         assert_eq!(got, [0, 1, 2]);
         assert!(runner.lock().finished.is_empty());
         release_tx.send(()).unwrap();
+    }
+
+    #[test]
+    fn single_jobs_submitted_one_after_another_all_run() {
+        // One collector's worth of work, cycle after cycle: each job is alone in the queue,
+        // submitted while the runner thread may be delivering, waking or waiting. None may be
+        // left waiting for a thread nobody wakes.
+        let runner = Arc::new(ProbeRunner::new(2));
+        let (done_tx, done_rx) = mpsc::channel::<u32>();
+        for i in 0..2000 {
+            runner.submit(job(i, &done_tx), Destination::InPlace);
+            if i % 3 == 0 {
+                assert_eq!(done_rx.recv_timeout(Duration::from_secs(10)), Ok(i));
+            } else if i % 3 == 2 {
+                for expect in i - 1..=i {
+                    let got = done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+                    assert!(got <= expect, "{got} {expect}");
+                }
+            }
+        }
+        let state = runner.lock();
+        assert!(state.signalled <= state.idle());
     }
 
     #[actix_rt::test]
