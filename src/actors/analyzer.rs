@@ -101,6 +101,10 @@ struct HandleInner {
     /// Alert and monitor changes the writer refused (its queue was full): retried in order,
     /// never dropped, and kept here so an analyzer panic does not lose them either.
     unsent: Mutex<VecDeque<WriteOp>>,
+    /// What a drain has analyzed and not yet handed to the writer: one hand-over per drain, so
+    /// a cycle's batches wake the writer thread once. Kept here so a panic mid-drain loses
+    /// none of it; a new analyzer hands it over before it reads the database back.
+    outgoing: Mutex<Vec<WriteOp>>,
     /// Alert ids, announced alerts and silences, for every analyzer in turn.
     memory: AlertMemory,
 }
@@ -126,6 +130,7 @@ impl Default for AnalyzerHandle {
                 refused: AtomicU64::new(0),
                 conditions: Mutex::new(HashMap::new()),
                 unsent: Mutex::new(VecDeque::new()),
+                outgoing: Mutex::new(Vec::new()),
                 memory: AlertMemory::default(),
             }),
         }
@@ -296,9 +301,23 @@ impl Analyzer {
         }
     }
 
-    /// Analyzes everything queued. Each batch stays in the handle's in-flight slot until its
-    /// results are with the writer.
+    /// Analyzes everything queued and hands the results to the writer in one go.
     fn drain(&mut self) {
+        self.analyze_queued();
+        self.hand_over_outgoing();
+    }
+
+    /// Sends the writer what analysis has left in the handle's outgoing buffer.
+    fn hand_over_outgoing(&mut self) {
+        let ops = std::mem::take(&mut *lock(&self.handle.inner.outgoing));
+        if !ops.is_empty() {
+            self.submit(ops);
+        }
+    }
+
+    /// Analyzes everything queued. Each batch stays in the handle's in-flight slot until its
+    /// results are in the handle's outgoing buffer.
+    fn analyze_queued(&mut self) {
         if self.core.is_none() {
             return; // Still loading: the queue keeps everything.
         }
@@ -339,8 +358,8 @@ impl Analyzer {
             let memory = &self.handle.inner.memory;
             memory.track(&analysis.events, core.engine_mut().next_id());
             memory.announce(&analysis.events, &self.notifier);
-            self.submit(analysis.into_write_ops());
-            // Only now is the batch safe with the writer.
+            lock(&inner.outgoing).extend(analysis.into_write_ops());
+            // Only now are the batch's results safe in the handle.
             *slot = None;
         }
     }
@@ -515,6 +534,9 @@ impl Actor for Analyzer {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1024);
+        // What a predecessor analyzed before it died goes to the writer before the database
+        // is read back, as if it had been handed over at once.
+        self.hand_over_outgoing();
         let flushed = self.writer.flush();
         let db: PathBuf = self.settings.db_path.clone();
         let want_silences = !self.handle.inner.memory.silences_loaded();
@@ -640,5 +662,69 @@ impl Handler<StopChild> for Analyzer {
     fn handle(&mut self, _: StopChild, ctx: &mut Self::Context) {
         self.retry_unsent();
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::writer::{WriterMsg, detached_handle};
+    use crate::model::ResourceType;
+
+    #[actix_rt::test]
+    async fn the_batches_of_one_cycle_reach_the_writer_in_one_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Arc::new(Settings {
+            db_path: dir.path().join("absent.db"),
+            ..Settings::default()
+        });
+        let (writer, rx) = detached_handle(64);
+        // A stand-in writer thread: answers flushes and passes on what it is handed.
+        let (ops_tx, ops_rx) = std::sync::mpsc::channel::<Vec<WriteOp>>();
+        std::thread::spawn(move || {
+            while let Ok(msg) = rx.recv() {
+                match msg {
+                    WriterMsg::Ops(ops) => {
+                        let _ = ops_tx.send(ops);
+                    }
+                    WriterMsg::Flush(reply) => {
+                        let _ = reply.send(Ok(()));
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let handle = AnalyzerHandle::default();
+        let addr = Analyzer::new(
+            settings,
+            handle.clone(),
+            writer,
+            Notifier::default(),
+            ExitGuard::detached("analyzer"),
+        )
+        .start();
+        handle.set(Some(addr.clone()));
+        addr.send(Drain).await.unwrap(); // Loaded.
+        while ops_rx.try_recv().is_ok() {}
+        // Three collectors' results, as one delivery from the runner brings them.
+        for id in ["w1", "w2", "w3"] {
+            let m = Measurement::now(ResourceType::Workspace, id, "workspace_size", 1.0, "bytes");
+            handle.send_metrics(&format!("workspace:{id}"), vec![m]);
+        }
+        addr.send(Drain).await.unwrap();
+        let messages: Vec<Vec<WriteOp>> = ops_rx.try_iter().collect();
+        let with_rows: Vec<usize> = messages
+            .iter()
+            .map(|ops| {
+                ops.iter()
+                    .map(|op| match op {
+                        WriteOp::Metrics(rows) => rows.len(),
+                        _ => 0,
+                    })
+                    .sum()
+            })
+            .filter(|rows| *rows > 0)
+            .collect();
+        assert_eq!(with_rows, [3], "one message with every row: {messages:?}");
     }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::analyzer::AnalyzerHandle;
-use super::probe_runner::{Delivery, Destination, Job, ProbeRunner, RUNNER_STUCK_AFTER};
+use super::probe_runner::{Delivery, Destination, Job, ProbeRunner, QUICK_JOB, RUNNER_STUCK_AFTER};
 use super::{ExitGuard, StopChild};
 use crate::alerts::Condition;
 use crate::collect::Probe;
@@ -66,7 +66,8 @@ impl CycleTimes {
 }
 
 /// What a measurement sends back: the probe and its readings, or the panic that lost them.
-type Outcome = Result<(Box<dyn Probe>, Vec<crate::model::Measurement>), String>;
+/// A measurement's result: the probe back, its readings and how long measuring took.
+type Outcome = Result<(Box<dyn Probe>, Vec<crate::model::Measurement>, Duration), String>;
 
 /// One collector: the system, an agent or a workspace, depending on its probe.
 pub struct Collector {
@@ -80,6 +81,8 @@ pub struct Collector {
     cycles: CycleTimes,
     /// When the running measurement began.
     busy_since: Option<Instant>,
+    /// How long the last measurement ran on its thread, once one has returned.
+    last_took: Option<Duration>,
     stall_raised: bool,
     /// Ticks skipped because the previous measurement was still running.
     overruns: u64,
@@ -110,6 +113,7 @@ impl Collector {
             analyzer,
             cycles,
             busy_since: None,
+            last_took: None,
             stall_raised: false,
             overruns: 0,
             ticks: 0,
@@ -169,8 +173,9 @@ impl Collector {
         let (tx, rx) = tokio::sync::oneshot::channel::<Outcome>();
         let job: Job = Box::new(move || -> Delivery {
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(move || {
+                let began = Instant::now();
                 let readings = probe.measure();
-                (probe, readings)
+                (probe, readings, began.elapsed())
             }))
             .map_err(|panic| {
                 panic
@@ -183,7 +188,8 @@ impl Collector {
                 let _ = tx.send(outcome);
             })
         });
-        let behind_slow_job = self.runner.submit(job, self.destination.clone());
+        let quick = self.last_took.is_some_and(|took| took < QUICK_JOB);
+        let behind_slow_job = self.runner.submit(job, self.destination.clone(), quick);
         // A job still queued or running after a while may be behind a stuck one. Checked only
         // when a slow job is running: a timer per tick would wake the event loop once more
         // every cycle. A job that starts hanging later in this burst is covered by the next
@@ -196,8 +202,9 @@ impl Collector {
             });
         }
         ctx.spawn(rx.into_actor(self).map(|result, act, ctx| match result {
-            Ok(Ok((probe, readings))) => {
+            Ok(Ok((probe, readings, took))) => {
                 act.probe = Some(probe);
+                act.last_took = Some(took);
                 if let Some(began) = act.busy_since.take() {
                     act.cycles.record(&act.name, began.elapsed());
                 }

@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
@@ -18,6 +19,9 @@ pub type Job = Box<dyn FnOnce() -> Delivery + Send>;
 /// wait by design (a slow directory walk, a database check) or hang (a dead mount) get more
 /// threads started beside them, so they never hold up the others.
 pub const RUNNER_STUCK_AFTER: Duration = Duration::from_millis(50);
+/// A job whose last run took less than this is expected to be quick (see [`ProbeRunner::submit`]):
+/// holding a burst's results for it delays them by about as much.
+pub const QUICK_JOB: Duration = Duration::from_millis(10);
 /// Queued jobs one thread on its way takes before another is woken for them.
 const JOBS_PER_THREAD: usize = 16;
 /// An idle runner thread exits after this long without work.
@@ -29,12 +33,31 @@ pub enum Destination {
     /// On the runner thread itself.
     InPlace,
     /// On an event loop, handed over in batches: one wake-up of the loop per batch.
-    EventLoop(UnboundedSender<Vec<Delivery>>),
+    EventLoop(EventLoopInbox),
+}
+
+/// An event loop's inbox for deliveries, and the thread that loop runs on.
+#[derive(Clone)]
+pub struct EventLoopInbox {
+    tx: UnboundedSender<Vec<Delivery>>,
+    thread: ThreadId,
 }
 
 thread_local! {
     /// This thread's event-loop inbox, once a collector on it has asked for one.
-    static INBOX: RefCell<Option<UnboundedSender<Vec<Delivery>>>> = const { RefCell::new(None) };
+    static INBOX: RefCell<Option<EventLoopInbox>> = const { RefCell::new(None) };
+    /// Runners (by address) a kick is already scheduled for at the end of this loop's turn.
+    static KICKS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A scheduled kick: forgotten when it has run, or when its loop drops it unrun (a test's
+/// system ending), so a later loop on the thread schedules its own.
+struct KickPending(usize);
+
+impl Drop for KickPending {
+    fn drop(&mut self) {
+        let _ = KICKS.try_with(|k| k.borrow_mut().retain(|r| *r != self.0));
+    }
 }
 
 impl Destination {
@@ -44,7 +67,7 @@ impl Destination {
         INBOX.with(|inbox| {
             let mut inbox = inbox.borrow_mut();
             // A loop that has ended (a test's system, say) closed its inbox: start another.
-            if inbox.as_ref().is_none_or(|tx| tx.is_closed()) {
+            if inbox.as_ref().is_none_or(|i| i.tx.is_closed()) {
                 let (tx, mut rx) = unbounded_channel::<Vec<Delivery>>();
                 actix_rt::spawn(async move {
                     while let Some(batch) = rx.recv().await {
@@ -53,16 +76,24 @@ impl Destination {
                         }
                     }
                 });
-                *inbox = Some(tx);
+                *inbox = Some(EventLoopInbox {
+                    tx,
+                    thread: std::thread::current().id(),
+                });
             }
             Destination::EventLoop(inbox.clone().expect("just set"))
         })
     }
 
+    /// True when this is the event loop the calling code runs on.
+    fn is_this_event_loop(&self) -> bool {
+        matches!(self, Destination::EventLoop(i) if i.thread == std::thread::current().id())
+    }
+
     fn same(&self, other: &Destination) -> bool {
         match (self, other) {
             (Destination::InPlace, Destination::InPlace) => true,
-            (Destination::EventLoop(a), Destination::EventLoop(b)) => a.same_channel(b),
+            (Destination::EventLoop(a), Destination::EventLoop(b)) => a.tx.same_channel(&b.tx),
             _ => false,
         }
     }
@@ -80,8 +111,8 @@ fn deliver(finished: Vec<(Destination, Delivery)>) {
     for (to, batch) in batches {
         match to {
             Destination::InPlace => batch.into_iter().for_each(|d| d()),
-            Destination::EventLoop(tx) => {
-                if let Err(returned) = tx.send(batch) {
+            Destination::EventLoop(inbox) => {
+                if let Err(returned) = inbox.tx.send(batch) {
                     // The loop is gone; so is whoever waited. Dropping would do as well, but
                     // running them keeps "every delivery runs once" true.
                     returned.0.into_iter().for_each(|d| d());
@@ -92,12 +123,13 @@ fn deliver(finished: Vec<(Destination, Delivery)>) {
 }
 
 /// Runs probes off the event loop, on few threads. Every collector ticks on the same beat, so
-/// a cycle hands the runner a burst of short probes: its threads take them one after the other
-/// from one queue, as many at once as the machine has CPUs, and hold their results back until
-/// the queue is empty, so the event loop wakes for a batch instead of for each result (a
-/// hand-off between threads costs about as much as a small probe on a 2-CPU VM: tens of µs,
-/// and each result woke the loop and was handed back in turn). Probes that block are covered
-/// by [`RUNNER_STUCK_AFTER`]: parallelism is bounded only among probes that are quick.
+/// a cycle hands the runner a burst of short probes: the loop queues them all before a thread
+/// is woken, its threads take them one after the other from one queue, as many at once as the
+/// machine has CPUs, and hold their results back until the burst is done, so a cycle wakes one
+/// runner thread and the event loop once (a hand-off between threads costs about as much as a
+/// small probe on a 2-CPU VM, and a wake-up from idle far more: see `cadence`). Probes that
+/// block are covered by [`RUNNER_STUCK_AFTER`]: parallelism is bounded only among probes that
+/// are quick, and results are held only behind a job expected to be quick.
 pub struct ProbeRunner {
     state: Mutex<RunnerState>,
     work: Condvar,
@@ -105,9 +137,17 @@ pub struct ProbeRunner {
     parallelism: usize,
 }
 
+/// A job waiting for a thread.
+struct Queued {
+    job: Job,
+    to: Destination,
+    /// Expected to be short: results held for the end of the burst may wait for it.
+    quick: bool,
+}
+
 #[derive(Default)]
 struct RunnerState {
-    queue: VecDeque<(Job, Destination)>,
+    queue: VecDeque<Queued>,
     /// Deliveries held back while the queue has work; only ever non-empty while it has (the
     /// thread that takes the last job hands them over first), so a job that hangs holds up
     /// no result but its own.
@@ -175,18 +215,56 @@ impl ProbeRunner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `job`, whose delivery runs at `to`. Returns true when a thread is already busy
-    /// with a slow job: then the caller should [`ensure_progress`](Self::ensure_progress)
-    /// after [`RUNNER_STUCK_AFTER`], in case that job hangs and others get stuck behind it.
-    pub fn submit(self: &Arc<Self>, job: Job, to: Destination) -> bool {
+    /// Queues `job`, whose delivery runs at `to`; `quick` says the caller expects it to be
+    /// short (its last run was), so the burst's other results may wait for it. Returns true
+    /// when a thread is already busy with a slow job: then the caller should
+    /// [`ensure_progress`](Self::ensure_progress) after [`RUNNER_STUCK_AFTER`], in case that job
+    /// hangs and others get stuck behind it.
+    ///
+    /// Submitted from the event loop its results go to, a small burst is only queued: a thread
+    /// is woken once, when the loop's turn ends (every collector on the beat ticks in the same
+    /// turn), so the whole burst costs one wake-up of one runner thread and one of the loop.
+    pub fn submit(self: &Arc<Self>, job: Job, to: Destination, quick: bool) -> bool {
+        let defer = to.is_this_event_loop();
         let mut state = self.lock();
-        state.queue.push_back((job, to));
-        let wake = self.make_progress(&mut state);
+        state.queue.push_back(Queued { job, to, quick });
+        let wake = if defer && state.queue.len() < JOBS_PER_THREAD {
+            Wake::None
+        } else {
+            self.make_progress(&mut state)
+        };
         let slow = state.busy.len() > state.idle() + state.quick();
         drop(state);
         // Woken after the lock is released, so the thread does not wake only to wait for it.
         wake.notify(&self.work);
+        if defer {
+            self.kick_at_end_of_turn();
+        }
         slow
+    }
+
+    /// Schedules [`ensure_progress`](Self::ensure_progress) behind the tasks already woken on
+    /// this event loop (once per turn): they are the rest of the beat's collectors.
+    fn kick_at_end_of_turn(self: &Arc<Self>) {
+        let key = Arc::as_ptr(self) as usize;
+        let scheduled = KICKS.with(|k| {
+            let mut k = k.borrow_mut();
+            if k.contains(&key) {
+                return true;
+            }
+            k.push(key);
+            false
+        });
+        if scheduled {
+            return;
+        }
+        let pending = KickPending(key);
+        let runner = Arc::clone(self);
+        actix_rt::spawn(async move {
+            // Forgotten first: a job submitted from here on schedules the next kick.
+            drop(pending);
+            runner.ensure_progress();
+        });
     }
 
     /// Makes sure queued jobs get a thread: an idle one, or a new one while fewer than
@@ -195,8 +273,16 @@ impl ProbeRunner {
     pub fn ensure_progress(self: &Arc<Self>) {
         let mut state = self.lock();
         let wake = self.make_progress(&mut state);
+        // Results held for a last job that was expected to be quick and is now stuck: they go
+        // now instead of waiting for it (or for the next burst).
+        let held = if state.queue.is_empty() && state.busy.len() > state.idle() + state.quick() {
+            std::mem::take(&mut state.finished)
+        } else {
+            Vec::new()
+        };
         drop(state);
         wake.notify(&self.work);
+        deliver(held);
     }
 
     /// Wakes or starts a thread if the queue needs one more; returns which to wake. A thread
@@ -241,9 +327,10 @@ impl ProbeRunner {
     fn run(&self, id: u64) {
         let mut state = self.lock();
         loop {
-            if let Some((job, to)) = state.queue.pop_front() {
-                // The last job of a burst: what the others finished goes now, not after it.
-                let held = if state.queue.is_empty() {
+            if let Some(Queued { job, to, quick }) = state.queue.pop_front() {
+                // The last job of a burst: what the others finished goes now, not after it,
+                // unless it is expected to be quick (then one hand-over carries them all).
+                let held = if state.queue.is_empty() && !quick {
                     std::mem::take(&mut state.finished)
                 } else {
                     Vec::new()
@@ -307,9 +394,9 @@ mod tests {
             let _ = release_rx.recv(); // Stuck until released.
             Box::new(|| {})
         });
-        runner.submit(stuck, Destination::InPlace);
+        runner.submit(stuck, Destination::InPlace, false);
         for i in 0..20 {
-            runner.submit(job(i, &done_tx), Destination::InPlace);
+            runner.submit(job(i, &done_tx), Destination::InPlace, false);
         }
         // Behind the stuck job with a parallelism of 1: nothing runs until the stuck one has
         // run for RUNNER_STUCK_AFTER and someone checks.
@@ -323,7 +410,7 @@ mod tests {
         release_tx.send(()).unwrap();
         // Quick jobs reuse the idle threads.
         for i in 0..20 {
-            runner.submit(job(i, &done_tx), Destination::InPlace);
+            runner.submit(job(i, &done_tx), Destination::InPlace, false);
         }
         for _ in 0..20 {
             done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -342,16 +429,16 @@ mod tests {
             let _ = gate_rx.recv();
             Box::new(|| {})
         });
-        runner.submit(gated, Destination::InPlace);
+        runner.submit(gated, Destination::InPlace, false);
         for i in 0..3 {
-            runner.submit(job(i, &done_tx), Destination::InPlace);
+            runner.submit(job(i, &done_tx), Destination::InPlace, false);
         }
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let hangs: Job = Box::new(move || -> Delivery {
             let _ = release_rx.recv();
             Box::new(|| {})
         });
-        runner.submit(hangs, Destination::InPlace);
+        runner.submit(hangs, Destination::InPlace, false);
         gate_tx.send(()).unwrap();
         // The three results are held while jobs are queued, and handed over by the thread
         // that takes the last job (the hanging one) before it starts it.
@@ -371,7 +458,7 @@ mod tests {
         let runner = Arc::new(ProbeRunner::new(2));
         let (done_tx, done_rx) = mpsc::channel::<u32>();
         for i in 0..2000 {
-            runner.submit(job(i, &done_tx), Destination::InPlace);
+            runner.submit(job(i, &done_tx), Destination::InPlace, false);
             if i % 3 == 0 {
                 assert_eq!(done_rx.recv_timeout(Duration::from_secs(10)), Ok(i));
             } else if i % 3 == 2 {
@@ -397,7 +484,7 @@ mod tests {
                     let _ = tx.send((i, std::thread::current().id()));
                 })
             });
-            runner.submit(job, to.clone());
+            runner.submit(job, to.clone(), true);
         }
         let mut got = Vec::new();
         while got.len() < 50 {
@@ -413,5 +500,72 @@ mod tests {
         assert_eq!(got, (0..50).collect::<Vec<_>>());
         // The same inbox serves every collector of this loop.
         assert!(to.same(&Destination::this_event_loop()));
+    }
+
+    #[actix_rt::test]
+    async fn a_burst_from_the_event_loop_waits_for_the_end_of_its_turn() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let runner = Arc::new(ProbeRunner::new(2));
+        let to = Destination::this_event_loop();
+        let started = Arc::new(AtomicUsize::new(0));
+        let (tx, mut rx) = unbounded_channel::<u32>();
+        for i in 0..3 {
+            let (started, tx) = (started.clone(), tx.clone());
+            let job: Job = Box::new(move || -> Delivery {
+                started.fetch_add(1, Ordering::SeqCst);
+                Box::new(move || {
+                    let _ = tx.send(i);
+                })
+            });
+            runner.submit(job, to.clone(), true);
+        }
+        // Still this turn: the jobs are only queued (a thread woken at the first submit would
+        // have started it by now).
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(started.load(Ordering::SeqCst), 0);
+        assert_eq!(runner.lock().queue.len(), 3);
+        // The turn ends: one kick starts them all.
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let i = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("every job runs once the turn ends")
+                .unwrap();
+            got.push(i);
+        }
+        got.sort_unstable();
+        assert_eq!(got, [0, 1, 2]);
+        assert!(
+            KICKS.with(|k| k.borrow().is_empty()),
+            "the kick is forgotten"
+        );
+    }
+
+    #[test]
+    fn a_quick_last_job_keeps_the_burst_together_until_it_is_stuck() {
+        let runner = Arc::new(ProbeRunner::new(1));
+        let (done_tx, done_rx) = mpsc::channel::<u32>();
+        let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        let gated: Job = Box::new(move || -> Delivery {
+            let _ = gate_rx.recv();
+            Box::new(|| {})
+        });
+        runner.submit(gated, Destination::InPlace, true);
+        runner.submit(job(0, &done_tx), Destination::InPlace, true);
+        // The last job was quick last time; this time it hangs until released.
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let hangs: Job = Box::new(move || -> Delivery {
+            let _ = release_rx.recv();
+            Box::new(|| {})
+        });
+        runner.submit(hangs, Destination::InPlace, true);
+        gate_tx.send(()).unwrap();
+        // Held for the quick job...
+        assert!(done_rx.recv_timeout(Duration::from_millis(20)).is_err());
+        // ...until it has run long enough to count as stuck and someone looks.
+        std::thread::sleep(RUNNER_STUCK_AFTER + Duration::from_millis(10));
+        runner.ensure_progress();
+        assert_eq!(done_rx.recv_timeout(Duration::from_secs(10)), Ok(0));
+        release_tx.send(()).unwrap();
     }
 }
