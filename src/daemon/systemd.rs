@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use actix::Addr;
+use futures_util::StreamExt;
 use sd_notify::NotifyState;
 
 use crate::actors::supervisor::{ChildState, GetLive, LiveInfo, Supervisor};
@@ -58,10 +59,11 @@ pub fn spawn(supervisor: Addr<Supervisor>) {
             "systemd watchdog enabled"
         );
         let every = (period / 2).max(Duration::from_millis(10));
-        let mut ticker = tokio::time::interval(every);
+        // On the daemon's beat, so the ping shares the event loop's wake-up with a cycle.
+        let mut beats = std::pin::pin!(crate::actors::cadence::beats(every, Duration::ZERO));
         let mut was_healthy = true;
         loop {
-            ticker.tick().await;
+            beats.next().await;
             // A supervisor that cannot answer within the period is as good as hung.
             let verdict = match tokio::time::timeout(every, supervisor.send(GetLive)).await {
                 Ok(Ok(live)) => watchdog_verdict(&live),
