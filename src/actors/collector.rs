@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::analyzer::AnalyzerHandle;
-use super::probe_runner::{Delivery, Destination, Job, ProbeRunner, QUICK_JOB, RUNNER_STUCK_AFTER};
+use super::probe_runner::{Delivery, Destination, Job, ProbeRunner, QUICK_JOB};
 use super::{ExitGuard, StopChild};
 use crate::alerts::Condition;
 use crate::collect::Probe;
@@ -189,19 +189,12 @@ impl Collector {
             })
         });
         let quick = self.last_took.is_some_and(|took| took < QUICK_JOB);
-        let behind_slow_job = self.runner.submit(job, self.destination.clone(), quick);
-        // A job still queued or running after a while may be behind a stuck one. Checked only
-        // when a slow job is running: a timer per tick would wake the event loop once more
-        // every cycle. A job that starts hanging later in this burst is covered by the next
-        // submit (the next tick of any collector), which counts it as no longer quick.
-        if behind_slow_job {
-            ctx.run_later(RUNNER_STUCK_AFTER, |act, _| {
-                if act.probe.is_none() {
-                    act.runner.ensure_progress();
-                }
-            });
-        }
-        ctx.spawn(rx.into_actor(self).map(|result, act, ctx| match result {
+        self.runner.submit(job, self.destination.clone(), quick);
+        // Waited for with a check that the job is not stuck behind (or held behind) one that
+        // hangs: a probe on a dead mount must not hold up the other collectors' results.
+        let runner = Arc::clone(&self.runner);
+        let outcome = async move { runner.wait_for(rx).await };
+        ctx.spawn(outcome.into_actor(self).map(|result, act, ctx| match result {
             Ok(Ok((probe, readings, took))) => {
                 act.probe = Some(probe);
                 act.last_took = Some(took);

@@ -22,6 +22,8 @@ pub const RUNNER_STUCK_AFTER: Duration = Duration::from_millis(50);
 /// A job whose last run took less than this is expected to be quick (see [`ProbeRunner::submit`]):
 /// holding a burst's results for it delays them by about as much.
 pub const QUICK_JOB: Duration = Duration::from_millis(10);
+/// The longest wait between two checks that a job still out is not stuck behind another.
+pub const MAX_PROGRESS_CHECK: Duration = Duration::from_secs(5);
 /// Queued jobs one thread on its way takes before another is woken for them.
 const JOBS_PER_THREAD: usize = 16;
 /// An idle runner thread exits after this long without work.
@@ -216,15 +218,14 @@ impl ProbeRunner {
     }
 
     /// Queues `job`, whose delivery runs at `to`; `quick` says the caller expects it to be
-    /// short (its last run was), so the burst's other results may wait for it. Returns true
-    /// when a thread is already busy with a slow job: then the caller should
-    /// [`ensure_progress`](Self::ensure_progress) after [`RUNNER_STUCK_AFTER`], in case that job
-    /// hangs and others get stuck behind it.
+    /// short (its last run was), so the burst's other results may wait for it. The caller
+    /// waits for the result with [`wait_for`](Self::wait_for), which keeps the queue moving
+    /// when a job hangs.
     ///
     /// Submitted from the event loop its results go to, a small burst is only queued: a thread
     /// is woken once, when the loop's turn ends (every collector on the beat ticks in the same
     /// turn), so the whole burst costs one wake-up of one runner thread and one of the loop.
-    pub fn submit(self: &Arc<Self>, job: Job, to: Destination, quick: bool) -> bool {
+    pub fn submit(self: &Arc<Self>, job: Job, to: Destination, quick: bool) {
         let defer = to.is_this_event_loop();
         let mut state = self.lock();
         state.queue.push_back(Queued { job, to, quick });
@@ -233,14 +234,34 @@ impl ProbeRunner {
         } else {
             self.make_progress(&mut state)
         };
-        let slow = state.busy.len() > state.idle() + state.quick();
         drop(state);
         // Woken after the lock is released, so the thread does not wake only to wait for it.
         wake.notify(&self.work);
         if defer {
             self.kick_at_end_of_turn();
         }
-        slow
+    }
+
+    /// Waits for the result of a submitted job, and while it has not come makes sure the
+    /// queue moves ([`ensure_progress`](Self::ensure_progress)) after [`RUNNER_STUCK_AFTER`],
+    /// then at doubling intervals up to [`MAX_PROGRESS_CHECK`]: a job that hangs (its own or
+    /// one it is queued or held behind) costs a few wake-ups, never a result stuck for good.
+    /// A result that comes in time drops the timer unfired: a cycle costs no extra wake-up.
+    pub async fn wait_for<T>(
+        self: &Arc<Self>,
+        result: tokio::sync::oneshot::Receiver<T>,
+    ) -> Result<T, tokio::sync::oneshot::error::RecvError> {
+        tokio::pin!(result);
+        let mut check_after = RUNNER_STUCK_AFTER;
+        loop {
+            match tokio::time::timeout(check_after, &mut result).await {
+                Ok(outcome) => return outcome,
+                Err(_elapsed) => {
+                    self.ensure_progress();
+                    check_after = (check_after * 2).min(MAX_PROGRESS_CHECK);
+                }
+            }
+        }
     }
 
     /// Schedules [`ensure_progress`](Self::ensure_progress) behind the tasks already woken on
@@ -268,8 +289,8 @@ impl ProbeRunner {
     }
 
     /// Makes sure queued jobs get a thread: an idle one, or a new one while fewer than
-    /// `parallelism` run quick jobs. Called on every submit and again by a collector whose
-    /// job has not come back after [`RUNNER_STUCK_AFTER`] while a slow job was running.
+    /// `parallelism` run quick jobs. Called at the end of a submitting turn and again by
+    /// [`wait_for`](Self::wait_for) while a result has not come.
     pub fn ensure_progress(self: &Arc<Self>) {
         let mut state = self.lock();
         let wake = self.make_progress(&mut state);
@@ -566,6 +587,33 @@ mod tests {
         std::thread::sleep(RUNNER_STUCK_AFTER + Duration::from_millis(10));
         runner.ensure_progress();
         assert_eq!(done_rx.recv_timeout(Duration::from_secs(10)), Ok(0));
+        release_tx.send(()).unwrap();
+    }
+
+    #[actix_rt::test]
+    async fn a_result_held_behind_a_quick_job_that_hangs_still_comes() {
+        // Two collectors' jobs in one burst, both quick last time; this time the last one
+        // hangs. Nobody submits again (every collector of the loop is waiting): the waiting
+        // itself must release the first result.
+        let runner = Arc::new(ProbeRunner::new(1));
+        let to = Destination::this_event_loop();
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel::<u32>();
+        let first: Job = Box::new(move || -> Delivery {
+            Box::new(move || {
+                let _ = first_tx.send(1);
+            })
+        });
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let hangs: Job = Box::new(move || -> Delivery {
+            let _ = release_rx.recv();
+            Box::new(|| {})
+        });
+        runner.submit(first, to.clone(), true);
+        runner.submit(hangs, to, true);
+        let got = tokio::time::timeout(Duration::from_secs(10), runner.wait_for(first_rx))
+            .await
+            .expect("the held result is released while the other job hangs");
+        assert_eq!(got, Ok(1));
         release_tx.send(()).unwrap();
     }
 }
