@@ -575,9 +575,13 @@ impl Writer {
             Ok(msg) => state.accept(msg, &self.stats.rows_dropped, self.config),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                // No sender left: wait out the retry delay instead of spinning.
+                // No sender left: with rows still to commit, wait out the retry delay instead
+                // of spinning; with none, the loop ends at once (the wait would be until the
+                // next prune).
                 self.disconnected = true;
-                std::thread::sleep(wait);
+                if !state.buffer.is_empty() {
+                    std::thread::sleep(wait);
+                }
             }
         }
         while state.buffer.rows() < self.config.batch_rows * 4 {
