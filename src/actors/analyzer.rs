@@ -694,6 +694,8 @@ mod tests {
                 }
             }
         });
+        // The test's own way in: a flush it sends is answered after everything sent before.
+        let writer_probe = writer.clone();
         let handle = AnalyzerHandle::default();
         let addr = Analyzer::new(
             settings,
@@ -705,6 +707,7 @@ mod tests {
         .start();
         handle.set(Some(addr.clone()));
         addr.send(Drain).await.unwrap(); // Loaded.
+        writer_probe.flush().await.unwrap().unwrap();
         while ops_rx.try_recv().is_ok() {}
         // Three collectors' results, as one delivery from the runner brings them.
         for id in ["w1", "w2", "w3"] {
@@ -712,6 +715,9 @@ mod tests {
             handle.send_metrics(&format!("workspace:{id}"), vec![m]);
         }
         addr.send(Drain).await.unwrap();
+        // The stand-in passes messages on from its own thread: once it has answered this
+        // flush, it has passed on every message the analyzer sent before.
+        writer_probe.flush().await.unwrap().unwrap();
         let messages: Vec<Vec<WriteOp>> = ops_rx.try_iter().collect();
         let with_rows: Vec<usize> = messages
             .iter()
