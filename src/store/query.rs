@@ -329,6 +329,13 @@ mod tests {
         conn
     }
 
+    /// A database holding `rows`.
+    fn db_with(rows: Vec<HealthMetric>) -> Connection {
+        let mut conn = db();
+        apply(&mut conn, &[WriteOp::Metrics(rows)]).unwrap();
+        conn
+    }
+
     fn metric(id: &str, value: f64, at: DateTime<Utc>) -> HealthMetric {
         let mut m = Measurement::now(
             ResourceType::Workspace,
@@ -343,18 +350,13 @@ mod tests {
 
     #[test]
     fn recent_counts_split_by_status_and_ignore_old_rows() {
-        let mut conn = db();
         let now = Utc::now();
-        apply(
-            &mut conn,
-            &[WriteOp::Metrics(vec![
-                metric("w1", 1.0, now - Duration::hours(2)),
-                metric("w1", 1.0, now),
-                metric("w1", 15.0, now),
-                metric("w2", 25.0, now),
-            ])],
-        )
-        .unwrap();
+        let conn = db_with(vec![
+            metric("w1", 1.0, now - Duration::hours(2)),
+            metric("w1", 1.0, now),
+            metric("w1", 15.0, now),
+            metric("w2", 25.0, now),
+        ]);
         let c = recent_counts(&conn, now - Duration::hours(1)).unwrap();
         assert_eq!(c.total, 3);
         assert_eq!(c.by_status["healthy"], 1);
@@ -365,17 +367,12 @@ mod tests {
 
     #[test]
     fn latest_metrics_keep_the_newest_value_per_series() {
-        let mut conn = db();
         let now = Utc::now();
-        apply(
-            &mut conn,
-            &[WriteOp::Metrics(vec![
-                metric("w1", 1.0, now - Duration::seconds(20)),
-                metric("w1", 2.0, now - Duration::seconds(10)),
-                metric("w2", 3.0, now),
-            ])],
-        )
-        .unwrap();
+        let conn = db_with(vec![
+            metric("w1", 1.0, now - Duration::seconds(20)),
+            metric("w1", 2.0, now - Duration::seconds(10)),
+            metric("w2", 3.0, now),
+        ]);
         let mut latest = latest_metrics(&conn, Duration::minutes(10)).unwrap();
         latest.sort_by(|a, b| a.resource_id.cmp(&b.resource_id));
         assert_eq!(latest.len(), 2);
@@ -387,16 +384,8 @@ mod tests {
     fn of_two_rows_with_one_timestamp_the_later_is_the_latest() {
         // The index orders rows of one timestamp by status: the later, critical row comes
         // before the earlier, healthy one, and must still win.
-        let mut conn = db();
         let now = Utc::now();
-        apply(
-            &mut conn,
-            &[WriteOp::Metrics(vec![
-                metric("w1", 1.0, now),
-                metric("w1", 25.0, now),
-            ])],
-        )
-        .unwrap();
+        let conn = db_with(vec![metric("w1", 1.0, now), metric("w1", 25.0, now)]);
         let latest = latest_metrics(&conn, Duration::minutes(10)).unwrap();
         assert_eq!(latest.len(), 1);
         assert_eq!(latest[0].value, 25.0);
