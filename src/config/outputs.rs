@@ -102,7 +102,8 @@ pub struct AlertmanagerSink {
     pub timeout: Duration,
 }
 
-/// Escalation to Gas Town with `gt escalate`, once per alert (see `notify::escalate`).
+/// Escalation to Gas Town with `gt escalate`: opened once per alert, closed with
+/// `gt escalate close` when it resolves (see `notify::escalate`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EscalateSink {
     /// The `gt` program: a path, or a name looked up on `PATH` (default `gt`).

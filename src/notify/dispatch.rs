@@ -1,6 +1,8 @@
 //! The dispatcher: one worker thread and one bounded queue per sink, retries with backoff, counters.
 //!
 //! The caller only ever `try_send`s, so a sink that hangs costs its own queue and nothing else.
+//! Besides notices, a worker runs its sink's periodic work ([`Sink::tick`]): Alertmanager's
+//! re-sends, and the escalation closes the Gas Town sink owes but could not do on the spot.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +14,7 @@ use serde::Serialize;
 
 use super::Notice;
 use super::alertmanager::Alertmanager;
-use super::escalate::Escalation;
+use super::escalate::{Escalation, EscalationLedger};
 use super::exec::ExecHook;
 use super::webhook::Webhook;
 use crate::config::outputs::NotifySettings;
@@ -57,9 +59,29 @@ pub(crate) trait Sink: Send + 'static {
         None
     }
     /// Periodic work, e.g. re-sending firing alerts. Must move `next_due` on even when it fails.
+    /// `timeout` is all the time it may take, however many attempts it makes.
     fn tick(&mut self, _timeout: Duration) -> Result<(), String> {
         Ok(())
     }
+    /// What [`Sink::tick`] delivered since last asked, for sinks whose ticks deliver things
+    /// people count (the escalation sink's deferred closes); asked after every tick.
+    fn take_tick_counts(&mut self) -> TickCounts {
+        TickCounts::default()
+    }
+    /// Told once the worker has given up on a notice after every retry, so a sink that still
+    /// owes something for it (a close) can try again later on its own.
+    fn gave_up(&mut self, _notice: &Notice) {}
+}
+
+/// Deliveries made by a [`Sink::tick`], added to the sink's report like notices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct TickCounts {
+    /// Delivered.
+    pub sent: u64,
+    /// Given up on after every retry (they may still be tried later).
+    pub failed: u64,
+    /// Attempts after a failed one.
+    pub retries: u64,
 }
 
 /// Queue size, retry backoff and Alertmanager resend timing; tests shorten them.
@@ -229,13 +251,29 @@ impl std::fmt::Debug for Notifier {
 }
 
 impl Notifier {
-    /// Starts one worker per configured sink, with the default timings.
+    /// Starts one worker per configured sink, with the default timings. Escalations are kept in
+    /// memory only: for callers without a database writer (tests, tools).
     pub fn spawn(settings: &NotifySettings) -> Notifier {
-        Notifier::with_timings(settings, Timings::default())
+        Notifier::spawn_with(settings, EscalationLedger::default())
+    }
+
+    /// Starts one worker per configured sink, with the default timings; the Gas Town sink
+    /// records its escalations through `ledger` and takes over the ones still open.
+    pub fn spawn_with(settings: &NotifySettings, ledger: EscalationLedger) -> Notifier {
+        Notifier::with_ledger(settings, Timings::default(), ledger)
     }
 
     /// Starts one worker per configured sink, with the given queue, backoff and resend timings.
     pub fn with_timings(settings: &NotifySettings, timings: Timings) -> Notifier {
+        Notifier::with_ledger(settings, timings, EscalationLedger::default())
+    }
+
+    /// [`Notifier::with_timings`] with an escalation ledger (see [`Notifier::spawn_with`]).
+    pub fn with_ledger(
+        settings: &NotifySettings,
+        timings: Timings,
+        ledger: EscalationLedger,
+    ) -> Notifier {
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
         for e in &settings.exec {
             sinks.push(Box::new(ExecHook::new(e.clone())));
@@ -250,7 +288,12 @@ impl Notifier {
             )));
         }
         if let Some(e) = &settings.escalate {
-            sinks.push(Box::new(Escalation::new(e.clone())));
+            sinks.push(Box::new(Escalation::with_ledger(
+                e.clone(),
+                ledger,
+                timings,
+                settings.retries,
+            )));
         }
         Notifier::from_sinks(sinks, settings.retries, timings)
     }
@@ -449,8 +492,23 @@ impl Worker {
                         tracing::warn!(sink = %self.name, error = %e, "restoring an alert failed");
                     }
                 }
-                Job::Stop => break,
+                Job::Stop => {
+                    self.final_tick();
+                    break;
+                }
             }
+        }
+    }
+
+    /// Runs a tick that is due before the worker stops: queued notices go out at shutdown, and
+    /// so does due periodic work (closes owed to Gas Town), if the deadline allows.
+    fn final_tick(&mut self) {
+        let due = self
+            .sink
+            .next_due()
+            .is_some_and(|due| due <= Instant::now());
+        if due && self.control.budget(self.sink.timeout()).is_some() {
+            self.tick();
         }
     }
 
@@ -475,9 +533,18 @@ impl Worker {
             .budget(self.sink.timeout())
             .unwrap_or(Duration::ZERO);
         let sink = &mut self.sink;
-        if let Err(e) = guarded(|| sink.tick(budget)) {
+        let result = guarded(|| sink.tick(budget));
+        let counts = catch_unwind(AssertUnwindSafe(|| sink.take_tick_counts())).unwrap_or_default();
+        self.stats.sent.fetch_add(counts.sent, Ordering::Relaxed);
+        self.stats
+            .failed
+            .fetch_add(counts.failed, Ordering::Relaxed);
+        self.stats
+            .retries
+            .fetch_add(counts.retries, Ordering::Relaxed);
+        if let Err(e) = result {
             self.stats.set_error(&e);
-            tracing::warn!(sink = %self.name, error = %e, "re-sending firing alerts failed");
+            tracing::warn!(sink = %self.name, error = %e, "periodic delivery failed");
         }
     }
 
@@ -520,6 +587,8 @@ impl Worker {
                     error = %error,
                     "giving up on a notice"
                 );
+                let sink = &mut self.sink;
+                let _ = catch_unwind(AssertUnwindSafe(|| sink.gave_up(notice)));
                 return;
             }
             self.stats.retries.fetch_add(1, Ordering::Relaxed);

@@ -28,7 +28,7 @@ const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 /// What a hook that ran to the end printed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookOutput {
-    /// How it exited (always success when returned by [`run_hook`]).
+    /// How it exited (always success when returned by [`run_hook`], any from [`run_program`]).
     pub status: ExitStatus,
     /// Up to [`OUTPUT_LIMIT`] bytes, lossy UTF-8, marked when cut.
     pub stdout: String,
@@ -40,6 +40,34 @@ pub struct HookOutput {
 /// error naming what went wrong, with its output. On timeout its whole process group is killed
 /// and reaped before this returns.
 pub fn run_hook(sink: &ExecSink, notice: &Notice, timeout: Duration) -> Result<HookOutput, String> {
+    let output = run_program(sink, Some(notice), timeout)?;
+    if output.status.success() {
+        Ok(output)
+    } else {
+        Err(failure(&output))
+    }
+}
+
+/// The error [`run_hook`] gives for a program that ran to the end and failed: its exit status
+/// and output.
+pub fn failure(output: &HookOutput) -> String {
+    with_output(
+        format!("exited with {}", output.status),
+        &output.stdout,
+        &output.stderr,
+    )
+}
+
+/// Runs `sink`'s program once like [`run_hook`], but hands back what it printed whatever its
+/// exit status, for callers that must tell one failure from another (`gt escalate close` of an
+/// escalation Gas Town no longer knows). `notice` goes to its stdin and environment; without
+/// one its stdin is empty. `Err` only when it could not start, timed out, or could not be
+/// waited for.
+pub fn run_program(
+    sink: &ExecSink,
+    notice: Option<&Notice>,
+    timeout: Duration,
+) -> Result<HookOutput, String> {
     let deadline = Instant::now() + timeout;
     let mut child = spawn(sink, notice)?;
     let pid = child.id();
@@ -47,7 +75,7 @@ pub fn run_hook(sink: &ExecSink, notice: &Notice, timeout: Duration) -> Result<H
     // Feeding stdin from a thread: a hook that never reads cannot block us, and one that exits
     // without reading gives EPIPE there, which is fine (Rust ignores SIGPIPE).
     if let Some(mut stdin) = child.stdin.take() {
-        let line = notice.to_json_line();
+        let line = notice.map(Notice::to_json_line).unwrap_or_default();
         let _ = std::thread::Builder::new()
             .name("notify-stdin".into())
             .spawn(move || {
@@ -81,32 +109,23 @@ pub fn run_hook(sink: &ExecSink, notice: &Notice, timeout: Duration) -> Result<H
     };
     let stdout = collect(stdout);
     let stderr = collect(stderr);
-    let output = HookOutput {
-        status: match status {
-            Ok(s) => s,
-            Err(e) => return Err(with_output(e, &stdout, &stderr)),
-        },
-        stdout,
-        stderr,
-    };
-    if output.status.success() {
-        Ok(output)
-    } else {
-        Err(with_output(
-            format!("exited with {}", output.status),
-            &output.stdout,
-            &output.stderr,
-        ))
+    match status {
+        Ok(status) => Ok(HookOutput {
+            status,
+            stdout,
+            stderr,
+        }),
+        Err(e) => Err(with_output(e, &stdout, &stderr)),
     }
 }
 
-fn spawn(sink: &ExecSink, notice: &Notice) -> Result<Child, String> {
+fn spawn(sink: &ExecSink, notice: Option<&Notice>) -> Result<Child, String> {
     let mut cmd = Command::new(&sink.program);
     if let Some(dir) = &sink.cwd {
         cmd.current_dir(dir);
     }
     cmd.args(&sink.args)
-        .envs(notice.env_vars())
+        .envs(notice.map(Notice::env_vars).unwrap_or_default())
         // Only the daemon speaks to systemd; a hook must not feed its watchdog.
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
@@ -439,5 +458,36 @@ mod tests {
         let runs = std::fs::read_to_string(dir.path().join("runs")).unwrap();
         assert_eq!(runs.lines().count(), 3, "one attempt and two retries");
         notifier.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn run_program_hands_back_a_failures_output_and_runs_without_a_notice() {
+        let dir = tempfile::tempdir().unwrap();
+        let prog = script(
+            dir.path(),
+            "close.sh",
+            r#"cat > "$1/stdin"; env > "$1/env"; echo said; echo 'Error: issue not found' >&2; exit 1"#,
+        );
+        let mut sink = hook(&prog, Duration::from_secs(10));
+        sink.args = vec![dir.path().display().to_string()];
+        let out = run_program(&sink, None, sink.timeout).unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            (out.stdout.as_str(), out.stderr.as_str()),
+            ("said\n", "Error: issue not found\n")
+        );
+        assert_eq!(
+            failure(&out),
+            "exited with exit status: 1; stderr: Error: issue not found; stdout: said"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("stdin")).unwrap(),
+            ""
+        );
+        let env = std::fs::read_to_string(dir.path().join("env")).unwrap();
+        assert!(!env.contains("HEALTH_MONITOR_"), "{env}");
+        // run_hook of the same program is the plain error.
+        let err = run_hook(&sink, &notice(NoticeState::Resolved, "m"), sink.timeout).unwrap_err();
+        assert_eq!(err, failure(&out));
     }
 }

@@ -2,7 +2,10 @@
 //! Alertmanagers and Gas Town escalations.
 //!
 //! [`Notice`] is the one JSON object every sink sends; [`Notifier`] hands it to one worker
-//! thread per sink so a slow or broken sink never holds up the caller or another sink.
+//! thread per sink so a slow or broken sink never holds up the caller or another sink. The
+//! Gas Town sink ([`escalate`]) opens one escalation per alert and closes it when the alert
+//! resolves; [`Notifier::spawn_with`] gives it an [`escalate::EscalationLedger`] to record them
+//! in the database and take over those a previous run left open.
 
 pub mod alertmanager;
 mod dispatch;

@@ -1,6 +1,7 @@
-//! Read-side queries: monitors, active alerts, recent counts and latest values.
+//! Read-side queries: monitors, active alerts, recent counts, latest values and open Gas Town
+//! escalations.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -161,6 +162,64 @@ pub fn alerts(conn: &Connection, all: bool, limit: usize) -> rusqlite::Result<Ve
     ))?;
     let rows = stmt.query_map([limit as i64], alert_from_row)?;
     rows.filter_map(Result::transpose).collect()
+}
+
+/// The row ids of the unresolved alerts.
+pub fn active_alert_ids(conn: &Connection) -> rusqlite::Result<HashSet<i64>> {
+    let mut stmt = conn.prepare("SELECT id FROM health_alerts WHERE resolved = 0")?;
+    let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+    rows.collect()
+}
+
+/// A Gas Town escalation opened for an alert and not closed yet (`gastown_escalations`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OpenEscalation {
+    /// The `health_alerts` row id of the alert it was opened for.
+    pub alert_id: i64,
+    /// Gas Town's id of the escalation, e.g. `hq-e5tq` (`gt escalate show ID`).
+    pub escalation_id: String,
+    /// The alert's resource type; `None` when the row holds none or one outside the contract.
+    pub resource_type: Option<ResourceType>,
+    /// The alert's resource id (empty when the row holds none).
+    pub resource_id: String,
+    /// The alert's type (empty when the row holds none).
+    pub alert_type: String,
+    /// The `gt escalate -s` level it was opened at (Gas Town may have raised it since).
+    pub severity: String,
+    /// When it was opened; `None` when the row's time cannot be read.
+    pub escalated_at: Option<DateTime<Utc>>,
+}
+
+/// Every escalation not closed yet, oldest first. A database that predates the table (made by
+/// an older build or the original daemon, or opened read-only before any migration) has none.
+pub fn open_escalations(conn: &Connection) -> rusqlite::Result<Vec<OpenEscalation>> {
+    let exists = conn
+        .prepare(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'gastown_escalations'",
+        )?
+        .exists([])?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT alert_id, escalation_id, resource_type, resource_id, alert_type, severity,
+            escalated_at
+         FROM gastown_escalations WHERE closed_at IS NULL ORDER BY escalated_at, alert_id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let resource_type: Option<String> = r.get(2)?;
+        let escalated_at: Option<String> = r.get(6)?;
+        Ok(OpenEscalation {
+            alert_id: r.get(0)?,
+            escalation_id: r.get(1)?,
+            resource_type: resource_type.and_then(|t| t.parse::<ResourceType>().ok()),
+            resource_id: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+            alert_type: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+            severity: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+            escalated_at: escalated_at.as_deref().and_then(parse_timestamp),
+        })
+    })?;
+    rows.collect()
 }
 
 /// One stored sample of a series.
@@ -416,5 +475,61 @@ mod tests {
         assert_eq!(alerts.len(), 1);
         assert_eq!(alerts[0].metadata["value"], 85);
         assert_eq!(alerts[0].last_notified_at, alerts[0].timestamp);
+    }
+
+    #[test]
+    fn open_escalations_are_the_unclosed_ones_and_none_before_the_table() {
+        // A database from before the table (the original daemon's): nothing, no error.
+        let old = Connection::open_in_memory().unwrap();
+        old.execute_batch(
+            "CREATE TABLE health_alerts (id INTEGER PRIMARY KEY, resolved BOOLEAN DEFAULT 0)",
+        )
+        .unwrap();
+        assert_eq!(open_escalations(&old).unwrap(), Vec::new());
+
+        let conn = db();
+        conn.execute_batch(
+            "INSERT INTO gastown_escalations (alert_id, escalation_id, resource_type, resource_id,
+                alert_type, severity, escalated_at, closed_at, close_reason)
+             VALUES (3, 'hq-e3', 'agent', 'ac-onyx', 'agent_alive', 'critical',
+                        '2026-05-01T10:00:00.000000Z', NULL, NULL),
+                    (1, 'hq-e1', 'agent', 'ac-jasper', 'agent_alive', 'high',
+                        '2026-05-01T09:00:00.000000Z', '2026-05-01T09:30:00.000000Z', 'resolved'),
+                    (2, 'hq-e2', 'spaceship', NULL, NULL, NULL, 'whenever', NULL, NULL),
+                    (4, 'hq-e4', 'workspace', 'w1', 'workspace_size_mb', 'high',
+                        '2026-05-01T08:00:00.000000Z', NULL, NULL);
+             INSERT INTO health_alerts (id, resource_type, resource_id, alert_type, severity,
+                message, timestamp, resolved)
+             VALUES (3, 'agent', 'ac-onyx', 'agent_alive', 'critical', 'm',
+                        '2026-05-01T10:00:00.000000Z', 0),
+                    (4, 'workspace', 'w1', 'workspace_size_mb', 'unhealthy', 'm',
+                        '2026-05-01T08:00:00.000000Z', 1);",
+        )
+        .unwrap();
+        let open = open_escalations(&conn).unwrap();
+        let ids: Vec<&str> = open.iter().map(|e| e.escalation_id.as_str()).collect();
+        // Oldest first; a foreign row's odd values read as absent, but the row is kept.
+        assert_eq!(ids, ["hq-e4", "hq-e3", "hq-e2"]);
+        assert_eq!(
+            open[1],
+            OpenEscalation {
+                alert_id: 3,
+                escalation_id: "hq-e3".into(),
+                resource_type: Some(ResourceType::Agent),
+                resource_id: "ac-onyx".into(),
+                alert_type: "agent_alive".into(),
+                severity: "critical".into(),
+                escalated_at: parse_timestamp("2026-05-01T10:00:00.000000Z"),
+            }
+        );
+        assert_eq!(
+            (
+                open[2].resource_type,
+                open[2].escalated_at,
+                open[2].resource_id.as_str()
+            ),
+            (None, None, "")
+        );
+        assert_eq!(active_alert_ids(&conn).unwrap(), HashSet::from([3]));
     }
 }

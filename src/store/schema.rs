@@ -3,7 +3,7 @@
 use rusqlite::{Connection, params};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The original tables, column for column (DESIGN.md §1). `IF NOT EXISTS` adopts a database
 /// the Python daemon made.
@@ -67,6 +67,25 @@ CREATE TABLE IF NOT EXISTS silences (
 );
 ";
 
+/// Version 3: the Gas Town escalations opened for alerts, so a restarted daemon can close the
+/// ones whose alert ended while it was down (an open escalation gets louder every 4 h). One row
+/// per alert, keyed by its `health_alerts` id (no foreign key: pruned alerts keep their row
+/// until it is pruned too). `severity` is the `gt escalate -s` level it was opened at;
+/// `closed_at` stays NULL while it is open.
+const V3: &str = "
+CREATE TABLE IF NOT EXISTS gastown_escalations (
+    alert_id INTEGER PRIMARY KEY,
+    escalation_id TEXT NOT NULL,
+    resource_type TEXT,
+    resource_id TEXT,
+    alert_type TEXT,
+    severity TEXT,
+    escalated_at TEXT NOT NULL,
+    closed_at TEXT,
+    close_reason TEXT
+);
+";
+
 /// Columns added to `health_alerts` (new columns are allowed by the contract).
 const ALERT_COLUMNS: &[(&str, &str)] = &[
     ("last_notified_at", "TEXT"),
@@ -92,6 +111,7 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         }
         conn.execute_batch(V1)?;
         conn.execute_batch(V2)?;
+        conn.execute_batch(V3)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
     })();
     match result {
@@ -127,6 +147,44 @@ mod tests {
         assert!(tables.contains(&"health_metrics".to_string()), "{tables:?}");
         assert!(tables.contains(&"health_alerts".to_string()), "{tables:?}");
         assert!(tables.contains(&"monitors".to_string()), "{tables:?}");
+        assert!(
+            tables.contains(&"gastown_escalations".to_string()),
+            "{tables:?}"
+        );
+    }
+
+    #[test]
+    fn a_version_2_database_gains_the_escalations_table_and_keeps_its_rows() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(ORIGINAL_TABLES).unwrap();
+        for (column, decl) in ALERT_COLUMNS {
+            conn.execute_batch(&format!(
+                "ALTER TABLE health_alerts ADD COLUMN {column} {decl}"
+            ))
+            .unwrap();
+        }
+        conn.execute_batch(V1).unwrap();
+        conn.execute_batch(V2).unwrap();
+        conn.execute_batch(
+            "INSERT INTO silences (resource_type, resource_id, created_at, expires_at)
+                VALUES ('agent', 'a1', '2026-01-01T00:00:00.000000Z', '2027-01-01T00:00:00.000000Z');
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        assert!(
+            table_names(&conn)
+                .unwrap()
+                .contains(&"gastown_escalations".to_string())
+        );
+        let silences: i64 = conn
+            .query_row("SELECT count(*) FROM silences", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(silences, 1);
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 3);
     }
 
     #[test]

@@ -41,6 +41,25 @@ pub enum WriteOp {
         resource_id: String,
         metric: Option<String>,
     },
+    /// Gas Town escalation `escalation_id` was opened for alert `alert_id`
+    /// (`gastown_escalations`); replaces an earlier escalation of the same alert.
+    EscalationOpened {
+        alert_id: i64,
+        escalation_id: String,
+        resource_type: ResourceType,
+        resource_id: String,
+        alert_type: String,
+        /// The `gt escalate -s` level it was opened at.
+        severity: String,
+        at: DateTime<Utc>,
+    },
+    /// Escalation `escalation_id` of alert `alert_id` was closed, for `reason`.
+    EscalationClosed {
+        alert_id: i64,
+        escalation_id: String,
+        at: DateTime<Utc>,
+        reason: String,
+    },
 }
 
 impl WriteOp {
@@ -73,6 +92,12 @@ impl WriteOp {
             | WriteOp::AlertAcknowledged { .. }
             | WriteOp::SilenceSaved(_)
             | WriteOp::SilencesRemoved { .. } => 200,
+            WriteOp::EscalationOpened {
+                resource_id,
+                alert_type,
+                ..
+            } => 200 + resource_id.len() + alert_type.len(),
+            WriteOp::EscalationClosed { reason, .. } => 200 + reason.len(),
         }
     }
 }
@@ -270,13 +295,74 @@ fn apply_one(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
             )?
             .execute(params![resource_type.as_str(), resource_id, metric])?;
         }
+        WriteOp::EscalationOpened {
+            alert_id,
+            escalation_id,
+            resource_type,
+            resource_id,
+            alert_type,
+            severity,
+            at,
+        } => {
+            // Another escalation of the alert replaces the row, open. The same one only fills
+            // in its details: its close may have landed first (a refused opening sent again
+            // later), and must stay.
+            tx.prepare_cached(
+                "INSERT INTO gastown_escalations (alert_id, escalation_id, resource_type,
+                    resource_id, alert_type, severity, escalated_at, closed_at, close_reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL)
+                 ON CONFLICT (alert_id) DO UPDATE SET
+                    closed_at = CASE WHEN escalation_id IS excluded.escalation_id
+                        THEN closed_at END,
+                    close_reason = CASE WHEN escalation_id IS excluded.escalation_id
+                        THEN close_reason END,
+                    escalation_id = excluded.escalation_id,
+                    resource_type = excluded.resource_type, resource_id = excluded.resource_id,
+                    alert_type = excluded.alert_type, severity = excluded.severity,
+                    escalated_at = excluded.escalated_at",
+            )?
+            .execute(params![
+                alert_id,
+                escalation_id,
+                resource_type.as_str(),
+                resource_id,
+                alert_type,
+                severity,
+                format_timestamp(*at),
+            ])?;
+        }
+        WriteOp::EscalationClosed {
+            alert_id,
+            escalation_id,
+            at,
+            reason,
+        } => {
+            // A close ahead of its opening leaves a closed row the opening completes (its
+            // escalated_at stands in until then). A late close of an alert's earlier
+            // escalation leaves the one that replaced it alone.
+            tx.prepare_cached(
+                "INSERT INTO gastown_escalations (alert_id, escalation_id, escalated_at,
+                    closed_at, close_reason)
+                 VALUES (?1, ?2, ?3, ?3, ?4)
+                 ON CONFLICT (alert_id) DO UPDATE SET closed_at = excluded.closed_at,
+                    close_reason = excluded.close_reason
+                 WHERE escalation_id IS excluded.escalation_id AND closed_at IS NULL",
+            )?
+            .execute(params![
+                alert_id,
+                escalation_id,
+                format_timestamp(*at),
+                reason
+            ])?;
+        }
     }
     Ok(())
 }
 
-/// Deletes up to `limit` metric rows older than `metrics_before` and up to `limit` resolved
-/// alerts resolved before `alerts_before`, in one short transaction; returns how many went.
-/// Small batches keep the writer responsive while a large backlog is pruned.
+/// Deletes up to `limit` metric rows older than `metrics_before`, up to `limit` resolved alerts
+/// resolved before `alerts_before` and up to `limit` escalations closed before it, in one short
+/// transaction; returns how many went. Small batches keep the writer responsive while a large
+/// backlog is pruned. Open escalations are never pruned: they are what a restart must close.
 pub fn prune(
     conn: &mut Connection,
     metrics_before: DateTime<Utc>,
@@ -296,8 +382,15 @@ pub fn prune(
                 SELECT id FROM health_alerts WHERE resolved = 1 AND resolved_at < ?1 LIMIT ?2)",
         )?
         .execute(params![format_timestamp(alerts_before), limit as i64])?;
+    let escalations = tx
+        .prepare_cached(
+            "DELETE FROM gastown_escalations WHERE alert_id IN (
+                SELECT alert_id FROM gastown_escalations
+                WHERE closed_at IS NOT NULL AND closed_at < ?1 LIMIT ?2)",
+        )?
+        .execute(params![format_timestamp(alerts_before), limit as i64])?;
     tx.commit()?;
-    Ok(metrics + alerts)
+    Ok(metrics + alerts + escalations)
 }
 
 #[cfg(test)]
@@ -584,6 +677,176 @@ mod tests {
         ];
         assert!(apply(&mut conn, &ops).is_err());
         assert_eq!(count(&conn, "SELECT count(*) FROM health_metrics"), 0);
+    }
+
+    fn opened(alert_id: i64, escalation_id: &str, at: DateTime<Utc>) -> WriteOp {
+        WriteOp::EscalationOpened {
+            alert_id,
+            escalation_id: escalation_id.into(),
+            resource_type: ResourceType::Agent,
+            resource_id: "ac-onyx".into(),
+            alert_type: "agent_alive".into(),
+            severity: "critical".into(),
+            at,
+        }
+    }
+
+    fn closed(alert_id: i64, escalation_id: &str, at: DateTime<Utc>, reason: &str) -> WriteOp {
+        WriteOp::EscalationClosed {
+            alert_id,
+            escalation_id: escalation_id.into(),
+            at,
+            reason: reason.into(),
+        }
+    }
+
+    /// (escalation_id, closed_at, close_reason) of alert `alert_id`'s row.
+    fn escalation_row(
+        conn: &Connection,
+        alert_id: i64,
+    ) -> (String, Option<String>, Option<String>) {
+        conn.query_row(
+            "SELECT escalation_id, closed_at, close_reason FROM gastown_escalations
+             WHERE alert_id = ?1",
+            [alert_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn escalations_are_recorded_opened_and_closed() {
+        let mut conn = db();
+        let at = Utc::now();
+        let later = at + chrono::Duration::minutes(5);
+        apply(&mut conn, &[opened(1, "hq-e1", at), opened(2, "hq-e2", at)]).unwrap();
+        assert!(!opened(1, "hq-e1", at).is_droppable());
+        assert!(!closed(1, "hq-e1", at, "r").is_droppable());
+        apply(
+            &mut conn,
+            &[closed(
+                1,
+                "hq-e1",
+                later,
+                "resolved: m (health-monitor alert 1)",
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            escalation_row(&conn, 1),
+            (
+                "hq-e1".into(),
+                Some(format_timestamp(later)),
+                Some("resolved: m (health-monitor alert 1)".into())
+            )
+        );
+        assert_eq!(escalation_row(&conn, 2), ("hq-e2".into(), None, None));
+        let (rtype, rid, atype, severity, escalated_at): (String, String, String, String, String) =
+            conn.query_row(
+                "SELECT resource_type, resource_id, alert_type, severity, escalated_at
+                 FROM gastown_escalations WHERE alert_id = 2",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (rtype, rid, atype, severity, escalated_at),
+            (
+                "agent".into(),
+                "ac-onyx".into(),
+                "agent_alive".into(),
+                "critical".into(),
+                format_timestamp(at)
+            )
+        );
+        let open = query::open_escalations(&conn).unwrap();
+        let ids: Vec<(i64, &str)> = open
+            .iter()
+            .map(|e| (e.alert_id, e.escalation_id.as_str()))
+            .collect();
+        assert_eq!(ids, [(2, "hq-e2")]);
+        assert_eq!(open[0].resource_type, Some(ResourceType::Agent));
+        assert_eq!(open[0].resource_id, "ac-onyx");
+        assert_eq!(open[0].alert_type, "agent_alive");
+        assert_eq!(open[0].severity, "critical");
+        assert_eq!(
+            open[0].escalated_at.map(format_timestamp),
+            Some(format_timestamp(at))
+        );
+    }
+
+    #[test]
+    fn escalation_records_land_right_in_any_order_and_twice() {
+        let mut conn = db();
+        let at = Utc::now();
+        // A close that overtook its opening (the opening was refused and sent again later).
+        apply(&mut conn, &[closed(1, "hq-e1", at, "resolved")]).unwrap();
+        apply(&mut conn, &[opened(1, "hq-e1", at)]).unwrap();
+        assert_eq!(
+            escalation_row(&conn, 1),
+            (
+                "hq-e1".into(),
+                Some(format_timestamp(at)),
+                Some("resolved".into())
+            )
+        );
+        let severity: String = conn
+            .query_row(
+                "SELECT severity FROM gastown_escalations WHERE alert_id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(severity, "critical", "the opening filled its details in");
+        // A batch applied twice changes nothing.
+        let ops = [opened(2, "hq-e2", at), closed(2, "hq-e2", at, "first")];
+        apply(&mut conn, &ops).unwrap();
+        apply(&mut conn, &ops).unwrap();
+        assert_eq!(
+            escalation_row(&conn, 2),
+            (
+                "hq-e2".into(),
+                Some(format_timestamp(at)),
+                Some("first".into())
+            )
+        );
+        // A new escalation of the alert replaces the row, open; a late close of the old one
+        // leaves it open.
+        apply(
+            &mut conn,
+            &[opened(2, "hq-e9", at), closed(2, "hq-e2", at, "late")],
+        )
+        .unwrap();
+        assert_eq!(escalation_row(&conn, 2), ("hq-e9".into(), None, None));
+        assert_eq!(count(&conn, "SELECT count(*) FROM gastown_escalations"), 2);
+    }
+
+    #[test]
+    fn pruning_removes_escalations_closed_long_ago_and_never_open_ones() {
+        let mut conn = db();
+        let now = Utc::now();
+        let old = now - chrono::Duration::days(10);
+        apply(
+            &mut conn,
+            &[
+                opened(1, "hq-e1", old),
+                closed(1, "hq-e1", old, "long ago"),
+                opened(2, "hq-e2", old),
+                closed(2, "hq-e2", now, "lately"),
+                opened(3, "hq-e3", old),
+            ],
+        )
+        .unwrap();
+        let cutoff = now - chrono::Duration::days(7);
+        assert_eq!(prune(&mut conn, cutoff, cutoff, 10).unwrap(), 1);
+        let left: Vec<i64> = conn
+            .prepare("SELECT alert_id FROM gastown_escalations ORDER BY alert_id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(left, [2, 3]);
     }
 
     #[test]
