@@ -21,14 +21,27 @@
 //! the same window (noise from the shared machine hits both alike; each watches its own copy of
 //! the workspaces), with the ratios ours/base per N both ways. Side by side they also share
 //! per-user limits (inotify instances), which can weigh on either.
+//!
+//! Town orphan scan (issue 13), measured first: with 500 extra `sleep`s on the host and ten
+//! orphaned `claude`s (copies of `sleep`, in their own sessions, working in a temporary town),
+//! `gastown::orphans::scan` of that town against the baselines of the same rounds: the
+//! existing full table read (`process::scan_all`, what `--match` uses) and a bare listing of
+//! `/proc`. Medians of interleaved rounds, CPU time of the bench's thread and wall time; the
+//! scan runs at most once a minute, so its cost per cycle is its median over the cycles in a
+//! minute. `ONLY=orphans` runs this part alone, `ONLY=cycle` the rest alone; `ORPHAN_ROUNDS`
+//! (default 15) and `ORPHAN_SLEEPS` (500).
 
 #[path = "support/mod.rs"]
 mod support;
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
+use health_monitor::collect::process;
 use health_monitor::control::protocol::validate_monitor;
+use health_monitor::gastown::orphans;
 use health_monitor::model::{AgentOptions, MonitorSpec, WorkspaceOptions};
 use health_monitor::store::write::{WriteOp, apply};
 use support::{Daemon, Meter, Procs, env_u64, make_workspace, median};
@@ -142,11 +155,177 @@ fn host_processes() -> usize {
         .count()
 }
 
+/// Orphaned agents started for the orphan-scan bench: killed when dropped, panics included.
+#[derive(Default)]
+struct Orphans(Vec<Child>);
+
+impl Drop for Orphans {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts `program 600` in `cwd`, in a session of its own (no controlling terminal), killed if
+/// the bench dies. A copy of `sleep` just written may be busy for a moment (ETXTBSY): retried.
+fn spawn_orphan(program: &Path, cwd: &Path) -> Child {
+    for _ in 0..100 {
+        let mut cmd = Command::new(program);
+        cmd.arg("600")
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: only async-signal-safe system calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        match cmd.spawn() {
+            Ok(child) => return child,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("cannot start {}: {e}", program.display()),
+        }
+    }
+    panic!("{} stayed busy", program.display());
+}
+
+/// CPU time of the calling thread, in ms.
+fn thread_cpu_ms() -> f64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).unwrap();
+    t.tv_sec() as f64 * 1e3 + t.tv_nsec() as f64 / 1e6
+}
+
+/// CPU and wall time of `f`, in ms.
+fn timed<T>(f: impl FnOnce() -> T) -> (f64, f64, T) {
+    let cpu = thread_cpu_ms();
+    let wall = Instant::now();
+    let out = f();
+    let wall_ms = wall.elapsed().as_secs_f64() * 1e3;
+    (thread_cpu_ms() - cpu, wall_ms, out)
+}
+
+/// The orphan scan's cost per cycle at the default 30 s interval and at 1 s, in ms.
+#[derive(Debug, Clone, Copy)]
+struct OrphanCost {
+    per_30s_cycle: f64,
+    per_1s_cycle: f64,
+}
+
+/// Times `orphans::scan` against `process::scan_all` and a bare `/proc` listing, interleaved.
+fn orphan_scan_bench() -> OrphanCost {
+    const AGENTS: usize = 10;
+    let rounds = env_u64("ORPHAN_ROUNDS", 15).max(1) as usize;
+    let sleeps = env_u64("ORPHAN_SLEEPS", 500) as usize;
+    let root = tempfile::tempdir().unwrap();
+    let bin = root.path().join("bin");
+    let town = root.path().join("town");
+    std::fs::create_dir_all(&bin).unwrap();
+    let claude = bin.join("claude");
+    std::fs::copy("/bin/sleep", &claude).unwrap();
+    let mut agents = Orphans::default();
+    for i in 0..AGENTS {
+        let cwd = town.join(format!("rig/polecats/p{i}"));
+        std::fs::create_dir_all(&cwd).unwrap();
+        agents.0.push(spawn_orphan(&claude, &cwd));
+    }
+    let mut procs = Procs::default();
+    for _ in 0..sleeps {
+        procs.spawn("sleep", &["600"]);
+    }
+    // Every agent exec'd (its comm is its file's name) before the first reading.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agents.0.iter().any(|c| {
+        std::fs::read_to_string(format!("/proc/{}/comm", c.id()))
+            .ok()
+            .as_deref()
+            != Some("claude\n")
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the orphaned agents never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let host = host_processes();
+    let found = orphans::scan(&town, &[], Duration::ZERO);
+    assert_eq!(found.count, AGENTS as u64, "{found:?}");
+    let owner = std::process::id();
+    assert_eq!(orphans::scan(&town, &[owner], Duration::ZERO).count, 0);
+
+    let (mut scan, mut full, mut list) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let (cpu, wall, s) = timed(|| orphans::scan(&town, &[], Duration::ZERO));
+        assert_eq!(s.count, AGENTS as u64);
+        scan.push((cpu, wall));
+        let (cpu, wall, t) = timed(|| process::scan_all(Duration::ZERO).len());
+        assert!(t >= sleeps);
+        full.push((cpu, wall));
+        let (cpu, wall, n) = timed(host_processes);
+        assert!(n >= sleeps);
+        list.push((cpu, wall));
+    }
+    drop(procs);
+    drop(agents);
+
+    let cpu = |v: &[(f64, f64)]| median(v.iter().map(|x| x.0).collect());
+    let wall = |v: &[(f64, f64)]| median(v.iter().map(|x| x.1).collect());
+    // Ratios per round (the same round's baseline), then their median.
+    let ratio = |a: &[(f64, f64)], b: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
+        median(a.iter().zip(b).map(|(x, y)| f(x) / f(y)).collect())
+    };
+    let scan_cpu = cpu(&scan);
+    let cost = OrphanCost {
+        per_30s_cycle: scan_cpu * 30.0 / 60.0,
+        per_1s_cycle: scan_cpu / 60.0,
+    };
+    println!(
+        "orphan scan: {host} processes on the host ({sleeps} extra sleeps, {AGENTS} orphaned claudes in the town), {rounds} interleaved rounds (medians; CPU of the bench's thread, wall)"
+    );
+    println!(
+        "  orphans::scan          {:>7.2} ms CPU {:>7.2} ms wall   ({:.1} us CPU per process)",
+        scan_cpu,
+        wall(&scan),
+        scan_cpu * 1e3 / host as f64
+    );
+    println!(
+        "  process::scan_all      {:>7.2} ms CPU {:>7.2} ms wall   (baseline: stat + cmdline of every process); scan / scan_all: CPU {:.2}, wall {:.2}",
+        cpu(&full),
+        wall(&full),
+        ratio(&scan, &full, |x| x.0),
+        ratio(&scan, &full, |x| x.1),
+    );
+    println!(
+        "  readdir /proc          {:>7.2} ms CPU {:>7.2} ms wall   (floor: the listing alone); scan / readdir: CPU {:.2}, wall {:.2}",
+        cpu(&list),
+        wall(&list),
+        ratio(&scan, &list, |x| x.0),
+        ratio(&scan, &list, |x| x.1),
+    );
+    println!(
+        "  at most once a minute: {:.3} ms CPU per 30 s cycle (the default interval), {:.4} ms per 1 s cycle",
+        cost.per_30s_cycle, cost.per_1s_cycle
+    );
+    cost
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "MISSED" }
 }
 
 fn main() {
+    let only = std::env::var("ONLY").unwrap_or_default();
+    let orphan_cost = (only != "cycle").then(orphan_scan_bench);
+    if only == "orphans" {
+        return;
+    }
     let rounds = env_u64("ROUNDS", 3) as usize;
     let warmup = Duration::from_secs(env_u64("WARMUP_SECS", 5));
     let window_secs = env_u64("WINDOW_SECS", 10) as f64;
@@ -259,6 +438,14 @@ fn main() {
         fixed.push(f);
     }
     fixed_daemon.stop();
+    if let Some(cost) = orphan_cost {
+        let fixed_1s = median(fixed.iter().map(|f| f.per_cycle(INTERVAL)).collect());
+        println!(
+            "orphan scan against the fixed cost at 1 s ({fixed_1s:.2} ms per cycle): {:.4} ms per cycle, {:.1} %",
+            cost.per_1s_cycle,
+            100.0 * cost.per_1s_cycle / fixed_1s
+        );
+    }
 
     let ms_per_tick = 1000.0 / support::ticks_per_second();
     println!(
