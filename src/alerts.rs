@@ -418,6 +418,7 @@ mod tests {
             value,
             unit: "MB".into(),
             timestamp: t0(),
+            judgement: Default::default(),
         };
         HealthMetric::from_measurement(m, Some(rule.thresholds))
     }

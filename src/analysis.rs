@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use crate::alerts::{AlertEngine, AlertEvent};
 use crate::config::RuleTable;
-use crate::model::{HealthAlert, HealthMetric, Measurement, ResourceType};
+use crate::model::{HealthAlert, HealthMetric, Judgement, Measurement, ResourceType};
 use crate::store::write::WriteOp;
 
 /// What one batch of measurements produced.
@@ -86,14 +86,22 @@ impl AnalyzerCore {
             events: Vec::new(),
         };
         for m in batch.iter().filter(|m| m.value.is_finite()) {
-            let rule = self
-                .rules
-                .rule(m.resource_type, &m.resource_id, &m.metric_name)
-                .copied();
+            let rule = match m.judgement {
+                Judgement::Informational => None,
+                Judgement::Alerts | Judgement::StatusOnly => self
+                    .rules
+                    .rule(m.resource_type, &m.resource_id, &m.metric_name)
+                    .copied(),
+            };
             let metric = HealthMetric::from_measurement(m.clone(), rule.map(|r| r.thresholds));
-            if let Some(event) = self.engine.observe(&metric, rule.as_ref(), now) {
-                analysis.events.push(event);
-            }
+            let event = if m.judgement == Judgement::Alerts {
+                self.engine.observe(&metric, rule.as_ref(), now)
+            } else {
+                // Never alerts here; one opened before (by an older version, or before the
+                // resource became a town session) resolves.
+                self.engine.clear(&metric.alert_key(), now)
+            };
+            analysis.events.extend(event);
             self.remember(&metric);
             analysis.metrics.push(metric);
         }

@@ -62,6 +62,14 @@ pub const AGENT_ORPHAN_MEMORY_MB: &str = "agent_orphan_memory_mb";
 pub const HEARTBEAT_AGE_SECONDS: &str = "heartbeat_age_seconds";
 /// 1 when the heartbeat says the agent is stuck.
 pub const HEARTBEAT_STUCK: &str = "heartbeat_stuck";
+/// 1 when an agent looks stalled: heartbeat says working but has not moved, tree idle.
+pub const AGENT_STALLED: &str = "agent_stalled";
+/// 1 while the Gas Town daemon named by `<town>/daemon/daemon.pid` runs.
+pub const TOWN_DAEMON_ALIVE: &str = "town_daemon_alive";
+/// Agent-program processes in the town that no watched tree owns.
+pub const TOWN_ORPHAN_COUNT: &str = "town_orphan_count";
+/// Resident memory of those processes.
+pub const TOWN_ORPHAN_MEMORY_MB: &str = "town_orphan_memory_mb";
 /// 1 when a probe file can be created and removed in the workspace.
 pub const WORKSPACE_WRITABLE: &str = "workspace_writable";
 /// 1 when a database opens read-only and passes `PRAGMA quick_check`.
@@ -187,14 +195,43 @@ pub const METRICS: &[MetricDef] = &[
         resource_types: &[ResourceType::Agent],
         unit: UNIT_SECONDS,
         thresholds: Some(Thresholds::new(180.0, 600.0)),
-        description: "age of the agent's heartbeat: its JSON `timestamp`, else the file's mtime (Gas Town calls 3 min stale)",
+        description: "age of the agent's heartbeat: its JSON `timestamp`, else the file's mtime. Never alerts for a Gas Town session (every gt command rewrites it, so an old one means idle) except the deacon's (5 and 20 min, as Gas Town)",
     },
     MetricDef {
         name: HEARTBEAT_STUCK,
         resource_types: &[ResourceType::Agent],
         unit: UNIT_BOOL,
         thresholds: Some(Thresholds::new(0.5, 1.0)),
-        description: "1 when the heartbeat's `state` is `stuck`",
+        description: "1 when the heartbeat's `state` is `stuck` (for a Gas Town session: only while the heartbeat is fresh, as Gas Town counts it)",
+    },
+    MetricDef {
+        name: AGENT_STALLED,
+        resource_types: &[ResourceType::Agent],
+        unit: UNIT_BOOL,
+        // Unhealthy, never critical: probably waiting at a prompt, not dead.
+        thresholds: Some(Thresholds::new(0.5, 2.0)),
+        description: "1 when the heartbeat says `working`, has not moved for `stall_after` and the whole tree used under 1% of a core meanwhile: probably waiting at a prompt (with `stall_after`; Gas Town polecats: 15 min)",
+    },
+    MetricDef {
+        name: TOWN_DAEMON_ALIVE,
+        resource_types: &[ResourceType::Agent],
+        unit: UNIT_BOOL,
+        thresholds: FLAG,
+        description: "resource `agent/gastown`: 1 while the process in `<town>/daemon/daemon.pid` runs; reported only while the file exists (Gas Town removes it on a clean stop, so a dead pid in it means its daemon died)",
+    },
+    MetricDef {
+        name: TOWN_ORPHAN_COUNT,
+        resource_types: &[ResourceType::Agent],
+        unit: UNIT_COUNT,
+        thresholds: Some(Thresholds::new(1.0, 20.0)),
+        description: "resource `agent/gastown`: claude, codex, opencode and other agent-program processes working in the town, older than a minute, with no terminal and in no tmux pane or watched tree (read at most once a minute)",
+    },
+    MetricDef {
+        name: TOWN_ORPHAN_MEMORY_MB,
+        resource_types: &[ResourceType::Agent],
+        unit: UNIT_MB,
+        thresholds: Some(Thresholds::new(1024.0, 4096.0)),
+        description: "resource `agent/gastown`: resident memory of those orphans",
     },
     MetricDef {
         name: WORKSPACE_SIZE_MB,

@@ -202,6 +202,23 @@ pub struct Measurement {
     pub value: f64,
     pub unit: Name,
     pub timestamp: DateTime<Utc>,
+    /// What the analyzer makes of it; almost always [`Judgement::Alerts`].
+    pub judgement: Judgement,
+}
+
+/// How the analyzer treats a reading. Some readings mean something else for some resources: a
+/// Gas Town session's heartbeat is rewritten by every `gt` command, so its age says the session
+/// is idle, not that it is broken; and its liveness is judged by the town watcher, which knows
+/// a reap from a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Judgement {
+    /// Thresholds give its status, and a breach alerts.
+    #[default]
+    Alerts,
+    /// Thresholds give its status; something else decides what a breach means.
+    StatusOnly,
+    /// Stored with no thresholds: healthy, never alerts.
+    Informational,
 }
 
 impl Measurement {
@@ -220,7 +237,14 @@ impl Measurement {
             value,
             unit: Cow::Borrowed(unit),
             timestamp: Utc::now(),
+            judgement: Judgement::Alerts,
         }
+    }
+
+    /// The same reading, judged as `judgement` says.
+    pub fn judged(mut self, judgement: Judgement) -> Self {
+        self.judgement = judgement;
+        self
     }
 }
 
@@ -452,6 +476,19 @@ pub struct AgentOptions {
     /// A heartbeat file (`{timestamp, state, ...}` JSON, or any file whose mtime is the beat).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<PathBuf>,
+    /// The tmux server to ask (`tmux -L NAME`): Gas Town runs each town on a socket of its own.
+    /// Unset: tmux's default server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmux_socket: Option<String>,
+    /// Seconds after which an agent whose heartbeat says `working` but has not moved, and whose
+    /// tree used almost no CPU meanwhile, is reported stalled (`agent_stalled`): probably
+    /// waiting at a prompt. Unset: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_after: Option<u64>,
+    /// What the agent is to its orchestrator (Gas Town: `polecat`, `crew`, `witness`,
+    /// `refinery`, `mayor`, `deacon`, `boot`, `dog`); shown, not interpreted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     /// Who added it, when not an operator: `gastown` for monitors that follow a town's layout
     /// (they are reconciled with it at start and removed when the town retires the agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -478,8 +515,21 @@ impl AgentOptions {
                     .into(),
             );
         }
-        for m in [&self.managed_by].into_iter().flatten() {
-            validate_id(m).map_err(|e| format!("managed_by: {e}"))?;
+        for (what, m) in [
+            ("managed_by", &self.managed_by),
+            ("role", &self.role),
+            ("tmux socket", &self.tmux_socket),
+        ] {
+            if let Some(m) = m {
+                validate_id(m).map_err(|e| format!("{what}: {e}"))?;
+            }
+        }
+        if let Some(secs) = self.stall_after
+            && !(1..=604_800).contains(&secs)
+        {
+            return Err(format!(
+                "stall_after must be between 1 second and 7 days, got {secs}"
+            ));
         }
         if self.pid == Some(0) {
             return Err("pid 0 is not a process".into());

@@ -1,69 +1,182 @@
-//! Following a fake Gas Town town: discovery from the layout, heartbeats fresh and stale, an
-//! events file appended to while the daemon runs (spawn, done with orphans, deaths, mass death,
-//! malformed and partial lines, rotation), escalations through a stand-in `gt` on PATH, and
-//! reconciliation with the layout at start.
+//! A day in a simulated Gas Town town, built from the formats of `../shared/gastown/` (each traced
+//! to the Gas Town 1.0.1 line that writes it): rigs from its `rigs.json`, its old events as the
+//! events file's history, real processes behind `pid|lstart` pid files, sessions in a real tmux
+//! on the town's own socket, heartbeats as `gt` writes them, and a stand-in `gt` on PATH that
+//! records its arguments and answers `escalate --json` and `escalate close` as the real one does.
+//!
+//! One test lives through an ordinary day (spawn, work, done, idle reap, doctor cleanup, pruner
+//! rewrite, `gt down`, a restart over stale pid files) and asserts that nothing at all is raised
+//! and `gt` is never called. Another breaks things for real (a crash, orphans after a reap, a
+//! stalled polecat beside a busy one, a stuck one, a stale deacon, a dead Gas Town daemon,
+//! orphaned agent processes) and asserts exactly which alerts open and which `gt` calls are made.
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Output, Stdio};
 
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use common::{Env, FakeAgent, wait_until};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
-/// A town in a temporary directory, with a stand-in `gt` that records its arguments.
+/// Gas Town's reference files.
+fn shared(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/gastown")
+        .join(rel)
+}
+
+fn have_tmux() -> bool {
+    let ok = Command::new("tmux").arg("-V").output().is_ok();
+    if !ok {
+        eprintln!("skipping: no tmux here (.ci/run installs it)");
+    }
+    ok
+}
+
+/// A town in a temporary directory named `gt`, like `~/gt`.
 struct FakeTown {
     root: PathBuf,
     bin: PathBuf,
     gt_log: PathBuf,
+    tmux_dir: PathBuf,
+    socket: String,
     processes: Vec<Child>,
+}
+
+/// The socket Gas Town derives for a town (internal/session/registry.go:152-192): the lowercased
+/// base name with runs outside `[a-z0-9-]` made `-`, then the first 6 hex digits of the SHA-256
+/// of the canonical path.
+fn gas_town_socket(root: &Path) -> String {
+    let canonical = fs::canonicalize(root).unwrap();
+    let digest = Sha256::digest(canonical.as_os_str().as_encoded_bytes());
+    let hex: String = digest[..3].iter().map(|b| format!("{b:02x}")).collect();
+    format!("gt-{hex}")
+}
+
+/// A timestamp as Go's `time.RFC3339` writes it (events: whole seconds).
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 impl FakeTown {
     fn new(env: &Env) -> FakeTown {
-        let root = env.path("town");
-        fs::create_dir_all(root.join("mayor")).unwrap();
-        fs::create_dir_all(root.join(".runtime/pids")).unwrap();
-        fs::create_dir_all(root.join(".runtime/heartbeats")).unwrap();
-        fs::write(
-            root.join("mayor/rigs.json"),
-            r#"{"version": 1, "rigs": {"ac": {"git_url": "https://example/ac.git",
-                "beads": {"repo": "ac", "prefix": "ac-"}}}}"#,
-        )
-        .unwrap();
-        // Old history the daemon must not replay.
-        fs::write(
-            root.join(".events.jsonl"),
-            "{\"ts\":\"2026-01-01T00:00:00Z\",\"source\":\"gt\",\"type\":\"session_death\",\"actor\":\"gt\",\"payload\":{\"session\":\"ac-ghost\",\"reason\":\"old news\"},\"visibility\":\"audit\"}\n",
-        )
-        .unwrap();
+        let root = env.path("gt");
+        for d in [
+            "mayor",
+            ".runtime/pids",
+            ".runtime/heartbeats",
+            "daemon",
+            "deacon",
+        ] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::copy(shared("mayor/rigs.json"), root.join("mayor/rigs.json")).unwrap();
+        fs::copy(shared("mayor/rigs.json"), root.join("rigs.json")).unwrap();
+        // Yesterday's events, crashes among them: history the daemon must not act on.
+        fs::copy(shared("events.jsonl"), root.join(".events.jsonl")).unwrap();
         let bin = env.path("bin");
         fs::create_dir_all(&bin).unwrap();
         let gt_log = env.path("gt.log");
+        let counter = env.path("gt.counter");
         let gt = bin.join("gt");
+        // `gt escalate ... --json` answers as escalate_impl.go:184-196 does (MarshalIndent,
+        // keys sorted); `gt escalate close ID --reason R` as :368-369.
         fs::write(
             &gt,
             format!(
-                "#!/bin/sh\n{{ printf '%s\\0' \"$(pwd)\" \"$@\"; printf '\\036'; }} >> {}\n",
-                gt_log.display()
+                r#"#!/bin/sh
+{{ printf '%s\0' "$(pwd)" "$@"; printf '\036'; }} >> {log}
+if [ "$1" = escalate ] && [ "$2" = close ]; then
+    printf '✓ Escalation closed: %s\n  Reason: %s\n' "$3" "$5"
+    exit 0
+fi
+if [ "$1" = escalate ]; then
+    n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo "$n" > {counter}
+    sev=""; src=""; json=0; prev=""
+    for a in "$@"; do
+        case "$prev" in -s) sev=$a ;; --source) src=$a ;; esac
+        [ "$a" = --json ] && json=1
+        prev=$a
+    done
+    if [ "$json" = 1 ]; then
+        printf '{{\n  "actions": [\n    "bead",\n    "mail:mayor"\n  ],\n  "delivery": [\n    {{\n      "target": "mayor/",\n      "channel": "mail",\n      "created": true\n    }}\n  ],\n  "id": "hq-esc%s",\n  "severity": "%s",\n  "source": "%s",\n  "status": "ok",\n  "targets": [\n    "mayor/"\n  ]\n}}\n' "$n" "$sev" "$src"
+    else
+        printf '🚨 Escalation created: hq-esc%s\n' "$n"
+    fi
+fi
+"#,
+                log = gt_log.display(),
+                counter = counter.display()
             ),
         )
         .unwrap();
         fs::set_permissions(&gt, fs::Permissions::from_mode(0o755)).unwrap();
+        let tmux_dir = env.path("tmux");
+        fs::create_dir_all(&tmux_dir).unwrap();
+        let socket = gas_town_socket(&root);
         FakeTown {
             root,
             bin,
             gt_log,
+            tmux_dir,
+            socket,
             processes: Vec::new(),
         }
     }
 
-    /// A polecat's worktree (new layout), with a beads database.
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// `tmux -L <town socket> ARGS`, on this test's own tmux directory.
+    fn tmux(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .env("TMUX_TMPDIR", &self.tmux_dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Starts session `name` running `script` on the town's tmux server, and (unless
+    /// `pid_file` is false) writes its pid file as session.TrackPID does:
+    /// `<pane pid>|<LC_ALL=C ps -o lstart=>`. Returns the pane's pid.
+    fn session(&self, name: &str, script: &str, pid_file: bool) -> u32 {
+        let out = self.tmux(&["new-session", "-d", "-s", name, script]);
+        assert!(out.status.success(), "tmux: {out:?}");
+        let out = self.tmux(&["list-panes", "-t", &format!("={name}"), "-F", "#{pane_pid}"]);
+        let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        if pid_file {
+            let lstart = Command::new("ps")
+                .args(["-o", "lstart=", "-p", &pid.to_string()])
+                .env("LC_ALL", "C")
+                .output()
+                .unwrap();
+            let lstart = String::from_utf8_lossy(&lstart.stdout).trim().to_string();
+            fs::write(
+                self.path(&format!(".runtime/pids/{name}.pid")),
+                format!("{pid}|{lstart}\n"),
+            )
+            .unwrap();
+        }
+        pid
+    }
+
+    fn kill_session(&self, name: &str) {
+        let out = self.tmux(&["kill-session", "-t", &format!("={name}")]);
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    /// A polecat's worktree (`<rig>/polecats/<name>/<rig>/`), with a beads database.
     fn polecat(&self, name: &str) -> PathBuf {
-        let wt = self.root.join(format!("ac/polecats/{name}/ac"));
+        let wt = self.path(&format!("acme/polecats/{name}/acme"));
         fs::create_dir_all(wt.join(".beads")).unwrap();
         let db = rusqlite::Connection::open(wt.join(".beads/beads.db")).unwrap();
         db.execute_batch("CREATE TABLE IF NOT EXISTS issues (id TEXT)")
@@ -71,48 +184,73 @@ impl FakeTown {
         wt
     }
 
-    /// Starts `sh -c SCRIPT` as the session's process and writes its pid file.
-    fn run(&mut self, session: &str, script: &str) -> u32 {
-        let child = Command::new("sh").args(["-c", script]).spawn().unwrap();
-        let pid = child.id();
+    /// A session heartbeat as polecat.SessionHeartbeat marshals it (RFC3339Nano, no newline;
+    /// state, context and bead omitted when empty).
+    fn heartbeat(&self, session: &str, at: DateTime<Utc>, state: Option<&str>) {
+        let mut beat = json!({"timestamp": at.to_rfc3339_opts(SecondsFormat::Nanos, true)});
+        if let Some(state) = state {
+            beat["state"] = json!(state);
+        }
         fs::write(
-            self.root.join(format!(".runtime/pids/{session}.pid")),
-            format!("{pid}\n"),
+            self.path(&format!(".runtime/heartbeats/{session}.json")),
+            beat.to_string(),
         )
         .unwrap();
+    }
+
+    /// The deacon's heartbeat as deacon.Heartbeat marshals it (MarshalIndent).
+    fn deacon_heartbeat(&self, at: DateTime<Utc>) {
+        let text = format!(
+            "{{\n  \"timestamp\": \"{}\",\n  \"cycle\": 412,\n  \"last_action\": \"starting patrol cycle\",\n  \"healthy_agents\": 0,\n  \"unhealthy_agents\": 0\n}}",
+            at.to_rfc3339_opts(SecondsFormat::Micros, true)
+        );
+        fs::write(self.path("deacon/heartbeat.json"), text).unwrap();
+    }
+
+    /// Starts a process standing in for Gas Town's daemon and writes `daemon/daemon.pid` as
+    /// pidfile.go does: `<pid>\n<nonce>`, no trailing newline.
+    fn gas_town_daemon(&mut self) -> u32 {
+        let child = Command::new("sleep").arg("600").spawn().unwrap();
+        let pid = child.id();
         self.processes.push(child);
+        fs::write(
+            self.path("daemon/daemon.pid"),
+            format!("{pid}\n9f2c4e1a7b3d5f60"),
+        )
+        .unwrap();
         pid
     }
 
-    fn heartbeat(&self, session: &str, age_secs: i64, state: &str) {
-        let ts = chrono::Utc::now() - chrono::Duration::seconds(age_secs);
-        fs::write(
-            self.root
-                .join(format!(".runtime/heartbeats/{session}.json")),
-            json!({"timestamp": ts.to_rfc3339(), "state": state, "context": "", "bead": "ac-1"})
-                .to_string(),
-        )
-        .unwrap();
-    }
-
-    fn append(&self, text: &str) {
+    /// One events line as events.LogFeed writes it: struct order, payload keys sorted.
+    fn event(&self, at: DateTime<Utc>, kind: &str, actor: &str, payload: Value) -> String {
+        let line = format!(
+            r#"{{"ts":"{}","source":"gt","type":"{kind}","actor":"{actor}","payload":{payload},"visibility":"feed"}}"#,
+            rfc3339(at)
+        );
         let mut f = fs::OpenOptions::new()
             .append(true)
-            .open(self.root.join(".events.jsonl"))
+            .open(self.path(".events.jsonl"))
             .unwrap();
-        f.write_all(text.as_bytes()).unwrap();
+        std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()).unwrap();
+        line
     }
 
-    fn event(&self, kind: &str, actor: &str, payload: Value) {
-        let line = json!({"ts": chrono::Utc::now().to_rfc3339(), "source": "gt", "type": kind,
-            "actor": actor, "payload": payload, "visibility": "feed"});
-        self.append(&format!("{line}\n"));
+    /// What the hourly pruner does (internal/krc/krc.go:231-369): the kept lines to
+    /// `.events.jsonl.tmp`, renamed over the file.
+    fn prune(&self, keep: impl Fn(&str) -> bool) {
+        let text = fs::read_to_string(self.path(".events.jsonl")).unwrap();
+        let kept: String = text
+            .lines()
+            .filter(|l| keep(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        fs::write(self.path(".events.jsonl.tmp"), kept).unwrap();
+        fs::rename(self.path(".events.jsonl.tmp"), self.path(".events.jsonl")).unwrap();
     }
 
     /// Every `gt` call: (working directory, arguments).
     fn gt_calls(&self) -> Vec<(String, Vec<String>)> {
         let text = fs::read_to_string(&self.gt_log).unwrap_or_default();
-        // Each call: NUL-terminated working directory and arguments, then a record separator.
         text.split('\u{1e}')
             .filter(|c| !c.is_empty())
             .map(|c| {
@@ -123,25 +261,59 @@ impl FakeTown {
             .collect()
     }
 
-    fn escalations_for(&self, source: &str) -> Vec<Vec<String>> {
+    /// The escalations made: (level, source).
+    fn escalations(&self) -> Vec<(String, String)> {
         self.gt_calls()
-            .into_iter()
-            .map(|(_, args)| args)
-            .filter(|a| a.iter().any(|x| x == source))
+            .iter()
+            .filter(|(_, a)| a[0] == "escalate" && a[1] == "-s")
+            .map(|(_, a)| {
+                assert_eq!(a.last().map(String::as_str), Some("--json"), "{a:?}");
+                let source = a.iter().position(|x| x == "--source").unwrap() + 1;
+                (a[2].clone(), a[source].clone())
+            })
             .collect()
     }
 
-    fn path_env(&self) -> String {
-        format!(
+    /// The escalations closed: their ids.
+    fn closes(&self) -> Vec<String> {
+        self.gt_calls()
+            .iter()
+            .filter(|(_, a)| a[0] == "escalate" && a[1] == "close")
+            .map(|(_, a)| {
+                assert_eq!(a[3], "--reason", "{a:?}");
+                a[2].clone()
+            })
+            .collect()
+    }
+
+    /// The id the stand-in gave the escalation whose source is `source`.
+    fn escalation_id(&self, source: &str) -> String {
+        let n = self
+            .escalations()
+            .iter()
+            .position(|(_, s)| s == source)
+            .unwrap_or_else(|| panic!("{source} was not escalated: {:?}", self.escalations()));
+        format!("hq-esc{}", n + 1)
+    }
+
+    fn start(&self, env: &Env) -> common::Daemon {
+        let path = format!(
             "{}:{}",
             self.bin.display(),
             std::env::var("PATH").unwrap_or_default()
+        );
+        let root = self.root.display().to_string();
+        let tmux_dir = self.tmux_dir.display().to_string();
+        env.start_with_env(
+            &["--gastown", &root],
+            &[("PATH", path.as_str()), ("TMUX_TMPDIR", tmux_dir.as_str())],
         )
     }
 }
 
 impl Drop for FakeTown {
     fn drop(&mut self) {
+        let _ = self.tmux(&["kill-server"]);
         for p in &mut self.processes {
             let _ = p.kill();
             let _ = p.wait();
@@ -161,12 +333,50 @@ fn monitors(env: &Env) -> Vec<(String, String)> {
         .collect()
 }
 
-fn has_monitor(env: &Env, kind: &str, id: &str) -> bool {
+fn watched(env: &Env, kind: &str, id: &str) -> bool {
     monitors(env).iter().any(|(k, i)| k == kind && i == id)
 }
 
-fn latest(env: &Env, t: &str, id: &str, metric: &str) -> Option<f64> {
-    env.latest(t, id, metric)
+fn alive(env: &Env, session: &str) -> bool {
+    env.latest("agent", session, "agent_active") == Some(1.0)
+}
+
+/// Every alert ever opened: (resource id, alert type).
+fn alerts_opened(env: &Env) -> BTreeSet<(String, String)> {
+    let db = env.db();
+    let mut stmt = db
+        .prepare("SELECT resource_id, alert_type FROM health_alerts")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Waits for `cycles` more metric rows of `session`: the daemon has looked again.
+fn wait_cycles(env: &Env, session: &str, cycles: i64) {
+    let sql = format!(
+        "SELECT count(*) FROM health_metrics WHERE resource_id = '{session}' AND metric_name = 'agent_active'"
+    );
+    let now = env.count(&sql);
+    env.wait_count(&sql, now + cycles);
+}
+
+fn gastown_status(env: &Env) -> Vec<Value> {
+    serde_json::from_str(&env.hm_ok(&["gastown", "status", "--json"])).unwrap()
+}
+
+fn row<'a>(rows: &'a [Value], session: &str) -> &'a Value {
+    rows.iter()
+        .find(|r| r["session"] == session)
+        .unwrap_or_else(|| panic!("{session} not in {rows:#?}"))
+}
+
+fn kill(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
 fn children_of(pid: u32) -> Vec<u32> {
@@ -177,271 +387,473 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-fn kill(pid: u32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-}
-
-const CONFIG: &str = "interval = 0.2\nalert_cooldown = 0.5\n[gastown]\nspawn_grace = 1\n";
-
-fn start(env: &Env, town: &FakeTown) -> common::Daemon {
-    let root = town.root.to_str().unwrap().to_string();
-    let path = town.path_env();
-    env.start_with_env(&["--gastown", &root], &[("PATH", path.as_str())])
-}
-
 #[test]
-fn a_town_is_discovered_its_heartbeats_read_and_its_alerts_escalated() {
-    let env = Env::new(CONFIG);
-    let mut town = FakeTown::new(&env);
-    town.polecat("quartz");
-    fs::create_dir_all(town.root.join("ac/crew/max")).unwrap();
-    fs::create_dir_all(town.root.join("ac/crew/idle")).unwrap();
-    town.run("ac-quartz", "exec sleep 600");
-    town.heartbeat("ac-quartz", 5, "working");
-    // Max's session runs, but its heartbeat is ten minutes old: stale, and past critical.
-    town.run("ac-crew-max", "exec sleep 600");
-    town.heartbeat("ac-crew-max", 600, "working");
-    // Jade is alive and beating, but says it is stuck.
-    town.polecat("jade");
-    town.run("ac-jade", "exec sleep 600");
-    town.heartbeat("ac-jade", 1, "stuck");
-    let _daemon = start(&env, &town);
-
-    for (kind, id) in [
-        ("agent", "ac-quartz"),
-        ("workspace", "ac-quartz"),
-        ("agent", "ac-crew-max"),
-        ("workspace", "ac-crew-max"),
-        ("workspace", "ac-crew-idle"),
-    ] {
-        assert!(
-            has_monitor(&env, kind, id),
-            "{kind} {id} not found: {:?}",
-            monitors(&env)
-        );
-    }
-    assert!(
-        !has_monitor(&env, "agent", "ac-crew-idle"),
-        "a crew clone without a session is not a dead agent"
-    );
-    wait_until("quartz measured alive with its beads database", || {
-        latest(&env, "agent", "ac-quartz", "agent_active") == Some(1.0)
-            && latest(
-                &env,
-                "database",
-                "ac-quartz/.beads/beads.db",
-                "database_connectivity",
-            ) == Some(1.0)
-    });
-    assert!(latest(&env, "agent", "ac-quartz", "heartbeat_age_seconds").unwrap() < 60.0);
-    // The stale heartbeat escalates through gt, once, from the town root.
-    let source = "health-monitor:agent:ac-crew-max";
-    wait_until("the stale heartbeat escalated", || {
-        town.escalations_for(source)
-            .iter()
-            .any(|a| a.iter().any(|x| x.contains("heartbeat_age_seconds")))
-    });
-    let calls = town.gt_calls();
-    let (cwd, args) = calls
-        .iter()
-        .find(|(_, a)| a.contains(&source.to_string()))
-        .unwrap();
-    assert_eq!(Path::new(cwd), town.root.as_path(), "gt runs in the town");
-    assert_eq!(args[0], "escalate");
-    assert_eq!(args[1..3], ["-s".to_string(), "critical".to_string()]);
-    assert!(args[3].contains("ac-crew-max"), "{args:?}");
-    assert_eq!(args[4], "-r");
-    assert_eq!(args[6..], ["--source".to_string(), source.to_string()]);
-    // Reminders never escalate again.
-    let rows = env.count("SELECT count(*) FROM health_metrics");
-    env.wait_count("SELECT count(*) FROM health_metrics", rows + 200);
-    let heartbeat_escalations = town
-        .escalations_for(source)
-        .into_iter()
-        .filter(|a| a.iter().any(|x| x.contains("heartbeat_age_seconds")))
-        .count();
-    assert_eq!(heartbeat_escalations, 1);
-    // A stuck agent alerts and escalates too.
-    wait_until("the stuck heartbeat alerted and escalated", || {
-        env.alert_active("ac-jade", "heartbeat_stuck")
-            && !town
-                .escalations_for("health-monitor:agent:ac-jade")
-                .is_empty()
-    });
-    // The old history was not replayed.
-    assert!(
-        town.escalations_for("health-monitor:agent:ac-ghost")
-            .is_empty()
-    );
-
-    let rows: Vec<Value> =
-        serde_json::from_str(&env.hm_ok(&["gastown", "status", "--json"])).unwrap();
-    let quartz = rows.iter().find(|r| r["session"] == "ac-quartz").unwrap();
-    assert_eq!(quartz["alive"], true);
-    assert_eq!(quartz["role"], "polecat");
-    assert_eq!(quartz["heartbeat_state"], "working");
-    assert!(quartz["memory_mb"].as_f64().unwrap() > 0.0);
-    assert_eq!(quartz["worktree_exists"], true);
-    let max = rows.iter().find(|r| r["session"] == "ac-crew-max").unwrap();
-    assert_eq!(max["role"], "crew");
-    assert!(
-        !max["active_alerts"].as_array().unwrap().is_empty(),
-        "{max}"
-    );
-    let text = env.hm_ok(&["gastown", "status"]);
-    assert!(
-        text.contains("ac-quartz") && text.contains("ac-crew-max"),
-        "{text}"
-    );
-}
-
-#[test]
-fn lifecycle_events_add_retire_and_alert() {
-    let env = Env::new(CONFIG);
-    let mut town = FakeTown::new(&env);
-    town.polecat("quartz");
-    // Quartz's process has a child that will outlive it.
-    let root = town.run("ac-quartz", "sleep 600 & wait");
-    wait_until("quartz's child", || children_of(root).len() == 1);
-    let orphan = children_of(root)[0];
-    town.heartbeat("ac-quartz", 1, "working");
-    let daemon = start(&env, &town);
-    wait_until("quartz measured", || {
-        latest(&env, "agent", "ac-quartz", "agent_process_count") == Some(2.0)
-    });
-
-    // spawn: a new polecat is watched.
-    town.polecat("onyx");
-    town.run("ac-onyx", "exec sleep 600");
-    town.heartbeat("ac-onyx", 1, "working");
-    town.event("spawn", "gt", json!({"rig": "ac", "polecat": "onyx"}));
-    wait_until("onyx watched", || {
-        has_monitor(&env, "agent", "ac-onyx") && has_monitor(&env, "workspace", "ac-onyx")
-    });
-    wait_until("onyx measured alive", || {
-        latest(&env, "agent", "ac-onyx", "agent_active") == Some(1.0)
-    });
-
-    // A death nobody explained: critical, escalated.
-    town.event(
-        "session_death",
-        "ac/onyx",
-        json!({"session": "ac-onyx", "agent": "ac/polecats/onyx", "reason": "tmux server died", "caller": "daemon"}),
-    );
-    wait_until("the session_death alert", || {
-        env.alert_active("ac-onyx", "session_death")
-    });
-    wait_until("the death escalated", || {
-        town.escalations_for("health-monitor:agent:ac-onyx")
-            .iter()
-            .any(|a| a[2] == "critical" && a[3].contains("tmux server died"))
-    });
-
-    // done, then the root dies leaving its child: the monitor stays while the orphan lives.
-    town.event(
-        "done",
-        "ac/polecats/quartz",
-        json!({"bead": "ac-1", "branch": "polecat/quartz"}),
-    );
-    kill(root);
-    wait_until("the orphan counted", || {
-        latest(&env, "agent", "ac-quartz", "agent_orphan_count") == Some(1.0)
-    });
-    town.event(
-        "session_death",
-        "ac/quartz",
-        json!({"session": "ac-quartz", "reason": "exited"}),
-    );
-    // A later event that shows it has been read: the death before it was read too.
-    town.polecat("marker");
-    town.run("ac-marker", "exec sleep 600");
-    town.event("spawn", "gt", json!({"rig": "ac", "polecat": "marker"}));
-    wait_until("the marker watched", || {
-        has_monitor(&env, "agent", "ac-marker")
-    });
-    assert!(
-        has_monitor(&env, "agent", "ac-quartz"),
-        "retired with an orphan alive"
-    );
-    assert!(
-        !has_monitor(&env, "workspace", "ac-quartz"),
-        "a finished polecat's worktree is let go at once"
-    );
-    assert!(
-        !env.alert_active("ac-quartz", "session_death"),
-        "a death after done is not news"
-    );
-    assert!(env.alert_active("ac-quartz", "agent_orphan_count"));
-    kill(orphan);
-    wait_until("quartz retired once the orphan is gone", || {
-        !has_monitor(&env, "agent", "ac-quartz") && !has_monitor(&env, "workspace", "ac-quartz")
-    });
-
-    // Onyx died unexplained; the witness kills it: retired, its death alert resolved for good.
-    town.event(
-        "kill",
-        "gt",
-        json!({"rig": "ac", "target": "onyx", "reason": "gt stop"}),
-    );
-    for p in &mut town.processes {
-        let _ = p.kill();
-        let _ = p.wait();
-    }
-    wait_until("onyx retired", || !has_monitor(&env, "agent", "ac-onyx"));
-    wait_until("its death alert resolved", || {
-        !env.alert_active("ac-onyx", "session_death")
-    });
-    let rows = env.count("SELECT count(*) FROM health_metrics");
-    env.wait_count("SELECT count(*) FROM health_metrics", rows + 60);
-    assert!(
-        !env.alert_active("ac-onyx", "session_death"),
-        "raised again after removal"
-    );
+fn the_town_socket_is_derived_as_gas_town_derives_it() {
+    // The README of ../shared/gastown: /home/me/gt runs on `tmux -L gt-78b699`.
+    let digest = Sha256::digest(b"/home/me/gt");
     assert_eq!(
-        town.escalations_for("health-monitor:agent:ac-onyx")
-            .iter()
-            .filter(|a| a[3].contains("tmux server died"))
-            .count(),
-        1,
-        "the death is escalated once"
+        format!("{:02x}{:02x}{:02x}", digest[0], digest[1], digest[2]),
+        "78b699"
     );
+    let env = Env::new("");
+    let town = FakeTown::new(&env);
+    assert!(town.socket.starts_with("gt-") && town.socket.len() == 9);
+}
 
-    // Malformed and partial lines are skipped; the follower keeps going.
-    town.append("this is not json\n{\"type\": \"mass_");
-    town.append("death\", \"actor\": \"daemon\", \"payload\": {\"count\": 3, \"window\": \"30s\", \"sessions\": [\"ac-a\", \"ac-b\", \"ac-c\"]}}\n");
-    wait_until("the mass death alert", || {
-        env.alert_active("gastown", "mass_death")
-    });
-    assert!(daemon.log().contains("skipping malformed event line"));
-
-    // Rotation: a new file in place of the old one is followed from its start.
-    fs::rename(
-        town.root.join(".events.jsonl"),
-        town.root.join(".events.jsonl.1"),
+#[test]
+fn an_ordinary_day_raises_nothing_and_calls_no_gt() {
+    if !have_tmux() {
+        return;
+    }
+    let env = Env::new(
+        "interval = 0.2\nalert_cooldown = 0.5\n[gastown]\ndeath_confirm = 2\nspawn_grace = 5\norphan_scan_every = 1\norphan_min_age = 1\n",
+    );
+    let mut town = FakeTown::new(&env);
+    let now = Utc::now();
+    for name in ["quartz", "onyx", "jasper"] {
+        town.polecat(name);
+    }
+    fs::create_dir_all(town.path("acme/crew/max")).unwrap();
+    fs::create_dir_all(town.path("acme/witness")).unwrap();
+    town.session("ac-quartz", "exec sleep 600", true);
+    town.heartbeat("ac-quartz", now, Some("working"));
+    // Onyx says stuck, but that heartbeat is the fixture's, from April: stale, so not stuck.
+    town.session("ac-onyx", "exec sleep 600", true);
+    fs::copy(
+        shared(".runtime/heartbeats/ac-onyx.json"),
+        town.path(".runtime/heartbeats/ac-onyx.json"),
     )
     .unwrap();
-    fs::write(town.root.join(".events.jsonl"), "").unwrap();
-    town.event(
-        "session_start",
-        "ac/polecats/onyx",
-        json!({"session_id": "uuid", "role": "polecat"}),
+    // An idle crew member: its v1 heartbeat (timestamp only) is ten minutes old.
+    town.session("ac-crew-max", "exec sleep 600", true);
+    town.heartbeat("ac-crew-max", now - Duration::minutes(10), None);
+    // The witness has no pid file: found through the town's tmux socket.
+    town.session("ac-witness", "exec sleep 600", false);
+    town.session("hq-mayor", "exec sleep 600", true);
+    town.session("hq-deacon", "exec sleep 600", true);
+    town.deacon_heartbeat(now);
+    let gt_daemon = town.gas_town_daemon();
+    // Jasper's session ended yesterday; its pid file stayed, naming a process long gone.
+    fs::copy(
+        shared(".runtime/pids/ac-quartz.pid"),
+        town.path(".runtime/pids/ac-jasper.pid"),
+    )
+    .unwrap();
+    let mut daemon = town.start(&env);
+
+    let sessions = [
+        "ac-quartz",
+        "ac-onyx",
+        "ac-crew-max",
+        "ac-witness",
+        "hq-mayor",
+        "hq-deacon",
+    ];
+    wait_until("every running session measured alive", || {
+        sessions.iter().all(|s| alive(&env, s))
+    });
+    assert!(
+        !watched(&env, "agent", "ac-jasper"),
+        "a stale pid file is not a session"
     );
-    wait_until("a restart clears the death alert", || {
+    for ws in ["ac-quartz", "ac-onyx", "ac-jasper", "ac-crew-max"] {
+        assert!(watched(&env, "workspace", ws), "{ws}: {:?}", monitors(&env));
+    }
+    let list: Vec<Value> = serde_json::from_str(&env.hm_ok(&["list", "--json"])).unwrap();
+    let witness = list
+        .iter()
+        .find(|m| m["kind"] == "agent" && m["id"] == "ac-witness")
+        .unwrap();
+    assert_eq!(witness["options"]["role"], "witness", "{witness}");
+    assert_eq!(
+        witness["options"]["tmux_socket"].as_str(),
+        Some(town.socket.as_str())
+    );
+    wait_until(
+        "the Gas Town daemon and a town orphan scan measured",
+        || {
+            env.latest("agent", "gastown", "town_daemon_alive") == Some(1.0)
+                && env.latest("agent", "gastown", "town_orphan_count") == Some(0.0)
+        },
+    );
+    assert_eq!(
+        env.latest("agent", "ac-onyx", "heartbeat_stuck"),
+        Some(0.0),
+        "stuck counts only while fresh"
+    );
+
+    // 09:00 a new polecat is spawned and its session starts.
+    let t0 = now;
+    town.session("ac-jasper", "exec sleep 600", true);
+    town.event(
+        t0,
+        "spawn",
+        "gt",
+        json!({"polecat": "jasper", "rig": "acme"}),
+    );
+    town.heartbeat("ac-jasper", Utc::now(), Some("working"));
+    town.event(
+        t0 + Duration::seconds(17),
+        "session_start",
+        "acme/polecats/jasper",
+        json!({"actor_pid": "acme/polecats/jasper-1", "cwd": town.path("acme/polecats/jasper/acme"),
+            "role": "acme/polecats/jasper", "session_id": "6f1c2a9e-4b7d-4e0a-9a51-2f3c8d7e1b41"}),
+    );
+    wait_until("jasper watched and alive", || alive(&env, "ac-jasper"));
+
+    // 09:41 quartz is done: it goes idle and keeps its session and worktree.
+    town.heartbeat("ac-quartz", Utc::now(), Some("exiting"));
+    town.event(
+        t0 + Duration::minutes(41),
+        "done",
+        "acme/polecats/quartz",
+        json!({"bead": "ac-x7k2", "branch": "polecat/quartz/ac-x7k2@mol4w2ra"}),
+    );
+    wait_cycles(&env, "ac-quartz", 10);
+    assert!(watched(&env, "agent", "ac-quartz") && watched(&env, "workspace", "ac-quartz"));
+    assert_eq!(row(&gastown_status(&env), "ac-quartz")["state"], "idle");
+
+    // 09:57 the daemon reaps it, 15 minutes after its last activity: the session is killed,
+    // its heartbeat removed, and only then is the death logged (daemon.go:2822-2841).
+    town.kill_session("ac-quartz");
+    fs::remove_file(town.path(".runtime/heartbeats/ac-quartz.json")).unwrap();
+    wait_until("the reaped session seen dead", || {
+        env.latest("agent", "ac-quartz", "agent_active") == Some(0.0)
+    });
+    town.event(
+        t0 + Duration::minutes(57),
+        "session_death",
+        "acme/quartz",
+        json!({"agent": "acme/polecats/quartz", "caller": "daemon",
+            "reason": "idle-reap: idle, idle 15m3s (threshold 15m0s)", "session": "ac-quartz"}),
+    );
+    wait_until("quartz retired", || !watched(&env, "agent", "ac-quartz"));
+    assert!(
+        watched(&env, "workspace", "ac-quartz"),
+        "an idle polecat keeps its worktree"
+    );
+
+    // 10:02 the doctor cleans up jasper as a zombie (agent "unknown").
+    town.kill_session("ac-jasper");
+    town.event(
+        t0 + Duration::minutes(62),
+        "session_death",
+        "ac-jasper",
+        json!({"agent": "unknown", "caller": "gt doctor", "reason": "zombie cleanup", "session": "ac-jasper"}),
+    );
+    wait_until("jasper retired", || !watched(&env, "agent", "ac-jasper"));
+
+    // 11:00 the hourly pruner rewrites the file. Yesterday's crash lines and today's spawn are
+    // still in it: none of them is acted on again.
+    town.prune(|l| !l.contains("\"type\":\"nudge\""));
+    wait_until("the rewrite read", || {
+        daemon.log().contains("events file rewritten")
+    });
+    wait_cycles(&env, "ac-onyx", 10);
+    assert!(
+        !watched(&env, "agent", "ac-jasper"),
+        "a replayed spawn brought jasper back"
+    );
+
+    // 18:00 gt down: the sentinel first; crew, witness and refinery stopped without an event;
+    // the town sessions each log their death; the daemon stopped (its pid file removed); the
+    // sentinel removed; then the halt (down.go, session/town.go).
+    fs::write(town.path("daemon/shutting-down"), "4242").unwrap();
+    for s in ["ac-crew-max", "ac-witness"] {
+        town.kill_session(s);
+    }
+    wait_until("the crew seen dead", || {
+        env.latest("agent", "ac-crew-max", "agent_active") == Some(0.0)
+    });
+    for (session, name) in [("hq-mayor", "Mayor"), ("hq-deacon", "Deacon")] {
+        town.event(
+            t0 + Duration::hours(9),
+            "session_death",
+            session,
+            json!({"agent": name, "caller": "gt down", "reason": "user shutdown", "session": session}),
+        );
+        town.kill_session(session);
+    }
+    // A clean stop: the daemon removes its pid file on its way out.
+    fs::remove_file(town.path("daemon/daemon.pid")).unwrap();
+    kill(gt_daemon);
+    wait_until("the town sessions retired", || {
+        let m = monitors(&env);
+        ["ac-crew-max", "ac-witness", "hq-mayor", "hq-deacon"]
+            .iter()
+            .all(|s| !m.contains(&("agent".into(), s.to_string())))
+    });
+    fs::remove_file(town.path("daemon/shutting-down")).unwrap();
+    town.event(
+        t0 + Duration::hours(9) + Duration::seconds(5),
+        "halt",
+        "gt",
+        json!({"services": ["dolt", "daemon", "deacon", "boot", "mayor", "acme/refinery",
+            "acme/witness", "gastown/refinery", "gastown/witness", "crew"]}),
+    );
+    wait_cycles(&env, "ac-onyx", 10);
+    assert!(
+        watched(&env, "agent", "ac-onyx"),
+        "gt down leaves polecats running"
+    );
+
+    // The next morning health-monitor restarts over a town full of stale pid files.
+    env.hm_ok(&["stop"]);
+    assert_eq!(daemon.wait_exit(), 0);
+    let mut daemon = town.start(&env);
+    wait_cycles(&env, "ac-onyx", 10);
+    let agents: Vec<String> = monitors(&env)
+        .into_iter()
+        .filter(|(k, _)| k == "agent")
+        .map(|(_, id)| id)
+        .collect();
+    assert_eq!(agents, ["ac-onyx"], "stale pid files brought sessions back");
+
+    let rows = gastown_status(&env);
+    assert_eq!(row(&rows, "ac-onyx")["state"], "working");
+    assert_eq!(row(&rows, "ac-quartz")["state"], "retired");
+    assert_eq!(row(&rows, "ac-crew-max")["role"], "crew");
+    let text = env.hm_ok(&["gastown", "status"]);
+    assert!(text.contains("gas town daemon: not running"), "{text}");
+    assert_eq!(
+        alerts_opened(&env),
+        BTreeSet::new(),
+        "an ordinary day raised alerts"
+    );
+    assert_eq!(town.gt_calls(), Vec::new(), "an ordinary day called gt");
+    assert!(!daemon.log().contains(" ERROR "), "{}", daemon.log());
+    env.hm_ok(&["stop"]);
+    assert_eq!(daemon.wait_exit(), 0);
+}
+
+#[test]
+fn every_real_failure_is_caught_escalated_once_and_closed() {
+    if !have_tmux() {
+        return;
+    }
+    let env = Env::new(
+        "interval = 0.2\nalert_cooldown = 0.5\n[gastown]\ndeath_confirm = 1.5\nstall_after = 3\nspawn_grace = 5\norphan_scan_every = 1\norphan_min_age = 1\n",
+    );
+    let mut town = FakeTown::new(&env);
+    let now = Utc::now();
+    for name in ["onyx", "jasper", "opal", "garnet", "jade"] {
+        town.polecat(name);
+    }
+    // Onyx is at work: it uses CPU (a working polecat that uses none is stalled, below).
+    let busy = "while :; do i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; sleep 0.2; done";
+    town.session("ac-onyx", busy, true);
+    town.heartbeat("ac-onyx", now, Some("working"));
+    // Jasper's tree holds a process in a session of its own: killing the tmux session leaves it.
+    let jasper = town.session("ac-jasper", "setsid sleep 600 & exec sleep 600", true);
+    town.heartbeat("ac-jasper", now, Some("idle"));
+    // Opal says working but its heartbeat has not moved for 20 minutes and it uses no CPU:
+    // waiting at a prompt. Garnet's heartbeat is as old, but it is busy.
+    town.session("ac-opal", "exec sleep 600", true);
+    town.heartbeat("ac-opal", now - Duration::minutes(20), Some("working"));
+    town.session("ac-garnet", busy, true);
+    town.heartbeat("ac-garnet", now - Duration::minutes(20), Some("working"));
+    // Jade ran `gt heartbeat --state=stuck` a moment ago.
+    town.session("ac-jade", "exec sleep 600", true);
+    town.heartbeat("ac-jade", now, Some("stuck"));
+    town.session("hq-deacon", "exec sleep 600", true);
+    town.deacon_heartbeat(now);
+    let gt_daemon = town.gas_town_daemon();
+    wait_until("jasper's detached child", || children_of(jasper).len() == 1);
+    let jasper_orphan = children_of(jasper)[0];
+    // A claude left behind after a kill, still working in the town: no terminal, no pane.
+    let claude = town.path("claude");
+    fs::copy("/bin/sleep", &claude).unwrap();
+    let stray = Command::new("setsid")
+        .arg(&claude)
+        .arg("600")
+        .current_dir(town.path("acme/polecats/onyx/acme"))
+        .spawn()
+        .unwrap();
+    let mut stray = FakeAgent(stray);
+    let daemon = town.start(&env);
+
+    // A stalled polecat is news; a busy one with as old a heartbeat is not.
+    wait_until("opal stalled", || {
+        env.alert_active("ac-opal", "agent_stalled")
+    });
+    assert_eq!(env.latest("agent", "ac-garnet", "agent_stalled"), Some(0.0));
+    // A stuck one, and the orphaned claude.
+    wait_until("jade stuck", || {
+        env.alert_active("ac-jade", "heartbeat_stuck")
+    });
+    wait_until("the town orphan", || {
+        env.alert_active("gastown", "town_orphan_count")
+    });
+    let rows = gastown_status(&env);
+    assert_eq!(row(&rows, "ac-opal")["state"], "stalled");
+    assert_eq!(row(&rows, "ac-jade")["state"], "stuck");
+    assert_eq!(row(&rows, "ac-garnet")["state"], "working");
+    assert_eq!(row(&rows, "hq-deacon")["role"], "deacon");
+    stray.kill();
+    wait_until("the town orphan gone", || {
+        !env.alert_active("gastown", "town_orphan_count")
+    });
+
+    // A crash: onyx's session dies and nobody says why.
+    town.kill_session("ac-onyx");
+    wait_until("the crash raised", || {
+        env.alert_active("ac-onyx", "session_death")
+    });
+    wait_until("the crash escalated", || {
+        town.escalations()
+            .contains(&("critical".into(), "health-monitor:agent:ac-onyx".into()))
+    });
+    let onyx_escalation = town.escalation_id("health-monitor:agent:ac-onyx");
+    wait_until("onyx shown dead with its open escalation", || {
+        let rows = gastown_status(&env);
+        let onyx = row(&rows, "ac-onyx");
+        onyx["state"] == "dead" && onyx["escalations"] == json!([onyx_escalation])
+    });
+    // Minutes later Gas Town's crash detection logs it: the same alert, no second escalation.
+    town.event(
+        Utc::now(),
+        "session_death",
+        "ac-onyx",
+        json!({"agent": "acme/polecats/onyx", "caller": "daemon",
+            "reason": "crash detected by daemon health check", "session": "ac-onyx"}),
+    );
+    // Respawned: the alert resolves and its escalation is closed.
+    town.session("ac-onyx", busy, true);
+    town.event(
+        Utc::now(),
+        "session_start",
+        "acme/polecats/onyx",
+        json!({"actor_pid": "acme/polecats/onyx-2", "cwd": town.path("acme/polecats/onyx/acme"),
+            "role": "acme/polecats/onyx", "session_id": "0b9e7f52-1c3a-4d8e-b6f2-7a4e9c1d2f37"}),
+    );
+    wait_until("onyx back", || {
         !env.alert_active("ac-onyx", "session_death")
     });
+    wait_until("the crash's escalation closed", || {
+        town.closes().contains(&onyx_escalation)
+    });
+
+    // An idle reap that leaves an orphan: the reap is quiet, the orphan is not.
+    town.kill_session("ac-jasper");
+    town.event(
+        Utc::now(),
+        "session_death",
+        "acme/jasper",
+        json!({"agent": "acme/polecats/jasper", "caller": "daemon",
+            "reason": "idle-reap: idle, idle 15m0s (threshold 15m0s)", "session": "ac-jasper"}),
+    );
+    wait_until("the reap's orphan alerting", || {
+        env.alert_active("ac-jasper", "agent_orphan_count")
+    });
+    assert!(
+        watched(&env, "agent", "ac-jasper"),
+        "retired with its orphan alive"
+    );
+    kill(jasper_orphan);
+    wait_until("jasper retired once its orphan is gone", || {
+        !watched(&env, "agent", "ac-jasper")
+    });
+
+    // The deacon's patrol stops: stale at 5 minutes, critical at 20; then it patrols again.
+    town.deacon_heartbeat(Utc::now() - Duration::minutes(6));
+    wait_until("the stale deacon", || {
+        env.alert_active("hq-deacon", "heartbeat_age_seconds")
+    });
+    town.deacon_heartbeat(Utc::now() - Duration::minutes(21));
+    wait_until("the very stale deacon", || {
+        env.db()
+            .query_row(
+                "SELECT severity FROM health_alerts WHERE resource_id = 'hq-deacon' AND resolved = 0",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .is_ok_and(|s| s == "critical")
+    });
+    town.deacon_heartbeat(Utc::now());
+    wait_until("the deacon patrols again", || {
+        !env.alert_active("hq-deacon", "heartbeat_age_seconds")
+    });
+
+    // Gas Town's own daemon dies: its pid file stays, naming a dead process.
+    kill(gt_daemon);
+    wait_until("the dead Gas Town daemon", || {
+        env.alert_active("gastown", "town_daemon_alive")
+    });
+
+    // Exactly these alerts, each escalated once at its level, and every one resolved closed.
+    let expected: BTreeSet<(String, String)> = [
+        ("ac-opal", "agent_stalled"),
+        ("ac-jade", "heartbeat_stuck"),
+        ("gastown", "town_orphan_count"),
+        ("ac-onyx", "session_death"),
+        ("ac-jasper", "agent_orphan_count"),
+        ("hq-deacon", "heartbeat_age_seconds"),
+        ("gastown", "town_daemon_alive"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    while town.escalations().len() < 7 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "escalations: {:?}\nalerts: {:?}",
+            town.escalations(),
+            alerts_opened(&env)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(alerts_opened(&env), expected, "{:?}", town.escalations());
+    let mut escalated = town.escalations();
+    escalated.sort();
+    let want = |level: &str, source: &str| (level.to_string(), source.to_string());
+    assert_eq!(
+        escalated,
+        [
+            want("critical", "health-monitor:agent:ac-jade"),
+            want("critical", "health-monitor:agent:ac-onyx"),
+            want("critical", "health-monitor:agent:gastown"),
+            want("high", "health-monitor:agent:ac-jasper"),
+            want("high", "health-monitor:agent:ac-opal"),
+            want("high", "health-monitor:agent:gastown"),
+            want("high", "health-monitor:agent:hq-deacon"),
+        ]
+    );
+    for calls in town.gt_calls() {
+        assert_eq!(
+            Path::new(&calls.0),
+            town.root.as_path(),
+            "gt runs in the town"
+        );
+    }
+    let resolved = [
+        "health-monitor:agent:ac-onyx",
+        "health-monitor:agent:ac-jasper",
+        "health-monitor:agent:hq-deacon",
+    ];
+    wait_until("every resolved alert's escalation closed", || {
+        let closes = town.closes();
+        resolved
+            .iter()
+            .all(|s| closes.contains(&town.escalation_id(s)))
+    });
+    // The town orphan's escalation too: it was the first `high` from agent/gastown.
+    let closes = town.closes();
+    assert_eq!(closes.len(), 4, "{closes:?}");
+    assert!(!daemon.log().contains("panicked"), "{}", daemon.log());
 }
 
 #[test]
 fn monitors_are_reconciled_with_the_layout_at_start() {
-    let env = Env::new(CONFIG);
-    let mut town = FakeTown::new(&env);
+    if !have_tmux() {
+        return;
+    }
+    let env = Env::new("interval = 0.2\n");
+    let town = FakeTown::new(&env);
     town.polecat("quartz");
     town.polecat("jade");
-    town.run("ac-jade", "exec sleep 600");
-    fs::create_dir_all(town.root.join("ac/crew/max")).unwrap();
+    town.session("ac-jade", "exec sleep 600", true);
+    fs::create_dir_all(town.path("acme/crew/max")).unwrap();
     // An operator watches ac-jade their own way before the town is followed.
     let theirs = FakeAgent::spawn();
     env.hm_ok(&[
@@ -451,19 +863,17 @@ fn monitors_are_reconciled_with_the_layout_at_start() {
         "--pid",
         &theirs.pid().to_string(),
     ]);
-    let daemon = start(&env, &town);
-    assert!(has_monitor(&env, "workspace", "ac-crew-max"));
-    assert!(has_monitor(&env, "workspace", "ac-quartz"));
+    let daemon = town.start(&env);
+    assert!(watched(&env, "workspace", "ac-crew-max"));
+    assert!(watched(&env, "workspace", "ac-quartz"));
     assert!(
-        !has_monitor(&env, "agent", "ac-quartz"),
+        !watched(&env, "agent", "ac-quartz"),
         "no session: not an agent"
     );
-    // The town's first rescan leaves the operator's monitor as it is.
     wait_until("the town's first rescan", || {
         daemon.log().contains("town layout read again")
     });
-    let rows = env.count("SELECT count(*) FROM health_metrics");
-    env.wait_count("SELECT count(*) FROM health_metrics", rows + 60);
+    wait_cycles(&env, "ac-jade", 10);
     let list: Vec<Value> = serde_json::from_str(&env.hm_ok(&["list", "--json"])).unwrap();
     let jade = list
         .iter()
@@ -485,8 +895,8 @@ fn monitors_are_reconciled_with_the_layout_at_start() {
     let mut daemon = daemon;
     assert_eq!(daemon.wait_exit(), 0);
     // Max left the town while the daemon was down; an operator's monitor is not the town's.
-    fs::remove_dir_all(town.root.join("ac/crew/max")).unwrap();
-    let _daemon = start(&env, &town);
+    fs::remove_dir_all(town.path("acme/crew/max")).unwrap();
+    let _daemon = town.start(&env);
     let now = monitors(&env);
     assert!(!now.iter().any(|(_, id)| id == "ac-crew-max"), "{now:?}");
     assert!(

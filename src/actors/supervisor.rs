@@ -48,7 +48,7 @@ enum ChildKind {
     Control,
     /// The Gas Town follower.
     Town,
-    Monitor(MonitorSpec),
+    Monitor(Box<MonitorSpec>),
 }
 
 /// The name of a monitor's collector: `agent:<id>` or `workspace:<id>`.
@@ -371,10 +371,10 @@ fn build_child(
             let state = deps.town.clone().ok_or("no town state")?;
             let watcher = super::town::TownWatcher::new(
                 town,
+                settings.interval,
                 state,
                 supervisor,
                 deps.analyzer.clone(),
-                deps.writer.clone(),
                 guard,
             );
             return Ok(Box::new(watcher.start()));
@@ -412,7 +412,7 @@ impl Actor for Supervisor {
         let specs: Vec<MonitorSpec> = self.monitors.iter().cloned().collect();
         for spec in specs {
             let name = monitor_child_name(spec.kind(), spec.id());
-            self.add_child(name, ChildKind::Monitor(spec), ctx);
+            self.add_child(name, ChildKind::Monitor(Box::new(spec)), ctx);
         }
         if self.deps.listener.is_some() {
             self.add_child("control".into(), ChildKind::Control, ctx);
@@ -469,7 +469,7 @@ impl Handler<AddMonitor> for Supervisor {
         let outcome = self.monitors.add(spec.clone());
         self.stop_child(&name);
         tracing::info!(monitor = %name, ?outcome, "monitor added");
-        self.add_child(name, ChildKind::Monitor(spec), ctx);
+        self.add_child(name, ChildKind::Monitor(Box::new(spec)), ctx);
         Ok(outcome)
     }
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::status::fetch_summary;
 use crate::alerts::belongs_to;
+use crate::catalog;
 use crate::collect::agent::read_heartbeat;
 use crate::config::Settings;
 use crate::gastown::layout::{Role, Town, TownAgent};
@@ -26,12 +27,46 @@ pub struct GastownArgs {
 /// What to ask about the town.
 #[derive(Debug, Subcommand)]
 pub enum GastownCommand {
-    /// The town's agents: alive, memory, heartbeat, worktree and active alerts
+    /// The town's sessions (polecats, crew, witnesses, refineries, mayor, deacon, boot, dogs):
+    /// role, state, memory, heartbeat, worktree, alerts and open escalations; then the town's
+    /// daemon and its orphaned agent processes
     Status {
         /// Print a JSON array, one object per agent
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What a town session is doing, as far as its measurements tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    /// Alive; its heartbeat says working (or it has none).
+    Working,
+    /// Alive; its heartbeat says idle or exiting (after `gt done`).
+    Idle,
+    /// Alive; its fresh heartbeat says stuck.
+    Stuck,
+    /// Alive, says working, but its heartbeat has not moved and its tree is idle.
+    Stalled,
+    /// Watched, and its process is gone.
+    Dead,
+    /// Not watched: no session runs (it ended, or never started while we looked).
+    Retired,
+}
+
+impl SessionState {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Working => "working",
+            SessionState::Idle => "idle",
+            SessionState::Stuck => "stuck",
+            SessionState::Stalled => "stalled",
+            SessionState::Dead => "dead",
+            SessionState::Retired => "retired",
+        }
+    }
 }
 
 /// One agent's row.
@@ -40,6 +75,7 @@ pub struct AgentRow {
     pub session: String,
     pub rig: String,
     pub role: Role,
+    pub state: SessionState,
     /// `None` while nothing was measured yet.
     pub alive: Option<bool>,
     pub processes: Option<f64>,
@@ -50,6 +86,9 @@ pub struct AgentRow {
     pub worktree_exists: bool,
     pub worktree_size_mb: Option<f64>,
     pub status: HealthStatus,
+    /// The Gas Town escalations health-monitor opened for this session's alerts and has not
+    /// closed yet.
+    pub escalations: Vec<String>,
     pub active_alerts: Vec<AlertView>,
 }
 
@@ -64,12 +103,36 @@ fn metric(summary: &Summary, rtype: ResourceType, id: &str, name: &str) -> Optio
         .map(|m| m.value)
 }
 
-/// Builds the rows from the layout and a status document.
-pub fn rows(town: &Town, agents: &[TownAgent], summary: &Summary) -> Vec<AgentRow> {
+/// The state a session's latest values and heartbeat give it.
+pub fn session_state(
+    alive: Option<bool>,
+    stalled: Option<f64>,
+    stuck: Option<f64>,
+    heartbeat_state: Option<&str>,
+) -> SessionState {
+    match alive {
+        None => SessionState::Retired,
+        Some(false) => SessionState::Dead,
+        Some(true) if stalled.is_some_and(|v| v >= 0.5) => SessionState::Stalled,
+        Some(true) if stuck.is_some_and(|v| v >= 0.5) => SessionState::Stuck,
+        Some(true) if matches!(heartbeat_state, Some("idle" | "exiting")) => SessionState::Idle,
+        Some(true) => SessionState::Working,
+    }
+}
+
+/// Builds the rows from the layout, a status document and the open escalations (alert id,
+/// escalation id). Polecats and crew are always shown (their worktrees are there); the town's
+/// machinery only while it is watched or alerting.
+pub fn rows(
+    town: &Town,
+    agents: &[TownAgent],
+    summary: &Summary,
+    escalations: &[(i64, String)],
+) -> Vec<AgentRow> {
     let now = Utc::now();
     agents
         .iter()
-        .map(|a| {
+        .filter_map(|a| {
             let s = a.session.as_str();
             let alerts: Vec<AlertView> = summary
                 .active_alerts
@@ -85,6 +148,11 @@ pub fn rows(town: &Town, agents: &[TownAgent], summary: &Summary) -> Vec<AgentRo
                 })
                 .cloned()
                 .collect();
+            let value = |name: &str| metric(summary, ResourceType::Agent, s, name);
+            let alive = value(catalog::AGENT_ACTIVE).map(|v| v >= 0.5);
+            if !a.role.has_worktree() && alive.is_none() && alerts.is_empty() {
+                return None;
+            }
             let worst = summary
                 .resources
                 .iter()
@@ -98,27 +166,45 @@ pub fn rows(town: &Town, agents: &[TownAgent], summary: &Summary) -> Vec<AgentRo
                 .map(|r| r.status)
                 .max()
                 .unwrap_or(HealthStatus::Unknown);
-            let heartbeat = read_heartbeat(&town.heartbeat_file(s), now).ok();
-            AgentRow {
+            let heartbeat_file = match a.role {
+                Role::Deacon => town.deacon_heartbeat_file(),
+                _ => town.heartbeat_file(s),
+            };
+            let heartbeat = read_heartbeat(&heartbeat_file, now).ok();
+            let heartbeat_state = heartbeat.and_then(|h| h.state);
+            let state = session_state(
+                alive,
+                value(catalog::AGENT_STALLED),
+                value(catalog::HEARTBEAT_STUCK),
+                heartbeat_state.as_deref(),
+            );
+            let escalations = escalations
+                .iter()
+                .filter(|(alert, _)| alerts.iter().any(|al| al.id == Some(*alert)))
+                .map(|(_, id)| id.clone())
+                .collect();
+            Some(AgentRow {
                 session: a.session.clone(),
                 rig: a.rig.clone(),
                 role: a.role,
-                alive: metric(summary, ResourceType::Agent, s, "agent_active").map(|v| v >= 0.5),
-                processes: metric(summary, ResourceType::Agent, s, "agent_process_count"),
-                memory_mb: metric(summary, ResourceType::Agent, s, "agent_memory_mb"),
-                heartbeat_age_seconds: metric(
-                    summary,
-                    ResourceType::Agent,
-                    s,
-                    "heartbeat_age_seconds",
-                ),
-                heartbeat_state: heartbeat.and_then(|h| h.state),
+                state,
+                alive,
+                processes: value(catalog::AGENT_PROCESS_COUNT),
+                memory_mb: value(catalog::AGENT_MEMORY_MB),
+                heartbeat_age_seconds: value(catalog::HEARTBEAT_AGE_SECONDS),
+                heartbeat_state,
                 worktree: a.worktree.display().to_string(),
                 worktree_exists: a.worktree.is_dir(),
-                worktree_size_mb: metric(summary, ResourceType::Workspace, s, "workspace_size_mb"),
+                worktree_size_mb: metric(
+                    summary,
+                    ResourceType::Workspace,
+                    s,
+                    catalog::WORKSPACE_SIZE_MB,
+                ),
                 status: worst,
+                escalations,
                 active_alerts: alerts,
-            }
+            })
         })
         .collect()
 }
@@ -128,20 +214,16 @@ fn opt(v: Option<f64>, unit: &str) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// Renders the rows for people, with the town-wide alerts below.
-pub fn render(rows: &[AgentRow], town_alerts: &[AlertView]) -> String {
+/// Renders the rows for people, with the town itself (its daemon, its orphans) and the
+/// town-wide alerts below.
+pub fn render(rows: &[AgentRow], summary: &Summary, town_alerts: &[AlertView]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<22} {:<7} {:<10} {:<5} {:>5} {:>10} {:>13} {:>10}  {:<6}  WORKTREE",
-        "SESSION", "ROLE", "STATUS", "ALIVE", "PROCS", "MEMORY", "HEARTBEAT", "SIZE", "ALERTS"
+        "{:<22} {:<8} {:<8} {:<10} {:>5} {:>10} {:>13} {:>10}  {:<6}  WORKTREE",
+        "SESSION", "ROLE", "STATE", "STATUS", "PROCS", "MEMORY", "HEARTBEAT", "SIZE", "ALERTS"
     );
     for r in rows {
-        let alive = match r.alive {
-            Some(true) => "yes",
-            Some(false) => "no",
-            None => "?",
-        };
         let heartbeat = match (&r.heartbeat_age_seconds, &r.heartbeat_state) {
             (Some(age), Some(state)) => format!("{}s {state}", age.round()),
             (Some(age), None) => format!("{}s", age.round()),
@@ -152,17 +234,13 @@ pub fn render(rows: &[AgentRow], town_alerts: &[AlertView]) -> String {
         } else {
             format!("{} (missing)", r.worktree)
         };
-        let role = match r.role {
-            Role::Polecat => "polecat",
-            Role::Crew => "crew",
-        };
         let _ = writeln!(
             out,
-            "{:<22} {:<7} {:<10} {:<5} {:>5} {:>10} {:>13} {:>10}  {:<6}  {}",
+            "{:<22} {:<8} {:<8} {:<10} {:>5} {:>10} {:>13} {:>10}  {:<6}  {}",
             r.session,
-            role,
+            r.role.as_str(),
+            r.state.as_str(),
             r.status.as_str(),
-            alive,
             opt(r.processes, ""),
             opt(r.memory_mb, " MB"),
             heartbeat,
@@ -173,14 +251,46 @@ pub fn render(rows: &[AgentRow], town_alerts: &[AlertView]) -> String {
         for a in &r.active_alerts {
             let _ = writeln!(out, "    {:<9} {}", a.severity.as_str(), a.message);
         }
+        if !r.escalations.is_empty() {
+            let _ = writeln!(out, "    escalated: {}", r.escalations.join(", "));
+        }
     }
     if rows.is_empty() {
-        out.push_str("(no polecats or crew in this town)\n");
+        out.push_str("(no sessions or worktrees in this town)\n");
+    }
+    let town = |name: &str| metric(summary, ResourceType::Agent, TOWN_RESOURCE, name);
+    let daemon = match town(catalog::TOWN_DAEMON_ALIVE) {
+        Some(v) if v >= 0.5 => "running",
+        Some(_) => "DEAD (its pid file names a process that is gone)",
+        None => "not running (no daemon/daemon.pid)",
+    };
+    let _ = writeln!(out, "\ngas town daemon: {daemon}");
+    if let Some(count) = town(catalog::TOWN_ORPHAN_COUNT) {
+        let _ = writeln!(
+            out,
+            "orphaned agent processes: {} ({})",
+            crate::alerts::format_number(count),
+            opt(town(catalog::TOWN_ORPHAN_MEMORY_MB), " MB")
+        );
     }
     for a in town_alerts {
-        let _ = writeln!(out, "\nTOWN {:<9} {}", a.severity.as_str(), a.message);
+        let _ = writeln!(out, "TOWN {:<9} {}", a.severity.as_str(), a.message);
     }
     out
+}
+
+/// The open escalations recorded in the database, as (alert id, escalation id).
+fn open_escalations(settings: &Settings) -> Vec<(i64, String)> {
+    let Ok(Some(conn)) = crate::store::open_read_only(&settings.db_path) else {
+        return Vec::new();
+    };
+    crate::store::query::open_escalations(&conn)
+        .map(|open| {
+            open.into_iter()
+                .map(|e| (e.alert_id, e.escalation_id))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Runs `gastown`.
@@ -199,7 +309,7 @@ pub fn run(args: &GastownArgs, settings: &Settings) -> anyhow::Result<()> {
             };
             let town = Town::new(&root);
             let agents = town.agents()?;
-            let rows = rows(&town, &agents, &summary);
+            let rows = rows(&town, &agents, &summary, &open_escalations(settings));
             if *json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
@@ -211,7 +321,7 @@ pub fn run(args: &GastownArgs, settings: &Settings) -> anyhow::Result<()> {
                     })
                     .cloned()
                     .collect();
-                print!("{}", render(&rows, &town_alerts));
+                print!("{}", render(&rows, &summary, &town_alerts));
             }
         }
     }

@@ -49,6 +49,13 @@ pub enum AddTarget {
         /// A heartbeat file: JSON with `timestamp` and `state`, or any file whose mtime is the beat
         #[arg(long, value_name = "FILE")]
         heartbeat: Option<PathBuf>,
+        /// The tmux server of --tmux-session (`tmux -L NAME`) [default: tmux's own]
+        #[arg(long, value_name = "NAME", requires = "tmux_session")]
+        tmux_socket: Option<String>,
+        /// Report `agent_stalled` when the heartbeat says working but has not moved for this
+        /// long and the tree used almost no CPU meanwhile (e.g. 15m)
+        #[arg(long, value_name = "DURATION", value_parser = parse_stall_after, requires = "heartbeat")]
+        stall_after: Option<u64>,
     },
     /// Watch a workspace directory and the SQLite databases in it
     Workspace {
@@ -88,6 +95,8 @@ impl AddTarget {
                 tmux_session,
                 workspace,
                 heartbeat,
+                tmux_socket,
+                stall_after,
             } => MonitorSpec::Agent {
                 id: id.clone(),
                 options: AgentOptions {
@@ -97,6 +106,9 @@ impl AddTarget {
                     tmux_session: tmux_session.clone(),
                     workspace: abs(workspace)?,
                     heartbeat: abs(heartbeat)?,
+                    tmux_socket: tmux_socket.clone(),
+                    stall_after: *stall_after,
+                    role: None,
                     managed_by: None,
                 },
             },
@@ -194,4 +206,9 @@ pub fn remove(args: &RemoveArgs, settings: &Settings) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     }
     Ok(())
+}
+
+/// clap value parser for `--stall-after`: a duration such as `15m`, in whole seconds.
+fn parse_stall_after(s: &str) -> Result<u64, String> {
+    super::alerts::parse_duration(s).map(|d| d.as_secs().max(1))
 }

@@ -14,10 +14,10 @@ use super::shared_size::SharedSizer;
 use super::{Probe, WalkLimits, flag};
 use crate::catalog::{
     AGENT_ACTIVE, AGENT_CPU_PERCENT, AGENT_MEMORY_MB, AGENT_OPEN_FILES, AGENT_ORPHAN_COUNT,
-    AGENT_ORPHAN_MEMORY_MB, AGENT_PROCESS_COUNT, HEARTBEAT_AGE_SECONDS, HEARTBEAT_STUCK, UNIT_BOOL,
-    UNIT_COUNT, UNIT_MB, UNIT_PERCENT, UNIT_SECONDS, WORKSPACE_SIZE_MB,
+    AGENT_ORPHAN_MEMORY_MB, AGENT_PROCESS_COUNT, AGENT_STALLED, HEARTBEAT_AGE_SECONDS,
+    HEARTBEAT_STUCK, UNIT_BOOL, UNIT_COUNT, UNIT_MB, UNIT_PERCENT, UNIT_SECONDS, WORKSPACE_SIZE_MB,
 };
-use crate::model::{AgentOptions, Measurement, ResourceType};
+use crate::model::{AgentOptions, Judgement, Measurement, ResourceType};
 
 /// How long `tmux` may take to answer.
 const TMUX_TIMEOUT: Duration = Duration::from_secs(2);
@@ -32,10 +32,19 @@ pub enum RootSource {
     Pid(u32),
     PidFile(PathBuf),
     Match(regex::Regex),
-    Tmux(String),
+    Tmux(TmuxTarget),
     /// The pid file, or the tmux session while the file is missing (Gas Town writes the file
-    /// once the session runs, and removes it when the session ends).
-    PidFileOrTmux(PathBuf, String),
+    /// once the session runs; it never removes it when the session ends, so a file naming a
+    /// dead process reads as dead, as it should).
+    PidFileOrTmux(PathBuf, TmuxTarget),
+}
+
+/// A tmux session on a given server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TmuxTarget {
+    pub session: String,
+    /// `tmux -L NAME`; `None` is tmux's default server.
+    pub socket: Option<String>,
 }
 
 /// The root found this cycle.
@@ -68,13 +77,13 @@ impl RootSource {
         Ok(if let Some(pid) = options.pid {
             RootSource::Pid(pid)
         } else if let (Some(file), Some(session)) = (&options.pid_file, &options.tmux_session) {
-            RootSource::PidFileOrTmux(file.clone(), session.clone())
+            RootSource::PidFileOrTmux(file.clone(), TmuxTarget::of(session, options))
         } else if let Some(file) = &options.pid_file {
             RootSource::PidFile(file.clone())
         } else if let Some(pattern) = &options.pattern {
             RootSource::Match(regex::Regex::new(pattern).map_err(|e| format!("bad --match: {e}"))?)
         } else if let Some(session) = &options.tmux_session {
-            RootSource::Tmux(session.clone())
+            RootSource::Tmux(TmuxTarget::of(session, options))
         } else {
             RootSource::None
         })
@@ -111,17 +120,47 @@ impl RootSource {
                 let scan = process::scan_all(scan_max_age);
                 process::find_match(pattern, &scan).map_or(Resolution::Gone, found)
             }
-            RootSource::Tmux(session) => match tmux_pane_pid(session) {
+            RootSource::Tmux(target) => match tmux_pane_pid(target) {
                 TmuxAnswer::Pane(pid) => found(pid),
                 TmuxAnswer::NoSession => Resolution::Gone,
                 TmuxAnswer::NoAnswer => Resolution::Unknown,
             },
-            RootSource::PidFileOrTmux(file, session) => {
+            RootSource::PidFileOrTmux(file, target) => {
                 match RootSource::PidFile(file.clone()).resolve(scan_max_age) {
-                    Resolution::Gone => RootSource::Tmux(session.clone()).resolve(scan_max_age),
+                    Resolution::Gone => RootSource::Tmux(target.clone()).resolve(scan_max_age),
                     other => other,
                 }
             }
+        }
+    }
+}
+
+impl TmuxTarget {
+    fn of(session: &str, options: &AgentOptions) -> Self {
+        TmuxTarget {
+            session: session.to_string(),
+            socket: options.tmux_socket.clone(),
+        }
+    }
+}
+
+/// True when the pid file names a running process that is the one it was written for (its
+/// start time matches, when the file gives one): a live session, not a stale runtime file.
+pub fn pid_file_is_live(path: &Path) -> bool {
+    let Ok(Some(text)) = read_small_file(path) else {
+        return false;
+    };
+    let Ok(root) = parse_pid_file(&text) else {
+        return false;
+    };
+    let Some(stat) = process::read_stat(root.pid).filter(process::ProcStat::is_running) else {
+        return false;
+    };
+    match root.expected_start {
+        None => true,
+        Some((early, late)) => {
+            let started = Machine::current().start_epoch(&stat);
+            (started - early).abs() <= 2.0 || (started - late).abs() <= 2.0
         }
     }
 }
@@ -191,7 +230,6 @@ enum TmuxAnswer {
     NoAnswer,
 }
 
-/// The pid of the first pane of a tmux session (the session name is matched exactly).
 /// What one tmux command gave.
 enum TmuxRun {
     Output(String),
@@ -201,9 +239,13 @@ enum TmuxRun {
     NoAnswer,
 }
 
-/// Runs `tmux ARGS` with a time limit (a wedged tmux server must not hold a cycle).
-fn run_tmux(args: &[&str]) -> TmuxRun {
-    let Ok(mut child) = Command::new("tmux")
+/// Runs `tmux [-L SOCKET] ARGS` with a time limit (a wedged tmux server must not hold a cycle).
+fn run_tmux(socket: Option<&str>, args: &[&str]) -> TmuxRun {
+    let mut command = Command::new("tmux");
+    if let Some(socket) = socket {
+        command.args(["-L", socket]);
+    }
+    let Ok(mut child) = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -232,27 +274,39 @@ fn run_tmux(args: &[&str]) -> TmuxRun {
     TmuxRun::Output(out)
 }
 
-fn tmux_pane_pid(session: &str) -> TmuxAnswer {
-    let target = format!("={session}");
-    match run_tmux(&["list-panes", "-s", "-t", &target, "-F", "#{pane_pid}"]) {
+/// The pid of the first pane of a tmux session (the session name is matched exactly).
+fn tmux_pane_pid(target: &TmuxTarget) -> TmuxAnswer {
+    let name = format!("={}", target.session);
+    let args = ["list-panes", "-s", "-t", &name, "-F", "#{pane_pid}"];
+    match run_tmux(target.socket.as_deref(), &args) {
         TmuxRun::Output(out) => match out.lines().next().and_then(|l| l.trim().parse().ok()) {
             Some(pid) => TmuxAnswer::Pane(pid),
             None => TmuxAnswer::NoSession,
         },
         TmuxRun::Failed => TmuxAnswer::NoSession,
         TmuxRun::NoAnswer => {
-            tracing::warn!(session, "tmux did not answer in time");
+            tracing::warn!(session = %target.session, socket = ?target.socket, "tmux did not answer in time");
             TmuxAnswer::NoAnswer
         }
     }
 }
 
-/// The names of the running tmux sessions (empty with no server or no tmux); `None` when tmux
-/// does not answer in time.
-pub fn tmux_sessions() -> Option<std::collections::HashSet<String>> {
-    match run_tmux(&["list-sessions", "-F", "#{session_name}"]) {
+/// The names of the running sessions of a tmux server (`None`: the default one); empty with no
+/// server or no tmux; `None` when tmux does not answer in time.
+pub fn tmux_sessions(socket: Option<&str>) -> Option<std::collections::HashSet<String>> {
+    match run_tmux(socket, &["list-sessions", "-F", "#{session_name}"]) {
         TmuxRun::Output(out) => Some(out.lines().map(|l| l.trim().to_string()).collect()),
         TmuxRun::Failed => Some(Default::default()),
+        TmuxRun::NoAnswer => None,
+    }
+}
+
+/// The process of every pane of every session of a tmux server; empty with no server; `None`
+/// when tmux does not answer in time.
+pub fn tmux_pane_pids(socket: Option<&str>) -> Option<Vec<u32>> {
+    match run_tmux(socket, &["list-panes", "-a", "-F", "#{pane_pid}"]) {
+        TmuxRun::Output(out) => Some(out.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+        TmuxRun::Failed => Some(Vec::new()),
         TmuxRun::NoAnswer => None,
     }
 }
@@ -347,6 +401,66 @@ impl OrphanTracker {
     }
 }
 
+/// Below this share of one core, averaged over the stall window, a tree counts as idle: an agent
+/// waiting at a prompt uses next to nothing, one that compiles or thinks uses far more.
+pub const STALL_CPU_CORES: f64 = 0.01;
+
+/// Tells a stalled agent (heartbeat says `working` but has not moved, tree idle) from a busy or
+/// an idle one, from the tree's CPU over the last `window`.
+#[derive(Debug)]
+pub struct StallWatch {
+    window: Duration,
+    /// Each cycle: when, and the CPU the tree used since the previous one, in core-seconds.
+    samples: std::collections::VecDeque<(Instant, f64)>,
+    /// When watching began (or the root last changed): a verdict needs a whole window seen.
+    since: Option<Instant>,
+}
+
+impl StallWatch {
+    /// A watch over `window`.
+    pub fn new(window: Duration) -> Self {
+        StallWatch {
+            window,
+            samples: Default::default(),
+            since: None,
+        }
+    }
+
+    /// Records one cycle: `busy_cores` is the tree's CPU in cores (0.5 = half a core) over
+    /// `elapsed`; `None` when the root is not alive (history starts again).
+    pub fn observe(&mut self, now: Instant, busy_cores: Option<f64>, elapsed: Duration) {
+        let Some(busy) = busy_cores else {
+            self.samples.clear();
+            self.since = None;
+            return;
+        };
+        self.since.get_or_insert(now);
+        self.samples.push_back((now, busy * elapsed.as_secs_f64()));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > self.window)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// True when the heartbeat says working (`None` or empty state, as Gas Town reads it), has
+    /// not moved for the window, the tree was watched for the whole window and used at most
+    /// [`STALL_CPU_CORES`] on average meanwhile.
+    pub fn stalled(&self, now: Instant, heartbeat_age: f64, state: Option<&str>) -> bool {
+        let working = matches!(state, None | Some("") | Some("working"));
+        let watched = self
+            .since
+            .is_some_and(|since| now.duration_since(since) >= self.window);
+        let used: f64 = self.samples.iter().map(|(_, cpu)| cpu).sum();
+        working
+            && watched
+            && heartbeat_age >= self.window.as_secs_f64()
+            && used <= STALL_CPU_CORES * self.window.as_secs_f64()
+    }
+}
+
 /// One agent: its process tree, orphans, heartbeat and workspace.
 pub struct AgentProbe {
     id: String,
@@ -364,6 +478,14 @@ pub struct AgentProbe {
     last_root: Option<Root>,
     /// The last heartbeat read: while the file is missing, its age keeps growing.
     last_beat: Option<(DateTime<Utc>, Option<String>)>,
+    /// Gas Town's rule: `stuck` counts only while the heartbeat is younger than this.
+    stuck_fresh_for: Option<Duration>,
+    /// Stall detection, with `stall_after`.
+    stall: Option<StallWatch>,
+    /// When the previous cycle measured, for the stall watch's CPU seconds.
+    last_measured: Option<Instant>,
+    /// Metrics judged otherwise than by their thresholds.
+    judgements: Vec<(&'static str, Judgement)>,
 }
 
 impl AgentProbe {
@@ -391,18 +513,53 @@ impl AgentProbe {
             scan_max_age,
             last_root: None,
             last_beat: None,
+            stuck_fresh_for: None,
+            stall: None,
+            last_measured: None,
+            judgements: Vec::new(),
         }
     }
 
+    /// Counts a `stuck` heartbeat only while it is younger than `fresh` (Gas Town's witness
+    /// ignores the state of a stale heartbeat: the agent may have moved on without a gt call).
+    pub fn with_stuck_fresh_for(mut self, fresh: Duration) -> Self {
+        self.stuck_fresh_for = Some(fresh);
+        self
+    }
+
+    /// Reports `agent_stalled` (see [`StallWatch`]) over `window`.
+    pub fn with_stall_after(mut self, window: Duration) -> Self {
+        self.stall = Some(StallWatch::new(window));
+        self
+    }
+
     fn reading(&self, metric: &'static str, value: f64, unit: &'static str) -> Measurement {
-        Measurement::now(ResourceType::Agent, &self.id, metric, value, unit)
+        let judgement = self
+            .judgements
+            .iter()
+            .find(|(name, _)| *name == metric)
+            .map_or(Judgement::Alerts, |(_, j)| *j);
+        Measurement::now(ResourceType::Agent, &self.id, metric, value, unit).judged(judgement)
+    }
+
+    /// Has the analyzer judge `metric` of this agent as `judgement` (see [`Judgement`]).
+    pub fn with_judgement(mut self, metric: &'static str, judgement: Judgement) -> Self {
+        self.judgements.push((metric, judgement));
+        self
     }
 }
 
 impl Probe for AgentProbe {
     fn measure(&mut self) -> Vec<Measurement> {
         let mut out = Vec::with_capacity(10);
+        let measured_at = Instant::now();
+        let elapsed = self
+            .last_measured
+            .replace(measured_at)
+            .map_or(Duration::ZERO, |then| measured_at.duration_since(then));
         let workspace_exists = self.workspace.is_dir();
+        // Whether the root lives, when there is a root to ask about.
+        let mut alive = None;
         if matches!(self.source, RootSource::None) {
             out.push(self.reading(AGENT_ACTIVE, flag(workspace_exists), UNIT_BOOL));
         } else {
@@ -417,6 +574,13 @@ impl Probe for AgentProbe {
                 None => process::TreeSample::dead(),
             };
             out.push(self.reading(AGENT_ACTIVE, flag(sample.alive), UNIT_BOOL));
+            alive = Some(sample.alive);
+            if let Some(stall) = self.stall.as_mut() {
+                let cores = sample
+                    .cpu_percent
+                    .map(|cpu| cpu / 100.0 * self.machine.cpus as f64);
+                stall.observe(measured_at, cores, elapsed);
+            }
             if let Some(cpu) = sample.cpu_percent {
                 out.push(self.reading(
                     AGENT_PROCESS_COUNT,
@@ -455,9 +619,16 @@ impl Probe for AgentProbe {
                 }
             };
             if let Some((age, state)) = beat {
-                let stuck = state.as_deref() == Some("stuck");
+                let fresh = self
+                    .stuck_fresh_for
+                    .is_none_or(|fresh| age < fresh.as_secs_f64());
+                let stuck = fresh && state.as_deref() == Some("stuck");
                 out.push(self.reading(HEARTBEAT_AGE_SECONDS, age, UNIT_SECONDS));
                 out.push(self.reading(HEARTBEAT_STUCK, flag(stuck), UNIT_BOOL));
+                if let (Some(stall), Some(true)) = (&self.stall, alive) {
+                    let stalled = stall.stalled(measured_at, age, state.as_deref());
+                    out.push(self.reading(AGENT_STALLED, flag(stalled), UNIT_BOOL));
+                }
             }
         }
         if workspace_exists

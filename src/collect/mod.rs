@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::Settings;
-use crate::model::{Measurement, MonitorSpec};
+use crate::model::{Judgement, Measurement, MonitorSpec};
 pub use agent::{AgentProbe, RootSource};
 pub use workspace::WorkspaceProbe;
 
@@ -84,14 +84,38 @@ pub fn probe_for(
                 .workspace
                 .clone()
                 .unwrap_or_else(|| settings.default_agent_workspace(id));
-            Box::new(AgentProbe::new(
+            let mut probe = AgentProbe::new(
                 id,
                 RootSource::from_options(options)?,
                 workspace,
                 options.heartbeat.clone(),
                 limits,
                 settings.interval / 2,
-            ))
+            );
+            if let Some(secs) = options.stall_after {
+                probe = probe.with_stall_after(Duration::from_secs(secs));
+            }
+            if options.managed_by.as_deref() == Some(crate::gastown::layout::MANAGED_BY) {
+                // Gas Town's witness reads a stale heartbeat's state as nothing.
+                let stale = settings.gastown.as_ref().map_or(
+                    Duration::from_secs_f64(crate::config::gastown::DEFAULT_HEARTBEAT_STALE_SECS),
+                    |town| town.heartbeat_stale,
+                );
+                // The town watcher tells a reap from a crash; a death alone is not an alert.
+                probe = probe
+                    .with_stuck_fresh_for(stale)
+                    .with_judgement(crate::catalog::AGENT_ACTIVE, Judgement::StatusOnly);
+                // Every gt command rewrites a session heartbeat: an old one means idle. The
+                // deacon's is written by its patrol loop, and old means stuck (its thresholds
+                // are the town's, see config).
+                if options.role.as_deref() != Some("deacon") {
+                    probe = probe.with_judgement(
+                        crate::catalog::HEARTBEAT_AGE_SECONDS,
+                        Judgement::Informational,
+                    );
+                }
+            }
+            Box::new(probe)
         }
         MonitorSpec::Workspace { id, options } => {
             let path = options

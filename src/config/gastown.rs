@@ -10,6 +10,12 @@ use crate::model::HealthStatus;
 
 /// Gas Town calls a heartbeat stale after three minutes.
 pub const DEFAULT_HEARTBEAT_STALE_SECS: f64 = 180.0;
+/// The deacon's tmux session, whose heartbeat is `deacon/heartbeat.json`.
+pub const DEACON_SESSION: &str = "hq-deacon";
+/// Gas Town's deacon heartbeat is stale at 5 minutes (internal/deacon/heartbeat.go)...
+pub const DEACON_HEARTBEAT_STALE_SECS: f64 = 300.0;
+/// ...and very stale at 20.
+pub const DEACON_HEARTBEAT_VERY_STALE_SECS: f64 = 1200.0;
 
 /// The `[gastown]` table as written.
 #[derive(Debug, Default, Deserialize)]
@@ -29,6 +35,17 @@ pub struct GastownConfig {
     pub escalate_timeout: Option<f64>,
     /// Seconds after a spawn during which a missing process is not announced (default 120).
     pub spawn_grace: Option<f64>,
+    /// Seconds a watched session may be dead before it counts as a crash, waiting for Gas Town
+    /// to log why (a reap or `gt down` logs after the kill; default 10).
+    pub death_confirm: Option<f64>,
+    /// Seconds a polecat may say `working` with an unmoved heartbeat and an idle tree before it
+    /// is reported stalled (default 900, Gas Town's idle timeout).
+    pub stall_after: Option<f64>,
+    /// Seconds between two reads of the whole process table for town orphans (default 60).
+    pub orphan_scan_every: Option<f64>,
+    /// Seconds an agent-program process must have run before it can count as a town orphan
+    /// (default 60, as Gas Town's own orphan check).
+    pub orphan_min_age: Option<f64>,
 }
 
 /// Following a town, validated.
@@ -42,6 +59,11 @@ pub struct GastownSettings {
     pub gt: PathBuf,
     pub escalate_timeout: Duration,
     pub spawn_grace: Duration,
+    pub death_confirm: Duration,
+    /// Whole seconds.
+    pub stall_after: u64,
+    pub orphan_scan_every: Duration,
+    pub orphan_min_age: Duration,
 }
 
 fn secs(key: &str, v: Option<f64>, default: f64) -> anyhow::Result<Duration> {
@@ -84,6 +106,12 @@ impl GastownConfig {
             gt: self.gt.clone().unwrap_or_else(|| PathBuf::from("gt")),
             escalate_timeout: secs("escalate_timeout", self.escalate_timeout, 30.0)?,
             spawn_grace: secs("spawn_grace", self.spawn_grace, 120.0)?,
+            death_confirm: secs("death_confirm", self.death_confirm, 10.0)?,
+            stall_after: secs("stall_after", self.stall_after, 900.0)?
+                .as_secs()
+                .max(1),
+            orphan_scan_every: secs("orphan_scan_every", self.orphan_scan_every, 60.0)?,
+            orphan_min_age: secs("orphan_min_age", self.orphan_min_age, 60.0)?,
         }))
     }
 }
@@ -91,6 +119,55 @@ impl GastownConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_documented_table_is_valid_and_names_every_key() {
+        let doc = include_str!("../../docs/gastown.md");
+        let start = doc
+            .find("```toml\n[gastown]")
+            .expect("docs/gastown.md's example")
+            + 8;
+        let text = &doc[start..start + doc[start..].find("```").unwrap()];
+        let file: toml::Table = toml::from_str(text).unwrap();
+        let table = file["gastown"].as_table().unwrap();
+        let cfg: GastownConfig = table.clone().try_into().unwrap();
+        let s = cfg.resolve(None).unwrap().unwrap();
+        assert_eq!(s.death_confirm, Duration::from_secs(10));
+        assert_eq!(s.stall_after, 900);
+        // Every key the table takes is shown: GastownConfig denies unknown ones, so a key
+        // missing here is one the page does not document.
+        let keys = [
+            "root",
+            "heartbeat_stale",
+            "escalate",
+            "escalate_severity",
+            "gt",
+            "escalate_timeout",
+            "spawn_grace",
+            "death_confirm",
+            "stall_after",
+            "orphan_scan_every",
+            "orphan_min_age",
+        ];
+        // Naming every field without `..`: a new field does not compile until it is listed.
+        let GastownConfig {
+            root: _,
+            heartbeat_stale: _,
+            escalate: _,
+            escalate_severity: _,
+            gt: _,
+            escalate_timeout: _,
+            spawn_grace: _,
+            death_confirm: _,
+            stall_after: _,
+            orphan_scan_every: _,
+            orphan_min_age: _,
+        } = GastownConfig::default();
+        assert_eq!(table.len(), keys.len(), "{table:?}");
+        for key in keys {
+            assert!(table.contains_key(key), "{key} is not in docs/gastown.md");
+        }
+    }
 
     #[test]
     fn a_town_is_followed_only_when_named_and_escalation_is_validated() {

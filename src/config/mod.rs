@@ -466,23 +466,23 @@ impl Settings {
             .unwrap_or_else(|| DEFAULT_WORKSPACE_PATH.into());
         validate_template("workspace_path", &workspace_path)?;
         let gastown = file.gastown.resolve(cli.gastown.as_ref())?;
-        let mut rules = RuleTable::default();
-        if let Some(town) = &gastown {
-            // The town's notion of a stale heartbeat, unless [thresholds] says otherwise.
-            let stale = town.heartbeat_stale.as_secs_f64();
-            let heartbeat = ThresholdConfig {
-                warning: Some(stale),
-                critical: Some(stale.max(300.0) * 2.0),
-                ..ThresholdConfig::default()
-            };
-            rules = rules.with_overrides(&BTreeMap::from([(
-                catalog::HEARTBEAT_AGE_SECONDS.to_string(),
-                heartbeat,
-            )]))?;
+        let mut rules = RuleTable::default().with_overrides(&file.thresholds)?;
+        if gastown.is_some() {
+            // The deacon's patrol heartbeat is stale at 5 minutes and very stale at 20, as Gas
+            // Town reads it (deacon/heartbeat.go); an [[override]] still wins. Other session
+            // heartbeats never alert by their age (see collect::probe_for).
+            rules = rules.with_resource_overrides(&[ResourceOverride {
+                resource_type: ResourceType::Agent,
+                resource_id: gastown::DEACON_SESSION.into(),
+                metric: catalog::HEARTBEAT_AGE_SECONDS.into(),
+                warning: Some(gastown::DEACON_HEARTBEAT_STALE_SECS),
+                critical: Some(gastown::DEACON_HEARTBEAT_VERY_STALE_SECS),
+                for_cycles: None,
+                clear_cycles: None,
+                hysteresis: None,
+            }])?;
         }
-        let rules = rules
-            .with_overrides(&file.thresholds)?
-            .with_resource_overrides(&file.overrides)?;
+        let rules = rules.with_resource_overrides(&file.overrides)?;
         let restart = file.supervisor.resolve()?;
         let walk_time_cap = match file.walk_time_cap {
             Some(secs) => seconds("walk_time_cap", secs, 0.001)?,
@@ -771,47 +771,46 @@ mod tests {
                 .for_cycles,
             2
         );
-        // Every other TOML snippet in the README parses too.
+        // Every other TOML snippet in the README and in docs/ parses too.
+        let docs = [readme, include_str!("../../docs/gastown.md")];
         let mut blocks = 0;
-        for block in readme.split("```toml\n").skip(2) {
+        for block in docs.iter().flat_map(|d| d.split("```toml\n").skip(1)) {
             let text = &block[..block.find("```").unwrap()];
             let file = ConfigFile::parse(text).unwrap_or_else(|e| panic!("{e:#}\n{text}"));
             Settings::resolve(file, &CliOverrides::default())
                 .unwrap_or_else(|e| panic!("{e:#}\n{text}"));
             blocks += 1;
         }
-        assert!(blocks >= 1, "the [gastown] example");
+        assert!(blocks >= 2, "README's example and the [gastown] one");
     }
 
     #[test]
-    fn a_town_sets_the_heartbeat_threshold_and_escalation() {
+    fn a_town_sets_the_deacons_heartbeat_threshold_and_escalation() {
         let file = ConfigFile::parse("[gastown]\nroot = \"/gt\"\nheartbeat_stale = 60\n").unwrap();
         let s = Settings::resolve(file, &CliOverrides::default()).unwrap();
-        let rule = s
-            .rules
-            .rule(ResourceType::Agent, "a", catalog::HEARTBEAT_AGE_SECONDS)
-            .unwrap();
+        let thresholds = |s: &Settings, id: &str| {
+            let rule = s
+                .rules
+                .rule(ResourceType::Agent, id, catalog::HEARTBEAT_AGE_SECONDS)
+                .unwrap();
+            (rule.thresholds.warning, rule.thresholds.critical)
+        };
+        assert_eq!(thresholds(&s, "hq-deacon"), (300.0, 1200.0));
         assert_eq!(
-            (rule.thresholds.warning, rule.thresholds.critical),
-            (60.0, 600.0)
+            thresholds(&s, "a"),
+            (180.0, 600.0),
+            "an operator's agent keeps the defaults"
         );
         let escalate = s.notify.escalate.expect("escalation on by default");
         assert_eq!(escalate.cwd.as_deref(), Some(Path::new("/gt")));
         assert_eq!(escalate.min_severity, crate::model::HealthStatus::Unhealthy);
-        // [thresholds] still wins over the town's default.
+        // An [[override]] still wins over the town's.
         let file = ConfigFile::parse(
-            "[gastown]\nroot = \"/gt\"\n[thresholds.heartbeat_age_seconds]\nwarning = 30\ncritical = 90\n",
+            "[gastown]\nroot = \"/gt\"\n[[override]]\nresource_type = \"agent\"\nresource_id = \"hq-deacon\"\nmetric = \"heartbeat_age_seconds\"\nwarning = 30\ncritical = 90\n",
         )
         .unwrap();
         let s = Settings::resolve(file, &CliOverrides::default()).unwrap();
-        let rule = s
-            .rules
-            .rule(ResourceType::Agent, "a", catalog::HEARTBEAT_AGE_SECONDS)
-            .unwrap();
-        assert_eq!(
-            (rule.thresholds.warning, rule.thresholds.critical),
-            (30.0, 90.0)
-        );
+        assert_eq!(thresholds(&s, "hq-deacon"), (30.0, 90.0));
     }
 
     #[test]

@@ -183,6 +183,9 @@ pub struct MonitorInfo {
     /// The collector's state when a daemon runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<ChildState>,
+    /// Everything the monitor was given (`pid_file`, `tmux_socket`, `role`, `managed_by`...).
+    #[serde(default)]
+    pub options: serde_json::Value,
 }
 
 /// Describes monitors for `list`, resolving default paths with `settings`.
@@ -214,6 +217,7 @@ pub fn monitor_infos(
                 default_path: explicit.is_none(),
                 path: explicit.unwrap_or(default),
                 state: actors.iter().find(|a| a.name == name).map(|a| a.state),
+                options: serde_json::from_str(&spec.options_json()).unwrap_or_default(),
             }
         })
         .collect()

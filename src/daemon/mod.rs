@@ -61,9 +61,9 @@ fn prepare_monitors(
         .collect();
     let mut ops = Vec::new();
     if let Some(town) = &settings.gastown {
-        let town = Town::new(&town.root);
+        let town = Town::of(town);
         // A tmux that does not answer leaves the pid files to say which sessions run.
-        let sessions = crate::collect::agent::tmux_sessions().unwrap_or_default();
+        let sessions = town.tmux_sessions().unwrap_or_default();
         let wanted = town
             .wanted_monitors(&sessions)
             .context("cannot follow the Gas Town town")?;
@@ -165,7 +165,12 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
     let analyzer = AnalyzerHandle::default();
     analyzer.memory().set_silences(silences);
     let deps_analyzer = analyzer.clone();
-    let notifier = Notifier::spawn(&settings.notify);
+    // Before the analyzer starts, so the Gas Town sink knows every open escalation before
+    // any resolution of its alert can arrive.
+    let notifier = Notifier::spawn_with(
+        &settings.notify,
+        daemon_escalation_ledger(&settings, &analyzer, &writer),
+    );
     let deps_notifier = notifier.clone();
     let system = actix_rt::System::new();
     let outcome: anyhow::Result<()> = system.block_on(async move {
@@ -178,7 +183,7 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
             town: settings
                 .gastown
                 .as_ref()
-                .map(|t| Arc::new(std::sync::Mutex::new(TownState::new(&Town::new(&t.root))))),
+                .map(|t| Arc::new(std::sync::Mutex::new(TownState::new(&Town::of(t), t)))),
             cycles: Default::default(),
             listener: Some(Arc::new(listener)),
         };
@@ -219,9 +224,11 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
         Ok(())
     });
     drop(system);
-    let flushed = writer.shutdown_blocking(WRITER_SHUTDOWN_TIMEOUT);
     // The analyzer has drained: the last resolved notices are queued; give them a moment.
+    // Before the writer goes: what the sinks record on their way out (an escalation opened or
+    // closed) still lands.
     notifier.shutdown(NOTIFIER_SHUTDOWN_TIMEOUT);
+    let flushed = writer.shutdown_blocking(WRITER_SHUTDOWN_TIMEOUT);
     // A writer that cannot finish (its database gone for good) must not hold the exit hostage.
     let joined_by = std::time::Instant::now() + Duration::from_secs(5);
     while !writer_thread.is_finished() && std::time::Instant::now() < joined_by {
@@ -271,7 +278,7 @@ pub fn run_once(settings: &Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<
     let memory = AlertMemory::default();
     memory.set_silences(query::active_silences(&conn, now)?);
     let analysis = core.analyze(&readings, now);
-    let notifier = Notifier::spawn(&settings.notify);
+    let notifier = Notifier::spawn_with(&settings.notify, once_escalation_ledger(settings, &conn));
     memory.announce(&analysis.events, &notifier);
     apply(&mut conn, &analysis.into_write_ops()).context("cannot write the cycle")?;
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
@@ -308,4 +315,150 @@ fn measure_all(probes: Vec<Box<dyn Probe>>) -> Vec<crate::model::Measurement> {
             .flat_map(|w| w.join().unwrap_or_default())
             .collect()
     })
+}
+
+/// The escalations an earlier run left open, each marked with whether its alert is still
+/// active, for the Gas Town sink to take over. A failed read is logged, not fatal: the rows
+/// stay open in the database for a later start to close.
+fn inherited_escalations(conn: &Connection) -> Vec<crate::notify::escalate::Inherited> {
+    let read =
+        query::open_escalations(conn).and_then(|open| Ok((open, query::active_alert_ids(conn)?)));
+    match read {
+        Ok((open, active)) => open
+            .into_iter()
+            .map(|e| crate::notify::escalate::Inherited {
+                alert_active: active.contains(&e.alert_id),
+                alert_id: e.alert_id,
+                escalation_id: e.escalation_id,
+            })
+            .collect(),
+        Err(e) => {
+            tracing::error!(
+                "cannot read the open Gas Town escalations; a later start will close them: {e}"
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// The write a record of the Gas Town sink becomes.
+fn escalation_op(record: crate::notify::escalate::EscalationRecord) -> WriteOp {
+    use crate::notify::escalate::EscalationRecord;
+    match record {
+        EscalationRecord::Opened {
+            alert_id,
+            escalation_id,
+            resource_type,
+            resource_id,
+            alert_type,
+            level,
+            at,
+        } => WriteOp::EscalationOpened {
+            alert_id,
+            escalation_id,
+            resource_type,
+            resource_id,
+            alert_type,
+            severity: level,
+            at,
+        },
+        EscalationRecord::Closed {
+            alert_id,
+            escalation_id,
+            reason,
+            at,
+        } => WriteOp::EscalationClosed {
+            alert_id,
+            escalation_id,
+            at,
+            reason,
+        },
+    }
+}
+
+/// The daemon's escalation ledger: the escalations still open in the database, and a recorder
+/// that hands every record to the writer thread (the only writer of SQLite). A record the
+/// writer refuses goes to the analyzer's queue of refused changes, which it sends again every
+/// second; it is logged, since a daemon stopping then loses it (an opening lost that way leaves
+/// an escalation only `gt escalate close` by hand can end; a close lost is redone by the next
+/// start, harmlessly).
+fn daemon_escalation_ledger(
+    settings: &Settings,
+    analyzer: &AnalyzerHandle,
+    writer: &crate::actors::writer::WriterHandle,
+) -> crate::notify::escalate::EscalationLedger {
+    use crate::notify::escalate::{EscalationLedger, EscalationRecord, Recorder};
+    if settings.notify.escalate.is_none() {
+        return EscalationLedger::default();
+    }
+    // The write connection belongs to the writer thread by now; a reader sees everything
+    // committed before it started (the monitors' reconciliation included).
+    let inherited = match store::open_read_only(&settings.db_path) {
+        Ok(Some(conn)) => inherited_escalations(&conn),
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            tracing::error!(
+                "cannot read the open Gas Town escalations; a later start will close them: {e:#}"
+            );
+            Vec::new()
+        }
+    };
+    let (analyzer, writer) = (analyzer.clone(), writer.clone());
+    let recorder: Recorder = Arc::new(move |record: EscalationRecord| {
+        let alert_id = record.alert_id();
+        let escalation = record.escalation_id().to_string();
+        if let Err(refused) = writer.submit(vec![escalation_op(record)]) {
+            tracing::error!(
+                alert_id,
+                escalation = %escalation,
+                "the database writer refused a Gas Town escalation record (queue full or \
+                 stopped); it is sent again while the daemon runs, and lost if it stops first"
+            );
+            analyzer.submit_in_order(&writer, refused);
+        }
+    });
+    EscalationLedger {
+        recorder: Some(recorder),
+        inherited,
+    }
+}
+
+/// The escalation ledger of `start --once`, which has no writer thread: the escalations still
+/// open in `conn`, and a recorder writing each record at once on a connection of its own (the
+/// cycle's connection is in use on the main thread; records come from the sink's worker).
+fn once_escalation_ledger(
+    settings: &Settings,
+    conn: &Connection,
+) -> crate::notify::escalate::EscalationLedger {
+    use crate::notify::escalate::{EscalationLedger, EscalationRecord, Recorder};
+    if settings.notify.escalate.is_none() {
+        return EscalationLedger::default();
+    }
+    let db = settings.db_path.clone();
+    let max_db_bytes = settings.max_db_bytes;
+    let recorder: Recorder = Arc::new(move |record: EscalationRecord| {
+        let alert_id = record.alert_id();
+        let escalation = record.escalation_id().to_string();
+        let op = escalation_op(record);
+        let written = store::open_for_writing(&db).and_then(|mut c| {
+            if let Some(max) = max_db_bytes {
+                store::apply_size_cap(&c, max)?;
+            }
+            // The cycle's own write may hold the lock for a moment.
+            c.busy_timeout(store::READER_BUSY_TIMEOUT)?;
+            apply(&mut c, &[op])?;
+            Ok(())
+        });
+        if let Err(e) = written {
+            tracing::error!(
+                alert_id,
+                escalation = %escalation,
+                "cannot record a Gas Town escalation: {e:#}"
+            );
+        }
+    });
+    EscalationLedger {
+        recorder: Some(recorder),
+        inherited: inherited_escalations(conn),
+    }
 }
