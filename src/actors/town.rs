@@ -412,7 +412,7 @@ impl TownWatcher {
                 remove = remove.len(),
                 "town layout read again"
             );
-            let st = lock(&act.state);
+            let mut st = lock(&act.state);
             for spec in add {
                 // A session that just ended is not started again by its leftover tmux pane.
                 let ended = st.lifecycle.recently_ended(spec.id(), now);
@@ -427,6 +427,9 @@ impl TownWatcher {
                         || st.starting.contains_key(id)
                         || (st.lifecycle.incident(id) && known.contains(id)));
                 if !keep {
+                    if spec.kind() == MonitorKind::Agent {
+                        st.lifecycle.forget(id);
+                    }
                     act.remove(spec.kind(), id);
                 }
             }
