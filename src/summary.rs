@@ -195,6 +195,10 @@ pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
         // Rows of a removed agent or workspace (or of its databases) linger in the database;
         // they are not shown.
         let gone = match m.resource_type {
+            // The followed town's own resource (its daemon, its orphans) has no monitor.
+            ResourceType::Agent if m.resource_id == crate::gastown::lifecycle::TOWN_RESOURCE => {
+                false
+            }
             ResourceType::Agent | ResourceType::Workspace => {
                 !monitored(m.resource_type, &m.resource_id)
             }
@@ -461,10 +465,17 @@ mod tests {
                 metric(ResourceType::Workspace, "w1", "x", 10.0),
                 metric(ResourceType::Workspace, "w1", "y", 90.0),
                 metric(ResourceType::Cpu, "system", "cpu_usage_percent", 5.0),
+                metric(ResourceType::Agent, "retired", "agent_active", 0.0),
+                metric(ResourceType::Agent, "gastown", "town_daemon_alive", 1.0),
             ],
             ..Default::default()
         };
         let s = build(inputs, Utc::now());
+        assert!(
+            s.resources.iter().any(|r| r.resource_id == "gastown"),
+            "the town's own resource has no monitor but is shown"
+        );
+        assert!(s.resources.iter().all(|r| r.resource_id != "retired"));
         assert_eq!(s.monitored_agents, 1);
         assert_eq!(s.monitored_workspaces, 1);
         let find = |id: &str, t| {

@@ -812,6 +812,9 @@ fn every_real_failure_is_caught_escalated_once_and_closed() {
     wait_until("the dead Gas Town daemon", || {
         env.alert_active("gastown", "town_daemon_alive")
     });
+    let text = env.hm_ok(&["gastown", "status"]);
+    assert!(text.contains("gas town daemon: DEAD"), "{text}");
+    assert!(text.contains("orphaned agent processes: 0"), "{text}");
 
     // Exactly these alerts, each escalated once at its level, and every one resolved closed.
     let expected: BTreeSet<(String, String)> = [
