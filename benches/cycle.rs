@@ -255,14 +255,14 @@ fn orphan_scan_bench() -> OrphanCost {
         std::thread::sleep(Duration::from_millis(10));
     }
     let host = host_processes();
-    let found = orphans::scan(&town, &[], Duration::ZERO);
+    let found = orphans::scan(&town, &[], &[], Duration::ZERO);
     assert_eq!(found.count, AGENTS as u64, "{found:?}");
     let owner = std::process::id();
-    assert_eq!(orphans::scan(&town, &[owner], Duration::ZERO).count, 0);
+    assert_eq!(orphans::scan(&town, &[owner], &[], Duration::ZERO).count, 0);
 
     let (mut scan, mut full, mut list) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
-        let (cpu, wall, s) = timed(|| orphans::scan(&town, &[], Duration::ZERO));
+        let (cpu, wall, s) = timed(|| orphans::scan(&town, &[], &[], Duration::ZERO));
         assert_eq!(s.count, AGENTS as u64);
         scan.push((cpu, wall));
         let (cpu, wall, t) = timed(|| process::scan_all(Duration::ZERO).len());

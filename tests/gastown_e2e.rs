@@ -56,9 +56,17 @@ warning = 2
 critical = 3
 ";
 
+/// A short burst of CPU (a few ms of a shell loop).
+const BUSY_BURST: &str = "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; sleep 0.2";
+
+/// A session at work: it uses CPU, as a working polecat does (one that uses none is stalled).
+const BUSY: &str = "while :; do i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; sleep 0.2; done";
+
 /// A test environment whose config is the town's `[gastown]` table plus [`QUIET_MACHINE`].
 fn town_env(settings: &str, gastown: &str) -> Env {
-    Env::new(&format!("{settings}\n{QUIET_MACHINE}\n[gastown]\n{gastown}"))
+    Env::new(&format!(
+        "{settings}\n{QUIET_MACHINE}\n[gastown]\n{gastown}"
+    ))
 }
 
 fn have_tmux() -> bool {
@@ -438,16 +446,28 @@ fn an_ordinary_day_raises_nothing_and_calls_no_gt() {
     }
     let env = town_env(
         "interval = 0.2\nalert_cooldown = 0.5",
-        "death_confirm = 2\nspawn_grace = 5\norphan_scan_every = 1\norphan_min_age = 1\n",
+        "death_confirm = 2\nstall_after = 3\nspawn_grace = 5\norphan_scan_every = 1\norphan_min_age = 1\n",
     );
     let mut town = FakeTown::new(&env);
     let now = Utc::now();
     for name in ["quartz", "onyx", "jasper"] {
         town.polecat(name);
     }
-    fs::create_dir_all(town.path("acme/crew/max")).unwrap();
+    for crew in ["max", "ada"] {
+        fs::create_dir_all(town.path(&format!("acme/crew/{crew}"))).unwrap();
+    }
     fs::create_dir_all(town.path("acme/witness")).unwrap();
-    town.session("ac-quartz", "exec sleep 600", true);
+    fs::create_dir_all(town.path("deacon/dogs/boot")).unwrap();
+    // Quartz works (it uses CPU: a working polecat that uses none is stalled) until it is done.
+    let idle_marker = town.path("quartz-is-done");
+    town.session(
+        "ac-quartz",
+        &format!(
+            "while [ ! -e {} ]; do {BUSY_BURST}; done; exec sleep 600",
+            idle_marker.display()
+        ),
+        true,
+    );
     town.heartbeat("ac-quartz", now, Some("working"));
     // Onyx says stuck, but that heartbeat is the fixture's, from April: stale, so not stuck.
     town.session("ac-onyx", "exec sleep 600", true);
@@ -459,6 +479,10 @@ fn an_ordinary_day_raises_nothing_and_calls_no_gt() {
     // An idle crew member: its v1 heartbeat (timestamp only) is ten minutes old.
     town.session("ac-crew-max", "exec sleep 600", true);
     town.heartbeat("ac-crew-max", now - Duration::minutes(10), None);
+    town.session("ac-crew-ada", "exec sleep 600", true);
+    town.heartbeat("ac-crew-ada", now, Some("idle"));
+    // Boot runs to completion and exits every daemon tick (cmd/boot.go:70).
+    town.session("hq-boot", "exec sleep 600", true);
     // The witness has no pid file: found through the town's tmux socket.
     town.session("ac-witness", "exec sleep 600", false);
     town.session("hq-mayor", "exec sleep 600", true);
@@ -477,9 +501,11 @@ fn an_ordinary_day_raises_nothing_and_calls_no_gt() {
         "ac-quartz",
         "ac-onyx",
         "ac-crew-max",
+        "ac-crew-ada",
         "ac-witness",
         "hq-mayor",
         "hq-deacon",
+        "hq-boot",
     ];
     wait_until("every running session measured alive", || {
         sessions.iter().all(|s| alive(&env, s))
@@ -516,7 +542,7 @@ fn an_ordinary_day_raises_nothing_and_calls_no_gt() {
 
     // 09:00 a new polecat is spawned and its session starts.
     let t0 = now;
-    town.session("ac-jasper", "exec sleep 600", true);
+    town.session("ac-jasper", BUSY, true);
     town.event(
         t0,
         "spawn",
@@ -544,6 +570,57 @@ fn an_ordinary_day_raises_nothing_and_calls_no_gt() {
     wait_cycles(&env, "ac-quartz", 10);
     assert!(watched(&env, "agent", "ac-quartz") && watched(&env, "workspace", "ac-quartz"));
     assert_eq!(row(&gastown_status(&env), "ac-quartz")["state"], "idle");
+    // Its Claude sits at the prompt, and the next gt sub-command resets the heartbeat to
+    // `working` (root.go persistentPreRun; daemon.go:2733-2736): the look of a stall. It is idle.
+    fs::write(&idle_marker, "").unwrap();
+    town.heartbeat(
+        "ac-quartz",
+        Utc::now() - Duration::minutes(1),
+        Some("working"),
+    );
+    let quiet_since = env.count(
+        "SELECT count(*) FROM health_metrics WHERE resource_id = 'ac-quartz' AND metric_name = 'agent_stalled'",
+    );
+    env.wait_count(
+        "SELECT count(*) FROM health_metrics WHERE resource_id = 'ac-quartz' AND metric_name = 'agent_stalled'",
+        quiet_since + 25,
+    );
+    assert_eq!(env.latest("agent", "ac-quartz", "agent_stalled"), Some(0.0));
+
+    // 09:45 the crew hands off: the pane's process is respawned, its pid file left as it was
+    // (only a session start writes it).
+    let old_pane = fs::read_to_string(town.path(".runtime/pids/ac-crew-max.pid")).unwrap();
+    let out = town.tmux(&[
+        "respawn-pane",
+        "-k",
+        "-t",
+        "=ac-crew-max:",
+        "exec sleep 600",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    town.event(
+        t0 + Duration::minutes(45),
+        "handoff",
+        "acme/crew/max",
+        json!({"subject": "Context near limit - continuing ac-r4p1", "to_session": true}),
+    );
+    wait_cycles(&env, "ac-crew-max", 15);
+    assert_eq!(
+        fs::read_to_string(town.path(".runtime/pids/ac-crew-max.pid")).unwrap(),
+        old_pane
+    );
+    assert!(
+        watched(&env, "agent", "ac-crew-max") && alive(&env, "ac-crew-max"),
+        "the new pane is the session"
+    );
+    // Boot finishes its run and is started again; `gt crew stop ada` kills her session. Neither
+    // logs a word.
+    town.kill_session("hq-boot");
+    town.kill_session("ac-crew-ada");
+    wait_until("boot and ada retired", || {
+        !watched(&env, "agent", "hq-boot") && !watched(&env, "agent", "ac-crew-ada")
+    });
+    town.session("hq-boot", "exec sleep 600", true);
 
     // 09:57 the daemon reaps it, 15 minutes after its last activity: the session is killed,
     // its heartbeat removed, and only then is the death logged (daemon.go:2822-2841).
@@ -597,7 +674,11 @@ fn an_ordinary_day_raises_nothing_and_calls_no_gt() {
     wait_until("the crew seen dead", || {
         env.latest("agent", "ac-crew-max", "agent_active") == Some(0.0)
     });
-    for (session, name) in [("hq-mayor", "Mayor"), ("hq-deacon", "Deacon")] {
+    for (session, name) in [
+        ("hq-mayor", "Mayor"),
+        ("hq-boot", "Boot"),
+        ("hq-deacon", "Deacon"),
+    ] {
         town.event(
             t0 + Duration::hours(9),
             "session_death",
@@ -611,9 +692,15 @@ fn an_ordinary_day_raises_nothing_and_calls_no_gt() {
     kill(gt_daemon);
     wait_until("the town sessions retired", || {
         let m = monitors(&env);
-        ["ac-crew-max", "ac-witness", "hq-mayor", "hq-deacon"]
-            .iter()
-            .all(|s| !m.contains(&("agent".into(), s.to_string())))
+        [
+            "ac-crew-max",
+            "ac-witness",
+            "hq-mayor",
+            "hq-boot",
+            "hq-deacon",
+        ]
+        .iter()
+        .all(|s| !m.contains(&("agent".into(), s.to_string())))
     });
     fs::remove_file(town.path("daemon/shutting-down")).unwrap();
     town.event(
@@ -673,7 +760,7 @@ fn every_real_failure_is_caught_escalated_once_and_closed() {
         town.polecat(name);
     }
     // Onyx is at work: it uses CPU (a working polecat that uses none is stalled, below).
-    let busy = "while :; do i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; sleep 0.2; done";
+    let busy = BUSY;
     town.session("ac-onyx", busy, true);
     town.heartbeat("ac-onyx", now, Some("working"));
     // Jasper's tree holds a process in a session of its own: killing the tmux session leaves it.
@@ -727,8 +814,19 @@ fn every_real_failure_is_caught_escalated_once_and_closed() {
         !env.alert_active("gastown", "town_orphan_count")
     });
 
-    // A crash: onyx's session dies and nobody says why.
+    // A crash: onyx's session dies. Gas Town says nothing at first: so many deliberate ends log
+    // nothing that a death alone is no alert; onyx is retired quietly.
     town.kill_session("ac-onyx");
+    wait_until("onyx retired", || !watched(&env, "agent", "ac-onyx"));
+    assert!(!env.alert_active("ac-onyx", "session_death"));
+    // Then Gas Town's health check finds it dead with work on its hook: the incident.
+    town.event(
+        Utc::now(),
+        "session_death",
+        "ac-onyx",
+        json!({"agent": "acme/polecats/onyx", "caller": "daemon",
+            "reason": "crash detected by daemon health check", "session": "ac-onyx"}),
+    );
     wait_until("the crash raised", || {
         env.alert_active("ac-onyx", "session_death")
     });
@@ -742,7 +840,7 @@ fn every_real_failure_is_caught_escalated_once_and_closed() {
         let onyx = row(&rows, "ac-onyx");
         onyx["state"] == "dead" && onyx["escalations"] == json!([onyx_escalation])
     });
-    // Minutes later Gas Town's crash detection logs it: the same alert, no second escalation.
+    // Its 3 minutes later check logs it again: the same alert, no second escalation.
     town.event(
         Utc::now(),
         "session_death",
@@ -812,6 +910,15 @@ fn every_real_failure_is_caught_escalated_once_and_closed() {
     wait_until("the dead Gas Town daemon", || {
         env.alert_active("gastown", "town_daemon_alive")
     });
+    // The next `gt status` (IsRunning, daemon.go:2241-2247) removes the stale pid file: the
+    // daemon is no less dead for it.
+    fs::remove_file(town.path("daemon/daemon.pid")).unwrap();
+    wait_cycles(&env, "ac-opal", 15);
+    assert!(env.alert_active("gastown", "town_daemon_alive"));
+    assert_eq!(
+        env.latest("agent", "gastown", "town_daemon_alive"),
+        Some(0.0)
+    );
     let text = env.hm_ok(&["gastown", "status"]);
     assert!(text.contains("gas town daemon: DEAD"), "{text}");
     assert!(text.contains("orphaned agent processes: 0"), "{text}");

@@ -385,7 +385,15 @@ fn build_child(
             return Ok(Box::new(server.start()));
         }
         ChildKind::System => Box::new(SystemProbe::new(settings.filesystems.clone())?),
-        ChildKind::Monitor(spec) => probe_for(spec, settings, WalkLimits::from_settings(settings))?,
+        ChildKind::Monitor(spec) => {
+            let idle = deps.town.as_ref().map(|t| t.idle_sessions());
+            probe_for(
+                spec,
+                settings,
+                WalkLimits::from_settings(settings),
+                idle.as_ref(),
+            )?
+        }
     };
     let pace = Pace {
         interval: settings.interval,

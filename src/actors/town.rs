@@ -1,15 +1,17 @@
 //! The Gas Town actor: follows the town's events file, starts and retires monitors as sessions
-//! come and go, decides which deaths are incidents, picks up sessions that appear in the
+//! come and go, raises the crashes Gas Town reports, picks up sessions that appear in the
 //! layout, and measures the town itself (its daemon, its orphaned agent processes).
 //!
-//! File, tmux and `/proc` work runs off the event loop (`spawn_blocking`), one at a time.
+//! File, tmux and `/proc` work runs off the event loop (`spawn_blocking`), one poll at a time,
+//! and never under the lock the event loop takes: the reader's state has a lock of its own.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::analyzer::AnalyzerHandle;
 use super::supervisor::{AddOwnedMonitor, GetLive, RemoveOwnedMonitor, Supervisor};
@@ -21,7 +23,8 @@ use crate::config::GastownSettings;
 use crate::gastown::events::EventFollower;
 use crate::gastown::layout::{MANAGED_BY, Town, reconcile};
 use crate::gastown::lifecycle::{
-    Action, EVENT_ALERT_HOLD, Lifecycle, TOWN_RESOURCE, is_event_alert,
+    Action, EVENT_ALERT_HOLD, IdleSessions, Lifecycle, TOWN_RESOURCE, TownFact, is_event_alert,
+    read_event,
 };
 use crate::gastown::orphans::{self, OrphanScan};
 use crate::model::{HealthMetric, Measurement, MonitorKind, MonitorSpec, ResourceType};
@@ -37,44 +40,108 @@ const UNMEASURED_WAIT: Duration = Duration::from_secs(120);
 /// The collector name the town's own measurements are sent under.
 const SOURCE: &str = "gastown";
 
-/// What must survive a restart of the actor: where it is in the events file, what it remembers
-/// of sessions, and which agents wait for their last orphan check (and since when).
-pub struct TownState {
+/// What Gas Town's daemon was last seen doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DaemonSeen {
+    /// No pid file seen yet (or the town was stopped on purpose since).
+    #[default]
+    Unknown,
+    Alive,
+    /// Its pid file named a dead process.
+    Dead,
+}
+
+/// `town_daemon_alive` from what `daemon/daemon.pid` says now (`None`: no file) and what was
+/// seen before. Gas Town removes a stale pid file whenever a `gt` command asks whether its
+/// daemon runs, so a death seen once stays a death until the daemon runs again or `gt down`
+/// stops the town on purpose (`stopped`). A missing file never seen stale is a clean stop.
+pub fn daemon_reading(
+    file: Option<bool>,
+    seen: DaemonSeen,
+    stopped: bool,
+) -> (Option<bool>, DaemonSeen) {
+    match (file, seen) {
+        (Some(true), _) => (Some(true), DaemonSeen::Alive),
+        (Some(false), _) if stopped => (None, DaemonSeen::Unknown),
+        (Some(false), _) => (Some(false), DaemonSeen::Dead),
+        (None, DaemonSeen::Dead) if !stopped => (Some(false), DaemonSeen::Dead),
+        (None, _) => (None, DaemonSeen::Unknown),
+    }
+}
+
+/// What only the blocking poll touches: the events file's reader and the town's own readings.
+struct Reader {
     follower: EventFollower,
-    lifecycle: Lifecycle,
-    retiring: BTreeMap<String, Instant>,
-    /// Sessions an event started, and when: a rescan does not remove them before their grace.
-    starting: BTreeMap<String, Instant>,
     last_rescan: Option<Instant>,
-    last_check: Option<Instant>,
     last_measure: Option<Instant>,
     last_orphan_scan: Option<Instant>,
     orphans: Option<OrphanScan>,
+    daemon: DaemonSeen,
+}
+
+/// What the poll and the event loop decide together, behind a lock taken only briefly.
+struct Decisions {
+    lifecycle: Lifecycle,
+    /// Sessions waiting for their last orphan check, and since when.
+    retiring: BTreeMap<String, Instant>,
+    /// Each watched town agent's worktree (from its monitor), to tell its orphans from the
+    /// town's.
+    worktrees: BTreeMap<String, PathBuf>,
+    last_check: Option<Instant>,
+    /// A `gt down` (sentinel or halt) was seen since Gas Town's daemon last ran.
+    town_stopped: bool,
+}
+
+/// What must survive a restart of the actor.
+pub struct TownState {
+    reader: Mutex<Reader>,
+    decisions: Mutex<Decisions>,
+    idle: IdleSessions,
 }
 
 impl TownState {
     /// The state for following `town` from the current end of its events file.
     pub fn new(town: &Town, settings: &GastownSettings) -> Self {
+        let lifecycle = Lifecycle::new(town.clone(), settings.death_confirm, settings.spawn_grace);
+        let idle = lifecycle.idle_sessions();
         TownState {
-            follower: EventFollower::from_end(&town.events_file(), Utc::now()),
-            lifecycle: Lifecycle::new(town.clone(), settings.death_confirm),
-            retiring: BTreeMap::new(),
-            starting: BTreeMap::new(),
-            last_rescan: None,
-            last_check: None,
-            last_measure: None,
-            last_orphan_scan: None,
-            orphans: None,
+            reader: Mutex::new(Reader {
+                follower: EventFollower::from_end(&town.events_file(), Utc::now()),
+                last_rescan: None,
+                last_measure: None,
+                last_orphan_scan: None,
+                orphans: None,
+                daemon: DaemonSeen::Unknown,
+            }),
+            decisions: Mutex::new(Decisions {
+                lifecycle,
+                retiring: BTreeMap::new(),
+                worktrees: BTreeMap::new(),
+                last_check: None,
+                town_stopped: false,
+            }),
+            idle,
         }
+    }
+
+    /// The polecats idle since their `gt done`, for the probes that judge stalls.
+    pub fn idle_sessions(&self) -> IdleSessions {
+        self.idle.clone()
+    }
+
+    fn decisions(&self) -> MutexGuard<'_, Decisions> {
+        self.decisions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Reader> {
+        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// Shared, restart-proof town state.
-pub type SharedTownState = Arc<Mutex<TownState>>;
-
-fn lock(state: &SharedTownState) -> std::sync::MutexGuard<'_, TownState> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
-}
+pub type SharedTownState = Arc<TownState>;
 
 /// The actor.
 pub struct TownWatcher {
@@ -101,21 +168,18 @@ pub enum Retirement {
     Unknown,
 }
 
-/// The latest value of an agent's metric in a snapshot.
-fn latest_value(latest: &[HealthMetric], session: &str, metric: &str) -> Option<f64> {
-    latest
-        .iter()
-        .find(|m| {
-            m.resource_type == ResourceType::Agent
-                && m.resource_id == session
-                && m.metric_name == metric
-        })
-        .map(|m| m.value)
+/// The latest reading of an agent's metric in a snapshot.
+fn latest<'a>(latest: &'a [HealthMetric], session: &str, metric: &str) -> Option<&'a HealthMetric> {
+    latest.iter().find(|m| {
+        m.resource_type == ResourceType::Agent
+            && m.resource_id == session
+            && m.metric_name == metric
+    })
 }
 
 /// Decides whether an agent can be retired from its latest metrics.
-pub fn retirement(session: &str, latest: &[HealthMetric]) -> Retirement {
-    let value = |metric: &str| latest_value(latest, session, metric);
+pub fn retirement(session: &str, snapshot: &[HealthMetric]) -> Retirement {
+    let value = |metric: &str| latest(snapshot, session, metric).map(|m| m.value);
     match (
         value(catalog::AGENT_ACTIVE),
         value(catalog::AGENT_ORPHAN_COUNT),
@@ -136,9 +200,8 @@ struct PollResult {
     measurements: Vec<Measurement>,
 }
 
-/// `town_daemon_alive`, when `daemon/daemon.pid` exists: its pid (first line) runs and started
-/// before the file was written (a later process with the same pid is a reuse). Gas Town removes
-/// the file on a clean stop, so a file naming a dead process means its daemon died.
+/// Whether `daemon/daemon.pid` names a running process (first line) that started before the
+/// file was written (a later process with the same pid is a reuse); `None` without the file.
 pub fn town_daemon_alive(town: &Town) -> Option<bool> {
     let path = town.daemon_pid_file();
     let text = read_small_file(&path).ok()??;
@@ -164,7 +227,7 @@ pub fn town_daemon_alive(town: &Town) -> Option<bool> {
 /// processes of its pid files. `None` when tmux does not answer (a scan would then count every
 /// agent as an orphan).
 fn owned_roots(town: &Town) -> Option<Vec<u32>> {
-    let mut roots = tmux_pane_pids(Some(&town.tmux_socket()))?;
+    let mut roots = tmux_pane_pids(Some(town.tmux_socket()))?;
     let pids = std::fs::read_dir(town.root.join(".runtime/pids"))
         .into_iter()
         .flatten()
@@ -182,23 +245,39 @@ fn owned_roots(town: &Town) -> Option<Vec<u32>> {
 }
 
 /// The town's own readings: its daemon, and the orphans of the last scan (made again when
-/// `orphan_scan_every` has passed).
-fn measure_town(st: &mut TownState, town: &Town, settings: &GastownSettings) -> Vec<Measurement> {
-    let due = st
+/// `orphan_scan_every` has passed). Processes working in a retiring agent's worktree are that
+/// agent's orphans, not the town's.
+fn measure_town(
+    reader: &mut Reader,
+    town: &Town,
+    settings: &GastownSettings,
+    retiring_worktrees: &[PathBuf],
+    town_stopped: bool,
+) -> Vec<Measurement> {
+    let due = reader
         .last_orphan_scan
         .is_none_or(|t| t.elapsed() >= settings.orphan_scan_every);
     if due {
-        st.last_orphan_scan = Some(Instant::now());
+        reader.last_orphan_scan = Some(Instant::now());
         match owned_roots(town) {
             Some(roots) => {
                 let started = Instant::now();
-                let scan = orphans::scan(&town.root, &roots, settings.orphan_min_age);
+                let scan = orphans::scan(
+                    &town.root,
+                    &roots,
+                    retiring_worktrees,
+                    settings.orphan_min_age,
+                );
                 tracing::debug!(
                     orphans = scan.count,
                     took_ms = started.elapsed().as_secs_f64() * 1000.0,
                     "town orphan scan"
                 );
-                if scan.count > 0 && st.orphans.as_ref().is_none_or(|o| o.count != scan.count) {
+                let changed = reader
+                    .orphans
+                    .as_ref()
+                    .is_none_or(|o| o.count != scan.count);
+                if scan.count > 0 && changed {
                     let shown: Vec<String> = scan
                         .examples
                         .iter()
@@ -211,7 +290,7 @@ fn measure_town(st: &mut TownState, town: &Town, settings: &GastownSettings) -> 
                         shown.join(", ")
                     );
                 }
-                st.orphans = Some(scan);
+                reader.orphans = Some(scan);
             }
             None => tracing::warn!("tmux did not answer: town orphan scan skipped"),
         }
@@ -221,7 +300,15 @@ fn measure_town(st: &mut TownState, town: &Town, settings: &GastownSettings) -> 
     };
     let mut out = Vec::with_capacity(3);
     // While `gt down` runs, its daemon may die a moment before its pid file goes.
-    let alive = town_daemon_alive(town).filter(|alive| *alive || !town.shutting_down());
+    let file = town_daemon_alive(town).filter(|alive| *alive || !town.shutting_down());
+    let (alive, seen) = daemon_reading(file, reader.daemon, town_stopped);
+    if seen == DaemonSeen::Dead && reader.daemon != DaemonSeen::Dead {
+        tracing::error!(
+            pid_file = %town.daemon_pid_file().display(),
+            "Gas Town's daemon died: nothing restarts the town's sessions or detects their crashes"
+        );
+    }
+    reader.daemon = seen;
     if let Some(alive) = alive {
         out.push(reading(
             catalog::TOWN_DAEMON_ALIVE,
@@ -229,7 +316,7 @@ fn measure_town(st: &mut TownState, town: &Town, settings: &GastownSettings) -> 
             catalog::UNIT_BOOL,
         ));
     }
-    if let Some(scan) = &st.orphans {
+    if let Some(scan) = &reader.orphans {
         out.push(reading(
             catalog::TOWN_ORPHAN_COUNT,
             scan.count as f64,
@@ -245,47 +332,75 @@ fn measure_town(st: &mut TownState, town: &Town, settings: &GastownSettings) -> 
 }
 
 /// Reads new events, the layout every [`RESCAN_EVERY`] and the town's own state every
-/// `interval` (blocking file, tmux and `/proc` work).
+/// `interval`. The file, tmux and `/proc` work happens with only the reader's lock held; the
+/// decisions' lock, which the event loop also takes, is held just to apply what was read.
 fn poll_town(
-    state: &SharedTownState,
+    state: &TownState,
     town: &Town,
     settings: &GastownSettings,
     interval: Duration,
 ) -> PollResult {
     let now = Utc::now();
+    let mut reader = state.reader();
+    let facts: Vec<TownFact> = reader
+        .follower
+        .poll()
+        .iter()
+        .inspect(|e| tracing::debug!(kind = %e.kind, actor = ?e.actor, "town event"))
+        .map(|e| read_event(town, e))
+        .collect();
     let shutting_down = town.shutting_down();
-    let mut st = lock(state);
-    let mut actions = Vec::new();
-    for event in st.follower.poll() {
-        tracing::debug!(kind = %event.kind, actor = ?event.actor, "town event");
-        actions.extend(st.lifecycle.on_event(&event, now));
-    }
     let self_terminate = town.polecats_self_terminate();
-    st.lifecycle.on_tick(now, shutting_down, self_terminate);
-    let grace = settings.spawn_grace;
-    st.starting.retain(|_, at| at.elapsed() < grace);
-    for action in &actions {
-        match action {
-            Action::Watch(agent) => {
-                st.retiring.remove(&agent.session);
-                st.starting.insert(agent.session.clone(), Instant::now());
-            }
-            Action::Retire(session, _) => {
-                st.starting.remove(session);
-                st.retiring
-                    .entry(session.clone())
-                    .or_insert_with(Instant::now);
-            }
-            _ => {}
+    let (actions, retiring_worktrees, town_stopped) = {
+        let mut d = state.decisions();
+        let halted = facts.iter().any(|f| matches!(f, TownFact::Halted(_)));
+        let mut actions = Vec::new();
+        for fact in facts {
+            actions.extend(d.lifecycle.apply(fact, now));
         }
-    }
-    let measurements = if st.last_measure.is_none_or(|t| t.elapsed() >= interval) {
-        st.last_measure = Some(Instant::now());
-        measure_town(&mut st, town, settings)
+        d.lifecycle.on_tick(now, shutting_down, self_terminate);
+        for action in &actions {
+            match action {
+                Action::Watch(agent) => {
+                    d.retiring.remove(&agent.session);
+                }
+                Action::Retire(session, _) => {
+                    d.retiring
+                        .entry(session.clone())
+                        .or_insert_with(Instant::now);
+                }
+                _ => {}
+            }
+        }
+        if halted || shutting_down {
+            d.town_stopped = true;
+        }
+        let worktrees: Vec<PathBuf> = d
+            .retiring
+            .keys()
+            .filter_map(|s| d.worktrees.get(s).cloned())
+            .collect();
+        (actions, worktrees, d.town_stopped)
+    };
+    let measurements = if reader.last_measure.is_none_or(|t| t.elapsed() >= interval) {
+        reader.last_measure = Some(Instant::now());
+        let readings = measure_town(
+            &mut reader,
+            town,
+            settings,
+            &retiring_worktrees,
+            town_stopped,
+        );
+        if reader.daemon == DaemonSeen::Alive {
+            state.decisions().town_stopped = false;
+        }
+        readings
     } else {
         Vec::new()
     };
-    let due = st.last_rescan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY);
+    let due = reader
+        .last_rescan
+        .is_none_or(|t| t.elapsed() >= RESCAN_EVERY);
     if !due {
         return PollResult {
             actions,
@@ -293,8 +408,8 @@ fn poll_town(
             measurements,
         };
     }
-    st.last_rescan = Some(Instant::now());
-    drop(st);
+    reader.last_rescan = Some(Instant::now());
+    drop(reader);
     // tmux not answering: skip this rescan rather than guess which sessions run.
     let rescan = town.tmux_sessions().and_then(|sessions| {
         let known = town
@@ -396,9 +511,9 @@ impl TownWatcher {
 
     /// Brings the town's monitors in line with the layout read off the event loop: new
     /// worktrees and running sessions are added; worktrees and sessions gone are removed,
-    /// except agents waiting for their orphan check, sessions still starting, and sessions whose
-    /// death is an open incident (while the layout still has them). Operators' monitors are
-    /// never touched.
+    /// except agents waiting for their orphan check, just started, whose death is being
+    /// confirmed, or whose crash Gas Town reported (while the layout still has them). Operators'
+    /// monitors are never touched.
     fn rescan(&self, wanted: Vec<MonitorSpec>, known: HashSet<String>, ctx: &mut Context<Self>) {
         let supervisor = self.supervisor.clone();
         let get = async move { supervisor.send(GetLive).await.ok() };
@@ -412,39 +527,40 @@ impl TownWatcher {
                 remove = remove.len(),
                 "town layout read again"
             );
-            let mut st = lock(&act.state);
+            let mut d = act.state.decisions();
             for spec in add {
                 // A session that just ended is not started again by its leftover tmux pane.
-                let ended = st.lifecycle.recently_ended(spec.id(), now);
+                let ended = d.lifecycle.recently_ended(spec.id(), now);
                 if !(spec.kind() == MonitorKind::Agent && ended) {
                     act.add(spec);
                 }
             }
             for spec in remove {
                 let id = spec.id();
-                let keep = spec.kind() == MonitorKind::Agent
-                    && (st.retiring.contains_key(id)
-                        || st.starting.contains_key(id)
-                        || (st.lifecycle.incident(id) && known.contains(id)));
-                if !keep {
-                    if spec.kind() == MonitorKind::Agent {
-                        st.lifecycle.forget(id);
-                    }
-                    act.remove(spec.kind(), id);
+                let is_agent = spec.kind() == MonitorKind::Agent;
+                let keep = is_agent
+                    && (d.retiring.contains_key(id)
+                        || (d.lifecycle.keep_watching(id) && known.contains(id)));
+                if keep {
+                    continue;
                 }
+                if is_agent {
+                    d.lifecycle.forget(id);
+                }
+                act.remove(spec.kind(), id);
             }
         }));
     }
 
-    /// Every few seconds: what the watched sessions' processes say (a death waiting for its
-    /// reason, a crash, a return), agents to retire, and death alerts past their hold.
+    /// Every few seconds: what the watched sessions' processes say (a death being confirmed,
+    /// a return), agents to retire, and death alerts past their hold.
     fn check(&self, ctx: &mut Context<Self>) {
         {
-            let mut st = lock(&self.state);
-            if st.last_check.is_some_and(|t| t.elapsed() < CHECK_EVERY) {
+            let mut d = self.state.decisions();
+            if d.last_check.is_some_and(|t| t.elapsed() < CHECK_EVERY) {
                 return;
             }
-            st.last_check = Some(Instant::now());
+            d.last_check = Some(Instant::now());
         }
         let analyzer = self.analyzer.clone();
         let supervisor = self.supervisor.clone();
@@ -464,27 +580,39 @@ impl TownWatcher {
                 .collect();
             let mut actions = Vec::new();
             {
-                let mut st = lock(&act.state);
+                let mut d = act.state.decisions();
                 for session in &watched {
-                    if let Some(active) =
-                        latest_value(&snapshot.latest, session, catalog::AGENT_ACTIVE)
+                    if let Some(reading) = latest(&snapshot.latest, session, catalog::AGENT_ACTIVE)
                     {
-                        actions.extend(st.lifecycle.observe(session, active >= 0.5, now));
+                        let at: DateTime<Utc> = reading.timestamp;
+                        actions.extend(d.lifecycle.observe(session, reading.value >= 0.5, at, now));
                     }
                 }
                 for action in &actions {
                     if let Action::Retire(session, _) = action {
-                        st.retiring
+                        d.retiring
                             .entry(session.clone())
                             .or_insert_with(Instant::now);
                     }
                 }
+                d.worktrees = live
+                    .monitors
+                    .iter()
+                    .filter_map(|m| match m {
+                        MonitorSpec::Agent { id, options }
+                            if options.managed_by.as_deref() == Some(MANAGED_BY) =>
+                        {
+                            Some((id.clone(), options.workspace.clone()?))
+                        }
+                        _ => None,
+                    })
+                    .collect();
             }
             for action in actions {
                 act.act(action);
             }
             // Alerts about sessions nobody watches report an event: they resolve after a while.
-            // A watched session's death lasts while it stays dead.
+            // A watched session's crash lasts while it stays dead.
             for alert in &snapshot.active_alerts {
                 if alert.resource_type == ResourceType::Agent
                     && is_event_alert(&alert.alert_type)
@@ -494,7 +622,9 @@ impl TownWatcher {
                     act.analyzer.set_condition(alert.key(), None);
                 }
             }
-            let retiring: Vec<(String, Instant)> = lock(&act.state)
+            let retiring: Vec<(String, Instant)> = act
+                .state
+                .decisions()
                 .retiring
                 .iter()
                 .map(|(s, t)| (s.clone(), *t))
@@ -510,13 +640,13 @@ impl TownWatcher {
                 if !done {
                     continue;
                 }
-                let mut st = lock(&act.state);
+                let mut d = act.state.decisions();
                 // Still retiring? A new spawn may have taken it back meanwhile.
-                if st.retiring.remove(&session).is_none() {
+                if d.retiring.remove(&session).is_none() {
                     continue;
                 }
-                st.lifecycle.forget(&session);
-                drop(st);
+                d.lifecycle.forget(&session);
+                drop(d);
                 if watched.contains(&session) {
                     tracing::info!(%session, "town session gone without orphans: no longer watched");
                     act.remove(MonitorKind::Agent, &session);
@@ -570,10 +700,32 @@ mod tests {
     }
 
     #[test]
+    fn a_dead_daemon_stays_dead_when_gas_town_removes_its_stale_pid_file() {
+        use DaemonSeen::*;
+        assert_eq!(daemon_reading(None, Unknown, false), (None, Unknown));
+        assert_eq!(
+            daemon_reading(Some(true), Unknown, false),
+            (Some(true), Alive)
+        );
+        // A clean stop removes the file: nothing to say.
+        assert_eq!(daemon_reading(None, Alive, false), (None, Unknown));
+        assert_eq!(
+            daemon_reading(Some(false), Alive, false),
+            (Some(false), Dead)
+        );
+        // `gt status` ran IsRunning, which deleted the stale file: still dead.
+        assert_eq!(daemon_reading(None, Dead, false), (Some(false), Dead));
+        // Until it runs again, or `gt down` stopped the town on purpose.
+        assert_eq!(daemon_reading(Some(true), Dead, false), (Some(true), Alive));
+        assert_eq!(daemon_reading(None, Dead, true), (None, Unknown));
+        assert_eq!(daemon_reading(Some(false), Alive, true), (None, Unknown));
+    }
+
+    #[test]
     fn the_town_daemon_is_alive_only_behind_a_fresh_pid_file() {
         let dir = tempfile::tempdir().unwrap();
         let town = Town::new(dir.path());
-        assert_eq!(town_daemon_alive(&town), None, "no file: stopped cleanly");
+        assert_eq!(town_daemon_alive(&town), None, "no file");
         std::fs::create_dir_all(dir.path().join("daemon")).unwrap();
         let pid_file = town.daemon_pid_file();
         // Gas Town's format: "<pid>\n<nonce>", no trailing newline.

@@ -13,7 +13,7 @@ use crate::catalog;
 use crate::collect::agent::read_heartbeat;
 use crate::config::Settings;
 use crate::gastown::layout::{Role, Town, TownAgent};
-use crate::gastown::lifecycle::TOWN_RESOURCE;
+use crate::gastown::lifecycle::{SESSION_DEATH, TOWN_RESOURCE};
 use crate::model::{HealthStatus, ResourceType};
 use crate::summary::{AlertView, Summary};
 
@@ -49,7 +49,7 @@ pub enum SessionState {
     Stuck,
     /// Alive, says working, but its heartbeat has not moved and its tree is idle.
     Stalled,
-    /// Watched, and its process is gone.
+    /// Watched with its process gone, or Gas Town reported it crashed.
     Dead,
     /// Not watched: no session runs (it ended, or never started while we looked).
     Retired,
@@ -106,11 +106,13 @@ fn metric(summary: &Summary, rtype: ResourceType, id: &str, name: &str) -> Optio
 /// The state a session's latest values and heartbeat give it.
 pub fn session_state(
     alive: Option<bool>,
+    crashed: bool,
     stalled: Option<f64>,
     stuck: Option<f64>,
     heartbeat_state: Option<&str>,
 ) -> SessionState {
     match alive {
+        None if crashed => SessionState::Dead,
         None => SessionState::Retired,
         Some(false) => SessionState::Dead,
         Some(true) if stalled.is_some_and(|v| v >= 0.5) => SessionState::Stalled,
@@ -172,8 +174,10 @@ pub fn rows(
             };
             let heartbeat = read_heartbeat(&heartbeat_file, now).ok();
             let heartbeat_state = heartbeat.and_then(|h| h.state);
+            let crashed = alerts.iter().any(|al| al.alert_type == SESSION_DEATH);
             let state = session_state(
                 alive,
+                crashed,
                 value(catalog::AGENT_STALLED),
                 value(catalog::HEARTBEAT_STUCK),
                 heartbeat_state.as_deref(),

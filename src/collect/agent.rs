@@ -125,9 +125,18 @@ impl RootSource {
                 TmuxAnswer::NoSession => Resolution::Gone,
                 TmuxAnswer::NoAnswer => Resolution::Unknown,
             },
+            // Gas Town writes the pid file when a session starts, and neither removes it when
+            // the session ends nor rewrites it when the pane's process is respawned (`gt
+            // handoff`, a restart): a file whose process is gone gives way to the session's
+            // pane while the session is up.
             RootSource::PidFileOrTmux(file, target) => {
                 match RootSource::PidFile(file.clone()).resolve(scan_max_age) {
                     Resolution::Gone => RootSource::Tmux(target.clone()).resolve(scan_max_age),
+                    Resolution::Found(root) if !root_runs(&root) => match tmux_pane_pid(target) {
+                        TmuxAnswer::Pane(pid) => found(pid),
+                        TmuxAnswer::NoSession => Resolution::Found(root),
+                        TmuxAnswer::NoAnswer => Resolution::Unknown,
+                    },
                     other => other,
                 }
             }
@@ -150,9 +159,11 @@ pub fn pid_file_is_live(path: &Path) -> bool {
     let Ok(Some(text)) = read_small_file(path) else {
         return false;
     };
-    let Ok(root) = parse_pid_file(&text) else {
-        return false;
-    };
+    parse_pid_file(&text).is_ok_and(|root| root_runs(&root))
+}
+
+/// True when the root's process runs and, when a start time is expected, started then.
+fn root_runs(root: &Root) -> bool {
     let Some(stat) = process::read_stat(root.pid).filter(process::ProcStat::is_running) else {
         return false;
     };
@@ -482,6 +493,9 @@ pub struct AgentProbe {
     stuck_fresh_for: Option<Duration>,
     /// Stall detection, with `stall_after`.
     stall: Option<StallWatch>,
+    /// Says when the agent is known to be idle (a Gas Town polecat after `gt done`), which
+    /// looks just like a stall.
+    known_idle: Option<Box<dyn Fn() -> bool + Send>>,
     /// When the previous cycle measured, for the stall watch's CPU seconds.
     last_measured: Option<Instant>,
     /// Metrics judged otherwise than by their thresholds.
@@ -515,6 +529,7 @@ impl AgentProbe {
             last_beat: None,
             stuck_fresh_for: None,
             stall: None,
+            known_idle: None,
             last_measured: None,
             judgements: Vec::new(),
         }
@@ -530,6 +545,12 @@ impl AgentProbe {
     /// Reports `agent_stalled` (see [`StallWatch`]) over `window`.
     pub fn with_stall_after(mut self, window: Duration) -> Self {
         self.stall = Some(StallWatch::new(window));
+        self
+    }
+
+    /// Never reports a stall while `idle` says the agent is known to be idle.
+    pub fn with_known_idle(mut self, idle: impl Fn() -> bool + Send + 'static) -> Self {
+        self.known_idle = Some(Box::new(idle));
         self
     }
 
@@ -626,7 +647,8 @@ impl Probe for AgentProbe {
                 out.push(self.reading(HEARTBEAT_AGE_SECONDS, age, UNIT_SECONDS));
                 out.push(self.reading(HEARTBEAT_STUCK, flag(stuck), UNIT_BOOL));
                 if let (Some(stall), Some(true)) = (&self.stall, alive) {
-                    let stalled = stall.stalled(measured_at, age, state.as_deref());
+                    let idle = self.known_idle.as_ref().is_some_and(|idle| idle());
+                    let stalled = !idle && stall.stalled(measured_at, age, state.as_deref());
                     out.push(self.reading(AGENT_STALLED, flag(stalled), UNIT_BOOL));
                 }
             }

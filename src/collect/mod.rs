@@ -73,10 +73,13 @@ impl Probe for SystemProbe {
 }
 
 /// The probe for a monitor, with default paths resolved from `settings`.
+///
+/// `idle` lists the Gas Town polecats idle since their `gt done` (when a town is followed).
 pub fn probe_for(
     spec: &MonitorSpec,
     settings: &Settings,
     limits: WalkLimits,
+    idle: Option<&crate::gastown::lifecycle::IdleSessions>,
 ) -> Result<Box<dyn Probe>, String> {
     Ok(match spec {
         MonitorSpec::Agent { id, options } => {
@@ -94,6 +97,11 @@ pub fn probe_for(
             );
             if let Some(secs) = options.stall_after {
                 probe = probe.with_stall_after(Duration::from_secs(secs));
+            }
+            if let Some(idle) = idle.filter(|_| options.managed_by.is_some()) {
+                let (idle, id) = (idle.clone(), id.clone());
+                probe =
+                    probe.with_known_idle(move || crate::gastown::lifecycle::is_idle(&idle, &id));
             }
             if options.managed_by.as_deref() == Some(crate::gastown::layout::MANAGED_BY) {
                 // Gas Town's witness reads a stale heartbeat's state as nothing.

@@ -183,7 +183,7 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
             town: settings
                 .gastown
                 .as_ref()
-                .map(|t| Arc::new(std::sync::Mutex::new(TownState::new(&Town::of(t), t)))),
+                .map(|t| Arc::new(TownState::new(&Town::of(t), t))),
             cycles: Default::default(),
             listener: Some(Arc::new(listener)),
         };
@@ -264,7 +264,7 @@ pub fn run_once(settings: &Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<
     let system = SystemProbe::new(settings.filesystems.clone()).map_err(anyhow::Error::msg)?;
     let mut probes: Vec<Box<dyn Probe>> = vec![Box::new(system)];
     for spec in monitors.iter() {
-        match probe_for(spec, settings, limits) {
+        match probe_for(spec, settings, limits, None) {
             Ok(probe) => probes.push(probe),
             Err(e) => tracing::error!("{} {}: {e}", spec.kind(), spec.id()),
         }

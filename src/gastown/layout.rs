@@ -111,6 +111,8 @@ pub struct Town {
     /// Seconds of `working` with an unmoved heartbeat and an idle tree before a polecat is
     /// reported stalled.
     pub stall_after: u64,
+    /// Its tmux server's socket name, worked out once (it reads the filesystem).
+    socket: String,
 }
 
 /// The tmux socket Gas Town derives for a town (internal/session/registry.go): the town
@@ -159,6 +161,7 @@ impl Town {
         Town {
             root: root.to_path_buf(),
             stall_after: DEFAULT_STALL_AFTER_SECS,
+            socket: socket_name(root, std::env::var("GT_TMUX_SOCKET").ok().as_deref()),
         }
     }
 
@@ -223,13 +226,13 @@ impl Town {
     }
 
     /// The tmux socket of this town's sessions (with `GT_TMUX_SOCKET` from our environment).
-    pub fn tmux_socket(&self) -> String {
-        socket_name(&self.root, std::env::var("GT_TMUX_SOCKET").ok().as_deref())
+    pub fn tmux_socket(&self) -> &str {
+        &self.socket
     }
 
     /// The sessions running on the town's tmux server; `None` when tmux does not answer.
     pub fn tmux_sessions(&self) -> Option<HashSet<String>> {
-        crate::collect::agent::tmux_sessions(Some(&self.tmux_socket()))
+        crate::collect::agent::tmux_sessions(Some(&self.socket))
     }
 
     /// The rigs of `mayor/rigs.json`; names that are not valid ids are skipped with a warning
@@ -509,7 +512,7 @@ impl TownAgent {
             options: AgentOptions {
                 pid_file: Some(town.pid_file(&self.session)),
                 tmux_session: Some(self.session.clone()),
-                tmux_socket: Some(town.tmux_socket()),
+                tmux_socket: Some(town.tmux_socket().to_string()),
                 workspace: Some(self.worktree.clone()),
                 heartbeat,
                 stall_after: (self.role == Role::Polecat).then_some(town.stall_after),
@@ -786,7 +789,7 @@ mod tests {
             Some(town.root.join(".runtime/pids/gt-quartz.pid"))
         );
         assert_eq!(options.tmux_session.as_deref(), Some("gt-quartz"));
-        assert_eq!(options.tmux_socket, Some(town.tmux_socket()));
+        assert_eq!(options.tmux_socket.as_deref(), Some(town.tmux_socket()));
         assert_eq!(
             options.heartbeat,
             Some(town.root.join(".runtime/heartbeats/gt-quartz.json"))

@@ -3,11 +3,15 @@
 //! carries the actions out.
 //!
 //! Gas Town logs `session_death` for crashes *and* for deliberate ends (its idle reaper, `gt
-//! down`, doctor cleanups), and logs the deliberate ones just after the kill. So a death we see
-//! (the process is gone) waits [`Lifecycle`]'s `death_confirm` for Gas Town to say why before
-//! it counts as a crash; a reason that arrives later still resolves it.
+//! down`, doctor cleanups), and many deliberate ends log nothing at all (`gt crew stop`, `gt
+//! polecat nuke`, dog and boot runs, the daemon's restarts, docked rigs). So the incident is
+//! Gas Town's own crash report; a session health-monitor sees die without a word is retired
+//! quietly once its death is confirmed (`death_confirm` apart, by the readings' own times), after
+//! the usual last check for orphans. What watches for crashes is watched in turn: a dead Gas Town
+//! daemon is critical.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
@@ -95,6 +99,9 @@ pub enum Ending {
     Kill,
     /// A `session_end` event (declared by Gas Town, never written).
     SessionEnd,
+    /// Its process is gone and Gas Town said nothing: many deliberate ends log nothing, and a
+    /// crash is reported by Gas Town's own health check, which still raises it if it comes.
+    Unannounced,
 }
 
 impl Ending {
@@ -107,8 +114,26 @@ impl Ending {
             Ending::SelfTerminate => "self-termination after gt done",
             Ending::Kill => "kill",
             Ending::SessionEnd => "session end",
+            Ending::Unannounced => "ended without a word from Gas Town",
         }
     }
+
+    /// True when Gas Town (or its operator) meant it: a crash report after it is that end.
+    pub fn deliberate(self) -> bool {
+        self != Ending::Unannounced
+    }
+}
+
+/// The polecats that ran `gt done` and have not been given work since: idle. Gas Town resets a
+/// session's heartbeat to `working` on every gt sub-command, so an idle polecat reads `working`,
+/// unmoved and quiet, exactly like a stalled one. Shared with the agent probes.
+pub type IdleSessions = Arc<RwLock<HashSet<String>>>;
+
+/// True when `session` is in `idle`.
+pub fn is_idle(idle: &IdleSessions, session: &str) -> bool {
+    idle.read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(session)
 }
 
 /// One thing to do about the town.
@@ -147,9 +172,9 @@ pub fn mass_death_key() -> AlertKey {
 struct Liveness {
     /// Seen alive since this daemon started: only then is its death news.
     seen_alive: bool,
-    /// When it was first seen dead, while it stays dead.
+    /// The time of the first reading that found it dead, while it stays dead.
     dead_since: Option<DateTime<Utc>>,
-    /// Its death alert is raised.
+    /// Gas Town reported it crashed, and it has not run since.
     incident: bool,
 }
 
@@ -158,10 +183,15 @@ struct Liveness {
 pub struct Lifecycle {
     town: Town,
     death_confirm: Duration,
-    /// Deliberate ends, recent.
+    spawn_grace: Duration,
+    /// Ends, recent, and how.
     ended: HashMap<String, (DateTime<Utc>, Ending)>,
-    /// `gt done`, recent.
+    /// `gt done`, recent: a death then may be the town's self-termination.
     done: HashMap<String, DateTime<Utc>>,
+    /// Done and not given work since.
+    idle: IdleSessions,
+    /// Sessions an event started, and when.
+    starting: HashMap<String, DateTime<Utc>>,
     sessions: HashMap<String, Liveness>,
     /// When `gt down`'s sentinel was last seen.
     shutdown_seen: Option<DateTime<Utc>>,
@@ -177,17 +207,40 @@ fn text<'a>(payload: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 impl Lifecycle {
-    /// Lifecycle tracking for `town`; a watched session dead for `death_confirm` without a
-    /// deliberate end is an incident.
-    pub fn new(town: Town, death_confirm: std::time::Duration) -> Self {
+    /// Lifecycle tracking for `town`: a watched session is dead once two readings
+    /// `death_confirm` apart say so; one an event started is given `spawn_grace` to show its
+    /// process.
+    pub fn new(
+        town: Town,
+        death_confirm: std::time::Duration,
+        spawn_grace: std::time::Duration,
+    ) -> Self {
+        let duration = |d, default| Duration::from_std(d).unwrap_or(Duration::seconds(default));
         Lifecycle {
             town,
-            death_confirm: Duration::from_std(death_confirm).unwrap_or(Duration::seconds(10)),
+            death_confirm: duration(death_confirm, 10),
+            spawn_grace: duration(spawn_grace, 120),
             ended: HashMap::new(),
             done: HashMap::new(),
+            idle: IdleSessions::default(),
+            starting: HashMap::new(),
             sessions: HashMap::new(),
             shutdown_seen: None,
             self_terminate: false,
+        }
+    }
+
+    /// The idle polecats, shared with the probes that judge stalls.
+    pub fn idle_sessions(&self) -> IdleSessions {
+        self.idle.clone()
+    }
+
+    fn set_idle(&self, session: &str, idle: bool) {
+        let mut set = self.idle.write().unwrap_or_else(PoisonError::into_inner);
+        if idle {
+            set.insert(session.to_string());
+        } else {
+            set.remove(session);
         }
     }
 
@@ -196,50 +249,30 @@ impl Lifecycle {
         &self.town
     }
 
-    /// The actions one event calls for; events of other types call for none.
+    /// The actions one event calls for ([`read_event`] then [`Lifecycle::apply`]).
     pub fn on_event(&mut self, event: &TownEvent, now: DateTime<Utc>) -> Vec<Action> {
-        let p = &event.payload;
-        let by_actor = || {
-            event
-                .actor
-                .as_deref()
-                .and_then(|a| self.town.agent_by_address(a))
-        };
-        match event.kind.as_str() {
-            "spawn" => {
-                let agent = text(p, "rig")
-                    .zip(text(p, "polecat"))
-                    .and_then(|(rig, name)| self.town.agent_in(rig, Role::Polecat, name));
-                self.started(agent)
-            }
-            "session_start" => {
-                let agent = by_actor();
-                self.started(agent)
-            }
+        let fact = read_event(&self.town, event);
+        self.apply(fact, now)
+    }
+
+    /// The actions one fact calls for.
+    pub fn apply(&mut self, fact: TownFact, now: DateTime<Utc>) -> Vec<Action> {
+        match fact {
+            TownFact::Started(agent) => self.started(agent, now),
             // The polecat goes idle and keeps its session and worktree for its next task.
-            "done" => {
-                if let Some(agent) = by_actor() {
-                    self.done.insert(agent.session, now);
-                }
+            TownFact::Done(session) => {
+                self.set_idle(&session, true);
+                self.done.insert(session, now);
                 Vec::new()
             }
-            "kill" => {
-                let agent = text(p, "rig")
-                    .zip(text(p, "target"))
-                    .and_then(|(rig, name)| self.town.agent_in(rig, Role::Polecat, name));
-                self.end(agent.map(|a| a.session), Ending::Kill, now)
-            }
-            "session_end" => {
-                let session = text(p, "session")
-                    .filter(|s| validate_id(s).is_ok())
-                    .map(String::from)
-                    .or_else(|| by_actor().map(|a| a.session));
-                self.end(session, Ending::SessionEnd, now)
-            }
-            "session_death" => self.death(p, now),
-            "mass_death" => vec![Action::Raise(mass_death_key(), mass_death(event))],
-            "halt" => self.halt(p, now),
-            _ => Vec::new(),
+            TownFact::Ended(session, ending) => self.end(Some(session), ending, now),
+            TownFact::Died { session, payload } => self.death(&session, &payload, now),
+            TownFact::MassDeath(condition) => vec![Action::Raise(mass_death_key(), condition)],
+            TownFact::Halted(sessions) => sessions
+                .into_iter()
+                .flat_map(|s| self.end(Some(s), Ending::Shutdown, now))
+                .collect(),
+            TownFact::Nothing => Vec::new(),
         }
     }
 
@@ -248,22 +281,36 @@ impl Lifecycle {
     pub fn on_tick(&mut self, now: DateTime<Utc>, shutting_down: bool, self_terminate: bool) {
         self.ended.retain(|_, (at, _)| now - *at < ENDED_MEMORY);
         self.done.retain(|_, at| now - *at < DONE_MEMORY);
+        let grace = self.spawn_grace;
+        self.starting.retain(|_, at| now - *at < grace);
         if shutting_down {
             self.shutdown_seen = Some(now);
         }
         self.self_terminate = self_terminate;
     }
 
-    /// True when the session ended deliberately within the last ten minutes.
+    /// True when the session ended (in any way) within the last ten minutes.
     pub fn recently_ended(&self, session: &str, now: DateTime<Utc>) -> bool {
         self.ended
             .get(session)
             .is_some_and(|(at, _)| now - *at < ENDED_MEMORY)
     }
 
-    /// True while the session's death is an open incident (it stays watched).
-    pub fn incident(&self, session: &str) -> bool {
-        self.sessions.get(session).is_some_and(|l| l.incident)
+    /// True when the session ended deliberately within the last ten minutes.
+    fn recently_ended_deliberately(&self, session: &str, now: DateTime<Utc>) -> bool {
+        self.ended
+            .get(session)
+            .is_some_and(|(at, ending)| now - *at < ENDED_MEMORY && ending.deliberate())
+    }
+
+    /// True while a rescan must keep the session's agent although no session runs: Gas Town
+    /// reported it crashed, an event just started it, or a death is being confirmed.
+    pub fn keep_watching(&self, session: &str) -> bool {
+        self.starting.contains_key(session)
+            || self
+                .sessions
+                .get(session)
+                .is_some_and(|l| l.incident || l.dead_since.is_some())
     }
 
     /// The session is no longer watched: what was observed of it goes.
@@ -271,59 +318,63 @@ impl Lifecycle {
         self.sessions.remove(session);
     }
 
-    /// What a measurement of a watched session's process says: `alive` or not. A death seen
-    /// after it was seen alive waits `death_confirm` for Gas Town's reason, then is a crash;
-    /// during `gt down`, or just after `gt done` in a self-terminating town, it is deliberate.
-    pub fn observe(&mut self, session: &str, alive: bool, now: DateTime<Utc>) -> Vec<Action> {
+    /// What a reading of a watched session's process says: `alive` or not, read at `at`. A
+    /// death after it was seen alive is confirmed by a reading `death_confirm` after the first
+    /// dead one, then retired quietly; during `gt down`, or just after `gt done` in a
+    /// self-terminating town, it is that end. A session an event just started is not dead yet.
+    pub fn observe(
+        &mut self,
+        session: &str,
+        alive: bool,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Vec<Action> {
         let live = self.sessions.entry(session.to_string()).or_default();
         if alive {
             live.seen_alive = true;
             live.dead_since = None;
             if std::mem::take(&mut live.incident) {
-                tracing::info!(session, "town session alive again");
+                tracing::info!(session, "town session running again");
                 return vec![Action::Clear(death_key(session))];
             }
             return Vec::new();
         }
-        if !live.seen_alive || live.incident || self.ended.contains_key(session) {
-            // Never seen alive in this run (a stale pid file, or it ended while we were
-            // down), already an incident, or retiring.
+        if !live.seen_alive
+            || live.incident
+            || self.ended.contains_key(session)
+            || self.starting.contains_key(session)
+        {
+            // Never seen alive in this run (a stale pid file, or it ended while we were down),
+            // kept as Gas Town's incident, retiring, or not started yet.
             return Vec::new();
         }
-        let dead_since = *live.dead_since.get_or_insert(now);
+        let dead_since = *live.dead_since.get_or_insert(at);
         let in_shutdown = self
             .shutdown_seen
-            .is_some_and(|at| now - at <= self.death_confirm);
+            .is_some_and(|seen| now - seen <= self.death_confirm);
         if in_shutdown {
             return self.end(Some(session.to_string()), Ending::Shutdown, now);
         }
         if self.self_terminate && self.done.contains_key(session) {
             return self.end(Some(session.to_string()), Ending::SelfTerminate, now);
         }
-        if now - dead_since < self.death_confirm {
-            return Vec::new(); // Gas Town logs a reap or a shutdown just after the kill.
+        if at - dead_since < self.death_confirm {
+            // One reading may fall in a restart's gap; Gas Town logs a reap just after its kill.
+            return Vec::new();
         }
-        live.incident = true;
-        let waited = (now - dead_since).num_seconds();
-        vec![Action::Raise(
-            death_key(session),
-            Condition {
-                severity: HealthStatus::Critical,
-                message: format!(
-                    "session {session} died: its process is gone and Gas Town gave no reason \
-                     within {waited}s (no reap, shutdown or cleanup) [seen by health-monitor]"
-                ),
-                metadata: json!({"seen_dead_since": dead_since, "cause": "unexplained"}),
-            },
-        )]
+        tracing::info!(
+            session,
+            "town session gone and Gas Town said nothing: retiring it quietly (its own health \
+             check reports crashes)"
+        );
+        self.end(Some(session.to_string()), Ending::Unannounced, now)
     }
 
-    fn started(&mut self, agent: Option<TownAgent>) -> Vec<Action> {
-        let Some(agent) = agent else {
-            return Vec::new();
-        };
+    fn started(&mut self, agent: TownAgent, now: DateTime<Utc>) -> Vec<Action> {
         self.ended.remove(&agent.session);
         self.done.remove(&agent.session);
+        self.set_idle(&agent.session, false);
+        self.starting.insert(agent.session.clone(), now);
         if let Some(live) = self.sessions.get_mut(&agent.session) {
             live.incident = false;
             live.dead_since = None;
@@ -334,16 +385,18 @@ impl Lifecycle {
         ]
     }
 
-    /// A deliberate end: retired quietly; a death alert raised before the reason came resolves.
+    /// An end: retired quietly. A deliberate one also resolves a crash Gas Town reported
+    /// before it named the end.
     fn end(&mut self, session: Option<String>, ending: Ending, now: DateTime<Utc>) -> Vec<Action> {
         let Some(session) = session else {
             return Vec::new();
         };
         self.ended.insert(session.clone(), (now, ending));
+        self.starting.remove(&session);
         let mut actions = Vec::new();
         if let Some(live) = self.sessions.get_mut(&session) {
             live.dead_since = None;
-            if std::mem::take(&mut live.incident) {
+            if ending.deliberate() && std::mem::take(&mut live.incident) {
                 actions.push(Action::Clear(death_key(&session)));
             }
         }
@@ -351,10 +404,7 @@ impl Lifecycle {
         actions
     }
 
-    fn death(&mut self, p: &Value, now: DateTime<Utc>) -> Vec<Action> {
-        let Some(session) = text(p, "session").filter(|s| validate_id(s).is_ok()) else {
-            return Vec::new();
-        };
+    fn death(&mut self, session: &str, p: &Value, now: DateTime<Utc>) -> Vec<Action> {
         let (caller, reason) = (text(p, "caller"), text(p, "reason"));
         let cause = DeathCause::classify(caller, reason);
         if let Some(ending) = cause.ending() {
@@ -367,7 +417,7 @@ impl Lifecycle {
             );
             return self.end(Some(session.to_string()), ending, now);
         }
-        if self.recently_ended(session, now) {
+        if self.recently_ended_deliberately(session, now) {
             tracing::info!(
                 session,
                 "a death after a deliberate end is that end; not news"
@@ -398,38 +448,92 @@ impl Lifecycle {
             },
         )]
     }
+}
 
-    /// `gt down` finished: every service it names was stopped on purpose.
-    fn halt(&mut self, p: &Value, now: DateTime<Utc>) -> Vec<Action> {
-        let services: Vec<&str> = p
-            .get("services")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        let agents = self.town.agents().unwrap_or_default();
-        let mut sessions: Vec<String> = Vec::new();
-        for service in services {
-            match service {
-                "crew" => sessions.extend(
-                    agents
-                        .iter()
-                        .filter(|a| a.role == Role::Crew)
-                        .map(|a| a.session.clone()),
-                ),
-                "polecats" => sessions.extend(
-                    agents
-                        .iter()
-                        .filter(|a| a.role == Role::Polecat)
-                        .map(|a| a.session.clone()),
-                ),
-                other => sessions.extend(self.town.agent_by_address(other).map(|a| a.session)),
-            }
+/// What one event says, with the town's layout already consulted (file reads, done off any
+/// lock): which agent it is about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TownFact {
+    /// `spawn` or `session_start`: this agent's session starts.
+    Started(TownAgent),
+    /// `done`: the polecat is idle.
+    Done(String),
+    /// `kill` or `session_end` (written by nothing in Gas Town 1.0.1, but meant if they come).
+    Ended(String, Ending),
+    /// `session_death`, with its payload (caller and reason say which end it is).
+    Died { session: String, payload: Value },
+    /// `mass_death`.
+    MassDeath(Condition),
+    /// `halt`: `gt down` stopped these sessions.
+    Halted(Vec<String>),
+    /// Nothing to do (another type, an unknown agent, a hostile name).
+    Nothing,
+}
+
+/// Reads one event against the town's layout.
+pub fn read_event(town: &Town, event: &TownEvent) -> TownFact {
+    let p = &event.payload;
+    let by_actor = || {
+        event
+            .actor
+            .as_deref()
+            .and_then(|a| town.agent_by_address(a))
+    };
+    let polecat = |name_key: &str| {
+        text(p, "rig")
+            .zip(text(p, name_key))
+            .and_then(|(rig, name)| town.agent_in(rig, Role::Polecat, name))
+    };
+    let fact = match event.kind.as_str() {
+        "spawn" => polecat("polecat").map(TownFact::Started),
+        "session_start" => by_actor().map(TownFact::Started),
+        "done" => by_actor().map(|a| TownFact::Done(a.session)),
+        "kill" => polecat("target").map(|a| TownFact::Ended(a.session, Ending::Kill)),
+        "session_end" => text(p, "session")
+            .filter(|s| validate_id(s).is_ok())
+            .map(String::from)
+            .or_else(|| by_actor().map(|a| a.session))
+            .map(|s| TownFact::Ended(s, Ending::SessionEnd)),
+        "session_death" => text(p, "session")
+            .filter(|s| validate_id(s).is_ok())
+            .map(|session| TownFact::Died {
+                session: session.to_string(),
+                payload: p.clone(),
+            }),
+        "mass_death" => Some(TownFact::MassDeath(mass_death(event))),
+        "halt" => Some(TownFact::Halted(halted_sessions(town, p))),
+        _ => None,
+    };
+    fact.unwrap_or(TownFact::Nothing)
+}
+
+/// The sessions a `halt` names: every service `gt down` stopped (`crew` and `polecats` stand
+/// for all of them).
+fn halted_sessions(town: &Town, p: &Value) -> Vec<String> {
+    let services: Vec<&str> = p
+        .get("services")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let agents = town.agents().unwrap_or_default();
+    let mut sessions: Vec<String> = Vec::new();
+    for service in services {
+        let role = match service {
+            "crew" => Some(Role::Crew),
+            "polecats" => Some(Role::Polecat),
+            _ => None,
+        };
+        match role {
+            Some(role) => sessions.extend(
+                agents
+                    .iter()
+                    .filter(|a| a.role == role)
+                    .map(|a| a.session.clone()),
+            ),
+            None => sessions.extend(town.agent_by_address(service).map(|a| a.session)),
         }
-        sessions
-            .into_iter()
-            .flat_map(|s| self.end(Some(s), Ending::Shutdown, now))
-            .collect()
     }
+    sessions
 }
 
 /// The alert of a `mass_death` event: 3 crash deaths within 30 s (Gas Town counts only the
@@ -482,8 +586,13 @@ mod tests {
         (dir, town)
     }
 
+    /// A lifecycle whose deaths are confirmed 10 s apart, with no spawn grace.
     fn lifecycle(town: Town) -> Lifecycle {
-        Lifecycle::new(town, std::time::Duration::from_secs(10))
+        Lifecycle::new(
+            town,
+            std::time::Duration::from_secs(10),
+            std::time::Duration::ZERO,
+        )
     }
 
     /// A line exactly as Gas Town writes it (`../shared/gastown/events.jsonl`).
@@ -574,79 +683,111 @@ mod tests {
         assert!(l.on_event(&event(nudge), t(0)).is_empty());
     }
 
+    /// A lifecycle whose deaths are confirmed 10 s apart and whose spawns have 60 s of grace.
+    fn lifecycle_with_grace(town: Town) -> Lifecycle {
+        Lifecycle::new(
+            town,
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs(60),
+        )
+    }
+
     #[test]
-    fn done_keeps_the_session_and_a_reap_retires_it_quietly() {
+    fn done_makes_a_polecat_idle_and_a_reap_retires_it_quietly() {
         let (_d, town) = town();
         let mut l = lifecycle(town);
         l.on_event(&event(SPAWN), t(0));
-        assert!(l.observe("ac-quartz", true, t(5)).is_empty());
+        l.on_tick(t(200), false, false); // past the spawn's grace
+        assert!(l.observe("ac-quartz", true, t(200), t(200)).is_empty());
         assert!(
-            l.on_event(&event(DONE), t(60)).is_empty(),
+            l.on_event(&event(DONE), t(260)).is_empty(),
             "done: idle, not ended"
         );
-        assert!(l.observe("ac-quartz", true, t(70)).is_empty());
+        assert!(is_idle(&l.idle_sessions(), "ac-quartz"));
+        assert!(l.observe("ac-quartz", true, t(270), t(270)).is_empty());
         // The reaper kills first and logs after: a death seen in between waits for the reason.
-        assert!(l.observe("ac-quartz", false, t(1000)).is_empty());
-        assert!(l.observe("ac-quartz", false, t(1005)).is_empty());
+        assert!(l.observe("ac-quartz", false, t(1000), t(1000)).is_empty());
+        assert!(l.keep_watching("ac-quartz"), "a death being confirmed");
+        assert!(l.observe("ac-quartz", false, t(1000), t(1005)).is_empty());
         assert_eq!(
             l.on_event(&event(REAP), t(1006)),
             vec![Action::Retire("ac-quartz".into(), Ending::IdleReap)]
         );
         assert!(
-            l.observe("ac-quartz", false, t(1100)).is_empty(),
+            l.observe("ac-quartz", false, t(1100), t(1100)).is_empty(),
             "retiring"
         );
         assert!(l.recently_ended("ac-quartz", t(1100)));
-        // A reason that comes after the death was counted as a crash still resolves it.
+        // New work: no longer idle.
         l.on_event(&event(SPAWN), t(2000));
-        l.observe("ac-quartz", true, t(2001));
-        l.observe("ac-quartz", false, t(2002));
-        let crash = l.observe("ac-quartz", false, t(2013));
-        assert_eq!(
-            raised(&crash),
-            [("ac-quartz".to_string(), SESSION_DEATH.to_string())]
-        );
-        assert!(l.incident("ac-quartz"));
-        assert_eq!(
-            l.on_event(&event(REAP), t(2014)),
-            vec![
-                Action::Clear(death_key("ac-quartz")),
-                Action::Retire("ac-quartz".into(), Ending::IdleReap)
-            ]
-        );
-        assert!(!l.incident("ac-quartz"));
+        assert!(!is_idle(&l.idle_sessions(), "ac-quartz"));
     }
 
     #[test]
-    fn an_unexplained_death_is_a_crash_that_a_respawn_clears() {
+    fn a_death_gas_town_says_nothing_about_is_retired_quietly_once_confirmed() {
         let (_d, town) = town();
         let mut l = lifecycle(town);
         // Dead from the first look (a stale pid file): nothing to say.
-        assert!(l.observe("ac-onyx", false, t(0)).is_empty());
-        assert!(l.observe("ac-onyx", false, t(60)).is_empty());
-        l.observe("ac-quartz", true, t(0));
-        assert!(l.observe("ac-quartz", false, t(1)).is_empty());
-        let actions = l.observe("ac-quartz", false, t(11));
-        let [Action::Raise(key, c)] = &actions[..] else {
-            panic!("{actions:?}")
-        };
-        assert_eq!(key, &death_key("ac-quartz"));
-        assert_eq!(c.severity, HealthStatus::Critical);
-        assert!(
-            c.message.contains("Gas Town gave no reason"),
-            "{}",
-            c.message
+        assert!(l.observe("ac-onyx", false, t(0), t(0)).is_empty());
+        assert!(l.observe("ac-onyx", false, t(60), t(60)).is_empty());
+        l.observe("ac-quartz", true, t(0), t(0));
+        // One dead reading in a restart's gap, then alive: nothing.
+        assert!(l.observe("ac-quartz", false, t(1), t(1)).is_empty());
+        assert!(l.observe("ac-quartz", true, t(2), t(2)).is_empty());
+        // The same stale reading looked at again later is not a confirmation...
+        assert!(l.observe("ac-quartz", false, t(30), t(30)).is_empty());
+        assert!(l.observe("ac-quartz", false, t(30), t(45)).is_empty());
+        // ...a reading 10 s after the first dead one is, and no alert comes of it.
+        assert_eq!(
+            l.observe("ac-quartz", false, t(40), t(46)),
+            vec![Action::Retire("ac-quartz".into(), Ending::Unannounced)]
         );
-        assert!(
-            l.observe("ac-quartz", false, t(30)).is_empty(),
-            "raised once"
-        );
-        // Gas Town's own crash detection comes minutes later: the same alert, not a second.
+        // Gas Town's own crash detection still makes it the incident.
         let crash = CRASH.replace("ac-onyx", "ac-quartz");
         assert_eq!(raised(&l.on_event(&event(&crash), t(180))).len(), 1);
+        // A session an event just started is not dead while it gets going.
+        let (_d2, town) = self::town();
+        let mut l = lifecycle_with_grace(town);
+        l.observe("ac-quartz", true, t(0), t(0));
+        l.on_event(&event(SPAWN), t(100));
+        assert!(l.observe("ac-quartz", false, t(101), t(101)).is_empty());
+        assert!(l.observe("ac-quartz", false, t(150), t(150)).is_empty());
+        assert!(l.keep_watching("ac-quartz"));
+    }
+
+    #[test]
+    fn a_crash_gas_town_reports_stays_until_the_session_runs_again() {
+        let (_d, town) = town();
+        let mut l = lifecycle(town);
+        l.observe("ac-onyx", true, t(0), t(0));
+        let actions = l.on_event(&event(CRASH), t(180));
+        assert_eq!(raised(&actions).len(), 1);
+        assert!(l.keep_watching("ac-onyx"), "the incident stays watched");
+        assert!(l.observe("ac-onyx", false, t(200), t(200)).is_empty());
+        assert!(l.observe("ac-onyx", false, t(400), t(400)).is_empty());
         assert_eq!(
-            l.observe("ac-quartz", true, t(200)),
-            vec![Action::Clear(death_key("ac-quartz"))]
+            l.observe("ac-onyx", true, t(500), t(500)),
+            vec![Action::Clear(death_key("ac-onyx"))]
+        );
+        // A crash reported after a deliberate end is that end; after a silent one, news.
+        l.on_event(
+            &event(REAP.replace("ac-quartz", "ac-jade").as_str()),
+            t(600),
+        );
+        assert!(
+            l.on_event(&event(&CRASH.replace("ac-onyx", "ac-jade")), t(601))
+                .is_empty()
+        );
+        // A deliberate end named after the crash report resolves it.
+        l.observe("ac-opal", true, t(0), t(0));
+        l.on_event(&event(&CRASH.replace("ac-onyx", "ac-opal")), t(700));
+        let reap = REAP.replace("ac-quartz", "ac-opal");
+        assert_eq!(
+            l.on_event(&event(&reap), t(701)),
+            vec![
+                Action::Clear(death_key("ac-opal")),
+                Action::Retire("ac-opal".into(), Ending::IdleReap)
+            ]
         );
     }
 
@@ -708,22 +849,22 @@ mod tests {
         }
         // Deaths seen while gt down's sentinel is there are part of it (`gt down -p` stops
         // polecats without a word), and so are those seen just after it went.
-        l.observe("ac-quartz", true, t(10));
-        l.observe("ac-onyx", true, t(10));
+        l.observe("ac-quartz", true, t(10), t(10));
+        l.observe("ac-onyx", true, t(10), t(10));
         l.on_tick(t(20), true, false);
         assert_eq!(
-            l.observe("ac-quartz", false, t(21)),
+            l.observe("ac-quartz", false, t(21), t(21)),
             vec![Action::Retire("ac-quartz".into(), Ending::Shutdown)]
         );
         l.on_tick(t(22), false, false);
         assert_eq!(
-            l.observe("ac-onyx", false, t(25)),
+            l.observe("ac-onyx", false, t(25), t(25)),
             vec![Action::Retire("ac-onyx".into(), Ending::Shutdown)]
         );
-        assert!(l.observe("ac-jade", true, t(40)).is_empty());
+        assert!(l.observe("ac-jade", true, t(40), t(40)).is_empty());
         assert!(
-            l.observe("ac-jade", false, t(41)).is_empty(),
-            "long after gt down: a crash to confirm"
+            l.observe("ac-jade", false, t(41), t(41)).is_empty(),
+            "long after gt down: a death to confirm"
         );
         // kill and session_end have no writer in Gas Town 1.0.1, but mean an end if they come.
         assert_eq!(
@@ -741,19 +882,22 @@ mod tests {
         let (_d, town) = town();
         let mut l = lifecycle(town);
         l.on_tick(t(0), false, true);
-        l.observe("ac-quartz", true, t(0));
+        l.observe("ac-quartz", true, t(0), t(0));
         l.on_event(&event(DONE), t(1));
         assert_eq!(
-            l.observe("ac-quartz", false, t(4)),
+            l.observe("ac-quartz", false, t(4), t(4)),
             vec![Action::Retire("ac-quartz".into(), Ending::SelfTerminate)]
         );
-        // Without the setting the same death is a crash once confirmed.
+        // Without the setting the same death waits to be confirmed, and is no alert either.
         let (_d2, town) = self::town();
         let mut l = lifecycle(town);
-        l.observe("ac-quartz", true, t(0));
+        l.observe("ac-quartz", true, t(0), t(0));
         l.on_event(&event(DONE), t(1));
-        l.observe("ac-quartz", false, t(4));
-        assert_eq!(raised(&l.observe("ac-quartz", false, t(15))).len(), 1);
+        assert!(l.observe("ac-quartz", false, t(4), t(4)).is_empty());
+        assert_eq!(
+            l.observe("ac-quartz", false, t(15), t(15)),
+            vec![Action::Retire("ac-quartz".into(), Ending::Unannounced)]
+        );
     }
 
     #[test]

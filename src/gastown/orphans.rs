@@ -290,7 +290,15 @@ fn units() -> (f64, u64) {
 }
 
 /// Reads the whole process table once.
-pub fn scan(town_root: &Path, owned_roots: &[u32], min_age: Duration) -> OrphanScan {
+///
+/// Processes working under `skip_cwds` are left out: the caller counts them elsewhere (the
+/// orphans of a watched agent that is retiring are that agent's `agent_orphan_count`).
+pub fn scan(
+    town_root: &Path,
+    owned_roots: &[u32],
+    skip_cwds: &[PathBuf],
+    min_age: Duration,
+) -> OrphanScan {
     // Uptime first: a process started during the read is never aged past its time.
     let Some(now_secs) = uptime_secs() else {
         return OrphanScan::default();
@@ -313,7 +321,8 @@ pub fn scan(town_root: &Path, owned_roots: &[u32], min_age: Duration) -> OrphanS
     };
     let in_town = |pid: u32| {
         // readlink only: the target is never opened or followed.
-        fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd_in(&cwd, &roots))
+        fs::read_link(format!("/proc/{pid}/cwd"))
+            .is_ok_and(|cwd| cwd_in(&cwd, &roots) && !cwd_in(&cwd, skip_cwds))
     };
     find(&entries, owned_roots, in_town, basis, min_age)
 }
@@ -559,7 +568,7 @@ mod tests {
         let child = child.expect("a claude running under setsid");
         let pid = child.0.id();
 
-        let found = scan(&town, &[], Duration::ZERO);
+        let found = scan(&town, &[], &[], Duration::ZERO);
         assert!(found.count >= 1, "{found:?}");
         let example = found.examples.iter().find(|o| o.pid == pid);
         assert!(
@@ -569,13 +578,13 @@ mod tests {
         assert!(found.memory_mb > 0.0);
         // Owned by itself, or by an ancestor (this test).
         for owner in [pid, std::process::id()] {
-            let owned = scan(&town, &[owner], Duration::ZERO);
+            let owned = scan(&town, &[owner], &[], Duration::ZERO);
             assert!(owned.examples.iter().all(|o| o.pid != pid), "{owned:?}");
         }
         // Too young for the default minimum age; outside another town.
-        let young = scan(&town, &[], MIN_ORPHAN_AGE);
+        let young = scan(&town, &[], &[], MIN_ORPHAN_AGE);
         assert!(young.examples.iter().all(|o| o.pid != pid), "{young:?}");
-        let elsewhere = scan(&bin, &[], Duration::ZERO);
+        let elsewhere = scan(&bin, &[], &[], Duration::ZERO);
         assert!(
             elsewhere.examples.iter().all(|o| o.pid != pid),
             "{elsewhere:?}"
