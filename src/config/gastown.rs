@@ -33,10 +33,11 @@ pub struct GastownConfig {
     pub gt: Option<PathBuf>,
     /// Seconds one `gt escalate` may take (default 30).
     pub escalate_timeout: Option<f64>,
-    /// Seconds after a spawn during which a missing process is not announced (default 120).
+    /// Seconds a session started by an event may take to show its process before a reading
+    /// that finds none counts (default 120).
     pub spawn_grace: Option<f64>,
-    /// Seconds a watched session may be dead before it counts as a crash, waiting for Gas Town
-    /// to log why (a reap or `gt down` logs after the kill; default 10).
+    /// Seconds two readings of a dead process must be apart before the session counts as ended
+    /// (one may fall in a restart's gap; default 10).
     pub death_confirm: Option<f64>,
     /// Seconds a polecat may say `working` with an unmoved heartbeat and an idle tree before it
     /// is reported stalled (default 900, Gas Town's idle timeout).

@@ -59,9 +59,9 @@ use crate::config::outputs::{EscalateSink, ExecSink};
 use crate::model::{HealthStatus, ResourceType, format_timestamp};
 
 /// How many escalated alerts the sink remembers. An alert is forgotten when its resolved notice
-/// arrives, so the cap only matters when those go missing (a resolution under a silence is
-/// never sent); then the alert escalated longest ago is forgotten first (and its escalation,
-/// if it had an id, is left to the next start to close).
+/// arrives, so the cap only matters when those go missing (an alert restored at start under a
+/// silence never announces its resolution); then the alert escalated longest ago is forgotten
+/// first (and its escalation, if it had an id, is left to the next start to close).
 pub const ESCALATED_LIMIT: usize = 10_000;
 
 /// The longest summary, in characters: it is the escalation's title, read at a glance. Close
