@@ -589,6 +589,9 @@ mod tests {
             elsewhere.examples.iter().all(|o| o.pid != pid),
             "{elsewhere:?}"
         );
+        // Working where a retiring agent worked: that agent counts it, the town does not.
+        let skipped = scan(&town, &[], std::slice::from_ref(&town), Duration::ZERO);
+        assert!(skipped.examples.iter().all(|o| o.pid != pid), "{skipped:?}");
         drop(child);
     }
 }
