@@ -163,6 +163,34 @@ pub fn offline(settings: &Settings, now: DateTime<Utc>) -> anyhow::Result<Summar
     ))
 }
 
+/// True for an alert about a condition (`collector_failed`, `database_write_failed`,
+/// `session_death`...), not a threshold on a metric: its type is not a metric's name. A metric's
+/// alert already shows through the metric's status; a condition's shows only through this.
+pub fn is_condition(alert_type: &str) -> bool {
+    crate::catalog::lookup(alert_type).is_none()
+}
+
+/// The least status an active alert gives the resource it is raised on, if any.
+///
+/// A condition gives its resource its severity (a crashed session is critical), except one that
+/// says the resource's monitoring is impaired (`collector_failed`, `collector_stalled`): the
+/// resource itself may be fine, its data is what is stale, so it shows as `degraded`, the
+/// status for impaired monitoring. The overall status still takes the alert's full severity.
+pub fn resource_floor(alert: &HealthAlert) -> Option<HealthStatus> {
+    if alert.resolved || !is_condition(&alert.alert_type) {
+        return None;
+    }
+    let impairs_monitoring = matches!(
+        alert.alert_type.as_str(),
+        crate::actors::supervisor::COLLECTOR_FAILED | crate::actors::collector::COLLECTOR_STALLED
+    );
+    Some(if impairs_monitoring {
+        alert.severity.min(HealthStatus::Degraded)
+    } else {
+        alert.severity
+    })
+}
+
 /// Where resources sort: the machine first, then agents, workspaces and the rest.
 fn rank(t: ResourceType) -> u8 {
     match t {
@@ -253,6 +281,15 @@ pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
             if impaired.contains_key(collector.as_str()) && status < HealthStatus::Degraded {
                 status = HealthStatus::Degraded;
             }
+            // An active condition on the resource shows too, though no metric says it.
+            for alert in &inputs.active_alerts {
+                if alert.resource_type == resource_type
+                    && alert.resource_id == resource_id
+                    && let Some(floor) = resource_floor(alert)
+                {
+                    status = status.max(floor);
+                }
+            }
             ResourceView {
                 resource_type,
                 resource_id,
@@ -270,9 +307,19 @@ pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
             }
         })
         .collect();
+    // The worst resource, and at least the severity of every active alert: a condition (a
+    // failed collector, a database that refuses writes, a crashed session) has no metric status
+    // to show through, and may be raised on a resource not listed (`database/<db path>`).
     let overall_status = resources
         .iter()
         .map(|r| r.status)
+        .chain(
+            inputs
+                .active_alerts
+                .iter()
+                .filter(|a| !a.resolved)
+                .map(|a| a.severity),
+        )
         .max()
         .unwrap_or(HealthStatus::Unknown);
     let active_alerts: Vec<AlertView> = inputs
@@ -501,6 +548,208 @@ mod tests {
         assert!(text.contains("y=90%"), "{text}");
         assert!(text.lines().all(|l| l.len() <= 100), "{text}");
         assert!(text.contains("(no data yet)"), "{text}");
+    }
+
+    fn alert(t: ResourceType, id: &str, alert_type: &str, severity: HealthStatus) -> HealthAlert {
+        let now = Utc::now();
+        HealthAlert {
+            id: Some(1),
+            resource_type: t,
+            resource_id: id.into(),
+            alert_type: alert_type.into(),
+            severity,
+            message: format!("{alert_type} on {t}/{id}"),
+            timestamp: now,
+            metadata: serde_json::Value::Null,
+            resolved: false,
+            resolved_at: None,
+            last_notified_at: now,
+            acknowledged_at: None,
+        }
+    }
+
+    fn find(s: &Summary, t: ResourceType, id: &str) -> HealthStatus {
+        s.resources
+            .iter()
+            .find(|r| r.resource_type == t && r.resource_id == id)
+            .unwrap_or_else(|| panic!("no {t}/{id} in {:?}", s.resources))
+            .status
+    }
+
+    #[test]
+    fn a_critical_condition_makes_the_overall_status_critical() {
+        let healthy = || SummaryInputs {
+            monitors: vec![MonitorSpec::workspace("w1")],
+            latest: vec![
+                metric(ResourceType::Cpu, "system", "cpu_usage_percent", 5.0),
+                metric(ResourceType::Workspace, "w1", "workspace_size_mb", 10.0),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            build(healthy(), Utc::now()).overall_status,
+            HealthStatus::Healthy
+        );
+        // The database refuses writes: its resource is not listed, no metric says so.
+        for condition in ["database_write_failed", "a_condition_of_tomorrow"] {
+            let mut inputs = healthy();
+            inputs.active_alerts = vec![alert(
+                ResourceType::Database,
+                "/var/lib/hm.db",
+                condition,
+                HealthStatus::Critical,
+            )];
+            let s = build(inputs, Utc::now());
+            assert_eq!(s.overall_status, HealthStatus::Critical, "{condition}");
+            assert!(
+                s.resources
+                    .iter()
+                    .all(|r| r.status == HealthStatus::Healthy)
+            );
+            assert!(
+                render(&s).starts_with("overall: CRITICAL"),
+                "{}",
+                render(&s)
+            );
+        }
+        // Offline, with no fresh data at all, the open alert still shows.
+        let s = build(
+            SummaryInputs {
+                active_alerts: vec![alert(
+                    ResourceType::Workspace,
+                    "w1",
+                    "collector_failed",
+                    HealthStatus::Critical,
+                )],
+                ..Default::default()
+            },
+            Utc::now(),
+        );
+        assert_eq!(s.overall_status, HealthStatus::Critical);
+        // A resolved alert counts for nothing.
+        let mut inputs = healthy();
+        let mut resolved = alert(
+            ResourceType::Agent,
+            "a1",
+            "session_death",
+            HealthStatus::Critical,
+        );
+        resolved.resolved = true;
+        inputs.active_alerts = vec![resolved];
+        assert_eq!(
+            build(inputs, Utc::now()).overall_status,
+            HealthStatus::Healthy
+        );
+    }
+
+    #[test]
+    fn a_condition_shows_on_its_resource_and_impaired_monitoring_stays_degraded() {
+        let inputs = SummaryInputs {
+            monitors: vec![
+                MonitorSpec::agent("a1"),
+                MonitorSpec::workspace("w1"),
+                MonitorSpec::workspace("w2"),
+            ],
+            latest: vec![
+                metric(ResourceType::Cpu, "system", "cpu_usage_percent", 5.0),
+                metric(ResourceType::Memory, "system", "memory_usage_percent", 10.0),
+                metric(ResourceType::Agent, "a1", "agent_memory_mb", 10.0),
+                metric(ResourceType::Workspace, "w1", "workspace_size_mb", 10.0),
+                metric(ResourceType::Workspace, "w2", "workspace_size_mb", 10.0),
+            ],
+            active_alerts: vec![
+                // A crashed session: the agent itself is critical.
+                alert(
+                    ResourceType::Agent,
+                    "a1",
+                    "session_death",
+                    HealthStatus::Critical,
+                ),
+                // Its collector is parked: the workspace's data is stale, not the workspace bad.
+                alert(
+                    ResourceType::Workspace,
+                    "w1",
+                    "collector_failed",
+                    HealthStatus::Critical,
+                ),
+                alert(
+                    ResourceType::Cpu,
+                    "system",
+                    "collector_stalled",
+                    HealthStatus::Critical,
+                ),
+                // A metric's alert (still open inside its hysteresis) shows through its metric,
+                // not on the resource; it still counts for the overall status.
+                alert(
+                    ResourceType::Memory,
+                    "system",
+                    "memory_usage_percent",
+                    HealthStatus::Unhealthy,
+                ),
+            ],
+            ..Default::default()
+        };
+        let s = build(inputs, Utc::now());
+        assert_eq!(find(&s, ResourceType::Agent, "a1"), HealthStatus::Critical);
+        assert_eq!(
+            find(&s, ResourceType::Workspace, "w1"),
+            HealthStatus::Degraded
+        );
+        assert_eq!(
+            find(&s, ResourceType::Cpu, "system"),
+            HealthStatus::Degraded
+        );
+        assert_eq!(
+            find(&s, ResourceType::Memory, "system"),
+            HealthStatus::Healthy
+        );
+        assert_eq!(
+            find(&s, ResourceType::Workspace, "w2"),
+            HealthStatus::Healthy
+        );
+        assert_eq!(s.overall_status, HealthStatus::Critical);
+        // Worse data than "degraded" is never hidden by a monitoring condition.
+        let inputs = SummaryInputs {
+            monitors: vec![MonitorSpec::workspace("w1")],
+            latest: vec![metric(
+                ResourceType::Workspace,
+                "w1",
+                "workspace_size_mb",
+                99.0,
+            )],
+            active_alerts: vec![alert(
+                ResourceType::Workspace,
+                "w1",
+                "collector_failed",
+                HealthStatus::Critical,
+            )],
+            ..Default::default()
+        };
+        let s = build(inputs, Utc::now());
+        assert_eq!(
+            find(&s, ResourceType::Workspace, "w1"),
+            HealthStatus::Critical
+        );
+        // A lesser condition lifts the overall status only as far as its severity.
+        let inputs = SummaryInputs {
+            latest: vec![metric(
+                ResourceType::Cpu,
+                "system",
+                "cpu_usage_percent",
+                5.0,
+            )],
+            active_alerts: vec![alert(
+                ResourceType::Agent,
+                "gastown",
+                "town_event",
+                HealthStatus::Unhealthy,
+            )],
+            ..Default::default()
+        };
+        assert_eq!(
+            build(inputs, Utc::now()).overall_status,
+            HealthStatus::Unhealthy
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::control::protocol::{Request, validate_resource_id, validate_silence};
 use crate::model::{HealthAlert, ResourceType, Silence, format_timestamp};
 use crate::store::write::WriteOp;
 use crate::store::{self, query};
+use crate::summary::Summary;
 
 /// Most alerts `alerts --all` lists.
 const LIST_LIMIT: usize = 1000;
@@ -110,16 +111,81 @@ fn operator() -> String {
     }
 }
 
-/// Reads alerts (and silences, to mark the silenced ones) straight from the database.
+/// Reads alerts (and silences, to mark the silenced ones) straight from the database. With no
+/// database there, the active alerts of a daemon answering on the socket; with neither (a
+/// mistyped `--db-path`), an error rather than "no alerts".
 fn read_alerts(settings: &Settings, all: bool) -> anyhow::Result<(Vec<HealthAlert>, Vec<Silence>)> {
+    if !super::database_exists(settings)? {
+        return daemon_alerts(settings, all);
+    }
     store::check_is_database(&settings.db_path)?;
     match store::open_read_only(&settings.db_path)? {
         Some(conn) => Ok((
             query::alerts(&conn, all, LIST_LIMIT)?,
             query::active_silences(&conn, Utc::now())?,
         )),
-        None => Ok((Vec::new(), Vec::new())),
+        None => Err(super::missing_database(settings)),
     }
+}
+
+/// The active alerts a daemon answering on the socket holds, when the database named is not
+/// there (another `--db-path` than the daemon's, or a file deleted under it). It says so on
+/// stderr: resolved alerts and acknowledgements are only in a database.
+fn daemon_alerts(
+    settings: &Settings,
+    all: bool,
+) -> anyhow::Result<(Vec<HealthAlert>, Vec<Silence>)> {
+    let summary: Summary = match client::request(&settings.socket_path, &Request::Status {}) {
+        Ok(data) => serde_json::from_value(data)?,
+        Err(ClientError::NoDaemon(_)) => return Err(super::missing_database(settings)),
+        Err(e) => return Err(e.into()),
+    };
+    let pid = summary
+        .pid
+        .map(|p| format!(" (pid {p})"))
+        .unwrap_or_default();
+    eprintln!(
+        "warning: no database at {}; showing the active alerts of the daemon{pid} on {} \
+         (its database: {}){}",
+        settings.db_path.display(),
+        settings.socket_path.display(),
+        summary.db_path,
+        if all {
+            "; resolved alerts are only in a database"
+        } else {
+            ""
+        }
+    );
+    let silences = client::request(&settings.socket_path, &Request::SilenceList {})
+        .ok()
+        .and_then(|data| serde_json::from_value(data).ok())
+        .unwrap_or_default();
+    let now = Utc::now();
+    let mut alerts: Vec<HealthAlert> = summary
+        .active_alerts
+        .into_iter()
+        .map(|a| {
+            let timestamp = DateTime::parse_from_rfc3339(&a.timestamp)
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or(now);
+            HealthAlert {
+                id: a.id,
+                resource_type: a.resource_type,
+                resource_id: a.resource_id,
+                alert_type: a.alert_type,
+                severity: a.severity,
+                message: a.message,
+                timestamp,
+                metadata: serde_json::Value::Null,
+                resolved: false,
+                resolved_at: None,
+                last_notified_at: timestamp,
+                acknowledged_at: None,
+            }
+        })
+        .collect();
+    alerts.sort_by_key(|a| std::cmp::Reverse(a.timestamp));
+    Ok((alerts, silences))
 }
 
 /// One alert's state for people: active, acknowledged, silenced or resolved.
@@ -182,7 +248,7 @@ pub fn ack(args: &AckArgs, settings: &Settings) -> anyhow::Result<()> {
     match client::request(&settings.socket_path, &request) {
         Ok(_) => {}
         Err(ClientError::NoDaemon(_)) => {
-            store::check_is_database(&settings.db_path)?;
+            super::require_database(settings)?;
             let alert = match store::open_read_only(&settings.db_path)? {
                 Some(conn) => query::alert_by_id(&conn, args.alert_id)?,
                 None => None,
@@ -250,7 +316,10 @@ pub fn silence(args: &SilenceArgs, settings: &Settings) -> anyhow::Result<()> {
             let silences: Vec<Silence> =
                 match client::request(&settings.socket_path, &Request::SilenceList {}) {
                     Ok(data) => serde_json::from_value(data)?,
-                    Err(ClientError::NoDaemon(_)) => read_alerts(settings, false)?.1,
+                    Err(ClientError::NoDaemon(_)) => {
+                        super::require_database(settings)?;
+                        read_alerts(settings, false)?.1
+                    }
                     Err(e) => return Err(e.into()),
                 };
             if *json {

@@ -13,7 +13,8 @@ use super::alerts::parse_duration;
 use crate::alerts::format_value;
 use crate::catalog;
 use crate::config::Settings;
-use crate::control::protocol::validate_resource_id;
+use crate::control::client;
+use crate::control::protocol::{Request, validate_resource_id};
 use crate::model::{ResourceType, format_timestamp};
 use crate::store::query::{self, Point};
 use crate::store::{self};
@@ -171,8 +172,21 @@ pub fn render(h: &History) -> String {
 /// Runs `history`.
 pub fn history(args: &HistoryArgs, settings: &Settings) -> anyhow::Result<()> {
     validate_resource_id(args.resource_type, &args.resource_id).map_err(anyhow::Error::msg)?;
-    if !settings.db_path.exists() {
-        bail!("no database at {}", settings.db_path.display());
+    if !super::database_exists(settings)? {
+        // History lives only in the database: a daemon answering cannot stand in for it.
+        match client::request(&settings.socket_path, &Request::Ping {}) {
+            Ok(data) => bail!(
+                "no database at {}, though a daemon{} answers on {}: history is read from the \
+                 database, so pass the daemon's --db-path",
+                settings.db_path.display(),
+                data.get("pid")
+                    .and_then(serde_json::Value::as_u64)
+                    .map(|p| format!(" (pid {p})"))
+                    .unwrap_or_default(),
+                settings.socket_path.display()
+            ),
+            Err(_) => return Err(super::missing_database(settings)),
+        }
     }
     store::check_is_database(&settings.db_path)?;
     let since = Utc::now() - chrono::Duration::from_std(args.since)?;

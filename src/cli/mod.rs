@@ -10,6 +10,7 @@ pub mod status;
 
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{CliOverrides, ConfigFile, Settings};
@@ -119,7 +120,64 @@ pub fn settings(
     Settings::resolve(file, &overrides)
 }
 
+/// clap value parser for paths that are stored (monitor paths): they must be UTF-8, since they
+/// are kept as JSON text. Anything else is a usage error (exit 2) that names the argument.
+#[derive(Debug, Clone, Copy)]
+pub struct Utf8Path;
+
+impl clap::builder::TypedValueParser for Utf8Path {
+    type Value = PathBuf;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<PathBuf, clap::Error> {
+        match value.to_str() {
+            Some(text) => Ok(PathBuf::from(text)),
+            None => {
+                let name = arg.map_or_else(|| "a path".to_string(), |a| a.to_string());
+                let message = format!(
+                    "{name}: {} is not valid UTF-8 (monitor paths are stored as text)\n",
+                    std::path::Path::new(value).display()
+                );
+                Err(clap::Error::raw(clap::error::ErrorKind::InvalidUtf8, message).with_cmd(cmd))
+            }
+        }
+    }
+}
+
 /// Turns a user-given path into an absolute one: the daemon does not share our working directory.
 pub fn absolute(path: PathBuf) -> anyhow::Result<PathBuf> {
     Ok(std::path::absolute(&path)?)
+}
+
+/// Whether the database file exists; an error only when that cannot be told (e.g. a directory
+/// on the way that this user may not search).
+pub fn database_exists(settings: &Settings) -> anyhow::Result<bool> {
+    settings
+        .db_path
+        .try_exists()
+        .with_context(|| format!("cannot look for database {}", settings.db_path.display()))
+}
+
+/// The error of a read command that has neither a database nor a daemon to answer it: most
+/// likely a mistyped `--db-path`, which must not read as "nothing wrong, nothing monitored".
+pub fn missing_database(settings: &Settings) -> anyhow::Error {
+    anyhow::anyhow!(
+        "no database at {} and no daemon answers on {}: check --db-path (and --socket); \
+         `start` creates the database",
+        settings.db_path.display(),
+        settings.socket_path.display()
+    )
+}
+
+/// For a read command answering from the database because no daemon answers: refuses a
+/// database that does not exist (see [`missing_database`]) or is not SQLite.
+pub fn require_database(settings: &Settings) -> anyhow::Result<()> {
+    if !database_exists(settings)? {
+        return Err(missing_database(settings));
+    }
+    crate::store::check_is_database(&settings.db_path)
 }

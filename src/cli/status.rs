@@ -25,11 +25,15 @@ pub struct ListArgs {
     pub json: bool,
 }
 
-/// The summary from the daemon, or from the database when no daemon answers.
+/// The summary from the daemon, or from the database when no daemon answers; with neither
+/// (a mistyped `--db-path`) an error, not an empty "unknown" summary.
 pub fn fetch_summary(settings: &Settings) -> anyhow::Result<Summary> {
     match client::request(&settings.socket_path, &Request::Status {}) {
         Ok(data) => Ok(serde_json::from_value(data)?),
-        Err(ClientError::NoDaemon(_)) => summary::offline(settings, Utc::now()),
+        Err(ClientError::NoDaemon(_)) => {
+            super::require_database(settings)?;
+            summary::offline(settings, Utc::now())
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -50,7 +54,7 @@ pub fn list(args: &ListArgs, settings: &Settings) -> anyhow::Result<()> {
     let infos: Vec<MonitorInfo> = match client::request(&settings.socket_path, &Request::List {}) {
         Ok(data) => serde_json::from_value(data)?,
         Err(ClientError::NoDaemon(_)) => {
-            store::check_is_database(&settings.db_path)?;
+            super::require_database(settings)?;
             let monitors = match store::open_read_only(&settings.db_path)? {
                 Some(conn) => query::load_monitors(&conn)?,
                 None => Vec::new(),
