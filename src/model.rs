@@ -461,6 +461,11 @@ pub struct AgentOptions {
     /// The agent's root process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// When the `pid` process started, recorded at `add`: a process holding that pid later with
+    /// another start time (or in another boot) is not the agent, whose pid was reused. Unset (a
+    /// monitor saved before it was recorded): the first process seen with the pid is the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<PidStart>,
     /// A file holding the root's pid, or `pid|starttime` as Gas Town writes it; re-read every cycle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_file: Option<PathBuf>,
@@ -534,6 +539,18 @@ impl AgentOptions {
         if self.pid == Some(0) {
             return Err("pid 0 is not a process".into());
         }
+        if let Some(start) = &self.pid_start {
+            if self.pid.is_none() {
+                return Err("pid_start belongs with a pid".into());
+            }
+            if let Some(boot) = &start.boot_id
+                && (boot.is_empty()
+                    || boot.len() > MAX_BOOT_ID
+                    || !boot.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+            {
+                return Err(format!("pid_start: boot_id {boot:?} is not a boot id"));
+            }
+        }
         if let Some(p) = &self.pattern {
             regex::Regex::new(p).map_err(|e| format!("--match {p:?} is not a valid regex: {e}"))?;
         }
@@ -543,6 +560,22 @@ impl AgentOptions {
         Ok(())
     }
 }
+
+/// When a process started, as the kernel counts it: with its pid, it names one process for good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PidStart {
+    /// Clock ticks after boot (field 22 of `/proc/<pid>/stat`): exact, and untouched by clock
+    /// changes, unlike a wall-clock time.
+    pub ticks: u64,
+    /// The boot it counts from (`/proc/sys/kernel/random/boot_id`): after a reboot the process is
+    /// gone whatever holds its pid. Unset where the kernel does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+}
+
+/// Longest boot id accepted (the kernel's is a 36-character UUID).
+const MAX_BOOT_ID: usize = 64;
 
 /// What to watch for one workspace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -821,6 +854,26 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_start_needs_a_pid_and_a_sane_boot_id() {
+        let with = |pid, boot: &str| AgentOptions {
+            pid,
+            pid_start: Some(PidStart {
+                ticks: 1,
+                boot_id: Some(boot.into()),
+            }),
+            ..AgentOptions::default()
+        };
+        assert!(
+            with(Some(7), "97351d68-c8a1-4d81-9390-1c767857e5d2")
+                .validate()
+                .is_ok()
+        );
+        assert!(with(None, "97351d68").validate().is_err());
+        assert!(with(Some(7), "boot\nid").validate().is_err());
+        assert!(with(Some(7), "").validate().is_err());
+    }
+
+    #[test]
     fn monitor_spec_options_round_trip_through_json() {
         let spec = MonitorSpec::Agent {
             id: "a1".into(),
@@ -833,6 +886,28 @@ mod tests {
         };
         let back = MonitorSpec::from_row(MonitorKind::Agent, "a1", &spec.options_json()).unwrap();
         assert_eq!(back, spec);
+        // A recorded start time is kept; a row saved without one still loads.
+        let started = MonitorSpec::Agent {
+            id: "a1".into(),
+            options: AgentOptions {
+                pid: Some(7),
+                pid_start: Some(PidStart {
+                    ticks: 123,
+                    boot_id: Some("97351d68-c8a1-4d81-9390-1c767857e5d2".into()),
+                }),
+                ..AgentOptions::default()
+            },
+        };
+        let json = started.options_json();
+        assert_eq!(
+            json,
+            r#"{"pid":7,"pid_start":{"ticks":123,"boot_id":"97351d68-c8a1-4d81-9390-1c767857e5d2"}}"#
+        );
+        assert_eq!(
+            MonitorSpec::from_row(MonitorKind::Agent, "a1", &json).unwrap(),
+            started
+        );
+        assert!(MonitorSpec::from_row(MonitorKind::Agent, "a1", r#"{"pid":7}"#).is_ok());
         assert!(MonitorSpec::from_row(MonitorKind::Agent, "a1", "{\"bogus\":1}").is_err());
         assert!(MonitorSpec::from_row(MonitorKind::Agent, "../x", "{}").is_err());
     }

@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::{absolute, parse_id, parse_kind};
+use super::{Utf8Path, absolute, parse_id, parse_kind};
 use crate::config::Settings;
 use crate::control::client::{self, ClientError};
-use crate::control::protocol::{Request, validate_monitor};
+use crate::control::protocol::{Request, prepare_monitor};
 use crate::daemon::lock::InstanceLock;
 use crate::model::{AddOutcome, AgentOptions, MonitorKind, MonitorSpec, WorkspaceOptions};
 use crate::store::write::{WriteOp, apply};
@@ -34,7 +34,7 @@ pub enum AddTarget {
         #[arg(long)]
         pid: Option<u32>,
         /// A file holding the root's pid, or `pid|starttime` as Gas Town writes it; re-read every cycle
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", value_parser = Utf8Path)]
         pid_file: Option<PathBuf>,
         /// A regular expression matched against command lines; the oldest matching process is the root
         #[arg(long = "match", value_name = "REGEX")]
@@ -44,10 +44,10 @@ pub enum AddTarget {
         #[arg(long, value_name = "NAME")]
         tmux_session: Option<String>,
         /// The agent's workspace [default: agent_workspace from the config, /tmp/agent_<ID>]
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", value_parser = Utf8Path)]
         workspace: Option<PathBuf>,
         /// A heartbeat file: JSON with `timestamp` and `state`, or any file whose mtime is the beat
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", value_parser = Utf8Path)]
         heartbeat: Option<PathBuf>,
         /// The tmux server of --tmux-session (`tmux -L NAME`) [default: tmux's own]
         #[arg(long, value_name = "NAME", requires = "tmux_session")]
@@ -63,11 +63,11 @@ pub enum AddTarget {
         #[arg(value_parser = parse_id)]
         id: String,
         /// The directory [default: workspace_path from the config, /tmp/agent-workspaces/<ID>]
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", value_parser = Utf8Path)]
         path: Option<PathBuf>,
         /// A SQLite file to check, relative to the workspace (repeatable); *.db, *.sqlite and
         /// *.sqlite3 at the top level and in .beads/ are found without it
-        #[arg(long = "db", value_name = "FILE")]
+        #[arg(long = "db", value_name = "FILE", value_parser = Utf8Path)]
         dbs: Vec<PathBuf>,
     },
 }
@@ -101,6 +101,8 @@ impl AddTarget {
                 id: id.clone(),
                 options: AgentOptions {
                     pid: *pid,
+                    // Recorded by `prepare_monitor`, from the running process.
+                    pid_start: None,
                     pid_file: abs(pid_file)?,
                     pattern: pattern.clone(),
                     tmux_session: tmux_session.clone(),
@@ -121,9 +123,9 @@ impl AddTarget {
                 },
             },
         };
-        // Same checks as the daemon's, before anything is sent or saved.
-        validate_monitor(&spec).map_err(UsageError)?;
-        Ok(spec)
+        // Same normalization and checks as the daemon's, before anything is sent or saved; the
+        // pid's start time is recorded here, so an offline `add` saves it too.
+        prepare_monitor(spec).map_err(|e| UsageError(e).into())
     }
 }
 
@@ -179,6 +181,10 @@ pub fn remove(args: &RemoveArgs, settings: &Settings) -> anyhow::Result<()> {
         id: args.id.clone(),
     };
     match client::request(&settings.socket_path, &request) {
+        // A remove is idempotent: one repeated (after a timeout, say) finds nothing to do.
+        Ok(reply) if reply.as_str() == Some("already removed") => {
+            println!("{label} is not monitored (already removed)")
+        }
         Ok(_) => println!("removed {label}"),
         Err(ClientError::NoDaemon(_)) => {
             let known = match store::open_read_only(&settings.db_path)? {
@@ -188,7 +194,8 @@ pub fn remove(args: &RemoveArgs, settings: &Settings) -> anyhow::Result<()> {
                 None => false,
             };
             if !known {
-                bail!("{label} is not monitored");
+                println!("{label} is not monitored (already removed)");
+                return Ok(());
             }
             offline_write(
                 settings,

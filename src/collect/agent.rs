@@ -29,7 +29,11 @@ const MAX_REMEMBERED: usize = 20_000;
 pub enum RootSource {
     /// No process: the agent is alive while its workspace exists (the original's rule).
     None,
+    /// A pid saved without a start time (before it was recorded): the first process seen with
+    /// it is the agent.
     Pid(u32),
+    /// A pid with the start time recorded when the monitor was added.
+    PidStarted(u32, RecordedStart),
     PidFile(PathBuf),
     Match(regex::Regex),
     Tmux(TmuxTarget),
@@ -37,6 +41,25 @@ pub enum RootSource {
     /// once the session runs; it never removes it when the session ends, so a file naming a
     /// dead process reads as dead, as it should).
     PidFileOrTmux(PathBuf, TmuxTarget),
+}
+
+/// What a recorded start time (see [`crate::model::PidStart`]) says in this boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordedStart {
+    /// The root must have started at this clock tick after boot.
+    Ticks(u64),
+    /// It was recorded in an earlier boot: the agent's process is gone, whatever has its pid now.
+    EarlierBoot,
+}
+
+impl RecordedStart {
+    /// Reads a recorded start against this boot.
+    pub fn of(start: &crate::model::PidStart) -> Self {
+        match (start.boot_id.as_deref(), process::boot_id()) {
+            (Some(then), Some(now)) if then != now => RecordedStart::EarlierBoot,
+            _ => RecordedStart::Ticks(start.ticks),
+        }
+    }
 }
 
 /// A tmux session on a given server.
@@ -55,6 +78,8 @@ pub struct Root {
     /// epoch: the earliest and latest readings of a local time (they differ in the hour a DST
     /// change repeats).
     pub expected_start: Option<(f64, f64)>,
+    /// The exact start (clock ticks after boot) recorded when the monitor was added.
+    pub start_ticks: Option<u64>,
     /// The pid is given, not found: the process first seen with it is the agent, and a later
     /// one with the same pid is a reuse. A found root (match, tmux) is whatever is found.
     pub pinned: bool,
@@ -75,7 +100,10 @@ impl RootSource {
     /// The source named by an agent's options.
     pub fn from_options(options: &AgentOptions) -> Result<RootSource, String> {
         Ok(if let Some(pid) = options.pid {
-            RootSource::Pid(pid)
+            match &options.pid_start {
+                Some(start) => RootSource::PidStarted(pid, RecordedStart::of(start)),
+                None => RootSource::Pid(pid),
+            }
         } else if let (Some(file), Some(session)) = (&options.pid_file, &options.tmux_session) {
             RootSource::PidFileOrTmux(file.clone(), TmuxTarget::of(session, options))
         } else if let Some(file) = &options.pid_file {
@@ -95,6 +123,7 @@ impl RootSource {
             Resolution::Found(Root {
                 pid,
                 expected_start: None,
+                start_ticks: None,
                 pinned: false,
             })
         };
@@ -103,8 +132,16 @@ impl RootSource {
             RootSource::Pid(pid) => Resolution::Found(Root {
                 pid: *pid,
                 expected_start: None,
+                start_ticks: None,
                 pinned: true,
             }),
+            RootSource::PidStarted(pid, RecordedStart::Ticks(ticks)) => Resolution::Found(Root {
+                pid: *pid,
+                expected_start: None,
+                start_ticks: Some(*ticks),
+                pinned: false,
+            }),
+            RootSource::PidStarted(_, RecordedStart::EarlierBoot) => Resolution::Gone,
             RootSource::PidFile(path) => match read_small_file(path) {
                 Ok(Some(text)) => match parse_pid_file(&text) {
                     Ok(root) => Resolution::Found(root),
@@ -167,6 +204,9 @@ fn root_runs(root: &Root) -> bool {
     let Some(stat) = process::read_stat(root.pid).filter(process::ProcStat::is_running) else {
         return false;
     };
+    if let Some(ticks) = root.start_ticks {
+        return stat.start_ticks == ticks;
+    }
     match root.expected_start {
         None => true,
         Some((early, late)) => {
@@ -214,6 +254,7 @@ pub fn parse_pid_file(text: &str) -> Result<Root, String> {
     Ok(Root {
         pid,
         expected_start,
+        start_ticks: None,
         // A bare pid in a file is trusted like --pid; with a start time it is checked instead.
         pinned: expected_start.is_none(),
     })
@@ -322,32 +363,132 @@ pub fn tmux_pane_pids(socket: Option<&str>) -> Option<Vec<u32>> {
     }
 }
 
+/// A heartbeat time more than this far ahead of the clock is clock skew, not a beat: it would
+/// read as age 0 for ever.
+pub const HEARTBEAT_SKEW: Duration = Duration::from_secs(60);
+
 /// What a heartbeat file says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Heartbeat {
     pub age_seconds: f64,
     pub state: Option<String>,
+    /// When it beat: its timestamp, else its mtime.
+    pub at: DateTime<Utc>,
+    /// Why the mtime stood in for the timestamp, when that is worth telling the operator.
+    pub fallback: Option<BeatFallback>,
+}
+
+/// Why a heartbeat's mtime was used instead of its timestamp.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BeatFallback {
+    /// The timestamp (as written) is this many seconds ahead of the clock.
+    Skew {
+        timestamp: String,
+        ahead_seconds: f64,
+    },
+    /// The file was not read: not a regular file, or over the size cap.
+    NotRead(String),
+    /// Read, but without a usable timestamp: not JSON, no `timestamp`, or a bad one.
+    Unparsable(String),
+}
+
+impl BeatFallback {
+    /// The kind, to say each once.
+    fn kind(&self) -> &'static str {
+        match self {
+            BeatFallback::Skew { .. } => "skew",
+            BeatFallback::NotRead(_) => "not read",
+            BeatFallback::Unparsable(_) => "unparsable",
+        }
+    }
 }
 
 /// Reads a heartbeat: its JSON `timestamp` (and `state`) if it has them, else its mtime. A
-/// timestamp without a zone is local time.
+/// timestamp without a zone is local time; one more than [`HEARTBEAT_SKEW`] ahead of `now` is
+/// clock skew, and the mtime is used. An empty file is a plain mtime beat (`touch`); anything
+/// else without a usable timestamp says why in `fallback`.
 pub fn read_heartbeat(path: &Path, now: DateTime<Utc>) -> std::io::Result<Heartbeat> {
-    let text = read_small_file(path)?.unwrap_or_default();
-    let json: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+    let meta = std::fs::metadata(path)?;
+    let mtime = DateTime::<Utc>::from(meta.modified()?);
+    let mut fallback = None;
+    let text = if !meta.is_file() {
+        fallback = Some(BeatFallback::NotRead("is not a regular file".into()));
+        String::new()
+    } else if meta.len() > SMALL_FILE {
+        fallback = Some(BeatFallback::NotRead(format!(
+            "is {} bytes, over the {} KiB a heartbeat may have",
+            meta.len(),
+            SMALL_FILE / 1024
+        )));
+        String::new()
+    } else {
+        match read_small_file(path)? {
+            Some(text) => text,
+            None => {
+                fallback = Some(BeatFallback::Unparsable("is not UTF-8 text".into()));
+                String::new()
+            }
+        }
+    };
+    let json = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(json) => Some(json),
+        Err(_) if text.trim().is_empty() => None,
+        Err(e) => {
+            fallback = Some(BeatFallback::Unparsable(format!("is not JSON ({e})")));
+            None
+        }
+    };
     let state = json
         .as_ref()
         .and_then(|j| j.get("state")?.as_str().map(str::to_string));
-    let stamped = json
-        .as_ref()
-        .and_then(|j| j.get("timestamp")?.as_str().and_then(parse_beat_time));
-    let beat = match stamped {
-        Some(t) => t,
-        None => DateTime::<Utc>::from(std::fs::metadata(path)?.modified()?),
+    let stamped = match json.as_ref().map(|j| j.get("timestamp")) {
+        None => None,
+        Some(None) => {
+            fallback = Some(BeatFallback::Unparsable("has no \"timestamp\"".into()));
+            None
+        }
+        Some(Some(serde_json::Value::String(s))) => match parse_beat_time(s) {
+            Some(t) => Some((t, s)),
+            None => {
+                fallback = Some(BeatFallback::Unparsable(format!(
+                    "has a timestamp {s:?} that is not an RFC 3339 or ISO 8601 time"
+                )));
+                None
+            }
+        },
+        Some(Some(other)) => {
+            fallback = Some(BeatFallback::Unparsable(format!(
+                "has a timestamp {other} that is not a string"
+            )));
+            None
+        }
+    };
+    let at = match stamped {
+        Some((t, written)) => {
+            let ahead = seconds(t - now);
+            if ahead > HEARTBEAT_SKEW.as_secs_f64() {
+                fallback = Some(BeatFallback::Skew {
+                    timestamp: written.clone(),
+                    ahead_seconds: ahead,
+                });
+                mtime
+            } else {
+                t
+            }
+        }
+        None => mtime,
     };
     Ok(Heartbeat {
-        age_seconds: ((now - beat).num_milliseconds() as f64 / 1000.0).max(0.0),
+        age_seconds: seconds(now - at).max(0.0),
         state,
+        at,
+        fallback,
     })
+}
+
+/// A duration in seconds, with milliseconds.
+fn seconds(d: chrono::TimeDelta) -> f64 {
+    d.num_milliseconds() as f64 / 1000.0
 }
 
 /// RFC 3339, or a naive ISO time taken as local time (as Python's `isoformat()` writes it).
@@ -362,6 +503,12 @@ fn parse_beat_time(s: &str) -> Option<DateTime<Utc>> {
             .earliest()?
             .with_timezone(&Utc),
     )
+}
+
+/// Seconds since the epoch as an RFC 3339 time, for the log.
+fn epoch_text(epoch: f64) -> String {
+    DateTime::<Utc>::from_timestamp_millis((epoch * 1000.0) as i64)
+        .map_or_else(|| format!("{epoch}"), crate::model::format_timestamp)
 }
 
 /// Remembers which processes were in an agent's tree, under which root, to find the ones that
@@ -489,6 +636,13 @@ pub struct AgentProbe {
     last_root: Option<Root>,
     /// The last heartbeat read: while the file is missing, its age keeps growing.
     last_beat: Option<(DateTime<Utc>, Option<String>)>,
+    /// A heartbeat whose own time is ahead of the clock (its mtime too): that time, and when it
+    /// was first read, which its age counts from.
+    future_beat: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// The heartbeat problems already logged (each is said once, not every cycle).
+    beat_notes: std::collections::HashSet<&'static str>,
+    /// The reuse of the root's pid was logged (again once the root is itself or gone).
+    reuse_logged: bool,
     /// Gas Town's rule: `stuck` counts only while the heartbeat is younger than this.
     stuck_fresh_for: Option<Duration>,
     /// Stall detection, with `stall_after`.
@@ -527,6 +681,9 @@ impl AgentProbe {
             scan_max_age,
             last_root: None,
             last_beat: None,
+            future_beat: None,
+            beat_notes: Default::default(),
+            reuse_logged: false,
             stuck_fresh_for: None,
             stall: None,
             known_idle: None,
@@ -563,6 +720,123 @@ impl AgentProbe {
         Measurement::now(ResourceType::Agent, &self.id, metric, value, unit).judged(judgement)
     }
 
+    /// Logs, once per agent, that the pid it was added with belongs to another process now.
+    fn note_reuse(&mut self, root: Option<Root>, sample: &process::TreeSample) {
+        let earlier_boot = matches!(
+            self.source,
+            RootSource::PidStarted(_, RecordedStart::EarlierBoot)
+        );
+        if !(sample.reused || earlier_boot) {
+            self.reuse_logged = false;
+            return;
+        }
+        if std::mem::replace(&mut self.reuse_logged, true) {
+            return;
+        }
+        let by_pid = matches!(self.source, RootSource::Pid(_) | RootSource::PidStarted(..));
+        let (pid, recorded) = match (&self.source, root) {
+            (RootSource::PidStarted(pid, _), _) => (*pid, true),
+            (_, Some(root)) => (root.pid, root.start_ticks.is_some()),
+            _ => return,
+        };
+        let now_started = process::read_stat(pid)
+            .filter(process::ProcStat::is_running)
+            .map(|stat| epoch_text(self.machine.start_epoch(&stat)));
+        let expected = match self.source {
+            RootSource::PidStarted(_, RecordedStart::Ticks(ticks)) => {
+                epoch_text(self.machine.boot_time + ticks as f64 / self.machine.ticks_per_second)
+            }
+            RootSource::PidStarted(_, RecordedStart::EarlierBoot) => "in an earlier boot".into(),
+            _ if recorded => "at another time".into(),
+            _ => "before it (first seen then)".into(),
+        };
+        let Some(now_started) = now_started else {
+            if earlier_boot {
+                tracing::warn!(
+                    agent = %self.id,
+                    pid,
+                    "the agent's process (pid {pid}) was recorded in an earlier boot: it is \
+                     gone, and the agent counts as dead"
+                );
+            } else {
+                // The other process ended meanwhile: said next time, if it is reused again.
+                self.reuse_logged = false;
+            }
+            return;
+        };
+        if by_pid {
+            tracing::warn!(
+                agent = %self.id,
+                pid,
+                agent_started = %expected,
+                pid_started = %now_started,
+                "pid {pid} was reused: the process holding it is not the agent's, which is gone; \
+                 the agent counts as dead"
+            );
+        } else {
+            tracing::debug!(
+                agent = %self.id,
+                pid,
+                agent_started = %expected,
+                pid_started = %now_started,
+                "pid {pid} of the pid file belongs to another process now: the agent counts as dead"
+            );
+        }
+    }
+
+    /// Logs a heartbeat problem once per agent (its file), not every cycle.
+    fn note_beat(&mut self, path: &Path, fallback: Option<&BeatFallback>) {
+        let Some(fallback) = fallback else {
+            return;
+        };
+        if !self.beat_notes.insert(fallback.kind()) {
+            return;
+        }
+        let file = path.display();
+        match fallback {
+            BeatFallback::Skew {
+                timestamp,
+                ahead_seconds,
+            } => tracing::warn!(
+                agent = %self.id,
+                heartbeat = %file,
+                timestamp = %timestamp,
+                ahead_seconds,
+                "heartbeat clock skew: its timestamp {timestamp} is {ahead_seconds:.0} s ahead of \
+                 the clock, so its mtime is used instead (said once)"
+            ),
+            BeatFallback::NotRead(why) | BeatFallback::Unparsable(why) => tracing::warn!(
+                agent = %self.id,
+                heartbeat = %file,
+                "heartbeat {file} {why}: its mtime is used instead (said once)"
+            ),
+        }
+    }
+
+    /// The age of a heartbeat just read. A beat whose time is ahead of the clock even by its
+    /// mtime (a file written under a clock since set back) ages from when it was first read.
+    fn beat_age(&mut self, path: &Path, hb: &Heartbeat, now: DateTime<Utc>) -> f64 {
+        let ahead = seconds(hb.at - now);
+        if ahead <= HEARTBEAT_SKEW.as_secs_f64() {
+            self.future_beat = None;
+            return hb.age_seconds;
+        }
+        if self.beat_notes.insert("mtime ahead") {
+            tracing::warn!(
+                agent = %self.id,
+                heartbeat = %path.display(),
+                ahead_seconds = ahead,
+                "heartbeat clock skew: the file's mtime is {ahead:.0} s ahead of the clock too, \
+                 so its age counts from when it was first read (said once)"
+            );
+        }
+        let first_read = match self.future_beat {
+            Some((at, first)) if at == hb.at => first,
+            _ => self.future_beat.insert((hb.at, now)).1,
+        };
+        seconds(now - first_read).max(0.0)
+    }
+
     /// Has the analyzer judge `metric` of this agent as `judgement` (see [`Judgement`]).
     pub fn with_judgement(mut self, metric: &'static str, judgement: Judgement) -> Self {
         self.judgements.push((metric, judgement));
@@ -591,9 +865,13 @@ impl Probe for AgentProbe {
             };
             self.last_root = root;
             let sample = match root {
-                Some(root) => self.tree.sample(root.pid, root.expected_start, root.pinned),
+                Some(root) => {
+                    self.tree
+                        .sample(root.pid, root.expected_start, root.start_ticks, root.pinned)
+                }
                 None => process::TreeSample::dead(),
             };
+            self.note_reuse(root, &sample);
             out.push(self.reading(AGENT_ACTIVE, flag(sample.alive), UNIT_BOOL));
             alive = Some(sample.alive);
             if let Some(stall) = self.stall.as_mut() {
@@ -623,9 +901,11 @@ impl Probe for AgentProbe {
             let now = Utc::now();
             let beat = match read_heartbeat(&path, now) {
                 Ok(hb) => {
-                    let at = now - chrono::Duration::milliseconds((hb.age_seconds * 1000.0) as i64);
+                    self.note_beat(&path, hb.fallback.as_ref());
+                    let age = self.beat_age(&path, &hb, now);
+                    let at = now - chrono::Duration::milliseconds((age * 1000.0) as i64);
                     self.last_beat = Some((at, hb.state.clone()));
-                    Some((hb.age_seconds, hb.state))
+                    Some((age, hb.state))
                 }
                 // Gone or unreadable: the last beat keeps ageing, so a vanished heartbeat turns
                 // stale instead of silently clearing its alert.
@@ -673,6 +953,7 @@ mod tests {
             Root {
                 pid: 4242,
                 expected_start: None,
+                start_ticks: None,
                 pinned: true,
             }
         );
@@ -798,5 +1079,196 @@ mod tests {
         );
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    fn probe(source: RootSource, heartbeat: Option<PathBuf>) -> AgentProbe {
+        let limits = WalkLimits {
+            wait: Duration::from_secs(10),
+            cap: Duration::from_secs(10),
+        };
+        AgentProbe::new(
+            "a1",
+            source,
+            PathBuf::from("/nonexistent/ws"),
+            heartbeat,
+            limits,
+            Duration::ZERO,
+        )
+    }
+
+    fn value(ms: &[Measurement], name: &str) -> Option<f64> {
+        ms.iter().find(|m| m.metric_name == name).map(|m| m.value)
+    }
+
+    /// Sets a file's mtime `ago` seconds in the past (negative: in the future).
+    fn age_file(path: &Path, ago: i64) {
+        let when = std::time::SystemTime::now() - Duration::from_secs(ago.max(0) as u64)
+            + Duration::from_secs((-ago).max(0) as u64);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_recorded_start_time_tells_the_agent_from_a_reused_pid() {
+        let mut child = process::tests::spawn_sleep();
+        let pid = child.id();
+        let start = process::process_start(pid).unwrap();
+        let options = |start| AgentOptions {
+            pid: Some(pid),
+            pid_start: Some(start),
+            ..AgentOptions::default()
+        };
+        // The right start: the agent.
+        let source = RootSource::from_options(&options(start.clone())).unwrap();
+        assert!(
+            matches!(source, RootSource::PidStarted(p, RecordedStart::Ticks(t)) if p == pid && t == start.ticks),
+            "{source:?}"
+        );
+        let mut agent = probe(source, None);
+        assert_eq!(value(&agent.measure(), AGENT_ACTIVE), Some(1.0));
+        assert!(!agent.reuse_logged);
+        // Another start time (the pid was reused after a restart): dead, and said.
+        let reused = crate::model::PidStart {
+            ticks: start.ticks.saturating_sub(100),
+            ..start.clone()
+        };
+        let mut agent = probe(RootSource::from_options(&options(reused)).unwrap(), None);
+        let ms = agent.measure();
+        assert_eq!(value(&ms, AGENT_ACTIVE), Some(0.0));
+        assert_eq!(value(&ms, AGENT_CPU_PERCENT), None);
+        assert!(agent.reuse_logged);
+        // Recorded in another boot: gone, whatever holds the pid.
+        let other_boot = crate::model::PidStart {
+            boot_id: Some("00000000-0000-0000-0000-000000000000".into()),
+            ..start.clone()
+        };
+        let source = RootSource::from_options(&options(other_boot)).unwrap();
+        if process::boot_id().is_some() {
+            assert!(
+                matches!(source, RootSource::PidStarted(p, RecordedStart::EarlierBoot) if p == pid),
+                "{source:?}"
+            );
+            let mut agent = probe(source, None);
+            assert_eq!(value(&agent.measure(), AGENT_ACTIVE), Some(0.0));
+            assert!(agent.reuse_logged);
+        }
+        // Saved without a start time (before it was recorded): pins the first process seen.
+        let legacy = AgentOptions {
+            pid: Some(pid),
+            ..AgentOptions::default()
+        };
+        assert!(
+            matches!(RootSource::from_options(&legacy).unwrap(), RootSource::Pid(p) if p == pid)
+        );
+        let mut agent = probe(RootSource::Pid(pid), None);
+        assert_eq!(value(&agent.measure(), AGENT_ACTIVE), Some(1.0));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_heartbeat_from_the_future_is_clock_skew_and_its_mtime_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let hb = dir.path().join("hb.json");
+        std::fs::write(
+            &hb,
+            r#"{"timestamp":"2100-01-01T00:00:00Z","state":"working"}"#,
+        )
+        .unwrap();
+        age_file(&hb, 300);
+        let now = Utc::now();
+        let beat = read_heartbeat(&hb, now).unwrap();
+        assert!((beat.age_seconds - 300.0).abs() < 5.0, "{beat:?}");
+        assert_eq!(beat.state.as_deref(), Some("working"));
+        let Some(BeatFallback::Skew {
+            timestamp,
+            ahead_seconds,
+        }) = &beat.fallback
+        else {
+            panic!("{beat:?}")
+        };
+        assert_eq!(timestamp, "2100-01-01T00:00:00Z");
+        assert!(*ahead_seconds > 365.0 * 86400.0);
+        // Up to a minute ahead is the writer's clock being a little off: its timestamp stands.
+        let close = (now + chrono::Duration::seconds(30)).to_rfc3339();
+        std::fs::write(&hb, format!(r#"{{"timestamp":"{close}"}}"#)).unwrap();
+        age_file(&hb, 300);
+        let beat = read_heartbeat(&hb, now).unwrap();
+        assert_eq!(beat.age_seconds, 0.0);
+        assert_eq!(beat.fallback, None);
+    }
+
+    #[test]
+    fn a_heartbeat_without_a_usable_timestamp_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let hb = dir.path().join("hb");
+        let cases: [(&[u8], &str); 6] = [
+            (b"alive", "not JSON"),
+            (b"{\"state\":\"working\"}", "no \"timestamp\""),
+            (b"{\"timestamp\":\"yesterday\"}", "\"yesterday\""),
+            (b"{\"timestamp\":12}", "not a string"),
+            (b"\xff\xfe", "not UTF-8"),
+            (&[b' '; 70 * 1024], "over the 64 KiB"),
+        ];
+        for (text, why) in cases {
+            std::fs::write(&hb, text).unwrap();
+            age_file(&hb, 120);
+            let beat = read_heartbeat(&hb, Utc::now()).unwrap();
+            assert!((beat.age_seconds - 120.0).abs() < 5.0, "{why}: {beat:?}");
+            let said = match &beat.fallback {
+                Some(BeatFallback::Unparsable(w) | BeatFallback::NotRead(w)) => w.clone(),
+                other => panic!("{why}: {other:?}"),
+            };
+            assert!(said.contains(why), "{said} / {why}");
+        }
+        // An empty file is a plain mtime beat (`touch`): nothing to say.
+        std::fs::write(&hb, "").unwrap();
+        assert_eq!(read_heartbeat(&hb, Utc::now()).unwrap().fallback, None);
+        // A directory is not read.
+        let beat = read_heartbeat(dir.path(), Utc::now()).unwrap();
+        assert!(matches!(beat.fallback, Some(BeatFallback::NotRead(_))));
+    }
+
+    #[test]
+    fn heartbeat_problems_are_noted_once_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let hb = dir.path().join("hb.json");
+        std::fs::write(&hb, r#"{"timestamp":"2100-01-01T00:00:00Z"}"#).unwrap();
+        age_file(&hb, 200);
+        let mut agent = probe(RootSource::None, Some(hb.clone()));
+        for _ in 0..3 {
+            let age = value(&agent.measure(), HEARTBEAT_AGE_SECONDS).unwrap();
+            assert!((age - 200.0).abs() < 5.0, "{age}");
+        }
+        assert_eq!(agent.beat_notes.len(), 1);
+        assert!(agent.beat_notes.contains("skew"));
+        std::fs::write(&hb, "garbage").unwrap();
+        agent.measure();
+        agent.measure();
+        assert_eq!(agent.beat_notes.len(), 2);
+    }
+
+    #[test]
+    fn a_heartbeat_whose_mtime_is_ahead_too_ages_from_when_it_was_first_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let hb = dir.path().join("hb.json");
+        std::fs::write(&hb, r#"{"timestamp":"2100-01-01T00:00:00Z"}"#).unwrap();
+        age_file(&hb, -3600);
+        let mut agent = probe(RootSource::None, Some(hb.clone()));
+        let now = Utc::now();
+        let beat = read_heartbeat(&hb, now).unwrap();
+        assert_eq!(beat.age_seconds, 0.0, "clamped: {beat:?}");
+        assert_eq!(agent.beat_age(&hb, &beat, now), 0.0);
+        let later = now + chrono::Duration::seconds(700);
+        let beat = read_heartbeat(&hb, later).unwrap();
+        assert!((agent.beat_age(&hb, &beat, later) - 700.0).abs() < 0.01);
+        // Rewritten (a new mtime): a new beat.
+        age_file(&hb, -7200);
+        let beat = read_heartbeat(&hb, later).unwrap();
+        assert_eq!(agent.beat_age(&hb, &beat, later), 0.0);
     }
 }

@@ -278,6 +278,29 @@ impl Machine {
     }
 }
 
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), read once: with a start time in ticks
+/// after boot it tells a process from any later one that gets its pid, even across a reboot.
+pub fn boot_id() -> Option<&'static str> {
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+            let id = id.trim();
+            (!id.is_empty()).then(|| id.to_string())
+        })
+        .as_deref()
+}
+
+/// When a running process started, to be recorded with its pid (`add agent --pid`); `None` when
+/// no such process runs.
+pub fn process_start(pid: u32) -> Option<crate::model::PidStart> {
+    let stat = read_stat(pid).filter(ProcStat::is_running)?;
+    Some(crate::model::PidStart {
+        ticks: stat.start_ticks,
+        boot_id: boot_id().map(str::to_string),
+    })
+}
+
 /// `btime` from `/proc/stat`: when the machine booted, in seconds since the epoch.
 fn read_boot_time() -> Option<f64> {
     fs::read_to_string("/proc/stat")
@@ -338,6 +361,9 @@ pub struct Member {
 pub struct TreeSample {
     /// The root process runs, and is the same process as before (its start time has not changed).
     pub alive: bool,
+    /// A process runs with the root's pid, but it started at another time: not the agent's (the
+    /// pid was reused).
+    pub reused: bool,
     pub process_count: usize,
     /// CPU of the tree as a share of the whole machine; `None` for a dead root.
     pub cpu_percent: Option<f64>,
@@ -352,6 +378,7 @@ impl TreeSample {
     pub fn dead() -> Self {
         TreeSample {
             alive: false,
+            reused: false,
             process_count: 0,
             cpu_percent: None,
             memory_mb: 0.0,
@@ -383,10 +410,11 @@ impl TreeSampler {
         }
     }
 
-    /// Reads the tree under `root`. With `expected_start` (seconds since the epoch, from a pid
-    /// file; two readings where a DST change makes the local time ambiguous) the root must have
-    /// started then, within 2 s. A `pinned` root must be the process first seen with this pid.
-    /// Either way a reused pid counts as dead.
+    /// Reads the tree under `root`. With `start_ticks` (recorded when the monitor was added) the
+    /// root must have started at exactly that tick of this boot. With `expected_start` (seconds
+    /// since the epoch, from a pid file; two readings where a DST change makes the local time
+    /// ambiguous) it must have started then, within 2 s. A `pinned` root must be the process
+    /// first seen with this pid. Any way, a reused pid counts as dead (and `reused`).
     ///
     /// The first reading's CPU is each process's average since it started (as `ps` shows it);
     /// later readings cover the time since the previous one.
@@ -394,6 +422,7 @@ impl TreeSampler {
         &mut self,
         root: u32,
         expected_start: Option<(f64, f64)>,
+        start_ticks: Option<u64>,
         pinned: bool,
     ) -> TreeSample {
         let now = Instant::now();
@@ -405,19 +434,23 @@ impl TreeSampler {
             self.previous = None;
             return TreeSample::dead();
         };
-        let same_process = match (expected_start, self.root) {
-            (Some((early, late)), _) => {
+        let same_process = match (start_ticks, expected_start, self.root) {
+            (Some(ticks), _, _) => root_stat.start_ticks == ticks,
+            (None, Some((early, late)), _) => {
                 let started = m.start_epoch(&root_stat);
                 (started - early).abs() <= 2.0 || (started - late).abs() <= 2.0
             }
-            (None, Some(known)) if pinned && known.pid == root => {
+            (None, None, Some(known)) if pinned && known.pid == root => {
                 known.start_ticks == root_stat.start_ticks
             }
-            (None, _) => true,
+            (None, None, _) => true,
         };
         if !same_process {
             self.previous = None;
-            return TreeSample::dead();
+            return TreeSample {
+                reused: true,
+                ..TreeSample::dead()
+            };
         }
         let member = Member {
             pid: root,
@@ -461,6 +494,7 @@ impl TreeSampler {
         let cpu_percent = (busy_seconds_per_second / m.cpus as f64 * 100.0).clamp(0.0, 100.0);
         TreeSample {
             alive: true,
+            reused: false,
             process_count: procs.len(),
             cpu_percent: Some(cpu_percent),
             memory_mb,
@@ -627,7 +661,7 @@ pub(crate) mod tests {
     fn sampler_sees_life_then_death() {
         let mut child = spawn_sleep();
         let mut sampler = TreeSampler::new(Machine::current());
-        let first = sampler.sample(child.id(), None, true);
+        let first = sampler.sample(child.id(), None, None, true);
         assert!(first.alive);
         assert_eq!(first.process_count, 1);
         assert!(first.memory_mb > 0.0);
@@ -636,7 +670,7 @@ pub(crate) mod tests {
         child.kill().unwrap();
         // Not yet reaped: a zombie is not alive either.
         let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        while sampler.sample(child.id(), None, true).alive {
+        while sampler.sample(child.id(), None, None, true).alive {
             assert!(Instant::now() < deadline, "killed child still looks alive");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
@@ -645,9 +679,39 @@ pub(crate) mod tests {
             "the zombie is still in /proc"
         );
         child.wait().unwrap();
-        let gone = sampler.sample(child.id(), None, true);
+        let gone = sampler.sample(child.id(), None, None, true);
         assert!(!gone.alive);
         assert_eq!(gone.cpu_percent, None);
+    }
+
+    #[test]
+    fn a_recorded_start_tells_the_process_from_a_reuse_of_its_pid() {
+        let mut child = spawn_sleep();
+        let pid = child.id();
+        let start = process_start(pid).expect("the sleep runs");
+        assert_eq!(start.ticks, read_stat(pid).unwrap().start_ticks);
+        assert_eq!(start.boot_id.as_deref(), boot_id());
+        let mut sampler = TreeSampler::new(Machine::current());
+        let same = sampler.sample(pid, None, Some(start.ticks), false);
+        assert!(same.alive && !same.reused, "{same:?}");
+        // Another start time with the same pid: someone else's process.
+        let mut sampler = TreeSampler::new(Machine::current());
+        let other = sampler.sample(pid, None, Some(start.ticks + 1), false);
+        assert!(!other.alive && other.reused, "{other:?}");
+        assert_eq!(other.cpu_percent, None);
+        // A pinned root seen once, then a different process with its pid, is a reuse too.
+        let mut pinned = TreeSampler::new(Machine::current());
+        assert!(pinned.sample(pid, None, None, true).alive);
+        pinned.root = Some(Member {
+            pid,
+            start_ticks: start.ticks + 1,
+        });
+        assert!(pinned.sample(pid, None, None, true).reused);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(process_start(pid), None, "not running");
+        let gone = TreeSampler::new(Machine::current()).sample(pid, None, Some(start.ticks), false);
+        assert!(!gone.alive && !gone.reused, "dead, not reused: {gone:?}");
     }
 
     #[test]

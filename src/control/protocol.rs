@@ -1,8 +1,8 @@
 //! The control protocol: requests and responses, one JSON object per line.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::actors::supervisor::{ActorReport, ChildState, monitor_child_name};
 use crate::config::Settings;
@@ -61,8 +61,12 @@ pub enum Request {
     Status {},
     /// The monitors.
     List {},
-    /// Adds or replaces a monitor.
-    Add { monitor: MonitorSpec },
+    /// Adds or replaces a monitor. Its paths are normalized and a `pid`'s start time recorded
+    /// as the request is read (see [`prepare_monitor`]); [`validate_monitor`] comes after.
+    Add {
+        #[serde(deserialize_with = "deserialize_added")]
+        monitor: MonitorSpec,
+    },
     /// Removes a monitor.
     Remove { kind: MonitorKind, id: String },
     /// Graceful shutdown.
@@ -127,41 +131,166 @@ impl Response {
     }
 }
 
-/// Checks a monitor before it is accepted: a valid id and absolute paths (the daemon's working
-/// directory is not the client's).
-pub fn validate_monitor(spec: &MonitorSpec) -> Result<(), String> {
-    validate_id(spec.id())?;
-    let absolute = |p: &std::path::Path| {
-        if p.is_absolute() {
-            Ok(())
-        } else {
-            Err(format!("path {} must be absolute", p.display()))
+/// A path made lexically normal, nothing looked up on disk: `.` components dropped and `a/..`
+/// folded away (`/..` is `/`), so `/srv/x/../y` is `/srv/y`.
+pub fn normalize_path(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Prefix(_) | Component::RootDir => out.push(c.as_os_str()),
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                // A relative path climbing out of where it starts keeps its `..`.
+                _ => out.push(".."),
+            },
+            Component::Normal(n) => out.push(n),
+        }
+    }
+    if out.as_os_str().is_empty() && !path.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
+/// Normalizes every path of a monitor (see [`normalize_path`]).
+fn normalize_monitor_paths(spec: &mut MonitorSpec) {
+    let norm = |p: &mut Option<PathBuf>| {
+        if let Some(p) = p {
+            *p = normalize_path(p);
         }
     };
     match spec {
         MonitorSpec::Agent { options, .. } => {
+            norm(&mut options.workspace);
+            norm(&mut options.pid_file);
+            norm(&mut options.heartbeat);
+        }
+        MonitorSpec::Workspace { options, .. } => {
+            norm(&mut options.path);
+            for db in &mut options.dbs {
+                *db = normalize_path(db);
+            }
+        }
+    }
+}
+
+/// Records when the process named by an agent's `pid` started, unless the request says: a
+/// later process that gets the same pid is then told from the agent, across restarts. `Err`
+/// when no such process runs (the agent would be whatever process gets its pid next).
+fn record_pid_start(spec: &mut MonitorSpec) -> Result<(), String> {
+    if let MonitorSpec::Agent { id, options } = spec
+        && let Some(pid) = options.pid
+        && options.pid_start.is_none()
+        && pid != 0
+    {
+        let start = crate::collect::process::process_start(pid).ok_or_else(|| {
+            format!(
+                "agent {id}: no process with pid {pid} is running (add it while it runs, or \
+                 name it by --pid-file, --match or --tmux-session)"
+            )
+        })?;
+        options.pid_start = Some(start);
+    }
+    Ok(())
+}
+
+/// Makes a monitor ready to be accepted, the same way for the CLI (with or without a daemon),
+/// the control socket and HTTP: paths normalized, the checks of [`validate_monitor`], and the
+/// start time of a `pid` recorded.
+pub fn prepare_monitor(mut spec: MonitorSpec) -> Result<MonitorSpec, String> {
+    normalize_monitor_paths(&mut spec);
+    validate_monitor(&spec)?;
+    record_pid_start(&mut spec)?;
+    Ok(spec)
+}
+
+/// `Request::Add`'s monitor as read off the socket: normalized, with its pid's start recorded
+/// (validation follows in the service, as for HTTP).
+fn deserialize_added<'de, D: Deserializer<'de>>(d: D) -> Result<MonitorSpec, D::Error> {
+    let mut spec = MonitorSpec::deserialize(d)?;
+    normalize_monitor_paths(&mut spec);
+    record_pid_start(&mut spec).map_err(serde::de::Error::custom)?;
+    Ok(spec)
+}
+
+/// Checks a path a monitor names: text without control characters (it is stored as JSON and
+/// shown in `list`'s table), absolute (the daemon's working directory is not the client's).
+fn check_path(what: &str, p: &Path) -> Result<(), String> {
+    let Some(text) = p.to_str() else {
+        return Err(format!(
+            "{what} {} is not valid UTF-8 (paths are stored as text)",
+            p.display()
+        ));
+    };
+    if text.chars().any(char::is_control) {
+        return Err(format!(
+            "{what} {text:?} holds a control character (a newline, a tab...)"
+        ));
+    }
+    if !p.is_absolute() {
+        return Err(format!("{what} {text} must be absolute"));
+    }
+    Ok(())
+}
+
+/// Refuses a directory to watch that exists and is something else (a regular file, a device).
+/// One that does not exist yet is fine: it is reported missing until it appears.
+fn check_dir(what: &str, p: &Path) -> Result<(), String> {
+    match std::fs::metadata(p) {
+        Ok(meta) if !meta.is_dir() => Err(format!(
+            "{what} {} exists and is not a directory",
+            p.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a monitor before it is accepted: a valid id, options that agree, and paths that are
+/// absolute text without control characters, the directories to watch not being files.
+pub fn validate_monitor(spec: &MonitorSpec) -> Result<(), String> {
+    validate_id(spec.id())?;
+    match spec {
+        MonitorSpec::Agent { options, .. } => {
             options.validate()?;
-            for p in [&options.workspace, &options.pid_file, &options.heartbeat]
-                .into_iter()
-                .flatten()
-            {
-                absolute(p)?;
+            for (what, p) in [
+                ("workspace", &options.workspace),
+                ("pid file", &options.pid_file),
+                ("heartbeat", &options.heartbeat),
+            ] {
+                if let Some(p) = p {
+                    check_path(what, p)?;
+                }
+            }
+            if let Some(p) = &options.workspace {
+                check_dir("workspace", p)?;
             }
         }
         MonitorSpec::Workspace { options, .. } => {
             if let Some(p) = &options.path {
-                absolute(p)?;
+                check_path("workspace path", p)?;
+                check_dir("workspace path", p)?;
             }
             for db in &options.dbs {
                 let escapes = db.is_absolute()
                     || db
                         .components()
-                        .any(|c| matches!(c, std::path::Component::ParentDir));
-                if escapes {
+                        .any(|c| matches!(c, Component::ParentDir | Component::CurDir));
+                if escapes || db.as_os_str().is_empty() {
                     return Err(format!(
                         "--db {} must be a path inside the workspace, relative to it",
                         db.display()
                     ));
+                }
+                match db.to_str() {
+                    None => return Err(format!("--db {} is not valid UTF-8", db.display())),
+                    Some(text) if text.chars().any(char::is_control) => {
+                        return Err(format!("--db {text:?} holds a control character"));
+                    }
+                    Some(_) => {}
                 }
             }
         }
@@ -226,7 +355,24 @@ pub fn monitor_infos(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::AgentOptions;
+    use crate::model::{AgentOptions, PidStart, WorkspaceOptions};
+
+    fn workspace(path: &str) -> MonitorSpec {
+        MonitorSpec::Workspace {
+            id: "w".into(),
+            options: WorkspaceOptions {
+                path: Some(path.into()),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn agent(options: AgentOptions) -> MonitorSpec {
+        MonitorSpec::Agent {
+            id: "a".into(),
+            options,
+        }
+    }
 
     #[test]
     fn requests_have_a_stable_wire_form() {
@@ -235,6 +381,10 @@ mod tests {
                 id: "a1".into(),
                 options: AgentOptions {
                     pid: Some(42),
+                    pid_start: Some(PidStart {
+                        ticks: 7,
+                        boot_id: None,
+                    }),
                     ..AgentOptions::default()
                 },
             },
@@ -242,7 +392,7 @@ mod tests {
         let text = serde_json::to_string(&add).unwrap();
         assert_eq!(
             text,
-            r#"{"op":"add","monitor":{"kind":"agent","id":"a1","options":{"pid":42}}}"#
+            r#"{"op":"add","monitor":{"kind":"agent","id":"a1","options":{"pid":42,"pid_start":{"ticks":7}}}}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), add);
         assert_eq!(
@@ -286,5 +436,153 @@ mod tests {
                 .contains("absolute")
         );
         assert!(validate_monitor(&MonitorSpec::workspace("w")).is_ok());
+    }
+
+    #[test]
+    fn paths_are_normalized_lexically() {
+        let n = |p: &str| normalize_path(Path::new(p));
+        assert_eq!(n("/x/../y"), PathBuf::from("/y"));
+        assert_eq!(n("/a/./b//c/"), PathBuf::from("/a/b/c"));
+        assert_eq!(n("/a/b/../../.."), PathBuf::from("/"));
+        assert_eq!(n("/.."), PathBuf::from("/"));
+        assert_eq!(n("a/../b"), PathBuf::from("b"));
+        assert_eq!(n("a/.."), PathBuf::from("."));
+        assert_eq!(n("../x"), PathBuf::from("../x"));
+        assert_eq!(n("/srv/x"), PathBuf::from("/srv/x"));
+    }
+
+    #[test]
+    fn preparing_a_monitor_normalizes_its_paths() {
+        let spec = prepare_monitor(workspace("/x/../y")).unwrap();
+        assert_eq!(spec, workspace("/y"));
+        let spec = prepare_monitor(agent(AgentOptions {
+            workspace: Some("/a/./b/../c".into()),
+            heartbeat: Some("/hb/../hb.json".into()),
+            pid_file: Some("/run//p.pid".into()),
+            ..Default::default()
+        }))
+        .unwrap();
+        let MonitorSpec::Agent { options, .. } = spec else {
+            unreachable!()
+        };
+        assert_eq!(options.workspace, Some("/a/c".into()));
+        assert_eq!(options.heartbeat, Some("/hb.json".into()));
+        assert_eq!(options.pid_file, Some("/run/p.pid".into()));
+    }
+
+    #[test]
+    fn a_directory_to_watch_that_is_a_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        let file = file.to_str().unwrap();
+        let err = validate_monitor(&workspace(file)).unwrap_err();
+        assert!(err.contains("not a directory"), "{err}");
+        let err = validate_monitor(&agent(AgentOptions {
+            workspace: Some(file.into()),
+            ..Default::default()
+        }))
+        .unwrap_err();
+        assert!(err.contains("not a directory"), "{err}");
+        // Missing (reported as missing until it appears) and real directories are fine.
+        let missing = dir.path().join("later");
+        assert!(validate_monitor(&workspace(missing.to_str().unwrap())).is_ok());
+        assert!(validate_monitor(&workspace(dir.path().to_str().unwrap())).is_ok());
+        // `x/..` of a file is not looked up: normalized first, it is the directory.
+        let up = format!("{file}/..");
+        assert_eq!(
+            prepare_monitor(workspace(&up)).unwrap(),
+            workspace(dir.path().to_str().unwrap())
+        );
+    }
+
+    #[test]
+    fn control_characters_and_bad_utf8_are_refused_in_every_path() {
+        use std::os::unix::ffi::OsStrExt;
+        for bad in ["/a\nb", "/a\tb", "/a\u{7f}", "/a\u{85}b", "/\u{1b}[31m"] {
+            let err = validate_monitor(&workspace(bad)).unwrap_err();
+            assert!(err.contains("control character"), "{bad:?}: {err}");
+            for options in [
+                AgentOptions {
+                    workspace: Some(bad.into()),
+                    ..Default::default()
+                },
+                AgentOptions {
+                    heartbeat: Some(bad.into()),
+                    ..Default::default()
+                },
+                AgentOptions {
+                    pid_file: Some(bad.into()),
+                    ..Default::default()
+                },
+            ] {
+                assert!(validate_monitor(&agent(options)).is_err(), "{bad:?}");
+            }
+            let db = MonitorSpec::Workspace {
+                id: "w".into(),
+                options: WorkspaceOptions {
+                    dbs: vec![bad.trim_start_matches('/').into()],
+                    ..Default::default()
+                },
+            };
+            assert!(validate_monitor(&db).is_err(), "--db {bad:?}");
+        }
+        let raw = std::ffi::OsStr::from_bytes(b"/tmp/\xff");
+        let spec = MonitorSpec::Workspace {
+            id: "w".into(),
+            options: WorkspaceOptions {
+                path: Some(raw.into()),
+                ..Default::default()
+            },
+        };
+        assert!(validate_monitor(&spec).unwrap_err().contains("UTF-8"));
+    }
+
+    #[test]
+    fn an_added_pid_gets_its_start_time_recorded() {
+        let me = std::process::id();
+        let spec = prepare_monitor(agent(AgentOptions {
+            pid: Some(me),
+            ..Default::default()
+        }))
+        .unwrap();
+        let MonitorSpec::Agent { options, .. } = &spec else {
+            unreachable!()
+        };
+        let start = options.pid_start.clone().expect("recorded");
+        let stat = crate::collect::process::read_stat(me).unwrap();
+        assert_eq!(start.ticks, stat.start_ticks);
+        assert_eq!(start.boot_id.as_deref(), crate::collect::process::boot_id());
+        // One given is kept as it is.
+        let given = AgentOptions {
+            pid: Some(me),
+            pid_start: Some(PidStart {
+                ticks: 1,
+                boot_id: None,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(prepare_monitor(agent(given.clone())).unwrap(), agent(given));
+        // A pid nobody has cannot be added: whatever process got it next would be the agent.
+        let err = prepare_monitor(agent(AgentOptions {
+            pid: Some(4_194_999),
+            ..Default::default()
+        }))
+        .unwrap_err();
+        assert!(err.contains("no process with pid 4194999"), "{err}");
+        // Over the socket, as the request is read.
+        let line = format!(
+            r#"{{"op":"add","monitor":{{"kind":"agent","id":"a","options":{{"pid":{me},"workspace":"/x/../y"}}}}}}"#
+        );
+        let Request::Add { monitor } = serde_json::from_str::<Request>(&line).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(monitor, {
+            let mut expected = spec.clone();
+            if let MonitorSpec::Agent { options, .. } = &mut expected {
+                options.workspace = Some("/y".into());
+            }
+            expected
+        });
     }
 }
