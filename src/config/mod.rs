@@ -161,11 +161,84 @@ pub struct ThresholdConfig {
     pub hysteresis: Option<f64>,
 }
 
+/// Largest config file accepted, in bytes (1 MiB): a real one is a few kilobytes, and a device
+/// such as `/dev/zero` or a generated file of 200k `[[override]]`s must not exhaust memory.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// What a file that is not a regular file is, for the error message.
+fn file_kind(file_type: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Reads a config file's text: only a regular file (a symlink to one is fine) of at most
+/// [`MAX_CONFIG_BYTES`], never blocking on a FIFO nor reading a device without end.
+fn read_config_text(path: &Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = path.display();
+    let refuse_kind = |file_type: std::fs::FileType| -> anyhow::Error {
+        anyhow::anyhow!(
+            "config file {shown} is {}, not a regular file; give a TOML file",
+            file_kind(file_type)
+        )
+    };
+    let too_big = |size: u64| -> anyhow::Error {
+        anyhow::anyhow!(
+            "config file {shown} is {size} bytes; the limit is {MAX_CONFIG_BYTES} bytes (1 MiB)"
+        )
+    };
+    // Checked before opening: opening a device can have effects of its own.
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read config file {shown}"))?;
+    if !meta.is_file() {
+        return Err(refuse_kind(meta.file_type()));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_big(meta.len()));
+    }
+    // Non-blocking, so a FIFO swapped in after the check cannot hang the open; checked again on
+    // what was opened.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .with_context(|| format!("cannot read config file {shown}"))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read config file {shown}"))?;
+    if !meta.is_file() {
+        return Err(refuse_kind(meta.file_type()));
+    }
+    // A file growing while it is read is cut at the cap, and refused.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read config file {shown}"))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("config file {shown} is not UTF-8 text: {e}"))
+}
+
 impl ConfigFile {
-    /// Reads and parses a config file; errors name the file and the problem.
+    /// Reads and parses a config file; errors name the file and the problem. Only a regular
+    /// file of at most [`MAX_CONFIG_BYTES`] is read.
     pub fn load(path: &Path) -> anyhow::Result<ConfigFile> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text = read_config_text(path)?;
         Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
 
@@ -237,8 +310,9 @@ pub struct ResourceOverride {
 #[derive(Debug, Clone)]
 pub struct RuleTable {
     by_metric: HashMap<String, AlertRule>,
-    /// `[[override]]`s, by metric, then resource.
-    per_resource: HashMap<String, Vec<(ResourceType, String, AlertRule)>>,
+    /// `[[override]]`s, by metric, then resource type and id: found without a scan, however
+    /// many there are.
+    per_resource: HashMap<String, HashMap<ResourceType, HashMap<String, AlertRule>>>,
 }
 
 impl Default for RuleTable {
@@ -272,6 +346,14 @@ fn layer_rule(
         if !v.is_finite() {
             bail!("{label}: {name} must be a finite number, got {v}");
         }
+    }
+    // Which of the two is higher says whether higher or lower values are worse: equal ones say
+    // nothing, and silently read as "higher is worse" (a flag metric would alert when healthy).
+    if warning == critical {
+        bail!(
+            "{label}: warning and critical are both {warning}; they must differ (critical above \
+             warning means higher values are worse, below means lower values are worse)"
+        );
     }
     // Giving one threshold must not silently turn "higher is worse" into "lower is worse".
     if let Some(b) = base
@@ -329,12 +411,7 @@ impl RuleTable {
     ) -> Option<&AlertRule> {
         self.per_resource
             .get(metric)
-            .and_then(|rules| {
-                rules
-                    .iter()
-                    .find(|(t, id, _)| *t == resource_type && id == resource_id)
-                    .map(|(_, _, rule)| rule)
-            })
+            .and_then(|by_type| by_type.get(&resource_type)?.get(resource_id))
             .or_else(|| self.by_metric.get(metric))
     }
 
@@ -374,9 +451,13 @@ impl RuleTable {
                 hysteresis: o.hysteresis,
             };
             let rule = layer_rule(self.by_metric.get(&o.metric).copied(), &cfg, &label)?;
-            let rules = self.per_resource.entry(o.metric.clone()).or_default();
-            rules.retain(|(t, id, _)| !(*t == o.resource_type && *id == o.resource_id));
-            rules.push((o.resource_type, o.resource_id.clone(), rule));
+            // A later one for the same resource and metric replaces an earlier one.
+            self.per_resource
+                .entry(o.metric.clone())
+                .or_default()
+                .entry(o.resource_type)
+                .or_default()
+                .insert(o.resource_id.clone(), rule);
         }
         Ok(self)
     }
@@ -710,6 +791,61 @@ mod tests {
         assert!(err("log_level = \"x=loud\"").contains("log level"));
         validate_log_level("DEBUG").unwrap();
         validate_log_level("health_monitor=debug,actix=warn").unwrap();
+    }
+
+    #[test]
+    fn equal_warning_and_critical_are_refused_with_the_reason() {
+        let err = |text: &str| {
+            let file = ConfigFile::parse(text).unwrap();
+            format!(
+                "{:#}",
+                Settings::resolve(file, &CliOverrides::default()).unwrap_err()
+            )
+        };
+        let e = err("[thresholds.agent_active]\nwarning = 0.5\ncritical = 0.5\n");
+        assert!(
+            e.contains("[thresholds.agent_active]") && e.contains("must differ"),
+            "{e}"
+        );
+        // One given, equal to the other's default.
+        let e = err("[thresholds.memory_usage_percent]\ncritical = 80\n");
+        assert!(
+            e.contains("memory_usage_percent") && e.contains("both 80"),
+            "{e}"
+        );
+        let e = err(
+            "[[override]]\nresource_type = \"workspace\"\nresource_id = \"w\"\n\
+             metric = \"workspace_exists\"\nwarning = 0.1\n",
+        );
+        assert!(
+            e.contains("[[override]] #1") && e.contains("workspace_exists") && e.contains("differ"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn only_a_regular_file_of_at_most_a_megabyte_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = |p: &Path| format!("{:#}", ConfigFile::load(p).unwrap_err());
+        let e = err(Path::new("/dev/zero"));
+        assert!(
+            e.contains("character device") && e.contains("/dev/zero"),
+            "{e}"
+        );
+        assert!(err(dir.path()).contains("a directory"));
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(err(&fifo).contains("FIFO"));
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, "#".repeat(MAX_CONFIG_BYTES as usize + 1)).unwrap();
+        assert!(err(&big).contains("limit is 1048576 bytes"));
+        let exact = dir.path().join("exact.toml");
+        std::fs::write(&exact, "#".repeat(MAX_CONFIG_BYTES as usize)).unwrap();
+        ConfigFile::load(&exact).unwrap();
+        let link = dir.path().join("link.toml");
+        std::os::unix::fs::symlink(&exact, &link).unwrap();
+        ConfigFile::load(&link).unwrap();
+        assert!(err(&dir.path().join("missing.toml")).contains("cannot read config file"));
     }
 
     #[test]

@@ -146,7 +146,8 @@ async fn answer(line: &[u8], ctx: &RequestContext) -> (Response, bool) {
         Request::Status {} => reply(service.summary().await),
         Request::List {} => reply(service.monitors().await),
         Request::Add { monitor } => reply(service.add(monitor).await),
-        Request::Remove { kind, id } => reply(service.remove(kind, id).await.map(|()| "removed")),
+        // Idempotent: a repeated remove answers `already removed`, so a retry is always safe.
+        Request::Remove { kind, id } => reply(service.remove_idempotent(kind, id).await),
         Request::Stop {} => return (Response::ok("stopping"), true),
         Request::Ack { id, by } => {
             // Recorded and logged: no control characters, and a sane length.
@@ -158,9 +159,7 @@ async fn answer(line: &[u8], ctx: &RequestContext) -> (Response, bool) {
                 .collect();
             reply(service.ack(id, by).await)
         }
-        Request::SilenceAdd { silence } => {
-            reply(service.silence_add(silence).await.map(|()| "silenced"))
-        }
+        Request::SilenceAdd { silence } => reply(service.silence_add(silence).await),
         Request::SilenceRemove {
             resource_type,
             resource_id,

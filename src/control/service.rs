@@ -3,6 +3,7 @@
 
 use actix::prelude::*;
 use chrono::Utc;
+use serde::Serialize;
 
 use super::protocol::{
     MonitorInfo, monitor_infos, validate_monitor, validate_resource_id, validate_silence,
@@ -21,6 +22,41 @@ use crate::summary::{self, Summary, SummaryInputs};
 
 /// Most alerts one listing returns.
 pub const ALERT_LIST_LIMIT: usize = 10_000;
+
+/// What a `remove` over the control socket did. A repeated one (say, retried after the CLI
+/// timed out while the first was applied) finds nothing to remove and says so: not an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RemoveOutcome {
+    #[serde(rename = "removed")]
+    Removed,
+    /// The monitor was not there: removed before (or never added).
+    #[serde(rename = "already removed")]
+    AlreadyRemoved,
+}
+
+/// What an `ack` did: the alert as acknowledged, and whether it already was.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AckReply {
+    #[serde(flatten)]
+    pub alert: HealthAlert,
+    /// `acknowledged`, or `already acknowledged` for a repeated ack (the first time stands).
+    pub outcome: &'static str,
+}
+
+/// What a `silence_add` did: `silenced`, or `unchanged` when the same silence was in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SilenceOutcome {
+    Silenced,
+    Unchanged,
+}
+
+/// What a `silence_remove` did: how many silences it ended, and `removed` or `already removed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SilenceRemoval {
+    pub removed: usize,
+    pub outcome: &'static str,
+}
 
 /// A cheap handle to the running daemon's answers.
 #[derive(Clone)]
@@ -131,6 +167,37 @@ impl Service {
             .map_err(|e| format!("supervisor unavailable: {e}"))?
     }
 
+    /// Removes a monitor, idempotently: one that is not monitored (a repeated request) is
+    /// `AlreadyRemoved`, not an error.
+    pub async fn remove_idempotent(
+        &self,
+        kind: MonitorKind,
+        id: String,
+    ) -> Result<RemoveOutcome, String> {
+        validate_id(&id)?;
+        if !self.is_monitored(kind, &id).await? {
+            return Ok(RemoveOutcome::AlreadyRemoved);
+        }
+        match self.remove(kind, id.clone()).await {
+            Ok(()) => Ok(RemoveOutcome::Removed),
+            // Another client removed it in between.
+            Err(_) if !self.is_monitored(kind, &id).await? => Ok(RemoveOutcome::AlreadyRemoved),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn is_monitored(&self, kind: MonitorKind, id: &str) -> Result<bool, String> {
+        let live = self
+            .supervisor
+            .send(GetLive)
+            .await
+            .map_err(|e| format!("supervisor unavailable: {e}"))?;
+        Ok(live
+            .monitors
+            .iter()
+            .any(|m| m.kind() == kind && m.id() == id))
+    }
+
     /// Alerts newest first from the database: active ones, or with `all` the resolved too
     /// (at most [`ALERT_LIST_LIMIT`]).
     pub async fn alerts(&self, all: bool) -> Result<Vec<HealthAlert>, String> {
@@ -148,26 +215,77 @@ impl Service {
         }
     }
 
-    /// Acknowledges an active alert; `by` is recorded with it.
-    pub async fn ack(&self, id: i64, by: String) -> Result<HealthAlert, String> {
-        self.deps.analyzer.ask(Acknowledge { id, by }).await
+    /// Acknowledges an active alert; `by` is recorded with it. Idempotent: acknowledging it
+    /// again keeps the first acknowledgement and answers `already acknowledged`, also once the
+    /// alert has resolved since.
+    pub async fn ack(&self, id: i64, by: String) -> Result<AckReply, String> {
+        let acked_before = self.deps.analyzer.snapshot().await.is_some_and(|s| {
+            s.active_alerts
+                .iter()
+                .any(|a| a.id == Some(id) && a.acknowledged_at.is_some())
+        });
+        let refused = match self.deps.analyzer.ask(Acknowledge { id, by }).await {
+            Ok(alert) => {
+                let outcome = if acked_before {
+                    "already acknowledged"
+                } else {
+                    "acknowledged"
+                };
+                return Ok(AckReply { alert, outcome });
+            }
+            Err(e) => e,
+        };
+        // Not active: resolved since an earlier ack (say, one retried after a timeout), or
+        // resolved unacknowledged, or unknown.
+        let db = self.deps.settings.db_path.clone();
+        let read = move || -> anyhow::Result<Option<HealthAlert>> {
+            match store::open_read_only(&db)? {
+                Some(conn) => Ok(query::alert_by_id(&conn, id)?),
+                None => Ok(None),
+            }
+        };
+        match actix_rt::task::spawn_blocking(read).await {
+            Ok(Ok(Some(alert))) if alert.resolved && alert.acknowledged_at.is_some() => {
+                Ok(AckReply {
+                    alert,
+                    outcome: "already acknowledged",
+                })
+            }
+            Ok(Ok(Some(alert))) if alert.resolved => Err(format!(
+                "no active alert has id {id}: it is already resolved{}",
+                alert
+                    .resolved_at
+                    .map(|t| format!(" (at {})", t.to_rfc3339()))
+                    .unwrap_or_default()
+            )),
+            _ => Err(refused),
+        }
     }
 
     /// Adds (or replaces) a silence after validating it; it applies at once and is persisted.
-    pub async fn silence_add(&self, silence: Silence) -> Result<(), String> {
+    /// The same silence again is `Unchanged`.
+    pub async fn silence_add(&self, silence: Silence) -> Result<SilenceOutcome, String> {
         validate_silence(&silence)?;
-        self.deps.analyzer.memory().add_silence(silence.clone());
+        let memory = self.deps.analyzer.memory();
+        let unchanged = memory.silences(Utc::now()).contains(&silence);
+        memory.add_silence(silence.clone());
+        // Saved again even when unchanged: the same row, and sure to be there.
         self.persist(WriteOp::SilenceSaved(silence));
-        Ok(())
+        Ok(if unchanged {
+            SilenceOutcome::Unchanged
+        } else {
+            SilenceOutcome::Silenced
+        })
     }
 
-    /// Removes a resource's silences; answers how many were in force.
+    /// Removes a resource's silences; answers how many were in force (none for a repeated
+    /// request: `already removed`).
     pub async fn silence_remove(
         &self,
         resource_type: ResourceType,
         resource_id: String,
         metric: Option<String>,
-    ) -> Result<usize, String> {
+    ) -> Result<SilenceRemoval, String> {
         validate_resource_id(resource_type, &resource_id)?;
         let removed = self.deps.analyzer.memory().remove_silences(
             resource_type,
@@ -179,7 +297,14 @@ impl Service {
             resource_id,
             metric,
         });
-        Ok(removed)
+        Ok(SilenceRemoval {
+            removed,
+            outcome: if removed == 0 {
+                "already removed"
+            } else {
+                "removed"
+            },
+        })
     }
 
     /// The silences in force.

@@ -58,6 +58,14 @@ impl InstanceLock {
     }
 }
 
+/// The pid a running daemon recorded in the lock file of `db_path`, if that process still
+/// exists: for messages about a daemon that does not answer (stopped, stuck).
+pub fn holder_pid(db_path: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(lock_path(db_path)).ok()?;
+    let pid: u32 = text.trim().parse().ok()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +78,7 @@ mod tests {
         let err = InstanceLock::acquire(&db).unwrap_err().to_string();
         assert!(err.contains("already running"), "{err}");
         assert!(err.contains(&std::process::id().to_string()), "{err}");
+        assert_eq!(holder_pid(&db), Some(std::process::id()));
         drop(first);
         InstanceLock::acquire(&db).unwrap();
     }

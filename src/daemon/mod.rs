@@ -195,15 +195,71 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
             None => None,
         };
         systemd::spawn(supervisor.clone());
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
+        // Every signal whose default action ends the process either shuts the daemon down
+        // cleanly, as SIGTERM does, or is caught and ignored: none may end it without a flush,
+        // leaving its socket behind. SIGPIPE the Rust runtime ignores already (a write to a gone
+        // peer fails instead); SIGKILL and the faults (SIGSEGV, SIGBUS...) cannot be handled.
+        use nix::sys::signal::Signal as Sig;
+        let raw = |s: Sig| SignalKind::from_raw(s as i32);
+        let shutdown_on = [
+            (SignalKind::terminate(), "SIGTERM"),
+            (SignalKind::interrupt(), "SIGINT"),
+            (SignalKind::quit(), "SIGQUIT"),
+            // The CPU time soft limit: the SIGKILL of the hard one would allow no flush.
+            (raw(Sig::SIGXCPU), "SIGXCPU"),
+        ];
+        let ignored = [
+            // Kept for a config reload; until there is one it must not end the daemon.
+            (SignalKind::hangup(), "SIGHUP", "the config is not reloaded"),
+            (SignalKind::user_defined1(), "SIGUSR1", ""),
+            (SignalKind::user_defined2(), "SIGUSR2", ""),
+            // A write past the file size limit fails (EFBIG) instead: the writer keeps its rows.
+            (
+                raw(Sig::SIGXFSZ),
+                "SIGXFSZ",
+                "the write past the file size limit fails",
+            ),
+            (SignalKind::alarm(), "SIGALRM", ""),
+            (raw(Sig::SIGVTALRM), "SIGVTALRM", ""),
+            (raw(Sig::SIGPROF), "SIGPROF", ""),
+            (SignalKind::io(), "SIGIO", ""),
+            (raw(Sig::SIGPWR), "SIGPWR", ""),
+        ];
+        let (signalled, mut shutdown_signals) = tokio::sync::mpsc::unbounded_channel();
+        for (kind, name) in shutdown_on {
+            let mut stream = signal(kind)?;
+            let signalled = signalled.clone();
+            actix_rt::spawn(async move {
+                while stream.recv().await.is_some() {
+                    if signalled.send(name).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        for (kind, name, why) in ignored {
+            let mut stream = signal(kind)?;
+            actix_rt::spawn(async move {
+                let mut seen = 0u64;
+                while stream.recv().await.is_some() {
+                    seen += 1;
+                    // A signal sent in a loop (SIGXFSZ at every failed write) logs once.
+                    if seen == 1 {
+                        let why = if why.is_empty() {
+                            "it has no use here"
+                        } else {
+                            why
+                        };
+                        tracing::info!("{name} received; ignored ({why})");
+                    } else {
+                        tracing::debug!(count = seen, "{name} received again; ignored");
+                    }
+                }
+            });
+        }
         actix_rt::spawn(async move {
             let mut signals = 0;
-            loop {
-                let name = tokio::select! {
-                    _ = term.recv() => "SIGTERM",
-                    _ = int.recv() => "SIGINT",
-                };
+            while let Some(name) = shutdown_signals.recv().await {
                 signals += 1;
                 if signals == 1 {
                     tracing::info!(
