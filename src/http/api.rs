@@ -3,22 +3,31 @@
 //! configured bearer token.
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use actix_web::error::JsonPayloadError;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
+use actix_web::http::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::control::protocol::validate_monitor;
+use crate::control::protocol::prepare_monitor;
 use crate::control::service::Service;
 use crate::model::{AddOutcome, MonitorKind, MonitorSpec, validate_id};
+
+use super::conns::is_body_timeout;
+use super::lockout::Lockout;
+use super::tally::{Client, client_of};
 
 /// What every handler shares.
 pub struct State {
     pub service: Service,
     /// The write token; `None` disables POST and DELETE.
     pub token: Option<String>,
+    /// Failed authentications by client.
+    pub lockout: Arc<Lockout>,
 }
 
 /// An answer other than success: a status and a message, sent as `{"error": "..."}`.
@@ -26,6 +35,8 @@ pub struct State {
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -34,6 +45,24 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A client locked out for `wait` after failing to authenticate too often (429).
+    pub fn locked_out(client: std::net::IpAddr, wait: Duration) -> Self {
+        // Whole seconds, rounded up: retrying at once would be refused again.
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        ApiError {
+            retry_after: Some(secs.max(1)),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many failed authentications from {}: writes are refused for {} s",
+                    Client(client),
+                    secs.max(1)
+                ),
+            )
         }
     }
 
@@ -55,8 +84,14 @@ impl ApiError {
         ApiError::new(status, message)
     }
 
-    /// An extractor's failure (bad JSON, body over the limit, bad query), keeping its status.
+    /// An extractor's failure (bad JSON, body over the limit, bad query), keeping its status; a
+    /// body that did not arrive in time is a 408.
     pub fn from_extractor(what: &str, e: &actix_web::Error) -> Self {
+        if let Some(JsonPayloadError::Payload(p)) = e.as_error::<JsonPayloadError>()
+            && is_body_timeout(p)
+        {
+            return ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("bad {what}: {p}"));
+        }
         let status = e.as_response_error().status_code();
         // Extractor errors are all client errors; anything else would be a bug, still a 400.
         let status = if status.is_client_error() {
@@ -83,6 +118,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status);
         if self.status == StatusCode::UNAUTHORIZED {
             response.insert_header((WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        if let Some(secs) = self.retry_after {
+            response.insert_header((RETRY_AFTER, secs));
         }
         response.json(json!({ "error": self.message }))
     }
@@ -124,13 +162,31 @@ pub fn authorize(token: Option<&str>, authorization: Option<&str>) -> Result<(),
     }
 }
 
-/// Checks the request's `Authorization` header against the state's token.
+/// Checks the request's `Authorization` header against the state's token: a client locked out
+/// for failing too often gets a 429 without its token being looked at, and a 401 counts against
+/// its client.
 fn check_write(state: &State, req: &HttpRequest) -> Result<(), ApiError> {
+    let client = req.peer_addr().map(|a| client_of(a.ip()));
+    let now = Instant::now();
+    if let Some(client) = client
+        && state.token.is_some()
+        && let Err(wait) = state.lockout.check(client, now)
+    {
+        return Err(ApiError::locked_out(client, wait));
+    }
     let header = req
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    authorize(state.token.as_deref(), header)
+    let verdict = authorize(state.token.as_deref(), header);
+    if let Some(client) = client {
+        match &verdict {
+            Ok(()) => state.lockout.succeeded(client),
+            Err(e) if e.status == StatusCode::UNAUTHORIZED => state.lockout.failed(client, now),
+            Err(_) => {}
+        }
+    }
+    verdict
 }
 
 /// `GET /api/v1/summary`: the `status --json` document.
@@ -188,7 +244,8 @@ pub async fn add_monitor(
     let spec = body
         .map_err(|e| ApiError::from_extractor("body", &e))?
         .into_inner();
-    validate_monitor(&spec).map_err(ApiError::bad_request)?;
+    // Normalized, checked and its pid's start recorded, exactly as the socket and the CLI do.
+    let spec = prepare_monitor(spec).map_err(ApiError::bad_request)?;
     let (kind, id) = (spec.kind(), spec.id().to_string());
     let outcome = state
         .service

@@ -3,14 +3,19 @@
 //! [`render_metrics`] and [`health`].
 
 pub mod api;
+pub mod conns;
 pub mod health;
+pub mod lockout;
 pub mod metrics;
+pub mod tally;
 
 use std::net::{SocketAddr, TcpListener};
-use std::time::Duration;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
 use actix_web::http::StatusCode;
+use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use anyhow::Context;
 use serde_json::json;
@@ -22,13 +27,21 @@ pub use metrics::render_metrics;
 
 /// Largest request body accepted (a monitor is a few hundred bytes).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-/// A client must send its request head within this time.
+/// A client must send its first request head within this time of connecting (the server answers
+/// 408 and closes), and its body within [`conns::BODY_TIMEOUT`] of the head.
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Idle keep-alive connections close after this long: long enough for a scraper on the
-/// default 15 s interval to reuse its connection.
-const KEEP_ALIVE: Duration = Duration::from_secs(30);
-/// Connections served at once; a daemon with one scraper and an operator needs few.
-const MAX_CONNECTIONS: usize = 64;
+/// A kept-alive connection closes when no next request has arrived within this long of the last
+/// response, including one still arriving a byte at a time. Reconnecting costs a scraper
+/// nothing; keeping idle connections short keeps room for everyone.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// Connections the server holds at once; past it, it stops accepting. [`conns`] keeps clients
+/// under [`ALL_CLIENTS`], so a new connection never waits for one of these.
+const MAX_CONNECTIONS: usize = 256;
+/// Connections one client address (an IPv6 client: its /64) may hold; its next one closes its
+/// connection idle the longest. A scraper or an operator needs one or two.
+const PER_CLIENT: usize = 32;
+/// Connections all clients together may hold before the one idle the longest is closed.
+const ALL_CLIENTS: usize = MAX_CONNECTIONS - PER_CLIENT;
 /// In-flight requests get this long to finish at shutdown.
 const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 
@@ -64,10 +77,19 @@ impl Listener {
     /// Starts serving on the current actix System (one worker thread); stop it with
     /// `handle.stop(true)`.
     pub fn start(self, service: Service) -> anyhow::Result<ServerHandle> {
+        let lockout = Arc::new(lockout::Lockout::default());
         let state = web::Data::new(api::State {
             service,
             token: self.token,
+            lockout: Arc::clone(&lockout),
         });
+        let connections = Arc::new(conns::Connections::new(conns::Limits {
+            per_client: PER_CLIENT,
+            total: ALL_CLIENTS,
+            first_request: CLIENT_REQUEST_TIMEOUT,
+            between_requests: KEEP_ALIVE,
+        }));
+        let on_connect = Arc::clone(&connections);
         let writes = if state.token.is_some() {
             "enabled"
         } else {
@@ -75,6 +97,7 @@ impl Listener {
         };
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(conns::guard_requests))
                 .app_data(state.clone())
                 .app_data(
                     web::JsonConfig::default()
@@ -101,6 +124,7 @@ impl Listener {
                 .default_service(web::to(not_found))
         })
         .workers(1)
+        .on_connect(move |io, data| on_connect.on_connect(io, data))
         // SIGINT and SIGTERM belong to the daemon, which stops this server in its own order.
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
@@ -117,8 +141,27 @@ impl Listener {
                 tracing::error!("HTTP server failed: {e}");
             }
         });
+        actix_rt::spawn(sweep(
+            Arc::downgrade(&connections),
+            Arc::downgrade(&lockout),
+        ));
         tracing::info!(listen = %self.addr, writes, "serving HTTP: /metrics, /healthz, /api/v1");
         Ok(handle)
+    }
+}
+
+/// Every [`conns::SWEEP_EVERY`]: closes connections idle past their limits and writes the guards'
+/// pending log lines, until the server is gone.
+async fn sweep(connections: Weak<conns::Connections>, lockout: Weak<lockout::Lockout>) {
+    let mut tick = actix_rt::time::interval(conns::SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        let (Some(connections), Some(lockout)) = (connections.upgrade(), lockout.upgrade()) else {
+            return;
+        };
+        let now = Instant::now();
+        connections.sweep(now);
+        lockout.flush(now);
     }
 }
 
