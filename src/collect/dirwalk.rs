@@ -20,6 +20,13 @@
 //! a shared memory map). Nor does a watch answer for a tree that has grown past what a full walk
 //! could do within the cap (estimated from the building walk's time per entry): a full walk
 //! then shows whether it still can, so a tree too big to walk is reported as such, as before.
+//!
+//! A directory that cannot be read (no permission, an I/O error) leaves a hole in the totals:
+//! the walk names it, and a [`DirSizer`] then keeps the last complete totals rather than the
+//! smaller ones. A watch sees permissions change (`IN_ATTRIB` on the directory and on its
+//! parent), so a directory that turns unreadable, or readable again, is re-read at once; a root
+//! that turns unreadable drops the watch, and the full walk that follows fails as it would at
+//! start.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -81,9 +88,29 @@ impl DirStats {
 /// How a walk ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WalkOutcome {
+    /// The walk went through every directory it could read; [`WalkReport::unreadable`] names
+    /// those it could not, whose contents these totals leave out.
     Complete(DirStats),
     /// The time cap hit first: these partial totals must not be taken for the real size.
     TimedOut(DirStats),
+}
+
+/// A walk's outcome and the directories it could not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalkReport {
+    pub outcome: WalkOutcome,
+    /// Directories (the root included) that could not be listed, or whose entries could not be
+    /// looked at: no permission, or an I/O error. What is inside them is not in the totals.
+    /// Sorted. Entries that merely vanished mid-walk are counted in `errors` but not named.
+    pub unreadable: Vec<PathBuf>,
+}
+
+impl WalkReport {
+    /// True when the walk ended within its cap and read every directory: its totals are the
+    /// tree's.
+    pub fn complete(&self) -> bool {
+        matches!(self.outcome, WalkOutcome::Complete(_)) && self.unreadable.is_empty()
+    }
 }
 
 /// Walks `root` on [`DEFAULT_WALK_THREADS`] threads until done or until `cap` has passed.
@@ -97,12 +124,18 @@ pub fn walk(root: &Path, cap: Duration) -> io::Result<WalkOutcome> {
 ///
 /// Hidden entries count like any other; symlinks count as non-directories of their own
 /// (link-text) size and are never followed; directories on another filesystem than the root's
-/// (mount points) count as directories but are not entered.
+/// (mount points) count as directories but are not entered. A directory below the root that
+/// cannot be read counts as a directory and an error; [`walk_report`] names it.
 pub fn walk_with(root: &Path, cap: Duration, threads: usize) -> io::Result<WalkOutcome> {
+    walk_report(root, cap, threads).map(|report| report.outcome)
+}
+
+/// As [`walk_with`], naming the directories that could not be read.
+pub fn walk_report(root: &Path, cap: Duration, threads: usize) -> io::Result<WalkReport> {
     walk_until(root, deadline_after(cap), threads)
 }
 
-fn walk_until(root: &Path, deadline: Option<Instant>, threads: usize) -> io::Result<WalkOutcome> {
+fn walk_until(root: &Path, deadline: Option<Instant>, threads: usize) -> io::Result<WalkReport> {
     let meta = root_meta(root)?;
     let first = fs::read_dir(root)?;
     let start = Job {
@@ -112,12 +145,26 @@ fn walk_until(root: &Path, deadline: Option<Instant>, threads: usize) -> io::Res
         parent: None,
         opened: Some((first, None)),
     };
-    let (totals, ended) = run_walk(start, meta.dev(), deadline, threads, None);
-    Ok(match ended {
+    let (totals, mut unreadable, ended) = run_walk(start, meta.dev(), deadline, threads, None);
+    unreadable.sort();
+    let outcome = match ended {
         Ended::Complete => WalkOutcome::Complete(totals),
         // Without a recorder there is no watch limit to reach.
         Ended::TimedOut | Ended::OverWatchLimit => WalkOutcome::TimedOut(totals),
+    };
+    Ok(WalkReport {
+        outcome,
+        unreadable,
     })
+}
+
+/// True when a directory that could not be opened or looked at is a hole in the totals (no
+/// permission, an I/O error), not an entry that went away since it was listed.
+fn cannot_read(e: &io::Error) -> bool {
+    !matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
 }
 
 /// A cap too large for the clock is no cap.
@@ -236,14 +283,14 @@ impl Shared<'_> {
 }
 
 /// Reads the tree below `start` on `threads` threads (the calling one included) and returns
-/// the totals of what it read, however it ended.
+/// the totals of what it read and the directories it could not read, however it ended.
 fn run_walk(
     start: Job,
     root_dev: u64,
     deadline: Option<Instant>,
     threads: usize,
     recorder: Option<&Recorder>,
-) -> (DirStats, Ended) {
+) -> (DirStats, Vec<PathBuf>, Ended) {
     let shared = Shared {
         queue: Mutex::new(Queue {
             jobs: Vec::new(),
@@ -268,23 +315,28 @@ fn run_walk(
                     .ok()
             })
             .collect();
-        let mut totals = work(&shared, Some(start));
+        let (mut totals, mut unreadable) = work(&shared, Some(start));
         for helper in helpers {
             match helper.join() {
-                Ok(stats) => totals.add(stats),
+                Ok((stats, theirs)) => {
+                    totals.add(stats);
+                    unreadable.extend(theirs);
+                }
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         }
-        totals
+        (totals, unreadable)
     });
     let ended = shared.lock().stopped.unwrap_or(Ended::Complete);
-    (totals, ended)
+    (totals.0, totals.1, ended)
 }
 
 /// One worker: reads directories until none are left (or the walk stops) and returns its
-/// share of the totals. `first` is a directory this worker is already counted busy with.
-fn work(shared: &Shared, mut first: Option<Job>) -> DirStats {
+/// share of the totals and of the directories that could not be read. `first` is a directory
+/// this worker is already counted busy with.
+fn work(shared: &Shared, mut first: Option<Job>) -> (DirStats, Vec<PathBuf>) {
     let mut stats = DirStats::default();
+    let mut unreadable = Vec::new();
     let mut found = Vec::new();
     let mut seen = 0u64;
     loop {
@@ -308,22 +360,35 @@ fn work(shared: &Shared, mut first: Option<Job>) -> DirStats {
             }
         };
         let mut own = DirStats::default();
+        let mut blocked = false;
         let stop = match entries {
-            Ok(entries) => total_dir(entries, &job, shared, &mut own, &mut found, &mut seen),
-            Err(_) => {
+            Ok(entries) => total_dir(
+                entries,
+                &job,
+                shared,
+                &mut own,
+                &mut blocked,
+                &mut found,
+                &mut seen,
+            ),
+            Err(e) => {
                 // Unreadable or vanished since its parent was read: counted as a directory
                 // already, its contents are unknown.
                 own.errors += 1;
+                blocked = cannot_read(&e);
                 shared.past_deadline().then_some(Ended::TimedOut)
             }
         };
         stats.add(own);
+        if blocked {
+            unreadable.push(job.path.clone());
+        }
         if let Some(recorder) = shared.recorder {
-            recorder.record(job, wd, own);
+            recorder.record(job, wd, own, blocked);
         }
         shared.finish_dir(&mut found, stop);
     }
-    stats
+    (stats, unreadable)
 }
 
 /// What one directory entry adds to its directory's totals.
@@ -335,9 +400,12 @@ enum Seen {
         ino: u64,
         same_fs: bool,
     },
-    /// Vanished between listing and stat: it still counts as what the listing said it was.
-    Vanished {
+    /// Vanished between listing and stat, or could not be looked at (`unreadable`: no search
+    /// permission on its directory, an I/O error): it still counts as what the listing said
+    /// it was.
+    Unknown {
         dir: bool,
+        unreadable: bool,
     },
 }
 
@@ -351,14 +419,16 @@ fn look(entry: &DirEntry, root_dev: u64) -> Seen {
             same_fs: meta.dev() == root_dev,
         },
         Ok(meta) => Seen::File { bytes: meta.len() },
-        Err(_) => Seen::Vanished {
+        Err(e) => Seen::Unknown {
             dir: entry.file_type().is_ok_and(|t| t.is_dir()),
+            unreadable: cannot_read(&e),
         },
     }
 }
 
-/// Adds what one entry is to `own`; returns the inode of a subdirectory to enter.
-fn count(seen: Seen, own: &mut DirStats) -> Option<u64> {
+/// Adds what one entry is to `own`, and sets `blocked` when it could not be looked at; returns
+/// the inode of a subdirectory to enter.
+fn count(seen: Seen, own: &mut DirStats, blocked: &mut bool) -> Option<u64> {
     match seen {
         Seen::File { bytes } => {
             own.files += 1;
@@ -370,8 +440,9 @@ fn count(seen: Seen, own: &mut DirStats) -> Option<u64> {
             own.dirs += 1;
             same_fs.then_some(ino)
         }
-        Seen::Vanished { dir } => {
+        Seen::Unknown { dir, unreadable } => {
             own.errors += 1;
+            *blocked |= unreadable;
             if dir {
                 own.dirs += 1;
             } else {
@@ -382,13 +453,15 @@ fn count(seen: Seen, own: &mut DirStats) -> Option<u64> {
     }
 }
 
-/// Adds one directory's entries to `own` and its same-filesystem subdirectories to `found`.
-/// Returns why to stop when the deadline passed before the directory was done.
+/// Adds one directory's entries to `own` and its same-filesystem subdirectories to `found`,
+/// and sets `blocked` when some of them could not be read. Returns why to stop when the
+/// deadline passed before the directory was done.
 fn total_dir(
     entries: ReadDir,
     dir: &Job,
     shared: &Shared,
     own: &mut DirStats,
+    blocked: &mut bool,
     found: &mut Vec<Job>,
     seen: &mut u64,
 ) -> Option<Ended> {
@@ -401,10 +474,12 @@ fn total_dir(
             return Some(Ended::TimedOut);
         }
         let Ok(entry) = entry else {
+            // The listing itself failed part way (an I/O error).
             own.errors += 1;
+            *blocked = true;
             continue;
         };
-        if let Some(ino) = count(look(&entry, shared.root_dev), own) {
+        if let Some(ino) = count(look(&entry, shared.root_dev), own, blocked) {
             found.push(Job {
                 path: entry.path(),
                 ino,
@@ -442,6 +517,8 @@ struct DirRecord {
     wd: Option<WatchDescriptor>,
     /// Totals of the directory's own entries (and 1 error if it could not be read).
     own: DirStats,
+    /// It, or some of its entries, could not be read.
+    unreadable: bool,
 }
 
 /// Adds a watch before each directory is read and keeps its totals.
@@ -482,9 +559,14 @@ impl<'a> Recorder<'a> {
         }
     }
 
-    fn record(&self, job: Job, wd: Option<WatchDescriptor>, own: DirStats) {
+    fn record(&self, job: Job, wd: Option<WatchDescriptor>, own: DirStats, unreadable: bool) {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        records.push(DirRecord { job, wd, own });
+        records.push(DirRecord {
+            job,
+            wd,
+            own,
+            unreadable,
+        });
     }
 
     fn into_records(self) -> Vec<DirRecord> {
@@ -500,6 +582,10 @@ struct Node {
     /// `None` when the directory could not be watched (unreadable) or its watch went away.
     wd: Option<WatchDescriptor>,
     own: DirStats,
+    /// It, or some of its entries, could not be read when it was last read: `own` leaves out
+    /// what is inside. A permission change raises `IN_ATTRIB` on it and on its parent, and
+    /// either has it read again.
+    unreadable: bool,
     parent: Option<u64>,
     /// Same-filesystem subdirectories by name.
     children: HashMap<OsString, u64>,
@@ -534,6 +620,9 @@ struct TreeWatch {
     /// would take is estimated from it.
     walk_cost: f64,
     totals: DirStats,
+    /// Directories marked unreadable, as of the latest sum: while there are any, `totals` are
+    /// not the tree's.
+    unreadable: usize,
 }
 
 /// What building a tree watch gave.
@@ -576,7 +665,7 @@ impl TreeWatch {
             parent: None,
             opened: Some((first, Some(wd))),
         };
-        let (partial, ended) = run_walk(start, meta.dev(), deadline, threads, Some(&recorder));
+        let (partial, _, ended) = run_walk(start, meta.dev(), deadline, threads, Some(&recorder));
         match ended {
             Ended::Complete => {}
             Ended::TimedOut => return Ok(Built::TimedOut(partial)),
@@ -596,6 +685,7 @@ impl TreeWatch {
             built_at: Instant::now(),
             walk_cost: 0.0,
             totals: DirStats::default(),
+            unreadable: 0,
         };
         if watch.insert(records, None).is_none() {
             return Ok(Built::Refused);
@@ -653,6 +743,7 @@ impl TreeWatch {
                     ino: record.job.ino,
                     wd: record.wd,
                     own: record.own,
+                    unreadable: record.unreadable,
                     parent: node_parent,
                     children: HashMap::new(),
                 },
@@ -693,10 +784,36 @@ impl TreeWatch {
 
     fn sum(&mut self) {
         let mut totals = DirStats::default();
+        let mut unreadable = 0;
         for node in self.nodes.values() {
             totals.add(node.own);
+            unreadable += usize::from(node.unreadable);
         }
         self.totals = totals;
+        self.unreadable = unreadable;
+    }
+
+    /// The directories that could not be read, sorted; empty (and free) when there are none.
+    fn unreadable_paths(&self) -> Vec<PathBuf> {
+        if self.unreadable == 0 {
+            return Vec::new();
+        }
+        let mut paths: Vec<_> = self
+            .nodes
+            .values()
+            .filter(|n| n.unreadable)
+            .map(|n| n.path.clone())
+            .collect();
+        paths.sort();
+        paths
+    }
+
+    /// The totals as a walk's report.
+    fn report(&self) -> WalkReport {
+        WalkReport {
+            outcome: WalkOutcome::Complete(self.totals),
+            unreadable: self.unreadable_paths(),
+        }
     }
 
     /// Reads pending events and notes the directories they name. Never blocks.
@@ -808,7 +925,9 @@ impl TreeWatch {
             return Ok(()); // Removed with a subtree since it was named.
         };
         let path = node.path.clone();
+        let is_root = node.parent.is_none();
         let mut own = DirStats::default();
+        let mut blocked = false;
         let mut subdirs = Vec::new();
         match fs::read_dir(&path) {
             Ok(entries) => {
@@ -818,14 +937,24 @@ impl TreeWatch {
                     }
                     let Ok(entry) = entry else {
                         own.errors += 1;
+                        blocked = true;
                         continue;
                     };
-                    if let Some(ino) = count(look(&entry, self.dev), &mut own) {
+                    if let Some(ino) = count(look(&entry, self.dev), &mut own, &mut blocked) {
                         subdirs.push((entry.file_name(), ino));
                     }
                 }
             }
-            Err(_) => own.errors += 1,
+            Err(_) if is_root => {
+                // The root itself can no longer be read (made unreadable, or gone): a full
+                // walk says which, as it would at start.
+                self.broken = true;
+                return Ok(());
+            }
+            Err(e) => {
+                own.errors += 1;
+                blocked = cannot_read(&e);
+            }
         }
         let mut old = match self.nodes.get_mut(&id) {
             Some(node) => std::mem::take(&mut node.children),
@@ -856,6 +985,7 @@ impl TreeWatch {
         }
         if let Some(node) = self.nodes.get_mut(&id) {
             node.own = own;
+            node.unreadable = blocked;
             node.children = children;
         }
         Ok(())
@@ -878,7 +1008,7 @@ impl TreeWatch {
             parent: None,
             opened: None,
         };
-        let (_, ended) = run_walk(start, self.dev, deadline, 1, Some(&recorder));
+        let (_, _, ended) = run_walk(start, self.dev, deadline, 1, Some(&recorder));
         match ended {
             Ended::Complete => match self.insert(recorder.into_records(), Some(parent)) {
                 Some(id) => Ok(id),
@@ -917,7 +1047,7 @@ const INLINE_WALK_UNDER: Duration = Duration::from_millis(2);
 
 /// What a background measurement hands back.
 struct Measured {
-    result: io::Result<WalkOutcome>,
+    result: io::Result<WalkReport>,
     /// The watch to keep, when the measurement built or updated one.
     watch: Option<TreeWatch>,
     /// No watch could be had (over the limit, no inotify): do not try again for a while.
@@ -941,9 +1071,11 @@ impl Plan {
             match watch.update(deadline) {
                 // Grown past what a full walk does within the cap: one is done to see.
                 Ok(_) if !watch.trusted(Instant::now(), Duration::MAX, self.cap) => drop(watch),
-                Ok(totals) => {
+                Ok(_) => {
+                    // Kept even with unreadable parts: their permissions coming back raise
+                    // events like any other change.
                     return Measured {
-                        result: Ok(WalkOutcome::Complete(totals)),
+                        result: Ok(watch.report()),
                         watch: Some(watch),
                         refused: false,
                     };
@@ -951,7 +1083,7 @@ impl Plan {
                 Err(Stale::TimedOut) => {
                     // Half updated: a later full walk starts over.
                     return Measured {
-                        result: Ok(WalkOutcome::TimedOut(watch.totals)),
+                        result: Ok(timed_out(watch.totals)),
                         watch: None,
                         refused: false,
                     };
@@ -964,14 +1096,14 @@ impl Plan {
             match TreeWatch::build(&self.root, deadline, self.threads, self.watch_limit) {
                 Ok(Built::Watching(watch)) => {
                     return Measured {
-                        result: Ok(WalkOutcome::Complete(watch.totals)),
+                        result: Ok(watch.report()),
                         watch: Some(*watch),
                         refused: false,
                     };
                 }
                 Ok(Built::TimedOut(partial)) => {
                     return Measured {
-                        result: Ok(WalkOutcome::TimedOut(partial)),
+                        result: Ok(timed_out(partial)),
                         watch: None,
                         refused: false,
                     };
@@ -1000,6 +1132,18 @@ impl Plan {
     }
 }
 
+/// A walk that hit its cap: what it could not read does not matter, its totals are partial
+/// anyway.
+fn timed_out(partial: DirStats) -> WalkReport {
+    WalkReport {
+        outcome: WalkOutcome::TimedOut(partial),
+        unreadable: Vec::new(),
+    }
+}
+
+/// Most unreadable directories one log line names.
+const UNREADABLE_LOGGED: usize = 10;
+
 /// Keeps one background walk per directory and the last good totals, and between walks an
 /// inotify watch of the tree that makes measuring it again nearly free while it does not change.
 #[derive(Debug)]
@@ -1011,9 +1155,15 @@ pub struct DirSizer {
     watch_limit: usize,
     /// A watch older than this is replaced by a full walk.
     rebuild_every: Duration,
+    /// The latest complete totals: of a walk that ended within the cap and read everything.
     last: Option<DirStats>,
     /// The latest finished walk hit the time cap.
     timed_out: bool,
+    /// The latest finished walk (or watch update) could not read part of the tree.
+    incomplete: bool,
+    /// The unreadable directories already named in the log, so that each is named once while
+    /// it stays unreadable, not once per walk.
+    reported: HashSet<PathBuf>,
     /// After a walk hits the cap, the next one waits: a tree too big to walk in time would
     /// otherwise be walked back to back forever.
     next_walk_at: Option<Instant>,
@@ -1042,6 +1192,8 @@ impl DirSizer {
             rebuild_every: DEFAULT_REBUILD_EVERY,
             last: None,
             timed_out: false,
+            incomplete: false,
+            reported: HashSet::new(),
             next_walk_at: None,
             running: None,
             watch: None,
@@ -1070,11 +1222,11 @@ impl DirSizer {
         if self.running.as_ref().is_some_and(|(p, _, _)| p != root) {
             // The directory changed: the old walk's answer no longer applies.
             self.running = None;
-            self.last = None;
+            self.forget();
         }
         if self.watch.as_ref().is_some_and(|w| w.root != root) {
             self.watch = None;
-            self.last = None;
+            self.forget();
         }
         let now = Instant::now();
         if self.running.is_none()
@@ -1083,9 +1235,13 @@ impl DirSizer {
         {
             watch.drain();
             if watch.current() {
-                self.last = Some(watch.totals);
                 self.timed_out = false;
-                return SizeReading::Known(watch.totals);
+                if watch.unreadable == 0 {
+                    self.last = Some(watch.totals);
+                    return SizeReading::Known(watch.totals);
+                }
+                // Part of the tree is still unreadable: the last complete totals stand.
+                return self.last.map_or(SizeReading::Pending, SizeReading::Known);
             }
         }
         let resting = self.next_walk_at.is_some_and(|t| now < t);
@@ -1160,17 +1316,28 @@ impl DirSizer {
             self.no_watch_until = Some(Instant::now() + self.rebuild_every);
         }
         self.last_walk = None;
-        match measured.result {
-            Ok(WalkOutcome::Complete(stats)) => {
+        let report = match measured.result {
+            Ok(report) => report,
+            Err(e) => {
+                self.forget();
+                return SizeReading::Failed(e.to_string());
+            }
+        };
+        match report.outcome {
+            WalkOutcome::Complete(stats) => {
                 if plain {
                     self.last_walk = Some(took);
                 }
-                self.last = Some(stats);
                 self.timed_out = false;
                 self.next_walk_at = None;
+                self.note_unreadable(root, report.unreadable, stats);
+                if self.incomplete {
+                    return self.last.map_or(SizeReading::Pending, SizeReading::Known);
+                }
+                self.last = Some(stats);
                 SizeReading::Known(stats)
             }
-            Ok(WalkOutcome::TimedOut(partial)) => {
+            WalkOutcome::TimedOut(partial) => {
                 self.timed_out = true;
                 self.next_walk_at = Some(Instant::now() + self.cap * WALK_REST_FACTOR);
                 tracing::warn!(
@@ -1181,16 +1348,65 @@ impl DirSizer {
                 );
                 self.last.map_or(SizeReading::Pending, SizeReading::Known)
             }
-            Err(e) => {
-                self.last = None;
-                SizeReading::Failed(e.to_string())
-            }
         }
+    }
+
+    /// Notes what a walk that ended within its cap could not read, and names in the log the
+    /// directories not named before (and, once, that everything can be read again).
+    fn note_unreadable(&mut self, root: &Path, unreadable: Vec<PathBuf>, partial: DirStats) {
+        self.incomplete = !unreadable.is_empty();
+        if unreadable.is_empty() {
+            if !self.reported.is_empty() {
+                self.reported.clear();
+                tracing::info!(
+                    path = %root.display(),
+                    files = partial.files,
+                    "directory can be read in full again; size and file count are current"
+                );
+            }
+            return;
+        }
+        let new: Vec<&PathBuf> = unreadable
+            .iter()
+            .filter(|p| !self.reported.contains(*p))
+            .collect();
+        if !new.is_empty() {
+            let mut named = new
+                .iter()
+                .take(UNREADABLE_LOGGED)
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            if new.len() > UNREADABLE_LOGGED {
+                named.push_str(&format!(" and {} more", new.len() - UNREADABLE_LOGGED));
+            }
+            tracing::warn!(
+                path = %root.display(),
+                unreadable = %named,
+                unreadable_dirs = unreadable.len(),
+                files_seen = partial.files,
+                "cannot read part of the directory; keeping the last complete size and file count"
+            );
+        }
+        self.reported = unreadable.into_iter().collect();
+    }
+
+    /// Forgets everything known of the directory (it failed, or another one is measured).
+    fn forget(&mut self) {
+        self.last = None;
+        self.incomplete = false;
+        self.reported.clear();
     }
 
     /// True when the latest finished walk gave up at its time cap.
     pub fn timed_out(&self) -> bool {
         self.timed_out
+    }
+
+    /// True when the latest finished walk (or watch update) could not read part of the tree:
+    /// the size reported is then the last complete one, or none if there never was one.
+    pub fn incomplete(&self) -> bool {
+        self.incomplete
     }
 }
 
@@ -1330,50 +1546,190 @@ mod tests {
         );
     }
 
+    /// Root reads every directory: as root, runs the test `name` (of this module) again in a
+    /// copy of this binary as nobody, where permissions apply, and returns true; the caller
+    /// then has nothing left to do. Returns false when permissions apply already.
+    fn ran_as_nobody(name: &str) -> bool {
+        if !nix::unistd::Uid::effective().is_root() {
+            return false;
+        }
+        use std::os::unix::process::CommandExt;
+        let run = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                &format!("collect::dirwalk::tests::{name}"),
+                "--test-threads=1",
+            ])
+            .env("TMPDIR", "/tmp")
+            .uid(65534)
+            .gid(65534)
+            .output();
+        match run {
+            Ok(out) => assert!(
+                out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+                "as nobody: {}\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("skipped: cannot run this test as nobody: {e}"),
+        }
+        true
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
     #[test]
     fn an_unreadable_subdirectory_is_counted_and_reported() {
-        use std::os::unix::fs::PermissionsExt;
-        if nix::unistd::Uid::effective().is_root() {
-            // Root reads every directory: this test runs again in a copy of this binary as
-            // nobody, where permissions apply.
-            use std::os::unix::process::CommandExt;
-            let run = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "collect::dirwalk::tests::an_unreadable_subdirectory_is_counted_and_reported",
-                    "--test-threads=1",
-                ])
-                .env("TMPDIR", "/tmp")
-                .uid(65534)
-                .gid(65534)
-                .output();
-            match run {
-                Ok(out) => assert!(
-                    out.status.success()
-                        && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
-                    "as nobody: {}\n{}{}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-                Err(e) => eprintln!("skipped: cannot run this test as nobody: {e}"),
-            }
+        if ran_as_nobody("an_unreadable_subdirectory_is_counted_and_reported") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        fs::create_dir(dir.path().join("locked")).unwrap();
-        fs::write(dir.path().join("locked/secret"), b"x").unwrap();
+        let locked = dir.path().join("locked");
+        fs::create_dir(&locked).unwrap();
+        fs::write(locked.join("secret"), b"x").unwrap();
+        // Listed, but its entries cannot be looked at (no search permission).
+        let blind = dir.path().join("blind");
+        fs::create_dir(&blind).unwrap();
+        fs::write(blind.join("f"), b"12345").unwrap();
         fs::write(dir.path().join("open"), b"abc").unwrap();
-        fs::set_permissions(dir.path().join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
+        chmod(&locked, 0o000);
+        chmod(&blind, 0o444);
+        let reports: Vec<_> = [1, 2]
+            .into_iter()
+            .map(|threads| walk_report(dir.path(), Duration::from_secs(10), threads).unwrap())
+            .collect();
         let outcome = walk_with(dir.path(), Duration::from_secs(10), 2).unwrap();
-        fs::set_permissions(dir.path().join("locked"), fs::Permissions::from_mode(0o755)).unwrap();
+        chmod(&locked, 0o755);
+        chmod(&blind, 0o755);
+        // `blind/f` counts as the file its listing says it is, of unknown size.
         let want = DirStats {
             bytes: 3,
-            files: 1,
-            dirs: 1,
-            errors: 1,
+            files: 2,
+            dirs: 2,
+            errors: 2,
         };
         assert_eq!(outcome, WalkOutcome::Complete(want));
+        for report in reports {
+            assert_eq!(report.outcome, WalkOutcome::Complete(want));
+            assert_eq!(report.unreadable, vec![blind.clone(), locked.clone()]);
+            assert!(!report.complete());
+        }
+        // Readable again: complete, with the true totals.
+        let report = walk_report(dir.path(), Duration::from_secs(10), 2).unwrap();
+        assert!(report.complete(), "{report:?}");
+        assert_eq!(report.outcome, WalkOutcome::Complete(fresh(dir.path())));
+        assert_eq!(fresh(dir.path()).files, 3);
+        // A walk whose root cannot be read fails.
+        chmod(dir.path(), 0o000);
+        let root = walk_report(dir.path(), Duration::from_secs(10), 2);
+        chmod(dir.path(), 0o700);
+        assert_eq!(
+            root.unwrap_err().kind(),
+            io::ErrorKind::PermissionDenied,
+            "the root is unreadable"
+        );
+    }
+
+    #[test]
+    fn a_watched_directory_that_turns_unreadable_keeps_the_last_complete_totals() {
+        if ran_as_nobody("a_watched_directory_that_turns_unreadable_keeps_the_last_complete_totals")
+        {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::write(root.join("open"), b"abc").unwrap();
+        let sub = root.join("sub");
+        fs::create_dir_all(sub.join("deep")).unwrap();
+        fs::write(sub.join("a"), vec![0u8; 500]).unwrap();
+        fs::write(sub.join("deep/b"), vec![0u8; 700]).unwrap();
+        let mut sizer = DirSizer::new(Duration::from_secs(10));
+        let good = known(&mut sizer, root);
+        assert_eq!((good.files, good.bytes), (3, 1203));
+        assert!(!sizer.incomplete());
+        let built_at = sizer.watch.as_ref().unwrap().built_at;
+        // Unreadable while watched: the watch sees the permission change, and the last
+        // complete totals stand, not the smaller ones.
+        chmod(&sub, 0o000);
+        assert_eq!(known(&mut sizer, root), good);
+        assert!(sizer.incomplete());
+        assert!(sizer.reported.contains(&sub), "{:?}", sizer.reported);
+        let watch = sizer.watch.as_ref().expect("the watch is kept");
+        assert_eq!(watch.unreadable_paths(), vec![sub.clone()]);
+        assert_eq!(watch.built_at, built_at);
+        // Unchanged since: answered at once, still incomplete.
+        assert_eq!(
+            sizer.poll(root, Duration::ZERO),
+            SizeReading::Known(good),
+            "the unchanged incomplete tree"
+        );
+        assert!(sizer.running.is_none());
+        assert!(sizer.incomplete());
+        // A change in the part that can be read: still the last complete totals.
+        fs::write(root.join("more"), vec![0u8; 40]).unwrap();
+        assert_eq!(known(&mut sizer, root), good);
+        assert!(sizer.incomplete());
+        // Readable again: the true totals at once, from the same watch.
+        chmod(&sub, 0o755);
+        let now = known(&mut sizer, root);
+        assert_eq!(now, fresh(root));
+        assert_eq!((now.files, now.bytes), (4, 1243));
+        assert!(!sizer.incomplete());
+        assert!(sizer.reported.is_empty());
+        assert_eq!(sizer.watch.as_ref().unwrap().built_at, built_at);
+        assert_eq!(sizer.watches() as u64, now.dirs + 1);
+        // Searchable no more (listed, but nothing in it can be looked at): incomplete too.
+        chmod(&sub, 0o600);
+        assert_eq!(known(&mut sizer, root), now);
+        assert!(sizer.incomplete());
+        chmod(&sub, 0o755);
+        assert_eq!(known(&mut sizer, root), now);
+        assert!(!sizer.incomplete());
+        // The root itself turns unreadable: a failure, as at start, not a size of 0.
+        chmod(root, 0o000);
+        let failed = sizer.poll(root, Duration::from_secs(10));
+        chmod(root, 0o700);
+        assert!(matches!(failed, SizeReading::Failed(_)), "{failed:?}");
+        assert_eq!(known(&mut sizer, root), now);
+        assert!(sizer.watch.is_some());
+    }
+
+    #[test]
+    fn a_tree_unreadable_in_part_from_the_start_has_no_size_until_it_can_be_read() {
+        if ran_as_nobody(
+            "a_tree_unreadable_in_part_from_the_start_has_no_size_until_it_can_be_read",
+        ) {
+            return;
+        }
+        for limit in [DEFAULT_WATCH_LIMIT, 0] {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path();
+            let sub = root.join("sub");
+            fs::create_dir(&sub).unwrap();
+            fs::write(sub.join("a"), vec![0u8; 500]).unwrap();
+            fs::write(root.join("open"), b"abc").unwrap();
+            chmod(&sub, 0o000);
+            let mut sizer =
+                DirSizer::new(Duration::from_secs(10)).watching(limit, DEFAULT_REBUILD_EVERY);
+            // No complete walk yet: no size at all rather than a part of it.
+            for _ in 0..3 {
+                assert_eq!(
+                    sizer.poll(root, Duration::from_secs(10)),
+                    SizeReading::Pending,
+                    "watch limit {limit}"
+                );
+                assert!(sizer.incomplete());
+            }
+            chmod(&sub, 0o755);
+            assert_eq!(known(&mut sizer, root), fresh(root), "watch limit {limit}");
+            assert_eq!(fresh(root).files, 2);
+            assert!(!sizer.incomplete());
+            assert_eq!(sizer.watch.is_some(), limit > 0);
+        }
     }
 
     #[test]

@@ -38,11 +38,13 @@ pub struct SharedSizer {
     shared: Arc<Mutex<Shared>>,
 }
 
-/// A size and whether the latest finished walk gave up at its cap.
+/// A size, whether the latest finished walk gave up at its cap, and whether it could not read
+/// part of the tree (then the size is the last complete one, if there was one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedReading {
     pub size: SizeReading,
     pub timed_out: bool,
+    pub incomplete: bool,
 }
 
 impl SharedSizer {
@@ -87,6 +89,7 @@ impl SharedSizer {
             return SharedReading {
                 size: size.clone(),
                 timed_out: shared.sizer.timed_out(),
+                incomplete: shared.sizer.incomplete(),
             };
         }
         let size = shared.sizer.poll(&self.path, wait);
@@ -94,6 +97,7 @@ impl SharedSizer {
         SharedReading {
             size,
             timed_out: shared.sizer.timed_out(),
+            incomplete: shared.sizer.incomplete(),
         }
     }
 }

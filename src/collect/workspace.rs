@@ -111,6 +111,8 @@ pub struct WorkspaceProbe {
     /// Shared with the agent whose workspace this is, if there is one.
     sizer: SharedSizer,
     limits: WalkLimits,
+    /// Why the workspace could not be read, as last logged: logged again only when it changes.
+    unreadable: Option<String>,
 }
 
 impl WorkspaceProbe {
@@ -124,6 +126,7 @@ impl WorkspaceProbe {
             discovery: sqlite_probe::Discovery::default(),
             writable: WritableCheck::default(),
             limits,
+            unreadable: None,
         }
     }
 
@@ -165,20 +168,34 @@ impl Probe for WorkspaceProbe {
         if !exists {
             return out;
         }
+        // The root's readability comes from the walk (or the watch, which re-reads the root when
+        // its permissions change): no extra system call per cycle.
         let reading = self.sizer.poll(self.limits.wait);
-        match reading.size {
-            SizeReading::Known(stats) => {
-                out.push(self.reading(WORKSPACE_READABLE, 1.0, UNIT_BOOL));
-                out.push(self.reading(WORKSPACE_SIZE_MB, stats.megabytes(), UNIT_MB));
-                out.push(self.reading(WORKSPACE_FILE_COUNT, stats.files as f64, UNIT_COUNT));
-            }
-            SizeReading::Pending => {}
+        let readable = match &reading.size {
+            SizeReading::Known(_) => Some(true),
+            // No complete walk yet; one that could not read part of the tree read the root.
+            SizeReading::Pending => reading.incomplete.then_some(true),
             SizeReading::Failed(e) => {
-                tracing::warn!(workspace = %self.id, path = %self.path.display(), "cannot read workspace: {e}");
-                out.push(self.reading(WORKSPACE_READABLE, 0.0, UNIT_BOOL));
+                if self.unreadable.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(workspace = %self.id, path = %self.path.display(), "cannot read workspace: {e}");
+                    self.unreadable = Some(e.clone());
+                }
+                Some(false)
             }
+        };
+        if let Some(readable) = readable {
+            if readable && self.unreadable.take().is_some() {
+                tracing::info!(workspace = %self.id, path = %self.path.display(), "workspace can be read again");
+            }
+            out.push(self.reading(WORKSPACE_READABLE, flag(readable), UNIT_BOOL));
         }
-        let complete = !reading.timed_out;
+        if let SizeReading::Known(stats) = reading.size {
+            out.push(self.reading(WORKSPACE_SIZE_MB, stats.megabytes(), UNIT_MB));
+            out.push(self.reading(WORKSPACE_FILE_COUNT, stats.files as f64, UNIT_COUNT));
+        }
+        // A walk that failed, hit its cap or could not read part of the tree is not complete.
+        let failed = matches!(reading.size, SizeReading::Failed(_));
+        let complete = !failed && !reading.timed_out && !reading.incomplete;
         out.push(self.reading(WORKSPACE_SCAN_COMPLETE, flag(complete), UNIT_BOOL));
         let writable = self.writable.check(&self.path);
         out.push(self.reading(WORKSPACE_WRITABLE, flag(writable), UNIT_BOOL));
