@@ -274,7 +274,7 @@ pub const METRICS: &[MetricDef] = &[
         unit: UNIT_BOOL,
         // Never critical: a slow walk means the size is stale, not that the workspace is broken.
         thresholds: Some(Thresholds::new(0.5, -0.5)),
-        description: "1 when the latest walk finished within `walk_time_cap`; 0 means size and count are the last complete values",
+        description: "1 when the latest walk finished within `walk_time_cap` and could read the whole tree; 0 means size and count are the last complete values (a part that cannot be read is named once in the log)",
     },
     MetricDef {
         name: GIT_REPOSITORY_VALID,

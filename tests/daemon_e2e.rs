@@ -240,7 +240,7 @@ fn a_removed_monitor_stops_getting_rows_and_its_alerts_resolve() {
     let out = env.hm(&["remove", "workspace", "gone"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("not monitored (already removed)"),
+        String::from_utf8_lossy(&out.stdout).contains("not monitored (nothing to remove)"),
         "{out:?}"
     );
 }

@@ -27,6 +27,11 @@ fn start_ticks(pid: u32) -> u64 {
 
 /// The options saved for a monitor.
 fn saved_options(env: &Env, kind: &str, id: &str) -> Value {
+    try_saved_options(env, kind, id).unwrap_or_else(|| panic!("{kind} {id} not saved"))
+}
+
+/// The options of a monitor row, or `None` while the writer has not landed it yet.
+fn try_saved_options(env: &Env, kind: &str, id: &str) -> Option<Value> {
     let text: String = env
         .db()
         .query_row(
@@ -34,8 +39,8 @@ fn saved_options(env: &Env, kind: &str, id: &str) -> Value {
             [kind, id],
             |r| r.get(0),
         )
-        .unwrap_or_else(|e| panic!("{kind} {id} not saved: {e}"));
-    serde_json::from_str(&text).unwrap()
+        .ok()?;
+    serde_json::from_str(&text).ok()
 }
 
 /// The newest value of a metric written after row `after`.
@@ -188,7 +193,7 @@ fn an_added_pid_has_its_start_time_recorded_offline_over_the_socket_and_over_htt
         recorded(&listed["options"]);
     }
     wait_until("the web agent saved", || {
-        saved_options(&env, "agent", "web")["pid_start"]["ticks"] == ticks
+        try_saved_options(&env, "agent", "web").is_some_and(|o| o["pid_start"]["ticks"] == ticks)
     });
     let answer = control(
         &env,

@@ -189,6 +189,8 @@ fn read_commands_on_a_database_that_does_not_exist_fail_and_create_nothing() {
         &["ack", "1"],
         &["history", "cpu", "system", "cpu_usage_percent"],
         &["gastown", "status"],
+        // Not a read, but "nothing to remove" from a mistyped path would hide the typo.
+        &["remove", "agent", "a1"],
     ];
     for args in reads {
         let mut all = args.to_vec();

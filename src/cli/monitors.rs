@@ -183,10 +183,12 @@ pub fn remove(args: &RemoveArgs, settings: &Settings) -> anyhow::Result<()> {
     match client::request(&settings.socket_path, &request) {
         // A remove is idempotent: one repeated (after a timeout, say) finds nothing to do.
         Ok(reply) if reply.as_str() == Some("already removed") => {
-            println!("{label} is not monitored (already removed)")
+            println!("{label} is not monitored (nothing to remove)")
         }
         Ok(_) => println!("removed {label}"),
         Err(ClientError::NoDaemon(_)) => {
+            // A mistyped --db-path must not read as "nothing to do".
+            super::require_database(settings)?;
             let known = match store::open_read_only(&settings.db_path)? {
                 Some(conn) => query::load_monitors(&conn)?
                     .iter()
@@ -194,7 +196,7 @@ pub fn remove(args: &RemoveArgs, settings: &Settings) -> anyhow::Result<()> {
                 None => false,
             };
             if !known {
-                println!("{label} is not monitored (already removed)");
+                println!("{label} is not monitored (nothing to remove)");
                 return Ok(());
             }
             offline_write(

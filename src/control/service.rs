@@ -20,6 +20,24 @@ use crate::store::write::WriteOp;
 use crate::store::{self, query};
 use crate::summary::{self, Summary, SummaryInputs};
 
+/// How long checking a monitor's paths may take: `stat` on a hung network mount never returns.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs a check that touches the filesystem (a monitor's paths) on the blocking pool, never on
+/// an event loop, giving up after [`CHECK_TIMEOUT`].
+pub async fn off_the_loop<T: Send + 'static>(
+    check: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::time::timeout(CHECK_TIMEOUT, actix_rt::task::spawn_blocking(check)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(format!("checking the monitor failed: {e}")),
+        Err(_) => Err(format!(
+            "checking the monitor's paths took over {}s (a hung mount?); nothing was changed",
+            CHECK_TIMEOUT.as_secs()
+        )),
+    }
+}
+
 /// Most alerts one listing returns.
 pub const ALERT_LIST_LIMIT: usize = 10_000;
 
@@ -151,7 +169,8 @@ impl Service {
 
     /// Adds (or replaces) a monitor after validating it; it is persisted and started.
     pub async fn add(&self, monitor: MonitorSpec) -> Result<AddOutcome, String> {
-        validate_monitor(&monitor)?;
+        let checked = monitor.clone();
+        off_the_loop(move || validate_monitor(&checked)).await?;
         self.supervisor
             .send(AddMonitor(monitor))
             .await

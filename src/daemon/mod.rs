@@ -172,6 +172,10 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
         daemon_escalation_ledger(&settings, &analyzer, &writer),
     );
     let deps_notifier = notifier.clone();
+    // Set when the CPU time soft limit stopped the daemon: it then exits with an error, so a
+    // supervisor that restarts on failure (the systemd unit's `Restart=on-failure`) restarts it.
+    let cpu_limit_hit = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cpu_limit = cpu_limit_hit.clone();
     let system = actix_rt::System::new();
     let outcome: anyhow::Result<()> = system.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(listener)?;
@@ -260,6 +264,13 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
         actix_rt::spawn(async move {
             let mut signals = 0;
             while let Some(name) = shutdown_signals.recv().await {
+                if name == "SIGXCPU" {
+                    // The kernel sends it again every CPU second past the soft limit: one is
+                    // enough, and the repeats must not count as an operator's second signal.
+                    if cpu_limit.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        continue;
+                    }
+                }
                 signals += 1;
                 if signals == 1 {
                     tracing::info!(
@@ -304,6 +315,12 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
         "health-monitor stopped"
     );
     flushed.map_err(|e| anyhow::anyhow!("database writer: {e}"))?;
+    if cpu_limit_hit.load(std::sync::atomic::Ordering::Relaxed) {
+        anyhow::bail!(
+            "stopped cleanly by SIGXCPU (the CPU time soft limit): exiting with an error so a \
+             supervisor restarts the daemon"
+        );
+    }
     Ok(())
 }
 

@@ -245,7 +245,9 @@ pub async fn add_monitor(
         .map_err(|e| ApiError::from_extractor("body", &e))?
         .into_inner();
     // Normalized, checked and its pid's start recorded, exactly as the socket and the CLI do.
-    let spec = prepare_monitor(spec).map_err(ApiError::bad_request)?;
+    let spec = crate::control::service::off_the_loop(move || prepare_monitor(spec))
+        .await
+        .map_err(ApiError::bad_request)?;
     let (kind, id) = (spec.kind(), spec.id().to_string());
     let outcome = state
         .service
