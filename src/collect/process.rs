@@ -89,7 +89,7 @@ impl ProcPath {
 /// Reads a small `/proc` file into `buf` with plain reads: no heap, none of the `statx` and
 /// `lseek` calls `fs::read` spends on sizing a buffer for a file whose size says nothing.
 /// `Ok(None)` when it does not fit.
-fn read_small<'a>(path: &Path, buf: &'a mut [u8]) -> io::Result<Option<&'a [u8]>> {
+pub(crate) fn read_small<'a>(path: &Path, buf: &'a mut [u8]) -> io::Result<Option<&'a [u8]>> {
     use std::io::Read;
     let mut file = fs::File::open(path)?;
     let mut len = 0;

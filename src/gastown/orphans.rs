@@ -13,7 +13,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -132,24 +131,6 @@ pub fn parse_stat_line(line: &[u8]) -> Option<ProcEntry> {
     })
 }
 
-/// Reads a small `/proc` file into `buf` with plain reads (no sizing `statx` or `lseek`);
-/// `Ok(None)` when it does not fit.
-fn read_small<'a>(path: &Path, buf: &'a mut [u8]) -> io::Result<Option<&'a [u8]>> {
-    let mut file = fs::File::open(path)?;
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            return Ok(None);
-        }
-        match file.read(&mut buf[len..]) {
-            Ok(0) => return Ok(Some(&buf[..len])),
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// The whole process table, one `/proc/<pid>/stat` read per process. Processes that exit
 /// while it is read are left out.
 pub fn read_table() -> Vec<ProcEntry> {
@@ -167,7 +148,7 @@ pub fn read_table() -> Vec<ProcEntry> {
         };
         path.push(&name);
         path.push("stat");
-        let parsed = match read_small(&path, &mut buf) {
+        let parsed = match crate::collect::process::read_small(&path, &mut buf) {
             Ok(Some(raw)) => parse_stat_line(raw),
             Ok(None) => fs::read(&path).ok().and_then(|raw| parse_stat_line(&raw)),
             Err(_) => None,
