@@ -327,7 +327,7 @@ fn online_cpus() -> usize {
 }
 
 /// Seconds since boot, from `/proc/uptime`.
-fn uptime_seconds() -> Option<f64> {
+pub(crate) fn uptime_seconds() -> Option<f64> {
     fs::read_to_string("/proc/uptime")
         .ok()?
         .split_whitespace()

@@ -251,16 +251,6 @@ pub fn cwd_in(cwd: &Path, roots: &[PathBuf]) -> bool {
     roots.iter().any(|root| cwd.starts_with(root))
 }
 
-/// Seconds since boot.
-fn uptime_secs() -> Option<f64> {
-    fs::read_to_string("/proc/uptime")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// Clock ticks per second and the page size, read once.
 fn units() -> (f64, u64) {
     static UNITS: OnceLock<(f64, u64)> = OnceLock::new();
@@ -281,7 +271,7 @@ pub fn scan(
     min_age: Duration,
 ) -> OrphanScan {
     // Uptime first: a process started during the read is never aged past its time.
-    let Some(now_secs) = uptime_secs() else {
+    let Some(now_secs) = crate::collect::process::uptime_seconds() else {
         return OrphanScan::default();
     };
     let entries = read_table();
