@@ -83,10 +83,13 @@ fn raw_insert(rows: &[HealthMetric]) -> Duration {
 fn pipeline(batch: &[Measurement]) -> Duration {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hm.db");
+    // Locked and watched as the daemon's is, so the path check before each commit is measured.
+    let file = health_monitor::store::file::DatabaseFile::lock(&path).unwrap();
     let conn = open_for_writing(&path).unwrap();
     let (handle, thread) = writer::spawn(
         writer::opener(path),
-        conn,
+        Some(conn),
+        Some(file),
         WriterConfig::default(),
         RestartPolicy::default(),
     )

@@ -40,6 +40,8 @@ const FLUSH_WAIT: Duration = Duration::from_secs(3);
 const MAX_BATCH_ATTEMPTS: u32 = 3;
 /// The alert raised while the database refuses writes.
 pub const DATABASE_WRITE_FAILED: &str = "database_write_failed";
+/// The alert raised when the database path loses the daemon's file: deleted, or replaced.
+pub const DATABASE_FILE_LOST: &str = "database_file_lost";
 
 /// Wakes the analyzer to drain its queue.
 #[derive(Message, Debug)]
@@ -275,6 +277,8 @@ pub struct Analyzer {
     batches: u64,
     /// The writer's alerted failure episodes already turned into alerts.
     seen_episodes: u64,
+    /// The writer's database file incidents already alerted on.
+    seen_file_incidents: u64,
     notifier: Notifier,
     _guard: ExitGuard,
 }
@@ -294,6 +298,7 @@ impl Analyzer {
             core: None,
             drain_waiters: Vec::new(),
             seen_episodes: writer.report().alerted_episodes,
+            seen_file_incidents: writer.report().file_incidents,
             writer,
             batches: 0,
             notifier,
@@ -446,7 +451,36 @@ impl Analyzer {
             db_changes.push((db_key.clone(), Some(db_condition)));
         }
         if !report.failing {
-            db_changes.push((db_key, None));
+            db_changes.push((db_key.clone(), None));
+        }
+        // The same for the file itself: an incident over by the next poll (a deleted file
+        // recreated at once) is raised and resolved, so the sinks hear of it either way.
+        let new_incident = report.file_incidents > self.seen_file_incidents;
+        self.seen_file_incidents = report.file_incidents;
+        let file_key = AlertKey {
+            alert_type: DATABASE_FILE_LOST.into(),
+            ..db_key
+        };
+        if let Some(incident) = &report.database_file {
+            if new_incident || incident.ongoing {
+                db_changes.push((
+                    file_key.clone(),
+                    Some(Condition {
+                        severity: HealthStatus::Critical,
+                        message: incident.message.clone(),
+                        metadata: json!({
+                            "kind": incident.kind,
+                            "at": incident.at,
+                            "copy": incident.copy,
+                            "saved_copy": incident.saved_copy,
+                            "buffered_rows": report.buffered_rows,
+                        }),
+                    }),
+                ));
+            }
+            if !incident.ongoing {
+                db_changes.push((file_key, None));
+            }
         }
         let wanted: Vec<(AlertKey, Option<Condition>)> = {
             let mut conditions = lock(&self.handle.inner.conditions);
@@ -512,16 +546,19 @@ struct StoredAlertState {
 /// Reads the active alerts, the next alert id and (unless known) the silences, for a starting
 /// analyzer.
 fn load_alert_state(db: &std::path::Path, want_silences: bool) -> anyhow::Result<StoredAlertState> {
-    match store::open_read_only(db)? {
-        Some(conn) => Ok(StoredAlertState {
-            alerts: query::active_alerts(&conn)?,
+    let read = |conn: &rusqlite::Connection| -> rusqlite::Result<StoredAlertState> {
+        Ok(StoredAlertState {
+            alerts: query::active_alerts(conn)?,
             silences: if want_silences {
-                Some(query::active_silences(&conn, Utc::now())?)
+                Some(query::active_silences(conn, Utc::now())?)
             } else {
                 None
             },
-            next_id: query::next_alert_id(&conn)?,
-        }),
+            next_id: query::next_alert_id(conn)?,
+        })
+    };
+    match store::read_even_when_full(db, read)? {
+        Some(state) => Ok(state),
         None => Ok(StoredAlertState {
             next_id: 1,
             ..Default::default()

@@ -2,13 +2,14 @@
 //! never writing to it, never leaving a file behind, never holding it open between checks.
 
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags};
+
+use crate::store::read_only_uri as uri;
 
 /// The result of one check.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,42 +22,28 @@ pub struct DbCheck {
 
 /// The daemon's own database (device, inode): never checked here. Opening and closing a raw
 /// descriptor of it would drop the writer's POSIX locks (they are per process, per file).
-static OWN_DATABASE: OnceLock<(u64, u64)> = OnceLock::new();
+static OWN_DATABASE: Mutex<Option<(u64, u64)>> = Mutex::new(None);
 
 /// Checks in this process run one at a time, for the same reason: one check's raw header read
 /// must not drop another check's locks on the same file.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Records the daemon's own database, so a workspace that contains it does not check it.
+/// Records the daemon's own database, so a workspace that contains it does not check it; again
+/// whenever the writer moves to a new file (its database was deleted or replaced).
 pub fn set_own_database(path: &Path) {
-    if let Ok(meta) = std::fs::metadata(path) {
-        let _ = OWN_DATABASE.set((meta.dev(), meta.ino()));
+    if let Ok(meta) = std::fs::metadata(path)
+        && let Ok(mut own) = OWN_DATABASE.lock()
+    {
+        *own = Some((meta.dev(), meta.ino()));
     }
 }
 
 /// True for the daemon's own database (found by `stat`, which opens nothing).
 pub fn is_own_database(path: &Path) -> bool {
-    OWN_DATABASE
-        .get()
-        .is_some_and(|own| std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == *own))
-}
-
-/// The `file:` URI for a path: the characters URIs reserve and any byte outside printable
-/// ASCII are percent-encoded, so no path is mangled.
-fn uri(path: &Path, immutable: bool) -> String {
-    let mut escaped = String::new();
-    for &b in path.as_os_str().as_bytes() {
-        if b.is_ascii_graphic() && !matches!(b, b'%' | b'?' | b'#') || b == b' ' {
-            escaped.push(b as char);
-        } else {
-            escaped.push_str(&format!("%{b:02x}"));
-        }
-    }
-    if immutable {
-        format!("file:{escaped}?mode=ro&immutable=1")
-    } else {
-        format!("file:{escaped}?mode=ro")
-    }
+    let Some(own) = OWN_DATABASE.lock().ok().and_then(|o| *o) else {
+        return false;
+    };
+    std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == own)
 }
 
 /// A sidecar file SQLite uses next to a database.
@@ -312,6 +299,7 @@ mod tests {
     fn uris_escape_what_sqlite_would_misread() {
         let path = Path::new("/w/a b?c#d%e");
         assert_eq!(uri(path, false), "file:/w/a b%3fc%23d%25e?mode=ro");
+        use std::os::unix::ffi::OsStrExt;
         let odd = std::ffi::OsStr::from_bytes(b"/w/\xff.db");
         assert_eq!(
             uri(Path::new(odd), true),

@@ -99,7 +99,24 @@ impl Service {
             .map_err(|e| format!("supervisor unavailable: {e}"))?;
         let snapshot = self.deps.analyzer.snapshot().await.unwrap_or_default();
         let db = self.deps.settings.db_path.clone();
-        let stored = actix_rt::task::spawn_blocking(move || summary::read_stored(&db, now)).await;
+        // A path that leads to another file is not read: it is not ours, and a SQLite reader
+        // in this process would share the shared-memory file our old connection still holds.
+        let not_ours = self
+            .deps
+            .writer
+            .report()
+            .database_file
+            .is_some_and(|i| i.ongoing);
+        let stored = actix_rt::task::spawn_blocking(move || {
+            if not_ours {
+                anyhow::bail!(
+                    "the database path does not lead to the daemon's file; showing what the \
+                     daemon holds"
+                );
+            }
+            summary::read_stored(&db, now)
+        })
+        .await;
         let mut warnings = Vec::new();
         let (recent, active_alerts) = match stored {
             Ok(Ok(stored)) => {

@@ -1,5 +1,7 @@
-//! One daemon per database: an exclusive `flock` on `<db-path>.lock`, released by the kernel even
-//! after `kill -9`, so a stale lock file never blocks the next start.
+//! One daemon per database: an exclusive `flock` on the database file itself, whatever name it
+//! is reached by (see [`crate::store::file`]), and one on `<db-path>.lock`, which also records
+//! the holder's pid. The kernel releases both even after `kill -9`, so a stale lock file never
+//! blocks the next start.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -9,10 +11,13 @@ use anyhow::{Context, bail};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::store::file::{DatabaseFile, FileIdentity, flock_holder};
+
 /// Held for as long as the daemon (or an offline write) runs.
 #[derive(Debug)]
 pub struct InstanceLock {
-    _file: Flock<File>,
+    _path_lock: Flock<File>,
+    file: DatabaseFile,
 }
 
 /// The lock file that goes with a database.
@@ -23,17 +28,20 @@ pub fn lock_path(db_path: &Path) -> PathBuf {
 }
 
 impl InstanceLock {
-    /// Takes the lock for `db_path` without waiting, recording our pid in it.
+    /// Takes both locks for `db_path` without waiting, recording our pid in the lock file.
     pub fn acquire(db_path: &Path) -> anyhow::Result<InstanceLock> {
+        // The file first: a daemon that reached it by another name has another lock file, and
+        // a refused start must not leave its own pid in one.
+        let file = DatabaseFile::lock(db_path)?;
         let path = lock_path(db_path);
-        let file = OpenOptions::new()
+        let lock_file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
             .with_context(|| format!("cannot open lock file {}", path.display()))?;
-        let mut locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        let mut locked = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
             Ok(l) => l,
             Err((mut file, Errno::EWOULDBLOCK)) => {
                 let mut holder = String::new();
@@ -51,18 +59,44 @@ impl InstanceLock {
             }
             Err((_, e)) => bail!("cannot lock {}: {e}", path.display()),
         };
-        locked.set_len(0)?;
-        locked.rewind()?;
-        writeln!(locked, "{}", std::process::id())?;
-        Ok(InstanceLock { _file: locked })
+        // On a full disk even these few bytes may not fit: the pid is for messages only, and
+        // `/proc/locks` names the holder as well.
+        let recorded = locked
+            .set_len(0)
+            .and_then(|()| locked.rewind().map(|_| ()))
+            .and_then(|()| writeln!(locked, "{}", std::process::id()));
+        if let Err(e) = recorded {
+            tracing::warn!(lock = %path.display(), "cannot record our pid in the lock file: {e}");
+        }
+        Ok(InstanceLock {
+            _path_lock: locked,
+            file,
+        })
+    }
+
+    /// The lock on the database file, for the writer to keep as long as its connection lives;
+    /// the lock file's own lock goes with `self`.
+    pub fn into_database_file(self) -> (PathLock, DatabaseFile) {
+        (PathLock(self._path_lock), self.file)
     }
 }
 
-/// The pid a running daemon recorded in the lock file of `db_path`, if that process still
-/// exists: for messages about a daemon that does not answer (stopped, stuck).
+/// The lock on `<db-path>.lock` alone, held by the daemon while the writer holds the file's.
+#[derive(Debug)]
+pub struct PathLock(#[allow(dead_code)] Flock<File>);
+
+/// The pid of the daemon holding `db_path` (from `/proc/locks`, else from its lock file), if
+/// that process still exists: for messages about a daemon that does not answer (stopped, stuck).
 pub fn holder_pid(db_path: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(lock_path(db_path)).ok()?;
-    let pid: u32 = text.trim().parse().ok()?;
+    // The kernel's word first: it holds for every name of the file.
+    let pid = FileIdentity::of_path(db_path)
+        .ok()
+        .flatten()
+        .and_then(flock_holder)
+        .or_else(|| {
+            let text = std::fs::read_to_string(lock_path(db_path)).ok()?;
+            text.trim().parse::<u32>().ok()
+        })?;
     Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
 }
 
@@ -79,6 +113,12 @@ mod tests {
         assert!(err.contains("already running"), "{err}");
         assert!(err.contains(&std::process::id().to_string()), "{err}");
         assert_eq!(holder_pid(&db), Some(std::process::id()));
+        // Through a symlink the lock file is another one, but the database file is the same.
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&db, &link).unwrap();
+        let err = InstanceLock::acquire(&link).unwrap_err().to_string();
+        assert!(err.contains(&std::process::id().to_string()), "{err}");
+        assert_eq!(holder_pid(&link), Some(std::process::id()));
         drop(first);
         InstanceLock::acquire(&db).unwrap();
     }

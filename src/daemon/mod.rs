@@ -55,10 +55,20 @@ fn prepare_monitors(
     extra: Vec<MonitorSpec>,
     settings: &Settings,
 ) -> anyhow::Result<MonitorSet> {
-    let mut monitors: MonitorSet = query::load_monitors(conn)
-        .context("cannot read the monitors table")?
-        .into_iter()
-        .collect();
+    let stored = query::load_monitors(conn).context("cannot read the monitors table")?;
+    let (monitors, ops) = plan_monitors(stored, extra, settings)?;
+    apply(conn, &ops).context("cannot save the monitors")?;
+    Ok(monitors)
+}
+
+/// The monitors to run, from the stored ones, the command line's and a followed town's
+/// layout, with the writes that persist the difference.
+fn plan_monitors(
+    stored: Vec<MonitorSpec>,
+    extra: Vec<MonitorSpec>,
+    settings: &Settings,
+) -> anyhow::Result<(MonitorSet, Vec<WriteOp>)> {
+    let mut monitors: MonitorSet = stored.into_iter().collect();
     let mut ops = Vec::new();
     if let Some(town) = &settings.gastown {
         let town = Town::of(town);
@@ -97,8 +107,7 @@ fn prepare_monitors(
             monitors.add(spec);
         }
     }
-    apply(conn, &ops).context("cannot save the monitors")?;
-    Ok(monitors)
+    Ok((monitors, ops))
 }
 
 /// Checks, locks and opens the database for a daemon or a `--once` run: clear errors for an
@@ -113,6 +122,72 @@ fn open_database(settings: &Settings) -> anyhow::Result<(InstanceLock, Connectio
     Ok((lock, conn))
 }
 
+/// Like [`open_database`], but a database that cannot be opened for writing for lack of space
+/// (a full disk: SQLite cannot size its shared memory or WAL) is no reason not to start:
+/// monitoring matters most then. The writer opens it once there is room, holding rows meanwhile.
+fn open_database_for_daemon(
+    settings: &Settings,
+) -> anyhow::Result<(InstanceLock, Option<Connection>)> {
+    let db = &settings.db_path;
+    store::check_writable(db)?;
+    let lock = InstanceLock::acquire(db)?;
+    store::verify_integrity(db)?;
+    crate::collect::sqlite_probe::set_own_database(db);
+    match open_write_connection(settings) {
+        Ok(conn) => Ok((lock, Some(conn))),
+        Err(e) if is_lack_of_space(&e) => {
+            tracing::error!(
+                db = %db.display(),
+                "cannot open the database for writing ({e:#}): starting anyway; rows are held in                  memory until there is room"
+            );
+            Ok((lock, None))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// True for an error that more disk space would cure: SQLite's "database or disk is full", or
+/// the "disk I/O error" it gives when it cannot size a file (its shared memory, its WAL).
+fn is_lack_of_space(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error() == Some(nix::libc::ENOSPC);
+        }
+        cause
+            .downcast_ref::<rusqlite::Error>()
+            .and_then(rusqlite::Error::sqlite_error_code)
+            .is_some_and(|code| {
+                matches!(
+                    code,
+                    rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure
+                )
+            })
+    })
+}
+
+/// The monitors and silences, read without a write connection (the disk is full). Nothing
+/// readable gives none, loudly.
+fn read_state_without_writer(
+    settings: &Settings,
+) -> (Vec<MonitorSpec>, Vec<crate::model::Silence>) {
+    let read = |conn: &Connection| -> rusqlite::Result<_> {
+        Ok((
+            query::load_monitors(conn)?,
+            query::active_silences(conn, Utc::now())?,
+        ))
+    };
+    match store::read_even_when_full(&settings.db_path, read) {
+        Ok(state) => state.unwrap_or_default(),
+        Err(e) => {
+            tracing::error!(
+                "cannot read the monitors from the database ({e:#}): starting with those of the \
+                 command line and the town only"
+            );
+            Default::default()
+        }
+    }
+}
+
 /// A write connection with the configured size cap.
 fn open_write_connection(settings: &Settings) -> anyhow::Result<Connection> {
     let conn = store::open_for_writing(&settings.db_path)?;
@@ -125,15 +200,27 @@ fn open_write_connection(settings: &Settings) -> anyhow::Result<Connection> {
 /// Runs the daemon in the foreground until SIGINT, SIGTERM or `stop`.
 pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
-    let (_lock, mut conn) = open_database(&settings)?;
+    let (lock, conn) = open_database_for_daemon(&settings)?;
+    // The writer keeps the database file's lock as long as its connection, and watches it.
+    let (_path_lock, db_file) = lock.into_database_file();
     // Bound before anything is saved or started: a taken port refuses the start cleanly.
     let http = crate::http::bind(&settings.http)?;
     if http.is_none() && settings.http.token.is_some() {
         tracing::warn!("[http] token is set but no listen address: the HTTP API is off");
     }
-    let monitors = prepare_monitors(&mut conn, extra, &settings)?;
-    let silences =
-        query::active_silences(&conn, Utc::now()).context("cannot read the silences table")?;
+    let (conn, monitors, silences, unsaved) = match conn {
+        Some(mut conn) => {
+            let monitors = prepare_monitors(&mut conn, extra, &settings)?;
+            let silences = query::active_silences(&conn, Utc::now())
+                .context("cannot read the silences table")?;
+            (Some(conn), monitors, silences, Vec::new())
+        }
+        None => {
+            let (stored, silences) = read_state_without_writer(&settings);
+            let (monitors, ops) = plan_monitors(stored, extra, &settings)?;
+            (None, monitors, silences, ops)
+        }
+    };
     let listener = socket::bind(&settings.socket_path)?;
     let _socket_file = SocketFile(settings.socket_path.clone());
     listener.set_nonblocking(true)?;
@@ -149,8 +236,15 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
         }),
         ..WriterConfig::default()
     };
-    let (writer, writer_thread) = writer::spawn(reopen, conn, writer_config, settings.restart)
-        .context("cannot start the writer thread")?;
+    let (writer, writer_thread) =
+        writer::spawn(reopen, conn, Some(db_file), writer_config, settings.restart)
+            .context("cannot start the writer thread")?;
+    // Saved first thing once the database opens.
+    if writer.submit(unsaved).is_err() {
+        tracing::error!(
+            "the writer refused the monitors' changes; they are saved by the next start"
+        );
+    }
 
     tracing::info!(
         db = %settings.db_path.display(),

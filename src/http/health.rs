@@ -30,11 +30,45 @@ pub fn health(summary: &Summary) -> Result<(), Vec<String>> {
         let why = w.last_error.as_deref().unwrap_or("no error recorded");
         reasons.push(format!("the database writer is failing: {why}"));
     }
+    if let Some(incident) = summary
+        .writer
+        .as_ref()
+        .and_then(|w| w.database_file.as_ref())
+        && incident.ongoing
+    {
+        reasons.push(format!(
+            "the database file is not the daemon's: {}",
+            incident.message
+        ));
+    }
     if reasons.is_empty() {
         Ok(())
     } else {
         Err(reasons)
     }
+}
+
+/// How long a database file incident that is over is still named in `/healthz`.
+pub const INCIDENT_NOTICE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// Things an operator should know that do not make the daemon unhealthy: a database file
+/// incident that is over, for an hour after it.
+pub fn warnings(summary: &Summary, now: chrono::DateTime<chrono::Utc>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(incident) = summary
+        .writer
+        .as_ref()
+        .and_then(|w| w.database_file.as_ref())
+        && !incident.ongoing
+        && now - incident.at < INCIDENT_NOTICE
+    {
+        out.push(format!(
+            "at {}: {}",
+            incident.at.format("%Y-%m-%dT%H:%M:%SZ"),
+            incident.message
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

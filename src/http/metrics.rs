@@ -224,12 +224,22 @@ pub fn render_metrics(summary: &Summary) -> String {
                 "1 while database commits fail (see writer.last_error in the status)",
                 u64::from(w.failing),
             ),
+            (
+                "writer_database_file_lost",
+                "1 while the database path does not lead to the daemon's file (deleted or replaced; see writer.database_file in the status)",
+                u64::from(w.database_file.as_ref().is_some_and(|i| i.ongoing)),
+            ),
         ];
         let counters = [
             (
                 "writer_rows_written",
                 "Rows committed to the database",
                 w.rows_written,
+            ),
+            (
+                "writer_database_file_incidents",
+                "Times the database path lost the daemon's file (deleted or replaced) since start",
+                w.file_incidents,
             ),
             (
                 "writer_rows_dropped",

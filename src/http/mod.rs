@@ -179,14 +179,27 @@ async fn metrics_handler(state: web::Data<api::State>) -> HttpResponse {
 
 /// `GET /healthz`: 200 `{"status":"ok"}`, or 503 with the reasons.
 async fn healthz_handler(state: web::Data<api::State>) -> HttpResponse {
-    let verdict = match state.service.summary().await {
-        Ok(summary) => health(&summary),
-        Err(e) => Err(vec![format!("cannot build the summary: {e}")]),
+    let (verdict, warnings) = match state.service.summary().await {
+        Ok(summary) => (
+            health(&summary),
+            health::warnings(&summary, chrono::Utc::now()),
+        ),
+        Err(e) => (
+            Err(vec![format!("cannot build the summary: {e}")]),
+            Vec::new(),
+        ),
     };
-    match verdict {
-        Ok(()) => HttpResponse::Ok().json(json!({"status": "ok"})),
-        Err(reasons) => HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "unhealthy", "reasons": reasons})),
+    let mut body = match verdict {
+        Ok(()) => json!({"status": "ok"}),
+        Err(reasons) => json!({"status": "unhealthy", "reasons": reasons}),
+    };
+    if !warnings.is_empty() {
+        body["warnings"] = json!(warnings);
+    }
+    if body["status"] == "ok" {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
     }
 }
 

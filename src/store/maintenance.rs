@@ -171,8 +171,11 @@ pub fn backup(source: &Path, dest: &Path) -> anyhow::Result<BackupReport> {
         })?;
         Ok(report)
     })();
-    // The temporary name goes either way (after a success the copy lives on at `dest`).
+    // The temporary name goes either way (after a success the copy lives on at `dest`), and
+    // with it whatever SQLite left beside it: a backup that failed part way (a full disk)
+    // leaves its rollback journal.
     drop(temp);
+    super::rescue::remove_with_journals(&partial);
     result
 }
 

@@ -1,11 +1,14 @@
 //! SQLite storage: opening the database safely, the schema, the write batches and the read-side queries.
 
+pub mod file;
 pub mod maintenance;
 pub mod query;
+pub mod rescue;
 pub mod schema;
 pub mod write;
 
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -184,6 +187,71 @@ pub fn open_read_only(path: &Path) -> anyhow::Result<Option<Connection>> {
     .with_context(|| format!("cannot open database {}", path.display()))?;
     conn.busy_timeout(READER_BUSY_TIMEOUT)?;
     Ok(Some(conn))
+}
+
+/// Opens an existing database as immutable: no locks, no WAL, no shared memory, so it works
+/// where nothing can be written. It sees what the file holds, not frames still in a WAL: only
+/// for reading the state when nothing better opens (a full disk), under the daemon's lock.
+pub fn open_immutable(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        read_only_uri(path, true),
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .with_context(|| format!("cannot open database {} as immutable", path.display()))?;
+    Ok(conn)
+}
+
+/// Runs `read` on a read-only connection to `path`; where none opens for lack of space (SQLite
+/// cannot size the shared memory on a full disk), on an immutable one. `Ok(None)` when there is
+/// no database yet.
+pub fn read_even_when_full<T>(
+    path: &Path,
+    read: impl Fn(&Connection) -> rusqlite::Result<T>,
+) -> anyhow::Result<Option<T>> {
+    let plain = open_read_only(path).and_then(|c| match c {
+        Some(c) => Ok(Some(read(&c)?)),
+        None => Ok(None),
+    });
+    let err = match plain {
+        Ok(found) => return Ok(found),
+        Err(e) => e,
+    };
+    let full = err
+        .chain()
+        .filter_map(|c| c.downcast_ref::<rusqlite::Error>())
+        .filter_map(rusqlite::Error::sqlite_error_code)
+        .any(|code| {
+            matches!(
+                code,
+                rusqlite::ErrorCode::SystemIoFailure | rusqlite::ErrorCode::DiskFull
+            )
+        });
+    if !full {
+        return Err(err);
+    }
+    tracing::warn!(db = %path.display(), "cannot read the database read-only ({err:#}); reading it as immutable");
+    let conn = open_immutable(path)?;
+    Ok(Some(read(&conn)?))
+}
+
+/// The read-only `file:` URI for a path: the characters URIs reserve and any byte outside printable
+/// ASCII are percent-encoded, so no path is mangled.
+pub fn read_only_uri(path: &Path, immutable: bool) -> String {
+    let mut escaped = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_graphic() && !matches!(b, b'%' | b'?' | b'#') || b == b' ' {
+            escaped.push(b as char);
+        } else {
+            escaped.push_str(&format!("%{b:02x}"));
+        }
+    }
+    if immutable {
+        format!("file:{escaped}?mode=ro&immutable=1")
+    } else {
+        format!("file:{escaped}?mode=ro")
+    }
 }
 
 #[cfg(test)]

@@ -21,8 +21,12 @@ use crate::store::open_for_writing;
 use crate::store::write::{WriteOp, apply, prune};
 
 pub mod buffer;
+pub mod file_watch;
 
 pub use buffer::PendingBuffer;
+use file_watch::{FileIncident, FileWatch, Resume};
+
+use crate::store::file::{DatabaseFile, PathState};
 
 /// Messages the writer thread accepts.
 #[derive(Debug)]
@@ -93,6 +97,10 @@ pub struct WriterStats {
     restarts: AtomicU32,
     /// A [`ChildState`] as a number (0 running, 1 restarting, 2 parked).
     state: AtomicU8,
+    /// The latest time the database path lost the writer's file.
+    file_incident: Mutex<Option<FileIncident>>,
+    /// Such incidents since start, so one that began and ended between polls still alerts.
+    file_incidents: AtomicU64,
 }
 
 fn state_code(state: ChildState) -> u8 {
@@ -127,6 +135,12 @@ pub struct WriterReport {
     /// Failure episodes that called for an alert since start.
     pub alerted_episodes: u64,
     pub last_error: Option<String>,
+    /// The latest time the database path lost the writer's file (deleted or replaced).
+    #[serde(default)]
+    pub database_file: Option<FileIncident>,
+    /// Such incidents since start.
+    #[serde(default)]
+    pub file_incidents: u64,
 }
 
 /// The stable way to reach the writer: the channel outlives any one writer thread.
@@ -230,6 +244,8 @@ impl WriterHandle {
             failing_alertable: s.failing_alertable.load(Ordering::Relaxed),
             alerted_episodes: s.alerted_episodes.load(Ordering::Relaxed),
             last_error: s.last_error.lock().map(|e| e.clone()).unwrap_or(None),
+            database_file: s.file_incident.lock().map(|e| e.clone()).unwrap_or(None),
+            file_incidents: s.file_incidents.load(Ordering::Relaxed),
         }
     }
 }
@@ -268,14 +284,17 @@ pub(crate) fn detached_handle(capacity: usize) -> (WriterHandle, Receiver<Writer
     (handle, rx)
 }
 
-/// Starts the writer thread on an open connection; returns its handle and join handle.
+/// Starts the writer thread on an open connection (`None`: the database could not be opened
+/// yet, as on a full disk, and `open` is tried until it can); returns its handle and join
+/// handle. `file`, the locked database file, is watched: see [`file_watch`].
 ///
 /// The thread supervises itself: a panic is caught, the connection is reopened with `open`
 /// (fresh state) after a backoff, and the uncommitted rows, which live outside the code that
 /// panicked, are committed by the next writer.
 pub fn spawn(
     open: Opener,
-    conn: Connection,
+    conn: Option<Connection>,
+    file: Option<DatabaseFile>,
     config: WriterConfig,
     policy: RestartPolicy,
 ) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
@@ -287,7 +306,10 @@ pub fn spawn(
     };
     let thread = std::thread::Builder::new()
         .name("sqlite-writer".into())
-        .spawn(move || supervise(open, conn, rx, stats, config, policy))?;
+        .spawn(move || {
+            let watch = FileWatch::new(file, stats.clone());
+            supervise(open, conn, watch, rx, stats, config, policy)
+        })?;
     Ok((handle, thread))
 }
 
@@ -301,7 +323,8 @@ pub fn opener(db_path: PathBuf) -> Opener {
 
 fn supervise(
     open: Opener,
-    conn: Connection,
+    mut conn: Option<Connection>,
+    mut watch: FileWatch,
     rx: Receiver<WriterMsg>,
     stats: Arc<WriterStats>,
     config: WriterConfig,
@@ -309,12 +332,41 @@ fn supervise(
 ) {
     let mut state = PendingState::default();
     let mut tracker = RestartTracker::new(policy);
-    let mut conn = Some(conn);
+    let mut open_backoff = MIN_BACKOFF;
+    let mut shutdown_deadline: Option<Instant> = None;
     loop {
+        if state.shutdown.is_some() && shutdown_deadline.is_none() {
+            shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
+        }
+        if conn.is_none() {
+            // Nothing open to save rows from: the path must lead to our file before it is
+            // opened, or writing waits.
+            let mut resume = watch.before_open();
+            while let Resume::Wait = resume {
+                if !wait_for_file(&rx, &mut state, &stats, &mut watch, config) {
+                    return;
+                }
+                resume = watch.try_resume();
+            }
+        }
         let connection = match conn.take() {
             Some(c) => c,
             None => match open() {
-                Ok(c) => c,
+                Ok(c) => {
+                    open_backoff = MIN_BACKOFF;
+                    c
+                }
+                Err(e)
+                    if opening_can_wait(&e)
+                        && shutdown_deadline.is_none_or(|d| Instant::now() < d) =>
+                {
+                    // A full disk (SQLite cannot size its WAL or shared memory) is waited out
+                    // like a failing commit, not counted as a crash: rows are held meanwhile.
+                    open_failed(&stats, &e, state.buffer.rows());
+                    wait_accepting(&rx, &mut state, &stats, config, open_backoff);
+                    open_backoff = (open_backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
                 Err(e) if state.shutdown.is_some() => {
                     // Nobody waits for another try: say what could not be written, and end.
                     let lost = state.buffer.rows();
@@ -336,8 +388,18 @@ fn supervise(
             },
         };
         let mut writer = Writer::new(connection, rx.clone(), stats.clone(), config);
-        match catch_unwind(AssertUnwindSafe(|| writer.run(&mut state))) {
-            Ok(()) => return,
+        match catch_unwind(AssertUnwindSafe(|| writer.run(&mut state, &mut watch))) {
+            Ok(RunEnd::Finished) => return,
+            Ok(RunEnd::Lost(path_state)) => {
+                let Writer { conn: old, .. } = writer;
+                let mut resume = watch.rescue(old, path_state);
+                while let Resume::Wait = resume {
+                    if !wait_for_file(&rx, &mut state, &stats, &mut watch, config) {
+                        return;
+                    }
+                    resume = watch.try_resume();
+                }
+            }
             Err(panic) => {
                 let what = panic
                     .downcast_ref::<String>()
@@ -380,6 +442,9 @@ fn wait_restart(
         match rx.recv_timeout(left) {
             Ok(msg) => {
                 state.accept(msg, &stats.rows_dropped, config);
+                stats
+                    .buffered_rows
+                    .store(state.buffer.rows() as u64, Ordering::Relaxed);
                 if state.shutdown.is_some() {
                     break; // Shutting down: one more try now rather than after the pause.
                 }
@@ -398,6 +463,94 @@ fn wait_restart(
         .store(state_code(ChildState::Running), Ordering::Relaxed);
     tracing::info!(restarts = tracker.restarts, "writer restarted");
 }
+
+/// True when an error opening the database is one that waiting may cure.
+fn opening_can_wait(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|cause| cause.downcast_ref::<rusqlite::Error>())
+        .any(is_transient)
+}
+
+/// Records a failed open as the failure of a commit would be: failing, alertable, the error.
+fn open_failed(stats: &WriterStats, e: &anyhow::Error, buffered_rows: usize) {
+    let message = format!("{e:#}");
+    if !stats.failing.swap(true, Ordering::Relaxed) {
+        tracing::error!(
+            error = %message,
+            buffered_rows,
+            "cannot open the database for writing; keeping the rows and retrying"
+        );
+    }
+    if !stats.failing_alertable.swap(true, Ordering::Relaxed) {
+        stats.alerted_episodes.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Ok(mut last) = stats.last_error.lock() {
+        *last = Some(message);
+    }
+}
+
+/// Accepts messages for `wait`, then whatever else is waiting, and counts what is held.
+fn wait_accepting(
+    rx: &Receiver<WriterMsg>,
+    state: &mut PendingState,
+    stats: &WriterStats,
+    config: WriterConfig,
+    wait: Duration,
+) {
+    match rx.recv_timeout(wait) {
+        Ok(msg) => state.accept(msg, &stats.rows_dropped, config),
+        Err(RecvTimeoutError::Timeout) => {}
+        Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
+    }
+    while let Ok(msg) = rx.try_recv() {
+        state.accept(msg, &stats.rows_dropped, config);
+    }
+    stats
+        .buffered_rows
+        .store(state.buffer.rows() as u64, Ordering::Relaxed);
+}
+
+/// How a writer's run ended.
+enum RunEnd {
+    /// Shut down, or nobody is left to send anything.
+    Finished,
+    /// The database path no longer leads to the connection's file.
+    Lost(PathState),
+}
+
+/// While the path is not ours: keeps accepting rows (within the buffer's cap), answers what
+/// cannot wait with the reason, and returns after a short wait to look at the path again;
+/// `false` after a shutdown, once it is answered.
+fn wait_for_file(
+    rx: &Receiver<WriterMsg>,
+    state: &mut PendingState,
+    stats: &WriterStats,
+    watch: &mut FileWatch,
+    config: WriterConfig,
+) -> bool {
+    wait_accepting(rx, state, stats, config, FILE_RETRY);
+    let reason = watch.reason();
+    for ack in state.acks.drain(..) {
+        let _ = ack.send(Err(reason.clone()));
+    }
+    for (_, reply) in state.maintenance.drain(..) {
+        let _ = reply.send(Err(reason.clone()));
+    }
+    if let Some(ack) = state.shutdown.take() {
+        let lost = state.buffer.rows();
+        let where_ = watch.give_up();
+        tracing::error!(
+            lost,
+            "shutting down while the database file is not ours: the rows held in memory are              lost; {where_}"
+        );
+        let _ = ack.send(Err(format!("{lost} rows could not be written: {reason}")));
+        return false;
+    }
+    true
+}
+
+/// How often a writer whose database path is not its own looks at it again.
+const FILE_RETRY: Duration = Duration::from_millis(500);
 
 /// Errors worth waiting out: another process holds the lock, the disk is full, I/O hiccups.
 fn is_transient(e: &rusqlite::Error) -> bool {
@@ -512,10 +665,15 @@ impl Writer {
         }
     }
 
-    fn run(&mut self, state: &mut PendingState) {
+    fn run(&mut self, state: &mut PendingState, watch: &mut FileWatch) -> RunEnd {
         let mut shutdown_deadline: Option<Instant> = None;
         loop {
             self.receive(state);
+            // Before anything goes through the connection (a commit, a checkpoint, a task):
+            // the path must still lead to the file it has open.
+            if let Some(lost) = watch.lost() {
+                return RunEnd::Lost(lost);
+            }
             if state.shutdown.is_some() && shutdown_deadline.is_none() {
                 shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
             }
@@ -545,11 +703,11 @@ impl Writer {
                 && (state.buffer.is_empty() || Instant::now() >= deadline)
             {
                 self.finish(state);
-                return;
+                return RunEnd::Finished;
             }
             if self.disconnected && state.buffer.is_empty() && state.shutdown.is_none() {
                 // Every handle is gone and nothing is left: nobody can ask for anything more.
-                return;
+                return RunEnd::Finished;
             }
         }
     }
@@ -839,10 +997,12 @@ mod tests {
     use buffer::tests::rows;
 
     fn start(path: &std::path::Path, config: WriterConfig) -> (WriterHandle, JoinHandle<()>) {
+        let file = DatabaseFile::lock(path).unwrap();
         let conn = open_for_writing(path).unwrap();
         spawn(
             opener(path.to_path_buf()),
-            conn,
+            Some(conn),
+            Some(file),
             config,
             RestartPolicy::default(),
         )
@@ -875,6 +1035,51 @@ mod tests {
         // The WAL was checkpointed into the main file.
         let wal = dir.path().join("t.db-wal");
         assert!(!wal.exists() || std::fs::metadata(wal).unwrap().len() == 0);
+    }
+
+    #[test]
+    fn a_writer_without_a_connection_never_opens_a_file_that_replaced_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        drop(open_for_writing(&path).unwrap());
+        let file = DatabaseFile::lock(&path).unwrap();
+        // Another application's database is moved over ours before the writer got to open it.
+        let theirs = dir.path().join("theirs.db");
+        Connection::open(&theirs)
+            .unwrap()
+            .execute_batch("CREATE TABLE notes (x); INSERT INTO notes VALUES (1);")
+            .unwrap();
+        let their_bytes = std::fs::read(&theirs).unwrap();
+        std::fs::rename(&theirs, &path).unwrap();
+        let (handle, thread) = spawn(
+            opener(path.clone()),
+            None,
+            Some(file),
+            WriterConfig::default(),
+            RestartPolicy::default(),
+        )
+        .unwrap();
+        handle.submit(vec![rows(10)]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while handle.report().database_file.is_none_or(|i| !i.ongoing) {
+            assert!(Instant::now() < deadline, "the replacement was not noticed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(handle.report().buffered_rows, 10);
+        let flushed = handle.flush_blocking(Duration::from_secs(10)).unwrap_err();
+        assert!(flushed.contains("replaced"), "{flushed}");
+        assert_eq!(std::fs::read(&path).unwrap(), their_bytes);
+        assert!(!dir.path().join("t.db-wal").exists());
+        // Their file goes: the path is free, and a new database takes the rows.
+        std::fs::remove_file(&path).unwrap();
+        while handle.report().database_file.is_some_and(|i| i.ongoing) {
+            assert!(Instant::now() < deadline, "the free path was not taken");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        handle.flush_blocking(Duration::from_secs(10)).unwrap();
+        assert_eq!(count(&path), 10);
+        handle.shutdown_blocking(Duration::from_secs(10)).unwrap();
+        thread.join().unwrap();
     }
 
     #[test]

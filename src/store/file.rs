@@ -1,0 +1,219 @@
+//! The database file itself, as opposed to its name: its identity (device and inode), an
+//! exclusive lock on that identity, and whether its path still leads to it.
+//!
+//! A name is not a file. A symlink or a hard link gives one file a second name, and a cleanup
+//! script or an `mv` gives the name to another file while the daemon writes. SQLite finds its WAL
+//! and shared-memory files by name (`<path>-wal`, `<path>-shm`), so every one of these splits
+//! or mixes databases ("How To Corrupt An SQLite Database File", §2.4 and §2.5). The lock here
+//! is taken on the file, so a second daemon through any name is refused, and the daemon checks
+//! before each write that the path still names the file it has open.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+
+/// Which file a name leads to: the same pair for every name of one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileIdentity {
+    fn of(meta: &std::fs::Metadata) -> FileIdentity {
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+
+    /// The identity of the file `path` leads to (symlinks followed); `None` when there is none.
+    pub fn of_path(path: &Path) -> io::Result<Option<FileIdentity>> {
+        match std::fs::metadata(path) {
+            Ok(meta) => Ok(Some(FileIdentity::of(&meta))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl std::fmt::Display for FileIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dev = nix::sys::stat::major(self.dev);
+        let min = nix::sys::stat::minor(self.dev);
+        write!(f, "device {dev}:{min} inode {}", self.ino)
+    }
+}
+
+/// What the database path leads to now, compared with the file the daemon has open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathState {
+    /// The path still names our file.
+    Ours,
+    /// Nothing is at the path: the file was deleted (or renamed away).
+    Missing,
+    /// Another file has the path: moved or copied over it, or a symlink pointed elsewhere.
+    Replaced(FileIdentity),
+}
+
+/// The database file, open and exclusively locked (`flock`) for as long as this lives.
+///
+/// Keep it alive as long as any SQLite connection to the file is open: closing any descriptor
+/// of a file drops every POSIX lock the process holds on it, SQLite's own included. `flock`
+/// locks are separate from those (on Linux, for a local file system), so the two never meet.
+#[derive(Debug)]
+pub struct DatabaseFile {
+    path: PathBuf,
+    identity: FileIdentity,
+    _lock: Flock<File>,
+}
+
+impl DatabaseFile {
+    /// Opens (creating it empty if need be) and locks the file `path` leads to, without waiting.
+    /// Another process holding it is named by its pid, whatever name it opened the file by.
+    pub fn lock(path: &Path) -> anyhow::Result<DatabaseFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("cannot open database {}", path.display()))?;
+        let identity = FileIdentity::of(&file.metadata()?);
+        let locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((_, Errno::EWOULDBLOCK)) => {
+                let who = match flock_holder(identity) {
+                    Some(pid) => format!(" (pid {pid})"),
+                    None => String::new(),
+                };
+                bail!(
+                    "another health-monitor is already running on {}{who}, perhaps through another \
+                     name for the same file (a symlink or a hard link); stop it with \
+                     `health-monitor stop` or use another --db-path",
+                    path.display()
+                );
+            }
+            Err((_, e)) => bail!("cannot lock database {}: {e}", path.display()),
+        };
+        Ok(DatabaseFile {
+            path: path.to_path_buf(),
+            identity,
+            _lock: locked,
+        })
+    }
+
+    /// The path it was opened by.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's identity.
+    pub fn identity(&self) -> FileIdentity {
+        self.identity
+    }
+
+    /// Whether the path still leads to this file.
+    pub fn path_state(&self) -> io::Result<PathState> {
+        Ok(match FileIdentity::of_path(&self.path)? {
+            Some(id) if id == self.identity => PathState::Ours,
+            Some(id) => PathState::Replaced(id),
+            None => PathState::Missing,
+        })
+    }
+}
+
+/// The pid holding an exclusive `flock` on the file with `identity`, from `/proc/locks`.
+pub fn flock_holder(identity: FileIdentity) -> Option<u32> {
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    parse_flock_holder(&locks, identity)
+}
+
+/// Reads `/proc/locks` lines such as `1: FLOCK  ADVISORY  WRITE 14433 fe:00:10010626 0 EOF`
+/// (fs/locks.c prints the device as hex `major:minor`; `->` lines are waiters, not holders).
+fn parse_flock_holder(locks: &str, identity: FileIdentity) -> Option<u32> {
+    let major = nix::sys::stat::major(identity.dev);
+    let minor = nix::sys::stat::minor(identity.dev);
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 6 || fields[1] != "FLOCK" || fields[3] != "WRITE" {
+            return None;
+        }
+        let mut place = fields[5].split(':');
+        let maj = u64::from_str_radix(place.next()?, 16).ok()?;
+        let min = u64::from_str_radix(place.next()?, 16).ok()?;
+        let ino: u64 = place.next()?.parse().ok()?;
+        (maj == major && min == minor && ino == identity.ino)
+            .then(|| fields[4].parse().ok())
+            .flatten()
+            .filter(|pid| *pid > 0)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_of_one_file_is_refused_while_it_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        let first = DatabaseFile::lock(&db).unwrap();
+        let symlink = dir.path().join("sym.db");
+        std::os::unix::fs::symlink(&db, &symlink).unwrap();
+        let hard = dir.path().join("hard.db");
+        std::fs::hard_link(&db, &hard).unwrap();
+        for name in [&db, &symlink, &hard] {
+            let err = DatabaseFile::lock(name).unwrap_err().to_string();
+            assert!(err.contains("already running"), "{err}");
+            // The real kernel's /proc/locks names this process.
+            assert!(
+                err.contains(&format!("pid {}", std::process::id())),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            flock_holder(first.identity()),
+            Some(std::process::id()),
+            "{}",
+            std::fs::read_to_string("/proc/locks").unwrap()
+        );
+        drop(first);
+        DatabaseFile::lock(&hard).unwrap();
+    }
+
+    #[test]
+    fn the_path_state_follows_deletion_and_replacement() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        let file = DatabaseFile::lock(&db).unwrap();
+        assert_eq!(file.path_state().unwrap(), PathState::Ours);
+        let aside = dir.path().join("aside.db");
+        std::fs::rename(&db, &aside).unwrap();
+        assert_eq!(file.path_state().unwrap(), PathState::Missing);
+        std::fs::write(&db, b"").unwrap();
+        let other = FileIdentity::of_path(&db).unwrap().unwrap();
+        assert_eq!(file.path_state().unwrap(), PathState::Replaced(other));
+        std::fs::rename(&aside, &db).unwrap();
+        assert_eq!(file.path_state().unwrap(), PathState::Ours);
+    }
+
+    #[test]
+    fn waiters_and_other_files_in_proc_locks_are_not_holders() {
+        let id = FileIdentity {
+            dev: nix::sys::stat::makedev(0xfe, 0),
+            ino: 10010626,
+        };
+        let locks = "1: POSIX  ADVISORY  WRITE 10 fe:00:10010626 0 EOF\n\
+                     2: FLOCK  ADVISORY  WRITE 11 fe:00:99 0 EOF\n\
+                     3: FLOCK  ADVISORY  WRITE 12 fe:00:10010626 0 EOF\n\
+                     3: -> FLOCK  ADVISORY  WRITE 13 fe:00:10010626 0 EOF\n";
+        assert_eq!(parse_flock_holder(locks, id), Some(12));
+        assert_eq!(parse_flock_holder("", id), None);
+    }
+}
