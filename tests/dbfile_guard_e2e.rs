@@ -457,3 +457,57 @@ fn a_backup_that_fails_for_lack_of_room_leaves_nothing_behind() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[test]
+fn a_deleted_database_on_a_disk_without_room_for_a_copy_keeps_the_state_and_counts_the_loss() {
+    let env = Env::new("interval = 0.05\n");
+    let tiny = env.path("tiny");
+    fs::create_dir(&tiny).unwrap();
+    // Smaller than a whole copy's headroom: only the state can be copied.
+    let Some(_tmpfs) = Tmpfs::mount(&tiny, "6m") else {
+        eprintln!("skipping: cannot mount a tmpfs here");
+        return;
+    };
+    let mut env = env;
+    env.db = tiny.join("hm.db");
+    env.socket = env.path("tiny.sock");
+    let mut daemon = env.start(&[]);
+    populate(&env);
+    wait_until("the missing workspace's alert", || {
+        env.alert_active("gone", "workspace_exists")
+    });
+    env.wait_count("SELECT count(*) FROM health_metrics", 200);
+    fs::remove_file(&env.db).unwrap();
+    wait_until("the daemon to recreate the database", || {
+        let i = incident(&env);
+        env.db.exists() && i["kind"] == "deleted" && i["ongoing"] == false
+    });
+    let found = incident(&env);
+    assert_eq!(found["copy"]["whole"], false, "{found}");
+    let lost = found["copy"]["metric_rows_lost"].as_u64().unwrap();
+    assert!(lost >= 200, "{found}");
+    let message = found["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{lost} metric rows")),
+        "{message}"
+    );
+    assert!(daemon.log().contains(&format!("{lost} metric rows")));
+    // The state is all there, and new rows land beside it.
+    assert_eq!(env.count("SELECT count(*) FROM monitors"), 2);
+    assert_eq!(env.count("SELECT count(*) FROM silences"), 1);
+    assert!(env.alert_active("gone", "workspace_exists"));
+    env.wait_count("SELECT count(*) FROM health_metrics", 20);
+    // The deleted file's space went back to the disk with the old connection.
+    let held: Vec<String> = fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| fs::read_link(e.path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .filter(|target| {
+            target.starts_with(tiny.to_str().unwrap()) && target.ends_with("(deleted)")
+        })
+        .collect();
+    assert!(held.is_empty(), "still open: {held:?}");
+    env.hm_ok(&["stop"]);
+    assert_eq!(daemon.wait_exit(), 0, "{}", daemon.log());
+}
