@@ -30,9 +30,11 @@ pub fn lock_path(db_path: &Path) -> PathBuf {
 impl InstanceLock {
     /// Takes both locks for `db_path` without waiting, recording our pid in the lock file.
     pub fn acquire(db_path: &Path) -> anyhow::Result<InstanceLock> {
-        // The file first: a daemon that reached it by another name has another lock file, and
-        // a refused start must not leave its own pid in one.
-        let file = DatabaseFile::lock(db_path)?;
+        // The file first, when there is one: a daemon that reached it by another name has
+        // another lock file, and a refused start must not leave its own pid in one. A missing
+        // file is created only once the lock file is ours too: a second start must not put an
+        // empty file where a running daemon's database was just deleted (it recreates it).
+        let early = DatabaseFile::lock_existing(db_path)?;
         let path = lock_path(db_path);
         let lock_file = OpenOptions::new()
             .read(true)
@@ -68,6 +70,10 @@ impl InstanceLock {
         if let Err(e) = recorded {
             tracing::warn!(lock = %path.display(), "cannot record our pid in the lock file: {e}");
         }
+        let file = match early {
+            Some(file) => file,
+            None => DatabaseFile::lock(db_path)?,
+        };
         Ok(InstanceLock {
             _path_lock: locked,
             file,

@@ -138,7 +138,8 @@ fn open_database_for_daemon(
         Err(e) if is_lack_of_space(&e) => {
             tracing::error!(
                 db = %db.display(),
-                "cannot open the database for writing ({e:#}): starting anyway; rows are held in                  memory until there is room"
+                "cannot open the database for writing ({e:#}): starting anyway; rows are held in \
+                 memory until there is room"
             );
             Ok((lock, None))
         }

@@ -5,8 +5,8 @@
 //! script or an `mv` gives the name to another file while the daemon writes. SQLite finds its WAL
 //! and shared-memory files by name (`<path>-wal`, `<path>-shm`), so every one of these splits
 //! or mixes databases ("How To Corrupt An SQLite Database File", §2.4 and §2.5). The lock here
-//! is taken on the file, so a second daemon through any name is refused, and the daemon checks
-//! before each write that the path still names the file it has open.
+//! is taken on the file, so a second daemon through any name is refused, and the writer checks
+//! before each batch of writes that the path still names the file it has open.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -84,6 +84,22 @@ impl DatabaseFile {
             .truncate(false)
             .open(path)
             .with_context(|| format!("cannot open database {}", path.display()))?;
+        Self::lock_open(path, file)
+    }
+
+    /// Like [`DatabaseFile::lock`], but creates nothing: `Ok(None)` when there is no file.
+    pub fn lock_existing(path: &Path) -> anyhow::Result<Option<DatabaseFile>> {
+        let file = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot open database {}", path.display()));
+            }
+        };
+        Self::lock_open(path, file).map(Some)
+    }
+
+    fn lock_open(path: &Path, file: File) -> anyhow::Result<DatabaseFile> {
         let identity = FileIdentity::of(&file.metadata()?);
         let locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(l) => l,
@@ -118,6 +134,33 @@ impl DatabaseFile {
         self.identity
     }
 
+    /// Copies the file's bytes, as they are now, to `dest` (created, never replaced) and syncs
+    /// it: the file read through the descriptor, so it works whatever its name became. SQLite
+    /// cannot be pointed at `/proc/self/fd/N`: it resolves the link to the old name.
+    pub fn copy_bytes_to(&self, dest: &Path) -> io::Result<u64> {
+        use std::io::Write;
+        use std::os::unix::fs::FileExt;
+        let source: &File = &self._lock;
+        let mut out = OpenOptions::new().write(true).create_new(true).open(dest)?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut offset = 0u64;
+        let copied = (|| -> io::Result<u64> {
+            loop {
+                let n = source.read_at(&mut buf, offset)?;
+                if n == 0 {
+                    out.sync_all()?;
+                    return Ok(offset);
+                }
+                out.write_all(&buf[..n])?;
+                offset += n as u64;
+            }
+        })();
+        if copied.is_err() {
+            let _ = std::fs::remove_file(dest);
+        }
+        copied
+    }
+
     /// Whether the path still leads to this file.
     pub fn path_state(&self) -> io::Result<PathState> {
         Ok(match FileIdentity::of_path(&self.path)? {
@@ -128,20 +171,35 @@ impl DatabaseFile {
     }
 }
 
-/// The pid holding an exclusive `flock` on the file with `identity`, from `/proc/locks`.
-pub fn flock_holder(identity: FileIdentity) -> Option<u32> {
-    let locks = std::fs::read_to_string("/proc/locks").ok()?;
-    parse_flock_holder(&locks, identity)
+/// The other processes holding any lock (POSIX, `flock` or open-file-description) on the file
+/// `path` leads to, from `/proc/locks`; empty when there is no such file. For a WAL's
+/// shared-memory file, a process in the list has a connection to a database of that name.
+pub fn other_lock_holders(path: &Path) -> Vec<i64> {
+    let Ok(Some(identity)) = FileIdentity::of_path(path) else {
+        return Vec::new();
+    };
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return Vec::new();
+    };
+    let ours = i64::from(std::process::id());
+    let mut pids: Vec<i64> = parse_locks(&locks, identity)
+        .filter(|(_, pid)| *pid != ours)
+        .map(|(_, pid)| pid)
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
 }
 
-/// Reads `/proc/locks` lines such as `1: FLOCK  ADVISORY  WRITE 14433 fe:00:10010626 0 EOF`
-/// (fs/locks.c prints the device as hex `major:minor`; `->` lines are waiters, not holders).
-fn parse_flock_holder(locks: &str, identity: FileIdentity) -> Option<u32> {
+/// `(kind, pid)` of every lock on the file with `identity` in `/proc/locks` text: lines such
+/// as `1: FLOCK  ADVISORY  WRITE 14433 fe:00:10010626 0 EOF` (fs/locks.c prints the device as
+/// hex `major:minor`; `->` lines are waiters, not holders; OFD locks show pid -1).
+fn parse_locks(locks: &str, identity: FileIdentity) -> impl Iterator<Item = (String, i64)> + '_ {
     let major = nix::sys::stat::major(identity.dev);
     let minor = nix::sys::stat::minor(identity.dev);
-    locks.lines().find_map(|line| {
+    locks.lines().filter_map(move |line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 6 || fields[1] != "FLOCK" || fields[3] != "WRITE" {
+        if fields.len() < 6 || fields[1] == "->" {
             return None;
         }
         let mut place = fields[5].split(':');
@@ -149,10 +207,26 @@ fn parse_flock_holder(locks: &str, identity: FileIdentity) -> Option<u32> {
         let min = u64::from_str_radix(place.next()?, 16).ok()?;
         let ino: u64 = place.next()?.parse().ok()?;
         (maj == major && min == minor && ino == identity.ino)
-            .then(|| fields[4].parse().ok())
+            .then(|| {
+                Some((
+                    format!("{} {}", fields[1], fields[3]),
+                    fields[4].parse().ok()?,
+                ))
+            })
             .flatten()
-            .filter(|pid| *pid > 0)
     })
+}
+
+/// The pid holding an exclusive `flock` on the file with `identity`, from `/proc/locks`.
+pub fn flock_holder(identity: FileIdentity) -> Option<u32> {
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    parse_flock_holder(&locks, identity)
+}
+
+fn parse_flock_holder(locks: &str, identity: FileIdentity) -> Option<u32> {
+    parse_locks(locks, identity)
+        .find(|(kind, pid)| kind == "FLOCK WRITE" && *pid > 0)
+        .and_then(|(_, pid)| u32::try_from(pid).ok())
 }
 
 #[cfg(test)]
@@ -215,5 +289,40 @@ mod tests {
                      3: -> FLOCK  ADVISORY  WRITE 13 fe:00:10010626 0 EOF\n";
         assert_eq!(parse_flock_holder(locks, id), Some(12));
         assert_eq!(parse_flock_holder("", id), None);
+        let all: Vec<_> = parse_locks(locks, id).map(|(_, pid)| pid).collect();
+        assert_eq!(all, vec![10, 12]);
+    }
+
+    #[test]
+    fn another_process_with_a_sqlite_connection_shows_as_a_lock_holder_of_the_shm() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("w.db");
+        drop(crate::store::open_for_writing(&db).unwrap());
+        let shm = dir.path().join("w.db-shm");
+        // A real sqlite3 process holding a connection: its locks on the -shm name it.
+        let Ok(mut child) = std::process::Command::new("sqlite3")
+            .arg(&db)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+        else {
+            eprintln!("skipping: no sqlite3 here");
+            return;
+        };
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "SELECT count(*) FROM monitors;").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let pid = i64::from(child.id());
+        while !other_lock_holders(&shm).contains(&pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sqlite3's lock never showed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        drop(stdin);
+        child.wait().unwrap();
+        assert!(!other_lock_holders(&shm).contains(&pid));
     }
 }

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 
 /// Room kept free beyond a whole copy's size, so the copy never fills the disk to the last byte.
@@ -100,6 +100,59 @@ pub fn copy_out(conn: &Connection, dest: &Path) -> anyhow::Result<CopyReport> {
             remove_with_journals(dest);
             Err(e)
         }
+    }
+}
+
+/// Copies our database file itself, through its descriptor, as of its last checkpoint (the
+/// WAL is not read): for a file whose WAL another process shares. Needs room for the whole
+/// file.
+pub fn copy_out_of_file(
+    file: &super::file::DatabaseFile,
+    dest: &Path,
+) -> anyhow::Result<CopyReport> {
+    if dest.exists() {
+        bail!("{} already exists", dest.display());
+    }
+    file.copy_bytes_to(dest)
+        .with_context(|| format!("cannot copy the database file to {}", dest.display()))?;
+    let counted = (|| -> anyhow::Result<(u64, u64)> {
+        let copy = Connection::open_with_flags(
+            super::read_only_uri(dest, true),
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        Ok((
+            count(&copy, "SELECT count(*) FROM health_metrics")?,
+            count(&copy, "SELECT count(*) FROM health_alerts")?,
+        ))
+    })();
+    match counted {
+        Ok((metrics, alerts)) => Ok(CopyReport {
+            whole: true,
+            metric_rows_kept: metrics,
+            alert_rows_kept: alerts,
+            ..CopyReport::default()
+        }),
+        Err(e) => {
+            remove_with_journals(dest);
+            Err(e.context("the copy of the database file cannot be read"))
+        }
+    }
+}
+
+/// Moves `from` to `to` without ever replacing a file at `to` (`renameat2` with
+/// `RENAME_NOREPLACE`; a hard link and an unlink where the file system lacks it).
+pub fn place(from: &Path, to: &Path) -> std::io::Result<()> {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {
+            std::fs::hard_link(from, to)?;
+            let _ = std::fs::remove_file(from);
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -251,6 +304,52 @@ mod tests {
         assert_eq!(row, ("a1".into(), "agent_alive".into(), 0));
         // The old connection is as it was: nothing attached, writable.
         conn.execute_batch("DELETE FROM health_metrics").unwrap();
+    }
+
+    #[test]
+    fn a_file_is_copied_as_of_its_last_checkpoint_through_its_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hm.db");
+        let file = crate::store::file::DatabaseFile::lock(&path).unwrap();
+        let conn = populated(&path);
+        empty_wal(&conn).unwrap();
+        // Committed after the checkpoint: only in the WAL, which the copy does not read.
+        conn.execute_batch(
+            "INSERT INTO monitors (kind, id, options, added_at) VALUES ('agent', 'late', '{}', 't')",
+        )
+        .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let copy_path = dir.path().join("copy.db");
+        let report = copy_out_of_file(&file, &copy_path).unwrap();
+        assert!(report.whole);
+        assert_eq!((report.metric_rows_kept, report.alert_rows_kept), (2, 2));
+        let copy = Connection::open(&copy_path).unwrap();
+        let ids: Vec<String> = copy
+            .prepare("SELECT id FROM monitors")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(ids, vec!["a1".to_string()]);
+        assert!(
+            copy_out_of_file(&file, &copy_path).is_err(),
+            "never over a file"
+        );
+    }
+
+    #[test]
+    fn placing_never_replaces_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, b"ours").unwrap();
+        std::fs::write(&b, b"theirs").unwrap();
+        assert!(place(&a, &b).is_err());
+        assert_eq!(std::fs::read(&b).unwrap(), b"theirs");
+        std::fs::remove_file(&b).unwrap();
+        place(&a, &b).unwrap();
+        assert_eq!(std::fs::read(&b).unwrap(), b"ours");
+        assert!(!a.exists());
     }
 
     #[test]

@@ -360,8 +360,9 @@ fn supervise(
                     if opening_can_wait(&e)
                         && shutdown_deadline.is_none_or(|d| Instant::now() < d) =>
                 {
-                    // A full disk (SQLite cannot size its WAL or shared memory) is waited out
-                    // like a failing commit, not counted as a crash: rows are held meanwhile.
+                    // What waiting may cure (a full disk: SQLite cannot size its WAL or shared
+                    // memory; a lock; a file that cannot be opened yet) is waited out like a
+                    // failing commit, alerted on, not counted as a crash: rows are held.
                     open_failed(&stats, &e, state.buffer.rows());
                     wait_accepting(&rx, &mut state, &stats, config, open_backoff);
                     open_backoff = (open_backoff * 2).min(MAX_BACKOFF);
@@ -374,6 +375,9 @@ fn supervise(
                     let result = Err(format!("{lost} rows could not be written: {e:#}"));
                     for ack in state.acks.drain(..) {
                         let _ = ack.send(result.clone());
+                    }
+                    for (_, reply) in state.maintenance.drain(..) {
+                        let _ = reply.send(Err(format!("the database cannot be opened: {e:#}")));
                     }
                     if let Some(ack) = state.shutdown.take() {
                         let _ = ack.send(result);
@@ -391,13 +395,10 @@ fn supervise(
         match catch_unwind(AssertUnwindSafe(|| writer.run(&mut state, &mut watch))) {
             Ok(RunEnd::Finished) => return,
             Ok(RunEnd::Lost(path_state)) => {
-                let Writer { conn: old, .. } = writer;
-                let mut resume = watch.rescue(old, path_state);
-                while let Resume::Wait = resume {
-                    if !wait_for_file(&rx, &mut state, &stats, &mut watch, config) {
-                        return;
-                    }
-                    resume = watch.try_resume();
+                if !lost_file(
+                    writer, path_state, &rx, &mut state, &stats, &mut watch, config,
+                ) {
+                    return;
                 }
             }
             Err(panic) => {
@@ -410,6 +411,16 @@ fn supervise(
                     buffered_rows = state.buffer.rows(),
                     "writer panicked ({what}); the uncommitted rows are kept for the next writer"
                 );
+                // Closing a connection whose path lost its file would checkpoint and delete
+                // the WAL at the path: the file is saved first, as after any other turn.
+                if let Some(path_state) = watch.lost() {
+                    if !lost_file(
+                        writer, path_state, &rx, &mut state, &stats, &mut watch, config,
+                    ) {
+                        return;
+                    }
+                    continue;
+                }
                 drop(writer);
                 wait_restart(&mut tracker, &stats, &rx, &mut state, config);
             }
@@ -510,6 +521,36 @@ fn wait_accepting(
         .store(state.buffer.rows() as u64, Ordering::Relaxed);
 }
 
+/// The path lost the writer's file: saves its rows and waits until the path is ours again;
+/// `false` when the writer was shut down meanwhile.
+fn lost_file(
+    writer: Writer,
+    path_state: PathState,
+    rx: &Receiver<WriterMsg>,
+    state: &mut PendingState,
+    stats: &WriterStats,
+    watch: &mut FileWatch,
+    config: WriterConfig,
+) -> bool {
+    let Writer {
+        conn, prune_job, ..
+    } = writer;
+    if let Some(job) = prune_job {
+        let _ = job.reply.send(Err(format!(
+            "stopped after {} rows: the database file was deleted or replaced",
+            job.deleted
+        )));
+    }
+    let mut resume = watch.rescue(conn, path_state);
+    while let Resume::Wait = resume {
+        if !wait_for_file(rx, state, stats, watch, config) {
+            return false;
+        }
+        resume = watch.try_resume();
+    }
+    true
+}
+
 /// How a writer's run ended.
 enum RunEnd {
     /// Shut down, or nobody is left to send anything.
@@ -518,9 +559,9 @@ enum RunEnd {
     Lost(PathState),
 }
 
-/// While the path is not ours: keeps accepting rows (within the buffer's cap), answers what
-/// cannot wait with the reason, and returns after a short wait to look at the path again;
-/// `false` after a shutdown, once it is answered.
+/// While the path is not ours: keeps accepting rows (within the buffer's cap) for
+/// [`FILE_RETRY`], answers what cannot wait with the reason, and returns to look at the path
+/// again; `false` after a shutdown (once answered) or when no sender is left.
 fn wait_for_file(
     rx: &Receiver<WriterMsg>,
     state: &mut PendingState,
@@ -528,7 +569,24 @@ fn wait_for_file(
     watch: &mut FileWatch,
     config: WriterConfig,
 ) -> bool {
-    wait_accepting(rx, state, stats, config, FILE_RETRY);
+    let until = Instant::now() + FILE_RETRY;
+    let mut disconnected = false;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(msg) => state.accept(msg, &stats.rows_dropped, config),
+            Err(RecvTimeoutError::Timeout) => break,
+            Err(RecvTimeoutError::Disconnected) => {
+                disconnected = true;
+                break;
+            }
+        }
+        if state.shutdown.is_some() {
+            break;
+        }
+    }
+    stats
+        .buffered_rows
+        .store(state.buffer.rows() as u64, Ordering::Relaxed);
     let reason = watch.reason();
     for ack in state.acks.drain(..) {
         let _ = ack.send(Err(reason.clone()));
@@ -541,9 +599,21 @@ fn wait_for_file(
         let where_ = watch.give_up();
         tracing::error!(
             lost,
-            "shutting down while the database file is not ours: the rows held in memory are              lost; {where_}"
+            "shutting down while the database file is not ours: the rows held in memory are \
+             lost; {where_}"
         );
         let _ = ack.send(Err(format!("{lost} rows could not be written: {reason}")));
+        return false;
+    }
+    if disconnected {
+        // Nobody is left to send anything, or to ask for a shutdown.
+        let lost = state.buffer.rows();
+        let where_ = watch.give_up();
+        tracing::error!(
+            lost,
+            "every sender is gone while the database file is not ours: the rows held in \
+             memory are lost; {where_}"
+        );
         return false;
     }
     true
@@ -1061,11 +1131,12 @@ mod tests {
         .unwrap();
         handle.submit(vec![rows(10)]).unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while handle.report().database_file.is_none_or(|i| !i.ongoing) {
+        while handle.report().database_file.is_none_or(|i| !i.ongoing)
+            || handle.report().buffered_rows != 10
+        {
             assert!(Instant::now() < deadline, "the replacement was not noticed");
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(handle.report().buffered_rows, 10);
         let flushed = handle.flush_blocking(Duration::from_secs(10)).unwrap_err();
         assert!(flushed.contains("replaced"), "{flushed}");
         assert_eq!(std::fs::read(&path).unwrap(), their_bytes);
