@@ -5,8 +5,9 @@
 //! Run: `cargo bench --bench status` (ROWS and RUNS environment variables tune it).
 //!
 //! The original kept no index on `timestamp` (a `(type, id, metric, timestamp)` index costs
-//! ~15x on inserts, DESIGN.md §6), so its queries are run `NOT INDEXED` on our tables as the
-//! baseline; the same queries using our `(timestamp, status)` index are shown too.
+//! ~15x on inserts, docs/ARCHITECTURE.md, "Index choice"), so its queries are run `NOT INDEXED`
+//! on our tables as the baseline; the same queries using our `(timestamp, status)` index are
+//! shown too.
 
 use std::path::Path;
 use std::process::Command;

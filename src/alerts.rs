@@ -1,4 +1,5 @@
-//! The per-key alert state machine of DESIGN.md §3: open once, remind per cooldown, escalate at once, resolve.
+//! The per-key alert state machine (docs/ARCHITECTURE.md, "Alert state machine"): open once,
+//! remind per cooldown, escalate at once, resolve.
 
 use std::collections::HashMap;
 use std::time::Duration;

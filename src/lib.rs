@@ -1,6 +1,6 @@
 //! health-monitor: a daemon that keeps a fleet of coding agents and their machine healthy.
 //!
-//! See `DESIGN.md` (shared) for the picture; each module below is one concern.
+//! See `docs/ARCHITECTURE.md` for the picture; each module below is one concern.
 
 pub mod actors; // supervisor, collectors, analyzer, and the SQLite writer thread
 pub mod alerts; // the per-key alert state machine

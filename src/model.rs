@@ -131,7 +131,8 @@ impl Thresholds {
         Thresholds { warning, critical }
     }
 
-    /// True when the metric is "lower is worse" (the direction fix of DESIGN.md §1).
+    /// True when the metric is "lower is worse" (docs/ARCHITECTURE.md, "Direction fix for
+    /// lower-is-worse metrics").
     pub fn lower_is_worse(&self) -> bool {
         self.warning > self.critical
     }

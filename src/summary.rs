@@ -14,7 +14,8 @@ use crate::actors::writer::WriterReport;
 use crate::alerts::format_value;
 use crate::config::Settings;
 use crate::model::{
-    HealthAlert, HealthMetric, HealthStatus, MonitorSpec, ResourceType, format_timestamp,
+    HealthAlert, HealthMetric, HealthStatus, MonitorKind, MonitorSpec, ResourceType,
+    format_timestamp,
 };
 use crate::store::{self, query};
 
@@ -204,143 +205,20 @@ fn rank(t: ResourceType) -> u8 {
     }
 }
 
+/// Resources keyed so they sort as [`rank`] says, each with the latest metrics shown for it.
+type Grouped<'a> = BTreeMap<(u8, ResourceType, String), Vec<&'a HealthMetric>>;
+
 /// Assembles the summary.
 pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
-    let mut resources: BTreeMap<(u8, ResourceType, String), Vec<&HealthMetric>> = BTreeMap::new();
-    for spec in &inputs.monitors {
-        let t = spec.kind().resource_type();
-        resources
-            .entry((rank(t), t, spec.id().to_string()))
-            .or_default();
-    }
-    let monitored = |t: ResourceType, id: &str| {
-        inputs
-            .monitors
-            .iter()
-            .any(|s| s.kind().resource_type() == t && s.id() == id)
-    };
-    for m in &inputs.latest {
-        // Rows of a removed agent or workspace (or of its databases) linger in the database;
-        // they are not shown.
-        let gone = match m.resource_type {
-            // The followed town's own resource (its daemon, its orphans) has no monitor.
-            ResourceType::Agent if m.resource_id == crate::gastown::lifecycle::TOWN_RESOURCE => {
-                false
-            }
-            ResourceType::Agent | ResourceType::Workspace => {
-                !monitored(m.resource_type, &m.resource_id)
-            }
-            ResourceType::Database => !inputs.monitors.iter().any(|s| {
-                s.kind() == crate::model::MonitorKind::Workspace
-                    && crate::alerts::belongs_to(
-                        m.resource_type,
-                        &m.resource_id,
-                        ResourceType::Workspace,
-                        s.id(),
-                    )
-            }),
-            _ => false,
-        };
-        if gone {
-            continue;
-        }
-        resources
-            .entry((
-                rank(m.resource_type),
-                m.resource_type,
-                m.resource_id.clone(),
-            ))
-            .or_default()
-            .push(m);
-    }
-    let impaired: HashMap<&str, ChildState> = inputs
-        .actors
-        .iter()
-        .filter(|a| a.state != ChildState::Running)
-        .map(|a| (a.name.as_str(), a.state))
-        .collect();
-    let resources: Vec<ResourceView> = resources
-        .into_iter()
-        .map(|((_, resource_type, resource_id), mut metrics)| {
-            metrics.sort_by(|a, b| a.metric_name.cmp(&b.metric_name));
-            let mut status = metrics
-                .iter()
-                .map(|m| m.status)
-                .max()
-                .unwrap_or(HealthStatus::Unknown);
-            let collector = match resource_type {
-                ResourceType::Agent => {
-                    monitor_child_name(crate::model::MonitorKind::Agent, &resource_id)
-                }
-                ResourceType::Workspace => {
-                    monitor_child_name(crate::model::MonitorKind::Workspace, &resource_id)
-                }
-                _ => "system".to_string(),
-            };
-            // Impaired monitoring shows as degraded unless the data already says worse.
-            if impaired.contains_key(collector.as_str()) && status < HealthStatus::Degraded {
-                status = HealthStatus::Degraded;
-            }
-            // An active condition on the resource shows too, though no metric says it.
-            for alert in &inputs.active_alerts {
-                if alert.resource_type == resource_type
-                    && alert.resource_id == resource_id
-                    && let Some(floor) = resource_floor(alert)
-                {
-                    status = status.max(floor);
-                }
-            }
-            ResourceView {
-                resource_type,
-                resource_id,
-                status,
-                metrics: metrics
-                    .into_iter()
-                    .map(|m| MetricView {
-                        metric_name: m.metric_name.to_string(),
-                        value: m.value,
-                        unit: m.unit.to_string(),
-                        status: m.status,
-                        timestamp: format_timestamp(m.timestamp),
-                    })
-                    .collect(),
-            }
-        })
-        .collect();
-    // The worst resource, and at least the severity of every active alert: a condition (a
-    // failed collector, a database that refuses writes, a crashed session) has no metric status
-    // to show through, and may be raised on a resource not listed (`database/<db path>`).
-    let overall_status = resources
-        .iter()
-        .map(|r| r.status)
-        .chain(
-            inputs
-                .active_alerts
-                .iter()
-                .filter(|a| !a.resolved)
-                .map(|a| a.severity),
-        )
-        .max()
-        .unwrap_or(HealthStatus::Unknown);
-    let active_alerts: Vec<AlertView> = inputs
-        .active_alerts
-        .iter()
-        .map(|a| AlertView {
-            id: a.id,
-            resource_type: a.resource_type,
-            resource_id: a.resource_id.clone(),
-            alert_type: a.alert_type.clone(),
-            severity: a.severity,
-            message: a.message.clone(),
-            timestamp: format_timestamp(a.timestamp),
-        })
-        .collect();
-    let count = |kind| inputs.monitors.iter().filter(|m| m.kind() == kind).count();
+    let grouped = group_metrics(&inputs.monitors, &inputs.latest);
+    let resources = resource_views(grouped, &inputs.actors, &inputs.active_alerts);
+    let overall_status = overall_status(&resources, &inputs.active_alerts);
+    let active_alerts = alert_views(&inputs.active_alerts);
     Summary {
         timestamp: format_timestamp(now),
         running: inputs.running,
-        monitored_agents: count(crate::model::MonitorKind::Agent),
-        monitored_workspaces: count(crate::model::MonitorKind::Workspace),
+        monitored_agents: count_monitors(&inputs.monitors, MonitorKind::Agent),
+        monitored_workspaces: count_monitors(&inputs.monitors, MonitorKind::Workspace),
         recent_metrics_count: inputs.recent.total,
         metrics_by_status: inputs.recent.by_status,
         active_alerts_count: active_alerts.len(),
@@ -360,6 +238,174 @@ pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
         pid: inputs.pid,
         warnings: inputs.warnings,
     }
+}
+
+/// Every monitored resource (with or without data) and every shown metric, grouped by resource.
+fn group_metrics<'a>(monitors: &[MonitorSpec], latest: &'a [HealthMetric]) -> Grouped<'a> {
+    let mut grouped = Grouped::new();
+    for spec in monitors {
+        let t = spec.kind().resource_type();
+        grouped
+            .entry((rank(t), t, spec.id().to_string()))
+            .or_default();
+    }
+    for m in latest {
+        if is_gone(m, monitors) {
+            continue;
+        }
+        grouped
+            .entry((
+                rank(m.resource_type),
+                m.resource_type,
+                m.resource_id.clone(),
+            ))
+            .or_default()
+            .push(m);
+    }
+    grouped
+}
+
+/// True for a row of a removed agent or workspace (or of its databases): it lingers in the
+/// database and is not shown.
+fn is_gone(m: &HealthMetric, monitors: &[MonitorSpec]) -> bool {
+    match m.resource_type {
+        // The followed town's own resource (its daemon, its orphans) has no monitor.
+        ResourceType::Agent if m.resource_id == crate::gastown::lifecycle::TOWN_RESOURCE => false,
+        ResourceType::Agent | ResourceType::Workspace => !monitors
+            .iter()
+            .any(|s| s.kind().resource_type() == m.resource_type && s.id() == m.resource_id),
+        ResourceType::Database => !monitors.iter().any(|s| {
+            s.kind() == MonitorKind::Workspace
+                && crate::alerts::belongs_to(
+                    m.resource_type,
+                    &m.resource_id,
+                    ResourceType::Workspace,
+                    s.id(),
+                )
+        }),
+        _ => false,
+    }
+}
+
+/// Each grouped resource as the summary lists it, in the group's order.
+fn resource_views(
+    grouped: Grouped<'_>,
+    actors: &[ActorReport],
+    active_alerts: &[HealthAlert],
+) -> Vec<ResourceView> {
+    let impaired: HashMap<&str, ChildState> = actors
+        .iter()
+        .filter(|a| a.state != ChildState::Running)
+        .map(|a| (a.name.as_str(), a.state))
+        .collect();
+    grouped
+        .into_iter()
+        .map(|((_, resource_type, resource_id), metrics)| {
+            resource_view(
+                resource_type,
+                resource_id,
+                metrics,
+                &impaired,
+                active_alerts,
+            )
+        })
+        .collect()
+}
+
+/// One resource: its metrics by name and its worst status, lifted by impaired monitoring and
+/// by active conditions on it.
+fn resource_view(
+    resource_type: ResourceType,
+    resource_id: String,
+    mut metrics: Vec<&HealthMetric>,
+    impaired: &HashMap<&str, ChildState>,
+    active_alerts: &[HealthAlert],
+) -> ResourceView {
+    metrics.sort_by(|a, b| a.metric_name.cmp(&b.metric_name));
+    let mut status = metrics
+        .iter()
+        .map(|m| m.status)
+        .max()
+        .unwrap_or(HealthStatus::Unknown);
+    // Impaired monitoring shows as degraded unless the data already says worse.
+    let collector = collector_of(resource_type, &resource_id);
+    if impaired.contains_key(collector.as_str()) && status < HealthStatus::Degraded {
+        status = HealthStatus::Degraded;
+    }
+    // An active condition on the resource shows too, though no metric says it.
+    for alert in active_alerts {
+        if alert.resource_type == resource_type
+            && alert.resource_id == resource_id
+            && let Some(floor) = resource_floor(alert)
+        {
+            status = status.max(floor);
+        }
+    }
+    ResourceView {
+        resource_type,
+        resource_id,
+        status,
+        metrics: metrics.into_iter().map(metric_view).collect(),
+    }
+}
+
+/// The supervised child that collects a resource's metrics.
+fn collector_of(resource_type: ResourceType, resource_id: &str) -> String {
+    match resource_type {
+        ResourceType::Agent => monitor_child_name(MonitorKind::Agent, resource_id),
+        ResourceType::Workspace => monitor_child_name(MonitorKind::Workspace, resource_id),
+        _ => "system".to_string(),
+    }
+}
+
+/// A metric's latest value as the summary lists it.
+fn metric_view(m: &HealthMetric) -> MetricView {
+    MetricView {
+        metric_name: m.metric_name.to_string(),
+        value: m.value,
+        unit: m.unit.to_string(),
+        status: m.status,
+        timestamp: format_timestamp(m.timestamp),
+    }
+}
+
+/// The worst resource, and at least the severity of every active alert.
+fn overall_status(resources: &[ResourceView], active_alerts: &[HealthAlert]) -> HealthStatus {
+    // A condition (a failed collector, a database that refuses writes, a crashed session) has
+    // no metric status to show through, and may be raised on a resource not listed
+    // (`database/<db path>`).
+    resources
+        .iter()
+        .map(|r| r.status)
+        .chain(
+            active_alerts
+                .iter()
+                .filter(|a| !a.resolved)
+                .map(|a| a.severity),
+        )
+        .max()
+        .unwrap_or(HealthStatus::Unknown)
+}
+
+/// The active alerts as the summary lists them, in their order.
+fn alert_views(active_alerts: &[HealthAlert]) -> Vec<AlertView> {
+    active_alerts
+        .iter()
+        .map(|a| AlertView {
+            id: a.id,
+            resource_type: a.resource_type,
+            resource_id: a.resource_id.clone(),
+            alert_type: a.alert_type.clone(),
+            severity: a.severity,
+            message: a.message.clone(),
+            timestamp: format_timestamp(a.timestamp),
+        })
+        .collect()
+}
+
+/// How many monitors are of `kind`.
+fn count_monitors(monitors: &[MonitorSpec], kind: MonitorKind) -> usize {
+    monitors.iter().filter(|m| m.kind() == kind).count()
 }
 
 fn plural(n: usize, noun: &str) -> String {
@@ -767,5 +813,38 @@ mod tests {
         let s = build(inputs, Utc::now());
         assert_eq!(s.resources[0].status, HealthStatus::Degraded);
         assert!(render(&s).contains("actor workspace:w1: Restarting, 2 restarts"));
+    }
+
+    #[test]
+    fn each_section_of_the_summary_builds_on_its_own() {
+        let monitors = vec![MonitorSpec::agent("a1"), MonitorSpec::workspace("w1")];
+        let latest = vec![
+            metric(ResourceType::Workspace, "gone", "x", 1.0),
+            metric(ResourceType::Workspace, "w1", "y", 90.0),
+            metric(ResourceType::Workspace, "w1", "x", 10.0),
+        ];
+        assert!(is_gone(&latest[0], &monitors));
+        assert!(!is_gone(&latest[1], &monitors));
+        let grouped = group_metrics(&monitors, &latest);
+        let keys: Vec<String> = grouped
+            .keys()
+            .map(|(_, t, id)| format!("{t}/{id}"))
+            .collect();
+        assert_eq!(keys, ["agent/a1", "workspace/w1"]);
+        assert_eq!(collector_of(ResourceType::Workspace, "w1"), "workspace:w1");
+        assert_eq!(collector_of(ResourceType::Cpu, "system"), "system");
+        let views = resource_views(grouped, &[], &[]);
+        assert_eq!(views[1].metrics[0].metric_name, "x");
+        assert_eq!(views[1].status, HealthStatus::Unhealthy);
+        let alerts = [alert(
+            ResourceType::Database,
+            "/x.db",
+            "database_write_failed",
+            HealthStatus::Critical,
+        )];
+        assert_eq!(overall_status(&views, &alerts), HealthStatus::Critical);
+        assert_eq!(overall_status(&[], &[]), HealthStatus::Unknown);
+        assert_eq!(alert_views(&alerts)[0].resource_id, "/x.db");
+        assert_eq!(count_monitors(&monitors, MonitorKind::Agent), 1);
     }
 }

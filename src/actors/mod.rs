@@ -31,7 +31,8 @@ pub struct ChildExited {
 }
 
 /// Held inside every supervised actor: its `Drop` still runs while a panic unwinds the actor
-/// (DESIGN.md §6), which is how the supervisor learns about deaths actix would hide.
+/// (docs/ARCHITECTURE.md, "Why not the actix Supervisor"), which is how the supervisor learns
+/// about deaths actix would hide.
 #[derive(Debug)]
 pub struct ExitGuard {
     name: String,

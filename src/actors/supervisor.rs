@@ -1,8 +1,9 @@
 //! Our supervisor: owns every child, starts and stops them as monitors come and go, and restarts
 //! whatever dies (stop or panic) with backoff and an intensity limit, in the OTP manner.
 //!
-//! actix's own `Supervisor` does not restart an actor that panics (DESIGN.md §2); ours learns of
-//! every death from the child's [`ExitGuard`], with a poll of `connected()` as a backstop.
+//! actix's own `Supervisor` does not restart an actor that panics (docs/ARCHITECTURE.md, "Why not
+//! the actix Supervisor"); ours learns of every death from the child's [`ExitGuard`], with a poll
+//! of `connected()` as a backstop.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -20,7 +20,8 @@ struct Shared {
 impl Shared {
     fn new(cap: Duration) -> Self {
         Shared {
-            sizer: DirSizer::new(cap),
+            // The workspace probe's writability file comes and goes every cycle: no re-read.
+            sizer: DirSizer::new(cap).ignoring(super::workspace::is_own_probe_file),
             cap,
             latest: None,
         }

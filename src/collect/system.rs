@@ -111,8 +111,8 @@ impl SystemSampler {
             // The very first reading needs a span to measure over.
             std::thread::sleep(MINIMUM_CPU_UPDATE_INTERVAL - since);
         }
-        // A refresh sooner than 200 ms silently does nothing (DESIGN.md §6): at shorter
-        // intervals the reading stands until a tick 200 ms on.
+        // A refresh sooner than 200 ms silently does nothing (docs/ARCHITECTURE.md, "sysinfo
+        // 200 ms minimum refresh"): at shorter intervals the reading stands until a tick 200 ms on.
         if self.last_cpu_refresh.elapsed() >= MINIMUM_CPU_UPDATE_INTERVAL {
             self.sys.refresh_cpu_usage();
             self.last_cpu_refresh = Instant::now();

@@ -506,105 +506,29 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Layers flags over the file over the defaults and validates the result.
+    /// Layers flags over the file over the defaults and validates the result, stage by stage:
+    /// each stage's errors come before the next one's.
     pub fn resolve(file: ConfigFile, cli: &CliOverrides) -> anyhow::Result<Settings> {
-        let db_path = cli
-            .db_path
-            .clone()
-            .or(file.db_path)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DB_PATH));
-        let socket_path = cli
-            .socket
-            .clone()
-            .or(file.socket)
-            .unwrap_or_else(|| default_socket_path(&db_path));
-        let interval = seconds(
-            "interval",
-            cli.interval
-                .or(file.interval)
-                .unwrap_or(DEFAULT_INTERVAL_SECS),
-            MIN_INTERVAL_SECS,
-        )?;
-        let alert_cooldown = seconds(
-            "alert_cooldown",
-            cli.alert_cooldown
-                .or(file.alert_cooldown)
-                .unwrap_or(DEFAULT_ALERT_COOLDOWN_SECS),
-            0.0,
-        )?;
-        let log_level = cli
-            .log_level
-            .clone()
-            .or(file.log_level)
-            .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_string());
-        validate_log_level(&log_level)?;
-        let agent_workspace = file
-            .agent_workspace
-            .unwrap_or_else(|| DEFAULT_AGENT_WORKSPACE.into());
-        validate_template("agent_workspace", &agent_workspace)?;
-        let workspace_path = file
-            .workspace_path
-            .unwrap_or_else(|| DEFAULT_WORKSPACE_PATH.into());
-        validate_template("workspace_path", &workspace_path)?;
+        let (db_path, socket_path) = resolve_paths(&file, cli);
+        let (interval, alert_cooldown) = resolve_intervals(&file, cli)?;
+        let (log_level, log_format) = resolve_logging(&file, cli)?;
+        let (agent_workspace, workspace_path) = resolve_templates(&file)?;
         let gastown = file.gastown.resolve(cli.gastown.as_ref())?;
-        let mut rules = RuleTable::default().with_overrides(&file.thresholds)?;
-        if gastown.is_some() {
-            // The deacon's patrol heartbeat is stale at 5 minutes and very stale at 20, as Gas
-            // Town reads it (deacon/heartbeat.go); an [[override]] still wins. Other session
-            // heartbeats never alert by their age (see collect::probe_for).
-            rules = rules.with_resource_overrides(&[ResourceOverride {
-                resource_type: ResourceType::Agent,
-                resource_id: gastown::DEACON_SESSION.into(),
-                metric: catalog::HEARTBEAT_AGE_SECONDS.into(),
-                warning: Some(gastown::DEACON_HEARTBEAT_STALE_SECS),
-                critical: Some(gastown::DEACON_HEARTBEAT_VERY_STALE_SECS),
-                for_cycles: None,
-                clear_cycles: None,
-                hysteresis: None,
-            }])?;
-        }
-        let rules = rules.with_resource_overrides(&file.overrides)?;
+        let rules = resolve_rules(&file, gastown.is_some())?;
         let restart = file.supervisor.resolve()?;
-        let walk_time_cap = match file.walk_time_cap {
-            Some(secs) => seconds("walk_time_cap", secs, 0.001)?,
-            None => (interval * 10).clamp(Duration::from_secs(30), Duration::from_secs(600)),
-        };
-        let megabytes = |key: &str, v: f64| -> anyhow::Result<u64> {
-            if !v.is_finite() || v <= 0.0 || v > 1e9 {
-                bail!("{key} must be a positive number of MB, got {v}");
-            }
-            Ok((v * 1024.0 * 1024.0) as u64)
-        };
-        let max_db_bytes = file
-            .max_db_size_mb
-            .map(|v| megabytes("max_db_size_mb", v))
-            .transpose()?;
-        let writer_buffer_bytes =
-            megabytes("writer_buffer_mb", file.writer_buffer_mb.unwrap_or(64.0))? as usize;
-        let days = |key: &str, v: Option<f64>, default: f64| -> anyhow::Result<Duration> {
-            let v = v.unwrap_or(default);
-            if !v.is_finite() || v <= 0.0 || v > 36_500.0 {
-                bail!("{key} must be a positive number of days, got {v}");
-            }
-            Ok(Duration::from_secs_f64(v * 86_400.0))
-        };
-        let filesystems = file.filesystems.unwrap_or_default();
-        if let Some(p) = filesystems.iter().find(|p| !p.is_absolute()) {
-            bail!(
-                "filesystems: {} must be an absolute mount point",
-                p.display()
-            );
-        }
-        let metric_retention = days(
-            "retention_days",
-            cli.retention_days.or(file.retention_days),
-            7.0,
-        )?;
-        let alert_retention = days("alert_retention_days", file.alert_retention_days, 30.0)?;
-        let stall_after = match file.supervisor.stall_after {
-            Some(v) => seconds("supervisor.stall_after", v, 0.01)?,
-            None => (interval * 10).max(Duration::from_secs(60)),
-        };
+        let Limits {
+            walk_time_cap,
+            max_db_bytes,
+            writer_buffer_bytes,
+            filesystems,
+            metric_retention,
+            alert_retention,
+            stall_after,
+        } = Limits::resolve(&file, cli, interval)?;
+        let notify = resolve_notify(&file, cli, gastown.as_ref())?;
+        let http = file
+            .http
+            .resolve(cli.listen.as_deref(), cli.listen_public)?;
         Ok(Settings {
             db_path,
             socket_path,
@@ -622,24 +546,9 @@ impl Settings {
             metric_retention,
             alert_retention,
             filesystems,
-            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
-            notify: {
-                let mut notify = file.notify.resolve(&cli.on_alert, &cli.alertmanager)?;
-                if let Some(town) = &gastown
-                    && let Some(min_severity) = town.escalate
-                {
-                    notify.escalate = Some(outputs::EscalateSink {
-                        program: town.gt.clone(),
-                        min_severity,
-                        timeout: town.escalate_timeout,
-                        cwd: Some(town.root.clone()),
-                    });
-                }
-                notify
-            },
-            http: file
-                .http
-                .resolve(cli.listen.as_deref(), cli.listen_public)?,
+            log_format,
+            notify,
+            http,
             gastown,
         })
     }
@@ -653,6 +562,173 @@ impl Settings {
     pub fn default_workspace_path(&self, id: &str) -> PathBuf {
         expand_template(&self.workspace_path, id)
     }
+}
+
+/// Paths stage: the database, and the control socket that follows it unless given.
+fn resolve_paths(file: &ConfigFile, cli: &CliOverrides) -> (PathBuf, PathBuf) {
+    let db_path = cli
+        .db_path
+        .clone()
+        .or_else(|| file.db_path.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DB_PATH));
+    let socket_path = cli
+        .socket
+        .clone()
+        .or_else(|| file.socket.clone())
+        .unwrap_or_else(|| default_socket_path(&db_path));
+    (db_path, socket_path)
+}
+
+/// Intervals stage: the collection interval, then the alert cooldown.
+fn resolve_intervals(
+    file: &ConfigFile,
+    cli: &CliOverrides,
+) -> anyhow::Result<(Duration, Duration)> {
+    let interval = seconds(
+        "interval",
+        cli.interval
+            .or(file.interval)
+            .unwrap_or(DEFAULT_INTERVAL_SECS),
+        MIN_INTERVAL_SECS,
+    )?;
+    let alert_cooldown = seconds(
+        "alert_cooldown",
+        cli.alert_cooldown
+            .or(file.alert_cooldown)
+            .unwrap_or(DEFAULT_ALERT_COOLDOWN_SECS),
+        0.0,
+    )?;
+    Ok((interval, alert_cooldown))
+}
+
+/// Logging stage: the validated log level, and the log format.
+fn resolve_logging(file: &ConfigFile, cli: &CliOverrides) -> anyhow::Result<(String, LogFormat)> {
+    let log_level = cli
+        .log_level
+        .clone()
+        .or_else(|| file.log_level.clone())
+        .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_string());
+    validate_log_level(&log_level)?;
+    let log_format = cli.log_format.or(file.log_format).unwrap_or_default();
+    Ok((log_level, log_format))
+}
+
+/// Templates stage: an agent's workspace, then a workspace's path, each with `{id}`.
+fn resolve_templates(file: &ConfigFile) -> anyhow::Result<(String, String)> {
+    let agent_workspace = file
+        .agent_workspace
+        .clone()
+        .unwrap_or_else(|| DEFAULT_AGENT_WORKSPACE.into());
+    validate_template("agent_workspace", &agent_workspace)?;
+    let workspace_path = file
+        .workspace_path
+        .clone()
+        .unwrap_or_else(|| DEFAULT_WORKSPACE_PATH.into());
+    validate_template("workspace_path", &workspace_path)?;
+    Ok((agent_workspace, workspace_path))
+}
+
+/// Thresholds stage: `[thresholds.*]` over the defaults, a town's deacon rule, `[[override]]`s.
+fn resolve_rules(file: &ConfigFile, town: bool) -> anyhow::Result<RuleTable> {
+    let mut rules = RuleTable::default().with_overrides(&file.thresholds)?;
+    if town {
+        rules = rules.with_resource_overrides(&[deacon_heartbeat_override()])?;
+    }
+    rules.with_resource_overrides(&file.overrides)
+}
+
+/// A town's rule for its deacon's patrol heartbeat, which an operator's `[[override]]` beats.
+fn deacon_heartbeat_override() -> ResourceOverride {
+    // The deacon's patrol heartbeat is stale at 5 minutes and very stale at 20, as Gas Town
+    // reads it (deacon/heartbeat.go). Other session heartbeats never alert by their age (see
+    // collect::probe_for).
+    ResourceOverride {
+        resource_type: ResourceType::Agent,
+        resource_id: gastown::DEACON_SESSION.into(),
+        metric: catalog::HEARTBEAT_AGE_SECONDS.into(),
+        warning: Some(gastown::DEACON_HEARTBEAT_STALE_SECS),
+        critical: Some(gastown::DEACON_HEARTBEAT_VERY_STALE_SECS),
+        for_cycles: None,
+        clear_cycles: None,
+        hysteresis: None,
+    }
+}
+
+/// Limits stage: walk and stall times, database and buffer caps, filesystems and retention.
+struct Limits {
+    walk_time_cap: Duration,
+    max_db_bytes: Option<u64>,
+    writer_buffer_bytes: usize,
+    filesystems: Vec<PathBuf>,
+    metric_retention: Duration,
+    alert_retention: Duration,
+    stall_after: Duration,
+}
+
+impl Limits {
+    /// Validates the limits, in this order; the defaulted times follow `interval`.
+    fn resolve(
+        file: &ConfigFile,
+        cli: &CliOverrides,
+        interval: Duration,
+    ) -> anyhow::Result<Limits> {
+        let walk_time_cap = match file.walk_time_cap {
+            Some(secs) => seconds("walk_time_cap", secs, 0.001)?,
+            None => (interval * 10).clamp(Duration::from_secs(30), Duration::from_secs(600)),
+        };
+        let max_db_bytes = file
+            .max_db_size_mb
+            .map(|v| megabytes("max_db_size_mb", v))
+            .transpose()?;
+        let writer_buffer_bytes =
+            megabytes("writer_buffer_mb", file.writer_buffer_mb.unwrap_or(64.0))? as usize;
+        let filesystems = file.filesystems.clone().unwrap_or_default();
+        if let Some(p) = filesystems.iter().find(|p| !p.is_absolute()) {
+            bail!(
+                "filesystems: {} must be an absolute mount point",
+                p.display()
+            );
+        }
+        let metric_retention = days(
+            "retention_days",
+            cli.retention_days.or(file.retention_days),
+            7.0,
+        )?;
+        let alert_retention = days("alert_retention_days", file.alert_retention_days, 30.0)?;
+        let stall_after = match file.supervisor.stall_after {
+            Some(v) => seconds("supervisor.stall_after", v, 0.01)?,
+            None => (interval * 10).max(Duration::from_secs(60)),
+        };
+        Ok(Limits {
+            walk_time_cap,
+            max_db_bytes,
+            writer_buffer_bytes,
+            filesystems,
+            metric_retention,
+            alert_retention,
+            stall_after,
+        })
+    }
+}
+
+/// Notify stage: `[notify]` with `--on-alert` and `--alertmanager`, plus a town's escalation.
+fn resolve_notify(
+    file: &ConfigFile,
+    cli: &CliOverrides,
+    town: Option<&GastownSettings>,
+) -> anyhow::Result<NotifySettings> {
+    let mut notify = file.notify.resolve(&cli.on_alert, &cli.alertmanager)?;
+    if let Some(town) = town
+        && let Some(min_severity) = town.escalate
+    {
+        notify.escalate = Some(outputs::EscalateSink {
+            program: town.gt.clone(),
+            min_severity,
+            timeout: town.escalate_timeout,
+            cwd: Some(town.root.clone()),
+        });
+    }
+    Ok(notify)
 }
 
 /// The control socket that goes with a database: `<db-path>.sock`.
@@ -679,6 +755,23 @@ fn seconds(key: &str, value: f64, min: f64) -> anyhow::Result<Duration> {
         bail!("{key} must be a number of seconds between {min} and one year, got {value}");
     }
     Ok(Duration::from_secs_f64(value))
+}
+
+/// A size in MB as bytes: positive and at most 1e9 MB.
+fn megabytes(key: &str, v: f64) -> anyhow::Result<u64> {
+    if !v.is_finite() || v <= 0.0 || v > 1e9 {
+        bail!("{key} must be a positive number of MB, got {v}");
+    }
+    Ok((v * 1024.0 * 1024.0) as u64)
+}
+
+/// A number of days (`default` when not given): positive and at most 100 years.
+fn days(key: &str, v: Option<f64>, default: f64) -> anyhow::Result<Duration> {
+    let v = v.unwrap_or(default);
+    if !v.is_finite() || v <= 0.0 || v > 36_500.0 {
+        bail!("{key} must be a positive number of days, got {v}");
+    }
+    Ok(Duration::from_secs_f64(v * 86_400.0))
 }
 
 /// Accepts a level (`error`, `warn`, `info`, `debug`, `trace`, `off`) or comma-separated
@@ -967,5 +1060,60 @@ mod tests {
         };
         let s = Settings::resolve(ConfigFile::default(), &cli).unwrap();
         assert_eq!(s.socket_path, PathBuf::from("/var/lib/hm/x.db.sock"));
+    }
+
+    #[test]
+    fn each_stage_resolves_its_own_settings() {
+        let file = ConfigFile::parse(
+            "interval = 5\nfilesystems = [\"/\"]\nmax_db_size_mb = 1\n[supervisor]\nstall_after = 2\n",
+        )
+        .unwrap();
+        let cli = CliOverrides {
+            db_path: Some("/d/x.db".into()),
+            retention_days: Some(2.0),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve_paths(&file, &cli),
+            (PathBuf::from("/d/x.db"), PathBuf::from("/d/x.db.sock"))
+        );
+        let (interval, alert_cooldown) = resolve_intervals(&file, &cli).unwrap();
+        assert_eq!(interval, Duration::from_secs(5));
+        assert_eq!(alert_cooldown, Duration::from_secs(300));
+        assert_eq!(
+            resolve_logging(&file, &cli).unwrap(),
+            ("info".to_string(), LogFormat::Text)
+        );
+        let (agent_workspace, _) = resolve_templates(&file).unwrap();
+        assert_eq!(agent_workspace, DEFAULT_AGENT_WORKSPACE);
+        let rules = resolve_rules(&file, true).unwrap();
+        let deacon = rules
+            .rule(
+                ResourceType::Agent,
+                gastown::DEACON_SESSION,
+                catalog::HEARTBEAT_AGE_SECONDS,
+            )
+            .unwrap();
+        assert_eq!(
+            deacon.thresholds.warning,
+            gastown::DEACON_HEARTBEAT_STALE_SECS
+        );
+        let limits = Limits::resolve(&file, &cli, interval).unwrap();
+        assert_eq!(limits.walk_time_cap, Duration::from_secs(50));
+        assert_eq!(limits.stall_after, Duration::from_secs(2));
+        assert_eq!(limits.max_db_bytes, Some(1024 * 1024));
+        assert_eq!(limits.metric_retention, Duration::from_secs(2 * 86_400));
+        assert_eq!(limits.filesystems, [PathBuf::from("/")]);
+        assert!(
+            resolve_notify(&file, &cli, None)
+                .unwrap()
+                .escalate
+                .is_none()
+        );
+        assert_eq!(megabytes("k", 2.0).unwrap(), 2 * 1024 * 1024);
+        assert_eq!(
+            format!("{:#}", days("k", Some(0.0), 1.0).unwrap_err()),
+            "k must be a positive number of days, got 0"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! A town's layout: its rigs (`mayor/rigs.json`), their polecats and crew, the town's own
 //! machinery (witness, refinery, mayor, deacon, boot, dogs), its tmux socket, and the monitors
-//! that watch each of them (DESIGN.md §4).
+//! that watch each of them (docs/ARCHITECTURE.md, "Gas Town layout").
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -12,6 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Metric, Registry};
 
+use crate::actors::writer::WriterReport;
 use crate::model::HealthStatus;
 use crate::summary::Summary;
 
@@ -95,33 +96,34 @@ fn gauge_at(value: u64) -> Gauge {
 /// The summary as Prometheus text exposition (see [`CONTENT_TYPE`]).
 pub fn render_metrics(summary: &Summary) -> String {
     let mut registry = Registry::with_prefix(PREFIX);
+    register_metric_values(&mut registry, summary);
+    register_resource_statuses(&mut registry, summary);
+    register_alerts(&mut registry, summary);
+    register_actors_and_cycles(&mut registry, summary);
+    register_notifications(&mut registry, summary);
+    if let Some(w) = &summary.writer {
+        register_writer(&mut registry, w);
+    }
+    register_analyzer(&mut registry, summary);
+    encode_text(&registry)
+}
 
+/// `metric_value` and `metric_status`: each metric's latest value and its status.
+fn register_metric_values(registry: &mut Registry, summary: &Summary) {
     let values = registered(
-        &mut registry,
+        registry,
         "metric_value",
         "Latest value of each metric, in the unit the catalog gives it",
         Family::<MetricLabels, FloatGauge>::default(),
     );
     let statuses = registered(
-        &mut registry,
+        registry,
         "metric_status",
         "Status of each metric's latest value: -1 unknown, 0 healthy, 1 degraded, 2 unhealthy, 3 critical",
         Family::<MetricLabels, Gauge>::default(),
     );
-    let resources = registered(
-        &mut registry,
-        "resource_status",
-        "Worst status of each resource, degraded while its collector is impaired: -1 unknown, 0 healthy, 1 degraded, 2 unhealthy, 3 critical",
-        Family::<ResourceLabels, Gauge>::default(),
-    );
     for r in &summary.resources {
         let resource_type = r.resource_type.to_string();
-        resources
-            .get_or_create(&ResourceLabels {
-                resource_type: resource_type.clone(),
-                resource_id: r.resource_id.clone(),
-            })
-            .set(status_code(r.status));
         for m in &r.metrics {
             let labels = MetricLabels {
                 resource_type: resource_type.clone(),
@@ -132,9 +134,30 @@ pub fn render_metrics(summary: &Summary) -> String {
             statuses.get_or_create(&labels).set(status_code(m.status));
         }
     }
+}
 
+/// `resource_status`: each resource's worst status.
+fn register_resource_statuses(registry: &mut Registry, summary: &Summary) {
+    let resources = registered(
+        registry,
+        "resource_status",
+        "Worst status of each resource, degraded while its collector is impaired: -1 unknown, 0 healthy, 1 degraded, 2 unhealthy, 3 critical",
+        Family::<ResourceLabels, Gauge>::default(),
+    );
+    for r in &summary.resources {
+        resources
+            .get_or_create(&ResourceLabels {
+                resource_type: r.resource_type.to_string(),
+                resource_id: r.resource_id.clone(),
+            })
+            .set(status_code(r.status));
+    }
+}
+
+/// `active_alerts`: active alerts by severity, every severity present.
+fn register_alerts(registry: &mut Registry, summary: &Summary) {
     let alerts = registered(
-        &mut registry,
+        registry,
         "active_alerts",
         "Active alerts by severity",
         Family::<SeverityLabels, Gauge>::default(),
@@ -155,9 +178,12 @@ pub fn render_metrics(summary: &Summary) -> String {
             })
             .inc();
     }
+}
 
+/// `actor_restarts` and `cycle_duration_seconds`: supervised actors and collector cycles.
+fn register_actors_and_cycles(registry: &mut Registry, summary: &Summary) {
     let restarts = registered(
-        &mut registry,
+        registry,
         "actor_restarts",
         "Restarts of each supervised actor since the daemon started",
         Family::<ActorLabels, Counter>::default(),
@@ -169,9 +195,8 @@ pub fn render_metrics(summary: &Summary) -> String {
             })
             .inc_by(u64::from(a.restarts));
     }
-
     let cycles = registered(
-        &mut registry,
+        registry,
         "cycle_duration_seconds",
         "Wall time of each collector's last measurement cycle",
         Family::<CollectorLabels, FloatGauge>::default(),
@@ -183,9 +208,12 @@ pub fn render_metrics(summary: &Summary) -> String {
             })
             .set(stat.last_seconds);
     }
+}
 
+/// `notifications`: alert notices per sink and outcome.
+fn register_notifications(registry: &mut Registry, summary: &Summary) {
     let notices = registered(
-        &mut registry,
+        registry,
         "notifications",
         "Alert notices per sink by outcome: sent, failed (gave up after retries), dropped \
          (queue full), retried (extra attempts)",
@@ -206,69 +234,74 @@ pub fn render_metrics(summary: &Summary) -> String {
                 .inc_by(n);
         }
     }
+}
 
-    if let Some(w) = &summary.writer {
-        let gauges = [
-            (
-                "writer_queue_depth",
-                "Messages waiting for the database writer",
-                w.queue_depth,
-            ),
-            (
-                "writer_buffered_rows",
-                "Rows accepted by the writer and not yet committed",
-                w.buffered_rows,
-            ),
-            (
-                "writer_failing",
-                "1 while database commits fail (see writer.last_error in the status)",
-                u64::from(w.failing),
-            ),
-            (
-                "writer_database_file_lost",
-                "1 while the database path does not lead to the daemon's file (deleted or replaced; see writer.database_file in the status)",
-                u64::from(w.database_file.as_ref().is_some_and(|i| i.ongoing)),
-            ),
-        ];
-        let counters = [
-            (
-                "writer_rows_written",
-                "Rows committed to the database",
-                w.rows_written,
-            ),
-            (
-                "writer_database_file_incidents",
-                "Times the database path lost the daemon's file (deleted or replaced) since start",
-                w.file_incidents,
-            ),
-            (
-                "writer_rows_dropped",
-                "Metric rows dropped because the writer's buffer hit its memory cap",
-                w.rows_dropped,
-            ),
-            (
-                "writer_rows_refused",
-                "Rows refused because the writer's queue was full",
-                w.rows_refused,
-            ),
-            (
-                "writer_rows_pruned",
-                "Rows deleted for being past their retention",
-                w.rows_pruned,
-            ),
-            (
-                "writer_commit_failures",
-                "Failed database commits",
-                w.commit_failures,
-            ),
-        ];
-        for (name, help, value) in gauges {
-            registry.register(name, help, gauge_at(value));
-        }
-        for (name, help, value) in counters {
-            registry.register(name, help, counter_at(value));
-        }
+/// `writer_*`: the database writer's gauges, then its counters.
+fn register_writer(registry: &mut Registry, w: &WriterReport) {
+    let gauges = [
+        (
+            "writer_queue_depth",
+            "Messages waiting for the database writer",
+            w.queue_depth,
+        ),
+        (
+            "writer_buffered_rows",
+            "Rows accepted by the writer and not yet committed",
+            w.buffered_rows,
+        ),
+        (
+            "writer_failing",
+            "1 while database commits fail (see writer.last_error in the status)",
+            u64::from(w.failing),
+        ),
+        (
+            "writer_database_file_lost",
+            "1 while the database path does not lead to the daemon's file (deleted or replaced; see writer.database_file in the status)",
+            u64::from(w.database_file.as_ref().is_some_and(|i| i.ongoing)),
+        ),
+    ];
+    let counters = [
+        (
+            "writer_rows_written",
+            "Rows committed to the database",
+            w.rows_written,
+        ),
+        (
+            "writer_database_file_incidents",
+            "Times the database path lost the daemon's file (deleted or replaced) since start",
+            w.file_incidents,
+        ),
+        (
+            "writer_rows_dropped",
+            "Metric rows dropped because the writer's buffer hit its memory cap",
+            w.rows_dropped,
+        ),
+        (
+            "writer_rows_refused",
+            "Rows refused because the writer's queue was full",
+            w.rows_refused,
+        ),
+        (
+            "writer_rows_pruned",
+            "Rows deleted for being past their retention",
+            w.rows_pruned,
+        ),
+        (
+            "writer_commit_failures",
+            "Failed database commits",
+            w.commit_failures,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        registry.register(name, help, gauge_at(value));
     }
+    for (name, help, value) in counters {
+        registry.register(name, help, counter_at(value));
+    }
+}
+
+/// `measurements_*` and `analyzer_queue_depth`: what the analyzer took, refused and has queued.
+fn register_analyzer(registry: &mut Registry, summary: &Summary) {
     let counters = [
         (
             "measurements_accepted",
@@ -289,10 +322,13 @@ pub fn render_metrics(summary: &Summary) -> String {
         "Collector batches waiting for the analyzer",
         gauge_at(summary.analyzer_queue_depth),
     );
+}
 
+/// The registry in the text format (an encoder error is logged, not returned).
+fn encode_text(registry: &Registry) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail; an encoder error would be a bug in a label type.
-    if let Err(e) = prometheus_text::encode(&mut out, &registry) {
+    if let Err(e) = prometheus_text::encode(&mut out, registry) {
         tracing::error!("cannot encode metrics: {e}");
     }
     out
@@ -462,5 +498,56 @@ mod tests {
         assert!(lines.contains(&r#"health_monitor_active_alerts{severity="critical"} 0"#));
         assert!(lines.contains(&r#"health_monitor_active_alerts{severity="unhealthy"} 0"#));
         assert!(lines.contains(&"health_monitor_measurements_accepted_total 0"));
+    }
+
+    #[test]
+    fn each_family_group_registers_its_own_families_in_render_order() {
+        type Group = fn(&mut Registry, &Summary);
+        let s = sample();
+        let families = |group: Group| {
+            let mut registry = Registry::with_prefix(PREFIX);
+            group(&mut registry, &s);
+            let text = encode_text(&registry);
+            text.lines()
+                .filter_map(|l| l.strip_prefix("# TYPE health_monitor_"))
+                .map(|l| l.split(' ').next().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        let groups: [(Group, &[&str]); 7] = [
+            (register_metric_values, &["metric_value", "metric_status"]),
+            (register_resource_statuses, &["resource_status"]),
+            (register_alerts, &["active_alerts"]),
+            (
+                register_actors_and_cycles,
+                &["actor_restarts_total", "cycle_duration_seconds"],
+            ),
+            (register_notifications, &["notifications_total"]),
+            (|r, s| register_writer(r, s.writer.as_ref().unwrap()), &[]),
+            (
+                register_analyzer,
+                &[
+                    "measurements_accepted_total",
+                    "measurements_refused_total",
+                    "analyzer_queue_depth",
+                ],
+            ),
+        ];
+        let mut all = Vec::new();
+        for (group, expected) in groups {
+            let got = families(group);
+            if expected.is_empty() {
+                assert_eq!(got.len(), 10, "{got:?}");
+                assert!(got.iter().all(|f| f.starts_with("writer_")), "{got:?}");
+            } else {
+                assert_eq!(got, expected);
+            }
+            all.extend(got);
+        }
+        let rendered: Vec<String> = render_metrics(&s)
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE health_monitor_"))
+            .map(|l| l.split(' ').next().unwrap().to_string())
+            .collect();
+        assert_eq!(rendered, all);
     }
 }

@@ -5,8 +5,8 @@ use rusqlite::{Connection, params};
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = 3;
 
-/// The original tables, column for column (DESIGN.md §1). `IF NOT EXISTS` adopts a database
-/// the Python daemon made.
+/// The original tables, column for column (docs/ARCHITECTURE.md, "Original schema kept column
+/// for column"). `IF NOT EXISTS` adopts a database the Python daemon made.
 const ORIGINAL_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS health_metrics (
     id INTEGER PRIMARY KEY,
@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS health_alerts (
 ///
 /// Indexes are chosen for write speed: `(timestamp, status)` only ever grows at its right edge,
 /// serves the summary's recent counts without touching the table, and serves pruning. A
-/// `(type, id, metric, timestamp)` index would cut batched inserts ~15x (DESIGN.md §6).
+/// `(type, id, metric, timestamp)` index would cut batched inserts ~15x (docs/ARCHITECTURE.md,
+/// "Index choice").
 const V1: &str = "
 CREATE TABLE IF NOT EXISTS monitors (
     kind TEXT NOT NULL CHECK (kind IN ('agent', 'workspace')),
