@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use health_monitor::actors::writer::{self, WriterConfig};
 use health_monitor::analysis::AnalyzerCore;
-use health_monitor::config::{RestartPolicy, RuleTable};
+use health_monitor::config::RestartPolicy;
 use health_monitor::model::{HealthMetric, Measurement, ResourceType, format_timestamp};
+use health_monitor::rules::RuleTable;
 use health_monitor::store::open_for_writing;
 use rusqlite::params;
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::config::AlertRule;
-use crate::model::{AlertKey, HealthAlert, HealthMetric, HealthStatus, ResourceType};
+use crate::model::{AlertKey, HealthAlert, HealthMetric, HealthStatus, ResourceType, belongs_to};
+use crate::rules::AlertRule;
 
 /// What happened to an alert, for the writer (which row to touch) and the notifier (what to say).
 #[derive(Debug, Clone, PartialEq)]
@@ -320,22 +320,6 @@ impl AlertEngine {
         let state = self.states.remove(key)?;
         state.active.map(|a| AlertEvent::Resolved(resolve(a, now)))
     }
-}
-
-/// True when a resource is `owner` itself, or a database inside the workspace `owner`
-/// (`<workspace>/<path>`): removing a workspace forgets its databases too.
-pub fn belongs_to(
-    resource_type: ResourceType,
-    resource_id: &str,
-    owner_type: ResourceType,
-    owner_id: &str,
-) -> bool {
-    (resource_type == owner_type && resource_id == owner_id)
-        || (owner_type == ResourceType::Workspace
-            && resource_type == ResourceType::Database
-            && resource_id
-                .strip_prefix(owner_id)
-                .is_some_and(|rest| rest.starts_with('/')))
 }
 
 fn resolve(mut alert: HealthAlert, now: DateTime<Utc>) -> HealthAlert {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::alerts::{AlertEngine, AlertEvent};
-use crate::config::RuleTable;
 use crate::model::{HealthAlert, HealthMetric, Judgement, Measurement, ResourceType};
+use crate::rules::RuleTable;
 use crate::store::write::WriteOp;
 
 /// What one batch of measurements produced.
@@ -243,7 +243,7 @@ impl AnalyzerCore {
             && let Some(dbs) = self.latest.get_mut(&ResourceType::Database)
         {
             dbs.retain(|id, _| {
-                !crate::alerts::belongs_to(ResourceType::Database, id, resource_type, resource_id)
+                !crate::model::belongs_to(ResourceType::Database, id, resource_type, resource_id)
             });
         }
         self.engine.forget_resource(resource_type, resource_id, now)

@@ -16,5 +16,7 @@ pub mod gastown; // Gas Town: town layout, events file, escalation
 pub mod http; // the HTTP listener: Prometheus /metrics, /healthz, the JSON API
 pub mod model; // ResourceType, HealthStatus, HealthMetric, HealthAlert, MonitorSpec
 pub mod notify; // telling the operator about alert events
+pub mod rules; // alert rules: thresholds, debounce, hysteresis, per-resource overrides
 pub mod store; // SQLite schema, write batches, read-side queries
 pub mod summary; // the status document, as JSON or for people
+pub mod util; // small helpers shared by every layer: panic messages, poison-free locking

@@ -41,12 +41,7 @@ fn main() -> ExitCode {
     }
     // Panics (real or injected) are logged like everything else, with where they happened.
     std::panic::set_hook(Box::new(|info| {
-        let what = info
-            .payload()
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| info.payload().downcast_ref::<&str>().copied())
-            .unwrap_or("panic");
+        let what = health_monitor::util::panic_text(info.payload()).unwrap_or("panic");
         let location = info
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()))

@@ -64,6 +64,22 @@ impl FromStr for ResourceType {
     }
 }
 
+/// True when a resource is `owner` itself, or a database inside the workspace `owner`
+/// (`<workspace>/<path>`): removing a workspace forgets its databases too.
+pub fn belongs_to(
+    resource_type: ResourceType,
+    resource_id: &str,
+    owner_type: ResourceType,
+    owner_id: &str,
+) -> bool {
+    (resource_type == owner_type && resource_id == owner_id)
+        || (owner_type == ResourceType::Workspace
+            && resource_type == ResourceType::Database
+            && resource_id
+                .strip_prefix(owner_id)
+                .is_some_and(|rest| rest.starts_with('/')))
+}
+
 /// Health of a metric or resource, ordered from best to worst (`unknown` sorts first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -372,7 +388,7 @@ impl Silence {
     /// workspace's databases) and, if it names one, its metric.
     pub fn covers(&self, alert: &HealthAlert, now: DateTime<Utc>) -> bool {
         now < self.expires_at
-            && crate::alerts::belongs_to(
+            && belongs_to(
                 alert.resource_type,
                 &alert.resource_id,
                 self.resource_type,

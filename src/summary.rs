@@ -276,7 +276,7 @@ fn is_gone(m: &HealthMetric, monitors: &[MonitorSpec]) -> bool {
             .any(|s| s.kind().resource_type() == m.resource_type && s.id() == m.resource_id),
         ResourceType::Database => !monitors.iter().any(|s| {
             s.kind() == MonitorKind::Workspace
-                && crate::alerts::belongs_to(
+                && crate::model::belongs_to(
                     m.resource_type,
                     &m.resource_id,
                     ResourceType::Workspace,

@@ -4,19 +4,15 @@
 //! notice follows every firing notice that went out.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
 
 use crate::alerts::AlertEvent;
 use crate::model::{AlertKey, HealthAlert, ResourceType, Silence};
 use crate::notify::{self, Notice, Notifier};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Plain data: still right after a panic elsewhere.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::util::lock;
 
 /// Alert state shared by every analyzer the daemon runs.
 #[derive(Debug, Default)]

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -31,6 +31,7 @@ use crate::model::{
 use crate::notify::Notifier;
 use crate::store::write::WriteOp;
 use crate::store::{self, query};
+use crate::util::lock;
 
 /// Batches the queue holds before collectors are refused.
 pub const QUEUE_CAPACITY: usize = 8192;
@@ -137,11 +138,6 @@ impl Default for AnalyzerHandle {
             }),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicking analyzer may poison these; the data is plain and still right.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl AnalyzerHandle {
@@ -619,7 +615,7 @@ impl Handler<ForgetResource> for Analyzer {
         self.drain();
         // Conditions raised for it (a death, a failed collector) go with it.
         lock(&self.handle.inner.conditions).retain(|k, _| {
-            !crate::alerts::belongs_to(
+            !crate::model::belongs_to(
                 k.resource_type,
                 &k.resource_id,
                 msg.resource_type,

@@ -17,6 +17,7 @@ use super::{ExitGuard, StopChild};
 use crate::alerts::Condition;
 use crate::collect::Probe;
 use crate::model::{AlertKey, HealthStatus, ResourceType};
+use crate::util::lock;
 
 /// The alert raised while a collector's measurement has not returned for `stall_after`.
 pub const COLLECTOR_STALLED: &str = "collector_stalled";
@@ -45,7 +46,7 @@ impl CycleTimes {
     /// Records that `collector`'s cycle took `took`.
     pub fn record(&self, collector: &str, took: Duration) {
         // A poisoned lock only means another thread panicked mid-insert; the map is still usable.
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = lock(&self.0);
         let stat = CycleStat {
             last_seconds: took.as_secs_f64(),
         };
@@ -54,13 +55,13 @@ impl CycleTimes {
 
     /// Forgets a collector that is gone for good (its monitor was removed).
     pub fn forget(&self, collector: &str) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = lock(&self.0);
         map.remove(collector);
     }
 
     /// A copy of every collector's latest cycle, in name order.
     pub fn snapshot(&self) -> BTreeMap<String, CycleStat> {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let map = lock(&self.0);
         map.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 }
@@ -178,11 +179,9 @@ impl Collector {
                 (probe, readings, began.elapsed())
             }))
             .map_err(|panic| {
-                panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".into())
+                crate::util::panic_text(&*panic)
+                    .unwrap_or("panic")
+                    .to_string()
             });
             Box::new(move || {
                 let _ = tx.send(outcome);

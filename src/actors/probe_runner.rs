@@ -214,7 +214,7 @@ impl ProbeRunner {
 
     fn lock(&self) -> MutexGuard<'_, RunnerState> {
         // Jobs run outside the lock and catch their panics: a poisoned lock is still consistent.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::util::lock(&self.state)
     }
 
     /// Queues `job`, whose delivery runs at `to`; `quick` says the caller expects it to be

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -130,13 +130,11 @@ impl TownState {
     }
 
     fn decisions(&self) -> MutexGuard<'_, Decisions> {
-        self.decisions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        crate::util::lock(&self.decisions)
     }
 
     fn reader(&self) -> MutexGuard<'_, Reader> {
-        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::util::lock(&self.reader)
     }
 }
 

@@ -8,13 +8,12 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::status::fetch_summary;
-use crate::alerts::belongs_to;
 use crate::catalog;
 use crate::collect::agent::read_heartbeat;
 use crate::config::Settings;
 use crate::gastown::layout::{Role, Town, TownAgent};
 use crate::gastown::lifecycle::{SESSION_DEATH, TOWN_RESOURCE};
-use crate::model::{HealthStatus, ResourceType};
+use crate::model::{HealthStatus, ResourceType, belongs_to};
 use crate::summary::{AlertView, Summary};
 
 /// `gastown` commands.

@@ -522,9 +522,7 @@ pub struct ScannedProcess {
 /// by every agent for `max_age` so the table is read once per cycle, never once per agent.
 pub fn scan_all(max_age: std::time::Duration) -> Arc<Vec<ScannedProcess>> {
     static CACHE: Mutex<Option<(Instant, Arc<Vec<ScannedProcess>>)>> = Mutex::new(None);
-    let mut cache = CACHE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut cache = crate::util::lock(&CACHE);
     if let Some((at, scan)) = cache.as_ref()
         && at.elapsed() < max_age
     {

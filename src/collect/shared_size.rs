@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use super::dirwalk::{DirSizer, SizeReading};
@@ -51,7 +51,7 @@ pub struct SharedReading {
 impl SharedSizer {
     /// The sizer of `path` (walks capped at `cap`), shared with the other probes of that path.
     pub fn new(path: &Path, cap: Duration) -> Self {
-        let mut sizers = SIZERS.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut sizers = crate::util::lock(&SIZERS);
         sizers.retain(|_, shared| shared.strong_count() > 0);
         let key = (path.to_path_buf(), cap);
         let shared = match sizers.get(&key).and_then(Weak::upgrade) {

@@ -58,9 +58,7 @@ fn sidecar(path: &Path, suffix: &str) -> PathBuf {
 /// A WAL database needs its `-shm` file to be read. When nobody has it open (no `-shm`), it is
 /// opened `immutable`, which creates nothing; when someone does, the files already exist.
 pub fn check_database(path: &Path, busy_timeout: Duration, cap: Duration) -> DbCheck {
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = crate::util::lock(&ONE_AT_A_TIME);
     let started = Instant::now();
     let result = check(path, busy_timeout, cap);
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;

@@ -1,6 +1,6 @@
 //! Settings in three layers: built-in defaults, a TOML file, then command-line flags.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -8,7 +8,8 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use crate::catalog;
-use crate::model::{ResourceType, Thresholds};
+use crate::model::ResourceType;
+use crate::rules::RuleTable;
 
 pub mod gastown;
 pub mod outputs;
@@ -271,27 +272,6 @@ pub struct CliOverrides {
     pub gastown: Option<PathBuf>,
 }
 
-/// How one metric alerts: thresholds plus the debounce and hysteresis of DESIGN.md §3.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AlertRule {
-    pub thresholds: Thresholds,
-    pub for_cycles: u32,
-    pub clear_cycles: u32,
-    pub hysteresis: f64,
-}
-
-impl AlertRule {
-    /// A rule with the default debounce (1 cycle each way) and no hysteresis.
-    pub fn new(thresholds: Thresholds) -> Self {
-        AlertRule {
-            thresholds,
-            for_cycles: 1,
-            clear_cycles: 1,
-            hysteresis: 0.0,
-        }
-    }
-}
-
 /// One `[[override]]` table: thresholds for one metric of one resource.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -304,163 +284,6 @@ pub struct ResourceOverride {
     pub for_cycles: Option<u32>,
     pub clear_cycles: Option<u32>,
     pub hysteresis: Option<f64>,
-}
-
-/// Thresholds and alert rules for every metric, defaults merged with the config file.
-#[derive(Debug, Clone)]
-pub struct RuleTable {
-    by_metric: HashMap<String, AlertRule>,
-    /// `[[override]]`s, by metric, then resource type and id: found without a scan, however
-    /// many there are.
-    per_resource: HashMap<String, HashMap<ResourceType, HashMap<String, AlertRule>>>,
-}
-
-impl Default for RuleTable {
-    fn default() -> Self {
-        let by_metric = catalog::METRICS
-            .iter()
-            .filter_map(|m| Some((m.name.to_string(), AlertRule::new(m.thresholds?))))
-            .collect();
-        RuleTable {
-            by_metric,
-            per_resource: HashMap::new(),
-        }
-    }
-}
-
-/// Layers one table of settings over `base`, naming `label` in every error.
-fn layer_rule(
-    base: Option<AlertRule>,
-    cfg: &ThresholdConfig,
-    label: &str,
-) -> anyhow::Result<AlertRule> {
-    let (warning, critical) = match (cfg.warning, cfg.critical, base) {
-        (Some(w), Some(c), _) => (w, c),
-        (w, c, Some(b)) => (
-            w.unwrap_or(b.thresholds.warning),
-            c.unwrap_or(b.thresholds.critical),
-        ),
-        _ => bail!("{label}: both warning and critical are required"),
-    };
-    for (name, v) in [("warning", warning), ("critical", critical)] {
-        if !v.is_finite() {
-            bail!("{label}: {name} must be a finite number, got {v}");
-        }
-    }
-    // Which of the two is higher says whether higher or lower values are worse: equal ones say
-    // nothing, and silently read as "higher is worse" (a flag metric would alert when healthy).
-    if warning == critical {
-        bail!(
-            "{label}: warning and critical are both {warning}; they must differ (critical above \
-             warning means higher values are worse, below means lower values are worse)"
-        );
-    }
-    // Giving one threshold must not silently turn "higher is worse" into "lower is worse".
-    if let Some(b) = base
-        && (cfg.warning.is_none() || cfg.critical.is_none())
-        && Thresholds::new(warning, critical).lower_is_worse() != b.thresholds.lower_is_worse()
-    {
-        bail!(
-            "{label}: warning {warning} and critical {critical} would reverse the metric's direction \
-             (defaults {} and {}); give both to mean it",
-            b.thresholds.warning,
-            b.thresholds.critical
-        );
-    }
-    let mut rule = base.unwrap_or(AlertRule::new(Thresholds::new(warning, critical)));
-    rule.thresholds = Thresholds::new(warning, critical);
-    for (name, value, slot) in [
-        ("for_cycles", cfg.for_cycles, &mut rule.for_cycles),
-        ("clear_cycles", cfg.clear_cycles, &mut rule.clear_cycles),
-    ] {
-        if let Some(n) = value {
-            if n == 0 {
-                bail!("{label}: {name} must be at least 1");
-            }
-            *slot = n;
-        }
-    }
-    if let Some(h) = cfg.hysteresis {
-        if !h.is_finite() || h < 0.0 {
-            bail!("{label}: hysteresis must be a number >= 0, got {h}");
-        }
-        rule.hysteresis = h;
-    }
-    Ok(rule)
-}
-
-fn known_metric(metric: &str, label: &str) -> anyhow::Result<()> {
-    if catalog::lookup(metric).is_none() {
-        let known: Vec<&str> = catalog::METRICS.iter().map(|m| m.name).collect();
-        bail!(
-            "{label}: unknown metric {metric:?}; known metrics: {}",
-            known.join(", ")
-        );
-    }
-    Ok(())
-}
-
-impl RuleTable {
-    /// The rule for a metric of a resource, if it has thresholds: a per-resource override
-    /// first, then the metric's.
-    pub fn rule(
-        &self,
-        resource_type: ResourceType,
-        resource_id: &str,
-        metric: &str,
-    ) -> Option<&AlertRule> {
-        self.per_resource
-            .get(metric)
-            .and_then(|by_type| by_type.get(&resource_type)?.get(resource_id))
-            .or_else(|| self.by_metric.get(metric))
-    }
-
-    /// Merges `[thresholds.*]` tables over the defaults, rejecting unknown metrics and bad values.
-    pub fn with_overrides(
-        mut self,
-        overrides: &BTreeMap<String, ThresholdConfig>,
-    ) -> anyhow::Result<Self> {
-        for (metric, cfg) in overrides {
-            let label = format!("[thresholds.{metric}]");
-            known_metric(metric, &label)?;
-            let rule = layer_rule(self.by_metric.get(metric).copied(), cfg, &label)?;
-            self.by_metric.insert(metric.clone(), rule);
-        }
-        Ok(self)
-    }
-
-    /// Adds `[[override]]` tables, each over its metric's rule.
-    pub fn with_resource_overrides(
-        mut self,
-        overrides: &[ResourceOverride],
-    ) -> anyhow::Result<Self> {
-        for (i, o) in overrides.iter().enumerate() {
-            let label = format!(
-                "[[override]] #{} ({}/{}/{})",
-                i + 1,
-                o.resource_type,
-                o.resource_id,
-                o.metric
-            );
-            known_metric(&o.metric, &label)?;
-            let cfg = ThresholdConfig {
-                warning: o.warning,
-                critical: o.critical,
-                for_cycles: o.for_cycles,
-                clear_cycles: o.clear_cycles,
-                hysteresis: o.hysteresis,
-            };
-            let rule = layer_rule(self.by_metric.get(&o.metric).copied(), &cfg, &label)?;
-            // A later one for the same resource and metric replaces an earlier one.
-            self.per_resource
-                .entry(o.metric.clone())
-                .or_default()
-                .entry(o.resource_type)
-                .or_default()
-                .insert(o.resource_id.clone(), rule);
-        }
-        Ok(self)
-    }
 }
 
 /// The resolved settings the daemon and the CLI run with.
@@ -800,6 +623,7 @@ pub fn validate_log_level(spec: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Thresholds;
 
     #[test]
     fn defaults_match_the_original() {

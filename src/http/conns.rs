@@ -322,7 +322,7 @@ impl Connections {
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        crate::util::lock(&self.table)
     }
 
     /// The server's `on_connect` hook: registers the connection, or refuses it.

@@ -76,7 +76,7 @@ impl Lockout {
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        crate::util::lock(&self.table)
     }
 
     /// `Err(retry after)` while `client` is locked out; the refusal is counted for the log.

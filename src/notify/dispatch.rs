@@ -18,6 +18,7 @@ use super::escalate::{Escalation, EscalationLedger};
 use super::exec::ExecHook;
 use super::webhook::Webhook;
 use crate::config::outputs::NotifySettings;
+use crate::util::{lock, panic_message};
 
 /// The longest `last_error` kept in a report: enough for a status line and a little output.
 const LAST_ERROR_CHARS: usize = 1024;
@@ -139,7 +140,7 @@ struct Stats {
 impl Stats {
     fn set_error(&self, error: &str) {
         let text: String = error.chars().take(LAST_ERROR_CHARS).collect();
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+        *lock(&self.last_error) = Some(text);
     }
 }
 
@@ -396,12 +397,7 @@ impl Notifier {
                 retries: h.stats.retries.load(Ordering::Relaxed),
                 dropped: h.stats.dropped.load(Ordering::Relaxed),
                 queued: h.tx.len(),
-                last_error: h
-                    .stats
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone(),
+                last_error: lock(&h.stats.last_error).clone(),
             })
             .collect()
     }
@@ -414,17 +410,12 @@ impl Notifier {
         };
         let until = Instant::now() + deadline;
         let _ = inner.control.deadline.set(until);
-        inner
-            .control
-            .wake_tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        lock(&inner.control.wake_tx).take();
         for h in &inner.sinks {
             // Behind the queued notices, so they go first.
             let _ = h.tx.send_deadline(Job::Stop, until);
         }
-        let done = inner.done.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let done = lock(&inner.done).take();
         let Some(done) = done else {
             return; // Another shutdown is (or was) waiting.
         };
@@ -615,14 +606,7 @@ impl Worker {
 fn guarded(f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(result) => result,
-        Err(payload) => {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(format!("panicked: {what}"))
-        }
+        Err(payload) => Err(format!("panicked: {}", panic_message(&*payload))),
     }
 }
 

@@ -100,11 +100,7 @@ pub(super) fn supervise(
                 }
             }
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("unknown panic");
+                let what = crate::util::panic_message(&*panic);
                 tracing::error!(
                     buffered_rows = state.buffer.rows(),
                     "writer panicked ({what}); the uncommitted rows are kept for the next writer"

@@ -154,7 +154,7 @@ struct Shared<'a> {
 impl Shared<'_> {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // Workers do not panic while holding the lock; should one, the counts are still sane.
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+        crate::util::lock(&self.queue)
     }
 
     fn past_deadline(&self) -> bool {

@@ -96,7 +96,7 @@ impl<'a> Recorder<'a> {
         own: DirStats,
         unreadable: bool,
     ) {
-        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let mut records = crate::util::lock(&self.records);
         records.push(DirRecord {
             job,
             wd,
