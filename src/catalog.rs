@@ -299,6 +299,49 @@ pub const METRICS: &[MetricDef] = &[
     },
 ];
 
+/// The alert raised for a collector parked after failing too often.
+pub const COLLECTOR_FAILED: &str = "collector_failed";
+/// The alert raised while a collector's measurement has not returned for `stall_after`.
+pub const COLLECTOR_STALLED: &str = "collector_stalled";
+/// The alert raised while the database refuses writes.
+pub const DATABASE_WRITE_FAILED: &str = "database_write_failed";
+/// The alert raised when the database path loses the daemon's file: deleted, or replaced.
+pub const DATABASE_FILE_LOST: &str = "database_file_lost";
+
+/// A condition the daemon raises about itself, not from a metric's thresholds; decided in
+/// [`crate::conditions`].
+#[derive(Debug, Clone, Copy)]
+pub struct ConditionDef {
+    pub name: &'static str,
+    /// The resource it is raised on.
+    pub resource: &'static str,
+    pub description: &'static str,
+}
+
+/// Every condition of the daemon itself (Gas Town's own are in `gastown::lifecycle`).
+pub const CONDITIONS: &[ConditionDef] = &[
+    ConditionDef {
+        name: COLLECTOR_FAILED,
+        resource: "the collector's resource",
+        description: "the collector failed more than `max_restarts` times within `window` and is parked",
+    },
+    ConditionDef {
+        name: COLLECTOR_STALLED,
+        resource: "the collector's resource",
+        description: "a measurement has not returned for `stall_after`",
+    },
+    ConditionDef {
+        name: DATABASE_WRITE_FAILED,
+        resource: "database/<db path>",
+        description: "the database refuses writes (full, locked past 2 s, an I/O error)",
+    },
+    ConditionDef {
+        name: DATABASE_FILE_LOST,
+        resource: "database/<db path>",
+        description: "the database path no longer leads to the daemon's file (deleted or replaced)",
+    },
+];
+
 /// The catalogue entry for a metric name.
 pub fn lookup(name: &str) -> Option<&'static MetricDef> {
     METRICS.iter().find(|m| m.name == name)
@@ -368,5 +411,17 @@ mod tests {
             "README.md's metric table is out of date; replace it with:\n{}",
             markdown_table()
         );
+    }
+
+    #[test]
+    fn the_readme_explains_every_condition() {
+        let readme = include_str!("../README.md");
+        for c in CONDITIONS {
+            assert!(
+                readme.contains(&format!("- `{}` (critical", c.name)),
+                "README.md's alert list does not explain {}",
+                c.name
+            );
+        }
     }
 }

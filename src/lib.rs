@@ -8,6 +8,7 @@ pub mod analysis; // thresholds applied and alerts decided, without actors
 pub mod catalog; // every metric: unit, default thresholds, meaning
 pub mod cli; // clap types and command implementations
 pub mod collect; // the measuring itself: system, process trees, directory walks, git
+pub mod conditions; // the daemon's own conditions (collector_failed...), decided without actors
 pub mod config; // defaults, TOML file, flags, validated into Settings
 pub mod control; // the Unix control socket: protocol, server, client
 pub mod daemon; // running the daemon: lock, socket, actors, signals, shutdown
@@ -16,6 +17,7 @@ pub mod gastown; // Gas Town: town layout, events file, escalation
 pub mod http; // the HTTP listener: Prometheus /metrics, /healthz, the JSON API
 pub mod model; // ResourceType, HealthStatus, HealthMetric, HealthAlert, MonitorSpec
 pub mod notify; // telling the operator about alert events
+pub mod report; // what the daemon's parts report about themselves, as plain data: no actors
 pub mod rules; // alert rules: thresholds, debounce, hysteresis, per-resource overrides
 pub mod store; // SQLite schema, write batches, read-side queries
 pub mod summary; // the status document, as JSON or for people

@@ -763,6 +763,11 @@ impl FromIterator<MonitorSpec> for MonitorSet {
     }
 }
 
+/// The name of a monitor's collector: `agent:<id>` or `workspace:<id>`.
+pub fn monitor_child_name(kind: MonitorKind, id: &str) -> String {
+    format!("{kind}:{id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

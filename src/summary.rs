@@ -8,15 +8,13 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::actors::collector::CycleStat;
-use crate::actors::supervisor::{ActorReport, ChildState, monitor_child_name};
-use crate::actors::writer::WriterReport;
 use crate::alerts::format_value;
 use crate::config::Settings;
 use crate::model::{
     HealthAlert, HealthMetric, HealthStatus, MonitorKind, MonitorSpec, ResourceType,
-    format_timestamp,
+    format_timestamp, monitor_child_name,
 };
+use crate::report::{ActorReport, ChildState, CycleStat, SinkReport, WriterReport};
 use crate::store::{self, query};
 
 /// How far back `recent_metrics_count` and `metrics_by_status` look.
@@ -83,7 +81,7 @@ pub struct Summary {
     pub collector_cycles: BTreeMap<String, CycleStat>,
     /// What each notification sink has sent, failed and dropped (live daemons only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub notifications: Vec<crate::notify::SinkReport>,
+    pub notifications: Vec<SinkReport>,
     /// The Gas Town town the daemon follows, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gastown_root: Option<String>,
@@ -183,7 +181,7 @@ pub fn resource_floor(alert: &HealthAlert) -> Option<HealthStatus> {
     }
     let impairs_monitoring = matches!(
         alert.alert_type.as_str(),
-        crate::actors::supervisor::COLLECTOR_FAILED | crate::actors::collector::COLLECTOR_STALLED
+        crate::catalog::COLLECTOR_FAILED | crate::catalog::COLLECTOR_STALLED
     );
     Some(if impairs_monitoring {
         alert.severity.min(HealthStatus::Degraded)

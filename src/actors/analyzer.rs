@@ -15,7 +15,6 @@ use std::time::Duration;
 use actix::prelude::*;
 use chrono::Utc;
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
-use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::alert_memory::AlertMemory;
@@ -25,9 +24,7 @@ use crate::alerts::{AlertEvent, Condition};
 use crate::analysis::{AnalyzerCore, write_op};
 use crate::config::Settings;
 use crate::faults;
-use crate::model::{
-    AlertKey, HealthAlert, HealthMetric, HealthStatus, Measurement, ResourceType, Silence,
-};
+use crate::model::{AlertKey, HealthAlert, HealthMetric, Measurement, ResourceType, Silence};
 use crate::notify::Notifier;
 use crate::store::write::WriteOp;
 use crate::store::{self, query};
@@ -39,10 +36,6 @@ pub const QUEUE_CAPACITY: usize = 8192;
 const FLUSH_WAIT: Duration = Duration::from_secs(3);
 /// A batch that took down this many analyzers is dropped rather than tried again.
 const MAX_BATCH_ATTEMPTS: u32 = 3;
-/// The alert raised while the database refuses writes.
-pub const DATABASE_WRITE_FAILED: &str = "database_write_failed";
-/// The alert raised when the database path loses the daemon's file: deleted, or replaced.
-pub const DATABASE_FILE_LOST: &str = "database_file_lost";
 
 /// Wakes the analyzer to drain its queue.
 #[derive(Message, Debug)]
@@ -271,10 +264,8 @@ pub struct Analyzer {
     writer: WriterHandle,
     /// Batches analyzed by this instance (for fault injection).
     batches: u64,
-    /// The writer's alerted failure episodes already turned into alerts.
-    seen_episodes: u64,
-    /// The writer's database file incidents already alerted on.
-    seen_file_incidents: u64,
+    /// The writer's failure episodes and file incidents already turned into alerts.
+    writer_seen: crate::conditions::WriterSeen,
     notifier: Notifier,
     _guard: ExitGuard,
 }
@@ -293,8 +284,7 @@ impl Analyzer {
             handle,
             core: None,
             drain_waiters: Vec::new(),
-            seen_episodes: writer.report().alerted_episodes,
-            seen_file_incidents: writer.report().file_incidents,
+            writer_seen: crate::conditions::WriterSeen::from(&writer.report()),
             writer,
             batches: 0,
             notifier,
@@ -418,66 +408,10 @@ impl Analyzer {
         if self.core.is_none() {
             return; // Still loading: nothing is consumed until the engine can take it.
         }
-        let db_key = AlertKey {
-            resource_type: ResourceType::Database,
-            resource_id: self.settings.db_path.display().to_string(),
-            alert_type: DATABASE_WRITE_FAILED.into(),
-        };
         let report = self.writer.report();
-        // An episode that began and ended between two polls still gets its alert (raised, then
-        // resolved below), so a short full-disk spell leaves a trace.
-        let new_episode = report.alerted_episodes > self.seen_episodes;
-        self.seen_episodes = report.alerted_episodes;
-        let db_condition = Condition {
-            severity: HealthStatus::Critical,
-            message: format!(
-                "cannot write to the database ({}); {} rows held in memory, {} dropped",
-                report.last_error.as_deref().unwrap_or("unknown error"),
-                report.buffered_rows,
-                report.rows_dropped
-            ),
-            metadata: json!({
-                "buffered_rows": report.buffered_rows,
-                "rows_dropped": report.rows_dropped,
-                "error": report.last_error,
-            }),
-        };
-        let mut db_changes = Vec::new();
-        if new_episode || report.failing_alertable {
-            db_changes.push((db_key.clone(), Some(db_condition)));
-        }
-        if !report.failing {
-            db_changes.push((db_key.clone(), None));
-        }
-        // The same for the file itself: an incident over by the next poll (a deleted file
-        // recreated at once) is raised and resolved, so the sinks hear of it either way.
-        let new_incident = report.file_incidents > self.seen_file_incidents;
-        self.seen_file_incidents = report.file_incidents;
-        let file_key = AlertKey {
-            alert_type: DATABASE_FILE_LOST.into(),
-            ..db_key
-        };
-        if let Some(incident) = &report.database_file {
-            if new_incident || incident.ongoing {
-                db_changes.push((
-                    file_key.clone(),
-                    Some(Condition {
-                        severity: HealthStatus::Critical,
-                        message: incident.message.clone(),
-                        metadata: json!({
-                            "kind": incident.kind,
-                            "at": incident.at,
-                            "copy": incident.copy,
-                            "saved_copy": incident.saved_copy,
-                            "buffered_rows": report.buffered_rows,
-                        }),
-                    }),
-                ));
-            }
-            if !incident.ongoing {
-                db_changes.push((file_key, None));
-            }
-        }
+        let db_changes = self
+            .writer_seen
+            .changes(&self.settings.db_path.display().to_string(), &report);
         let wanted: Vec<(AlertKey, Option<Condition>)> = {
             let mut conditions = lock(&self.handle.inner.conditions);
             let wanted = conditions

@@ -8,19 +8,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::analyzer::AnalyzerHandle;
 use super::probe_runner::{Delivery, Destination, Job, ProbeRunner, QUICK_JOB};
 use super::{ExitGuard, StopChild};
-use crate::alerts::Condition;
 use crate::collect::Probe;
-use crate::model::{AlertKey, HealthStatus, ResourceType};
+use crate::model::{AlertKey, ResourceType};
 use crate::util::lock;
 
-/// The alert raised while a collector's measurement has not returned for `stall_after`.
-pub const COLLECTOR_STALLED: &str = "collector_stalled";
+pub use crate::report::CycleStat;
 
 /// How a collector is paced.
 #[derive(Debug, Clone, Copy)]
@@ -28,13 +24,6 @@ pub struct Pace {
     pub interval: Duration,
     /// A measurement running longer than this raises `collector_stalled`.
     pub stall_after: Duration,
-}
-
-/// One collector's latest cycle, as the status document and `/metrics` show it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct CycleStat {
-    /// Wall time of the last finished measurement, from its start to its readings.
-    pub last_seconds: f64,
 }
 
 /// Every collector's latest cycle, shared by the collectors (which record) and the status
@@ -125,12 +114,9 @@ impl Collector {
     }
 
     fn stall_key(&self) -> Option<AlertKey> {
-        let (resource_type, resource_id) = self.resource.clone()?;
-        Some(AlertKey {
-            resource_type,
-            resource_id,
-            alert_type: COLLECTOR_STALLED.into(),
-        })
+        Some(crate::conditions::collector_stalled_key(
+            self.resource.clone()?,
+        ))
     }
 
     fn set_stalled(&mut self, stalled: bool) {
@@ -144,14 +130,7 @@ impl Collector {
         let condition = stalled.then(|| {
             let secs = self.busy_since.map_or(0.0, |t| t.elapsed().as_secs_f64());
             tracing::error!(collector = %self.name, secs, "measurement has not returned");
-            Condition {
-                severity: HealthStatus::Critical,
-                message: format!(
-                    "collector {}: a measurement has not returned for {secs:.0} s (a hung mount or file?)",
-                    self.name
-                ),
-                metadata: json!({"collector": self.name, "seconds": secs}),
-            }
+            crate::conditions::collector_stalled(&self.name, secs)
         });
         self.analyzer.set_condition(key, condition);
     }
@@ -162,10 +141,10 @@ impl Collector {
         let Some(mut probe) = self.probe.take() else {
             self.overruns += 1;
             tracing::debug!(collector = %self.name, overruns = self.overruns, "previous measurement still running; tick skipped");
-            if self
-                .busy_since
-                .is_some_and(|t| t.elapsed() > self.pace.stall_after)
-            {
+            if crate::conditions::is_stalled(
+                self.busy_since.map(|t| t.elapsed()),
+                self.pace.stall_after,
+            ) {
                 self.set_stalled(true);
             }
             return;
@@ -297,7 +276,7 @@ mod tests {
         let key = AlertKey {
             resource_type: ResourceType::Workspace,
             resource_id: "w1".into(),
-            alert_type: COLLECTOR_STALLED.into(),
+            alert_type: crate::catalog::COLLECTOR_STALLED.into(),
         };
         let pace = Pace {
             interval: Duration::from_millis(20),

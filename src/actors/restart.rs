@@ -4,20 +4,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::RestartPolicy;
 
-/// Where a child is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ChildState {
-    Running,
-    /// Died; a restart is scheduled after a backoff.
-    Restarting,
-    /// Died too often; waits a long pause before one more try.
-    Parked,
-}
+pub use crate::report::ChildState;
 
 /// One child's restart history.
 #[derive(Debug, Clone)]

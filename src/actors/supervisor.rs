@@ -10,8 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::analyzer::{Analyzer, AnalyzerHandle, Drain};
@@ -23,23 +21,11 @@ use crate::alerts::Condition;
 use crate::collect::{Probe, SystemProbe, WalkLimits, probe_for};
 use crate::config::Settings;
 use crate::control::server::ControlServer;
-use crate::model::{
-    AddOutcome, AlertKey, HealthStatus, MonitorKind, MonitorSet, MonitorSpec, ResourceType,
-};
+use crate::model::{AddOutcome, MonitorKind, MonitorSet, MonitorSpec, ResourceType};
 use crate::store::write::WriteOp;
 
 pub use super::restart::ChildState;
-
-/// The alert raised for a child parked after failing too often.
-pub const COLLECTOR_FAILED: &str = "collector_failed";
-
-/// One child as `status --json` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ActorReport {
-    pub name: String,
-    pub state: ChildState,
-    pub restarts: u32,
-}
+pub use crate::report::ActorReport;
 
 /// What each child is, which is also how to build it again.
 #[derive(Debug, Clone)]
@@ -52,10 +38,7 @@ enum ChildKind {
     Monitor(Box<MonitorSpec>),
 }
 
-/// The name of a monitor's collector: `agent:<id>` or `workspace:<id>`.
-pub fn monitor_child_name(kind: MonitorKind, id: &str) -> String {
-    format!("{kind}:{id}")
-}
+pub use crate::model::monitor_child_name;
 
 /// The resource a child's failure is reported on, if it watches one.
 fn watched_resource(kind: &ChildKind) -> Option<(ResourceType, String)> {
@@ -184,12 +167,8 @@ impl Supervisor {
 
     /// Raises (`Some`) or clears (`None`) the `collector_failed` alert of a child's resource.
     fn set_failed(&self, kind: &ChildKind, condition: Option<Condition>) {
-        if let Some((resource_type, resource_id)) = watched_resource(kind) {
-            let key = AlertKey {
-                resource_type,
-                resource_id,
-                alert_type: COLLECTOR_FAILED.into(),
-            };
+        if let Some(resource) = watched_resource(kind) {
+            let key = crate::conditions::collector_failed_key(resource);
             self.deps.analyzer.set_condition(key, condition);
         }
     }
@@ -221,16 +200,9 @@ impl Supervisor {
             let policy = self.deps.settings.restart;
             self.set_failed(
                 &kind,
-                Some(Condition {
-                    severity: HealthStatus::Critical,
-                    message: format!(
-                        "collector {name} failed {} times within {} s; its data is stale, next try in {} s",
-                        policy.max_restarts + 1,
-                        policy.window.as_secs_f64(),
-                        delay.as_secs_f64()
-                    ),
-                    metadata: json!({"actor": name, "restarts": restarts, "panicked": panicked}),
-                }),
+                Some(crate::conditions::collector_failed(
+                    name, &policy, restarts, delay, panicked,
+                )),
             );
         } else {
             tracing::warn!(

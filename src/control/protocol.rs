@@ -4,9 +4,11 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::actors::supervisor::{ActorReport, ChildState, monitor_child_name};
 use crate::config::Settings;
-use crate::model::{MonitorKind, MonitorSpec, ResourceType, Silence, validate_id};
+use crate::model::{
+    MonitorKind, MonitorSpec, ResourceType, Silence, monitor_child_name, validate_id,
+};
+use crate::report::{ActorReport, ChildState};
 
 /// Longest resource id a silence may name (database ids are `<workspace>/<path>`).
 pub const MAX_RESOURCE_ID_BYTES: usize = 4096;

@@ -8,7 +8,8 @@ use actix::Addr;
 use futures_util::StreamExt;
 use sd_notify::NotifyState;
 
-use crate::actors::supervisor::{ChildState, GetLive, LiveInfo, Supervisor};
+use crate::actors::supervisor::{GetLive, LiveInfo, Supervisor};
+use crate::report::ChildState;
 
 /// Children whose parking leaves the daemon unable to do its job: a restart by systemd is
 /// then better than a daemon that looks alive.
@@ -88,7 +89,7 @@ pub fn spawn(supervisor: Addr<Supervisor>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::supervisor::ActorReport;
+    use crate::report::ActorReport;
 
     fn live(states: &[(&str, ChildState)]) -> LiveInfo {
         LiveInfo {

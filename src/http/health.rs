@@ -1,7 +1,7 @@
 //! `/healthz`: is the daemon itself working? Not the fleet's health (that is `/metrics` and the
 //! summary's `overall_status`), but whether its actors run and its database takes writes.
 
-use crate::actors::supervisor::ChildState;
+use crate::report::ChildState;
 use crate::summary::Summary;
 
 /// `Ok` while every supervised actor runs and the writer commits; otherwise why not, one reason
@@ -74,8 +74,7 @@ pub fn warnings(summary: &Summary, now: chrono::DateTime<chrono::Utc>) -> Vec<St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::supervisor::ActorReport;
-    use crate::actors::writer::WriterReport;
+    use crate::report::{ActorReport, WriterReport};
     use crate::summary::{SummaryInputs, build};
 
     fn live(actors: Vec<ActorReport>, writer: WriterReport) -> Summary {

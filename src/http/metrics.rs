@@ -12,8 +12,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Metric, Registry};
 
-use crate::actors::writer::WriterReport;
 use crate::model::HealthStatus;
+use crate::report::WriterReport;
 use crate::summary::Summary;
 
 /// The `Content-Type` of what [`render_metrics`] produces: the Prometheus text format 0.0.4,
@@ -337,10 +337,8 @@ fn encode_text(registry: &Registry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::collector::CycleStat;
-    use crate::actors::supervisor::{ActorReport, ChildState};
-    use crate::actors::writer::WriterReport;
     use crate::model::ResourceType;
+    use crate::report::{ActorReport, ChildState, CycleStat, SinkReport, WriterReport};
     use crate::summary::{AlertView, MetricView, ResourceView, SummaryInputs, build};
 
     fn metric(name: &str, value: f64, status: HealthStatus) -> MetricView {
@@ -416,7 +414,7 @@ mod tests {
         s.measurements_refused = 1;
         s.analyzer_queue_depth = 9;
         s.collector_cycles = [("system".to_string(), CycleStat { last_seconds: 0.25 })].into();
-        s.notifications = vec![crate::notify::SinkReport {
+        s.notifications = vec![SinkReport {
             sink: "webhook:https://hooks.example/…".into(),
             sent: 11,
             failed: 1,

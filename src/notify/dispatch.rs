@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
-use serde::Serialize;
 
 use super::Notice;
 use super::alertmanager::Alertmanager;
@@ -19,6 +18,8 @@ use super::exec::ExecHook;
 use super::webhook::Webhook;
 use crate::config::outputs::NotifySettings;
 use crate::util::{lock, panic_message};
+
+pub use crate::report::SinkReport;
 
 /// The longest `last_error` kept in a report: enough for a status line and a little output.
 const LAST_ERROR_CHARS: usize = 1024;
@@ -107,25 +108,6 @@ impl Default for Timings {
             resend_interval: Duration::from_secs(60),
         }
     }
-}
-
-/// What a sink has done so far, for `status` and `/metrics`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct SinkReport {
-    /// `exec:/path/prog`, `webhook:URL`, `alertmanager:URL` or `escalate:prog`.
-    pub sink: String,
-    /// Notices delivered (after retries, if any); notices a sink skips are not counted.
-    pub sent: u64,
-    /// Notices given up on after every retry.
-    pub failed: u64,
-    /// Retry attempts made.
-    pub retries: u64,
-    /// Notices refused because the sink's queue was full (or the sink had stopped).
-    pub dropped: u64,
-    /// Notices waiting in the queue now.
-    pub queued: usize,
-    /// The latest failure, attempt or re-send, if any.
-    pub last_error: Option<String>,
 }
 
 #[derive(Default)]

@@ -17,23 +17,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use rusqlite::{Connection, FileControl};
-use serde::{Deserialize, Serialize};
 
 use super::WriterStats;
 use crate::store::file::{DatabaseFile, FileIdentity, PathState, other_lock_holders};
 use crate::store::rescue::{self, CopyReport};
 
-/// How the path lost our file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IncidentKind {
-    /// Nothing was at the path any more.
-    Deleted,
-    /// Another file had the path.
-    Replaced,
-}
+pub use crate::report::{FileIncident, IncidentKind};
 
 impl IncidentKind {
     fn word(self) -> &'static str {
@@ -42,22 +33,6 @@ impl IncidentKind {
             IncidentKind::Replaced => "replaced",
         }
     }
-}
-
-/// The latest database file incident, as `status --json` and `/healthz` show it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FileIncident {
-    pub kind: IncidentKind,
-    /// When it was noticed.
-    pub at: DateTime<Utc>,
-    /// Writing has not resumed yet: rows are held in memory.
-    pub ongoing: bool,
-    /// What happened and what the daemon did, in words.
-    pub message: String,
-    /// What the copy out of the old file kept and lost, once made.
-    pub copy: Option<CopyReport>,
-    /// Where our rows wait while another file has the path.
-    pub saved_copy: Option<String>,
 }
 
 /// What the writer does after an incident.

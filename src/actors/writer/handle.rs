@@ -6,13 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
-use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::file_watch::FileIncident;
 use super::restart::ChildState;
 use crate::store::maintenance::{MaintenanceOutcome, MaintenanceTask};
 use crate::store::write::WriteOp;
+
+pub use crate::report::WriterReport;
 
 /// Messages the writer thread accepts.
 #[derive(Debug)]
@@ -95,38 +96,6 @@ pub(super) fn state_code(state: ChildState) -> u8 {
         ChildState::Restarting => 1,
         ChildState::Parked => 2,
     }
-}
-
-/// A point-in-time copy of [`WriterStats`], as shown by `status --json`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
-pub struct WriterReport {
-    /// Messages waiting in the channel.
-    pub queue_depth: u64,
-    /// Rows accepted but not yet committed.
-    pub buffered_rows: u64,
-    pub rows_written: u64,
-    /// Metric rows dropped because the buffer hit its memory cap.
-    pub rows_dropped: u64,
-    /// Rows refused because the channel was full.
-    pub rows_refused: u64,
-    /// Rows deleted for being past their retention.
-    #[serde(default)]
-    pub rows_pruned: u64,
-    pub commit_failures: u64,
-    /// True while commits fail (locked, full or broken database).
-    pub failing: bool,
-    /// True while the failure calls for an alert: at once for a full disk or an I/O error,
-    /// after [`LOCK_GRACE`] for a database another process keeps locked.
-    pub failing_alertable: bool,
-    /// Failure episodes that called for an alert since start.
-    pub alerted_episodes: u64,
-    pub last_error: Option<String>,
-    /// The latest time the database path lost the writer's file (deleted or replaced).
-    #[serde(default)]
-    pub database_file: Option<FileIncident>,
-    /// Such incidents since start.
-    #[serde(default)]
-    pub file_incidents: u64,
 }
 
 /// The stable way to reach the writer: the channel outlives any one writer thread.
