@@ -93,3 +93,13 @@ where
         self.connected()
     }
 }
+
+impl<C: ChildRef + ?Sized> ChildRef for Box<C> {
+    fn stop(&self) {
+        (**self).stop()
+    }
+
+    fn alive(&self) -> bool {
+        (**self).alive()
+    }
+}

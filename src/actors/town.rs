@@ -14,7 +14,7 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 
 use super::analyzer::AnalyzerHandle;
-use super::supervisor::{AddOwnedMonitor, GetLive, RemoveOwnedMonitor, Supervisor};
+use super::supervisor::SupervisorHandle;
 use super::{ExitGuard, StopChild};
 use crate::catalog;
 use crate::collect::agent::{pid_file_is_live, read_small_file, tmux_pane_pids};
@@ -148,7 +148,7 @@ pub struct TownWatcher {
     /// The daemon's interval: the town's own measurements are taken as often.
     interval: Duration,
     state: SharedTownState,
-    supervisor: Addr<Supervisor>,
+    supervisor: SupervisorHandle,
     analyzer: AnalyzerHandle,
     /// A poll is running (it runs off the event loop).
     busy: bool,
@@ -432,7 +432,7 @@ impl TownWatcher {
         settings: GastownSettings,
         interval: Duration,
         state: SharedTownState,
-        supervisor: Addr<Supervisor>,
+        supervisor: SupervisorHandle,
         analyzer: AnalyzerHandle,
         guard: ExitGuard,
     ) -> Self {
@@ -475,15 +475,12 @@ impl TownWatcher {
     }
 
     fn add(&self, spec: MonitorSpec) {
-        self.supervisor.do_send(AddOwnedMonitor(spec));
+        self.supervisor.add_owned_monitor(spec);
     }
 
     fn remove(&self, kind: MonitorKind, id: &str) {
-        self.supervisor.do_send(RemoveOwnedMonitor {
-            kind,
-            id: id.to_string(),
-            owner: MANAGED_BY.into(),
-        });
+        self.supervisor
+            .remove_owned_monitor(kind, id.to_string(), MANAGED_BY.into());
     }
 
     fn act(&mut self, action: Action) {
@@ -514,7 +511,7 @@ impl TownWatcher {
     /// monitors are never touched.
     fn rescan(&self, wanted: Vec<MonitorSpec>, known: HashSet<String>, ctx: &mut Context<Self>) {
         let supervisor = self.supervisor.clone();
-        let get = async move { supervisor.send(GetLive).await.ok() };
+        let get = async move { supervisor.live().await.ok() };
         ctx.spawn(get.into_actor(self).map(move |live, act, _| {
             let Some(live) = live else { return };
             let now = Utc::now();
@@ -563,7 +560,7 @@ impl TownWatcher {
         let analyzer = self.analyzer.clone();
         let supervisor = self.supervisor.clone();
         let both = async move {
-            let live = supervisor.send(GetLive).await.ok()?;
+            let live = supervisor.live().await.ok()?;
             let snapshot = analyzer.snapshot().await?;
             Some((live, snapshot))
         };

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 
 use super::protocol::{MAX_LINE_BYTES, Request, Response};
 use super::service::Service;
-use crate::actors::supervisor::{Supervisor, SupervisorDeps};
+use crate::actors::supervisor::{SupervisorDeps, SupervisorHandle};
 use crate::actors::{ExitGuard, StopChild};
 
 /// Clients served at once; more wait for a free slot.
@@ -36,7 +36,7 @@ impl ControlServer {
     /// A server for an already bound listener (it survives restarts of this actor).
     pub fn new(
         listener: Arc<UnixListener>,
-        supervisor: Addr<Supervisor>,
+        supervisor: SupervisorHandle,
         deps: SupervisorDeps,
         guard: ExitGuard,
     ) -> Self {

@@ -1,7 +1,6 @@
 //! What the daemon answers, independent of transport: the control socket and the HTTP API both
 //! call these.
 
-use actix::prelude::*;
 use chrono::Utc;
 use serde::Serialize;
 
@@ -9,9 +8,7 @@ use super::protocol::{
     MonitorInfo, monitor_infos, validate_monitor, validate_resource_id, validate_silence,
 };
 use crate::actors::analyzer::Acknowledge;
-use crate::actors::supervisor::{
-    AddMonitor, GetLive, RemoveMonitor, Shutdown, Supervisor, SupervisorDeps,
-};
+use crate::actors::supervisor::{SupervisorDeps, SupervisorHandle};
 use crate::model::{
     AddOutcome, HealthAlert, MonitorKind, MonitorSpec, ResourceType, Silence, validate_id,
 };
@@ -79,24 +76,20 @@ pub struct SilenceRemoval {
 /// A cheap handle to the running daemon's answers.
 #[derive(Clone)]
 pub struct Service {
-    pub supervisor: Addr<Supervisor>,
+    pub supervisor: SupervisorHandle,
     pub deps: SupervisorDeps,
 }
 
 impl Service {
     /// A service answering from this supervisor and these shared parts.
-    pub fn new(supervisor: Addr<Supervisor>, deps: SupervisorDeps) -> Self {
+    pub fn new(supervisor: SupervisorHandle, deps: SupervisorDeps) -> Self {
         Service { supervisor, deps }
     }
 
     /// The live summary: the supervisor's and analyzer's views plus the database's counts.
     pub async fn summary(&self) -> Result<Summary, String> {
         let now = Utc::now();
-        let live = self
-            .supervisor
-            .send(GetLive)
-            .await
-            .map_err(|e| format!("supervisor unavailable: {e}"))?;
+        let live = self.supervisor.live().await?;
         let snapshot = self.deps.analyzer.snapshot().await.unwrap_or_default();
         let db = self.deps.settings.db_path.clone();
         // A path that leads to another file is not read: it is not ours, and a SQLite reader
@@ -172,11 +165,7 @@ impl Service {
 
     /// The monitors with their collectors' states.
     pub async fn monitors(&self) -> Result<Vec<MonitorInfo>, String> {
-        let live = self
-            .supervisor
-            .send(GetLive)
-            .await
-            .map_err(|e| format!("supervisor unavailable: {e}"))?;
+        let live = self.supervisor.live().await?;
         Ok(monitor_infos(
             &live.monitors,
             &self.deps.settings,
@@ -188,19 +177,13 @@ impl Service {
     pub async fn add(&self, monitor: MonitorSpec) -> Result<AddOutcome, String> {
         let checked = monitor.clone();
         off_the_loop(move || validate_monitor(&checked)).await?;
-        self.supervisor
-            .send(AddMonitor(monitor))
-            .await
-            .map_err(|e| format!("supervisor unavailable: {e}"))?
+        self.supervisor.add_monitor(monitor).await
     }
 
     /// Removes a monitor: its collector stops and its alerts resolve.
     pub async fn remove(&self, kind: MonitorKind, id: String) -> Result<(), String> {
         validate_id(&id)?;
-        self.supervisor
-            .send(RemoveMonitor { kind, id })
-            .await
-            .map_err(|e| format!("supervisor unavailable: {e}"))?
+        self.supervisor.remove_monitor(kind, id).await
     }
 
     /// Removes a monitor, idempotently: one that is not monitored (a repeated request) is
@@ -223,11 +206,7 @@ impl Service {
     }
 
     async fn is_monitored(&self, kind: MonitorKind, id: &str) -> Result<bool, String> {
-        let live = self
-            .supervisor
-            .send(GetLive)
-            .await
-            .map_err(|e| format!("supervisor unavailable: {e}"))?;
+        let live = self.supervisor.live().await?;
         Ok(live
             .monitors
             .iter()
@@ -393,6 +372,6 @@ impl Service {
 
     /// Asks for an orderly shutdown.
     pub fn shutdown(&self) {
-        self.supervisor.do_send(Shutdown);
+        self.supervisor.shutdown();
     }
 }

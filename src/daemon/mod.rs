@@ -1,6 +1,7 @@
 //! Running the daemon: lock, database, socket, actors, signals, and an orderly shutdown.
 //! Also `start --once`, the same cycle run once without actors.
 
+pub mod children;
 pub mod lock;
 pub mod systemd;
 
@@ -18,7 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::alert_memory::AlertMemory;
 use crate::actors::analyzer::AnalyzerHandle;
-use crate::actors::supervisor::{Shutdown, Supervisor, SupervisorDeps};
+use crate::actors::supervisor::{Supervisor, SupervisorDeps, SupervisorHandle};
 use crate::actors::town::TownState;
 use crate::actors::writer::{self, Retention, WriterConfig};
 use crate::analysis::AnalyzerCore;
@@ -288,7 +289,9 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
         };
         let (stopped_tx, stopped_rx) = oneshot::channel();
         let service_deps = deps.clone();
-        let supervisor = Supervisor::new(deps, monitors, stopped_tx).start();
+        let supervisor = SupervisorHandle::new(
+            Supervisor::new(deps, Arc::new(children::build_child), monitors, stopped_tx).start(),
+        );
         let http = match http {
             Some(listener) => Some(listener.start(Service::new(supervisor.clone(), service_deps))?),
             None => None,
@@ -371,7 +374,7 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
                     tracing::info!(
                         "{name} received; shutting down (send it again to exit at once)"
                     );
-                    supervisor.do_send(Shutdown);
+                    supervisor.shutdown();
                 } else {
                     tracing::warn!("{name} received again; exiting without a clean shutdown");
                     std::process::exit(130);

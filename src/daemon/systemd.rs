@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
-use actix::Addr;
 use futures_util::StreamExt;
 use sd_notify::NotifyState;
 
-use crate::actors::supervisor::{GetLive, LiveInfo, Supervisor};
+use crate::actors::supervisor::{LiveInfo, SupervisorHandle};
 use crate::report::ChildState;
 
 /// Children whose parking leaves the daemon unable to do its job: a restart by systemd is
@@ -43,11 +42,11 @@ pub fn notify_stopping() {
 
 /// Sends READY=1 once the supervisor has started its children, then, if systemd set a
 /// watchdog, WATCHDOG=1 at half its period for as long as the daemon is healthy.
-pub fn spawn(supervisor: Addr<Supervisor>) {
+pub fn spawn(supervisor: SupervisorHandle) {
     let watchdog = sd_notify::watchdog_enabled();
     actix_rt::spawn(async move {
         // The supervisor answers only after `started`, which starts every child.
-        let Ok(live) = supervisor.send(GetLive).await else {
+        let Ok(live) = supervisor.live().await else {
             return;
         };
         let status = format!("watching {} monitors", live.monitors.len());
@@ -66,7 +65,7 @@ pub fn spawn(supervisor: Addr<Supervisor>) {
         loop {
             beats.next().await;
             // A supervisor that cannot answer within the period is as good as hung.
-            let verdict = match tokio::time::timeout(every, supervisor.send(GetLive)).await {
+            let verdict = match tokio::time::timeout(every, supervisor.live()).await {
                 Ok(Ok(live)) => watchdog_verdict(&live),
                 Ok(Err(_)) => return, // The supervisor is gone: shutting down.
                 Err(_) => Err("the supervisor did not answer".into()),

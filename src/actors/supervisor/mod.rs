@@ -3,33 +3,35 @@
 //!
 //! actix's own `Supervisor` does not restart an actor that panics (docs/ARCHITECTURE.md, "Why not
 //! the actix Supervisor"); ours learns of every death from the child's [`ExitGuard`], with a poll
-//! of `connected()` as a backstop.
+//! of `connected()` as a backstop. The bookkeeping (generations, backoff, parking) is the plain
+//! [`engine::Children`]; this actor schedules what it decides and builds the children.
 
-use std::collections::BTreeMap;
+pub mod engine;
+pub mod handle;
+
+pub use handle::SupervisorHandle;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::analyzer::{Analyzer, AnalyzerHandle, Drain};
-use super::collector::{Collector, CycleTimes, Pace};
-use super::restart::RestartTracker;
+use super::analyzer::{AnalyzerHandle, Drain};
+use super::collector::CycleTimes;
 use super::writer::WriterHandle;
 use super::{ChildExited, ChildRef, ExitGuard};
 use crate::alerts::Condition;
-use crate::collect::{Probe, SystemProbe, WalkLimits, probe_for};
 use crate::config::Settings;
-use crate::control::server::ControlServer;
 use crate::model::{AddOutcome, MonitorKind, MonitorSet, MonitorSpec, ResourceType};
 use crate::store::write::WriteOp;
 
 pub use super::restart::ChildState;
 pub use crate::report::ActorReport;
 
-/// What each child is, which is also how to build it again.
+/// What each child is, which is also how to build it again (with the [`ChildFactory`]).
 #[derive(Debug, Clone)]
-enum ChildKind {
+pub enum ChildKind {
     Analyzer,
     System,
     Control,
@@ -40,8 +42,22 @@ enum ChildKind {
 
 pub use crate::model::monitor_child_name;
 
+/// Builds a fresh child of a kind, with fresh state: given by whoever wires the daemon
+/// (`daemon::children`), so the supervisor constructs no actor itself.
+pub type ChildFactory = Arc<
+    dyn Fn(
+            &str,
+            &ChildKind,
+            &SupervisorDeps,
+            ExitGuard,
+            SupervisorHandle,
+        ) -> Result<Box<dyn ChildRef>, String>
+        + Send
+        + Sync,
+>;
+
 /// The resource a child's failure is reported on, if it watches one.
-fn watched_resource(kind: &ChildKind) -> Option<(ResourceType, String)> {
+pub fn watched_resource(kind: &ChildKind) -> Option<(ResourceType, String)> {
     match kind {
         ChildKind::Monitor(spec) => Some((spec.kind().resource_type(), spec.id().to_string())),
         ChildKind::System => Some((ResourceType::Cpu, "system".into())),
@@ -51,15 +67,6 @@ fn watched_resource(kind: &ChildKind) -> Option<(ResourceType, String)> {
         )),
         ChildKind::Analyzer | ChildKind::Control => None,
     }
-}
-
-struct Child {
-    kind: ChildKind,
-    generation: u64,
-    handle: Option<Box<dyn ChildRef>>,
-    tracker: RestartTracker,
-    /// A `collector_failed` alert was raised and waits for a restart that holds.
-    failure_raised: bool,
 }
 
 /// Everything children need, shared by the supervisor's factories.
@@ -81,9 +88,9 @@ pub struct SupervisorDeps {
 /// The supervisor actor.
 pub struct Supervisor {
     deps: SupervisorDeps,
+    factory: ChildFactory,
     monitors: MonitorSet,
-    children: BTreeMap<String, Child>,
-    next_generation: u64,
+    children: engine::Children<ChildKind, Box<dyn ChildRef>>,
     stopping: bool,
     /// Told once every child is down and the analyzer is drained.
     stopped: Option<oneshot::Sender<()>>,
@@ -92,51 +99,44 @@ pub struct Supervisor {
 impl Supervisor {
     /// A supervisor that will start the analyzer, the system collector, one collector per monitor
     /// and the control server.
-    pub fn new(deps: SupervisorDeps, monitors: MonitorSet, stopped: oneshot::Sender<()>) -> Self {
+    pub fn new(
+        deps: SupervisorDeps,
+        factory: ChildFactory,
+        monitors: MonitorSet,
+        stopped: oneshot::Sender<()>,
+    ) -> Self {
+        let policy = deps.settings.restart;
         Supervisor {
             deps,
+            factory,
             monitors,
-            children: BTreeMap::new(),
-            next_generation: 0,
+            children: engine::Children::new(policy),
             stopping: false,
             stopped: Some(stopped),
         }
     }
 
     fn add_child(&mut self, name: String, kind: ChildKind, ctx: &mut Context<Self>) {
-        let child = Child {
-            kind,
-            generation: 0,
-            handle: None,
-            tracker: RestartTracker::new(self.deps.settings.restart),
-            failure_raised: false,
-        };
-        self.children.insert(name.clone(), child);
+        self.children.insert(&name, kind);
         self.start(&name, ctx);
     }
 
     /// Builds a fresh child from its kind (the factory) and starts it.
     fn start(&mut self, name: &str, ctx: &mut Context<Self>) {
-        self.next_generation += 1;
-        let generation = self.next_generation;
-        let Some(child) = self.children.get(name) else {
+        let Some((generation, kind)) = self.children.next_start(name) else {
             return;
         };
         let guard = ExitGuard::new(name, generation, ctx.address().recipient());
-        let built = build_child(name, &child.kind, &self.deps, guard, ctx.address());
-        let Some(child) = self.children.get_mut(name) else {
-            return;
-        };
-        child.generation = generation;
-        match built {
-            Ok(handle) => child.handle = Some(handle),
+        let supervisor = SupervisorHandle::new(ctx.address());
+        match (self.factory)(name, &kind, &self.deps, guard, supervisor) {
+            Ok(handle) => self.children.started(name, generation, handle),
             Err(e) => {
                 tracing::error!(actor = name, "cannot start: {e}");
                 self.exited(name, generation, false, ctx);
                 return;
             }
         }
-        if watched_resource(&child.kind).is_some() {
+        if watched_resource(&kind).is_some() {
             // Also after a daemon restart, when a collector_failed alert read back from the
             // database has no in-memory flag: a run that holds clears it either way.
             let stable_after = self.deps.settings.restart.stable_after;
@@ -149,20 +149,18 @@ impl Supervisor {
 
     /// Resolves a child's `collector_failed` alert (if any) once its run has held.
     fn check_stable(&mut self, name: &str, generation: u64) {
-        let Some(child) = self.children.get_mut(name) else {
+        let Some(failure_raised) = self.children.held(name, generation) else {
             return;
         };
-        if child.generation != generation || child.tracker.state != ChildState::Running {
-            return;
-        }
-        if std::mem::take(&mut child.failure_raised) {
+        if failure_raised {
             tracing::info!(
                 actor = name,
                 "actor has held since its restart; failure resolved"
             );
         }
-        let kind = child.kind.clone();
-        self.set_failed(&kind, None);
+        if let Some(kind) = self.children.kind(name).cloned() {
+            self.set_failed(&kind, None);
+        }
     }
 
     /// Raises (`Some`) or clears (`None`) the `collector_failed` alert of a child's resource.
@@ -178,16 +176,15 @@ impl Supervisor {
         if self.stopping {
             return;
         }
-        let Some(child) = self.children.get_mut(name) else {
-            return; // Removed on purpose.
+        // None: removed on purpose, a stale notice, or the poll already saw it.
+        let Some(death) = self.children.exited(name, generation, Instant::now()) else {
+            return;
         };
-        if child.generation != generation || child.tracker.state != ChildState::Running {
-            return; // A stale notice, or the poll already saw it.
-        }
-        child.handle = None;
-        let delay = child.tracker.exited(Instant::now());
-        let restarts = child.tracker.restarts;
-        if child.tracker.state == ChildState::Parked {
+        let Some(kind) = self.children.kind(name).cloned() else {
+            return;
+        };
+        let (delay, restarts) = (death.delay, death.restarts);
+        if death.parked {
             tracing::error!(
                 actor = name,
                 panicked,
@@ -195,8 +192,9 @@ impl Supervisor {
                 pause_secs = delay.as_secs_f64(),
                 "actor keeps failing: parked before the next try"
             );
-            child.failure_raised = watched_resource(&child.kind).is_some();
-            let kind = child.kind.clone();
+            if watched_resource(&kind).is_some() {
+                self.children.failure_raised(name);
+            }
             let policy = self.deps.settings.restart;
             self.set_failed(
                 &kind,
@@ -221,14 +219,13 @@ impl Supervisor {
         if self.stopping {
             return;
         }
-        let Some(child) = self.children.get_mut(name) else {
+        // None: replaced meanwhile (the monitor was updated or re-added).
+        let Some(restarts) = self
+            .children
+            .restart_due(name, dead_generation, Instant::now())
+        else {
             return;
         };
-        if child.generation != dead_generation || child.tracker.state == ChildState::Running {
-            return; // Replaced meanwhile (the monitor was updated or re-added).
-        }
-        child.tracker.restarted(Instant::now());
-        let restarts = child.tracker.restarts;
         self.start(name, ctx);
         tracing::info!(actor = name, restarts, "actor restarted");
     }
@@ -246,15 +243,7 @@ impl Supervisor {
     }
 
     fn reports(&self) -> Vec<ActorReport> {
-        let mut reports: Vec<ActorReport> = self
-            .children
-            .iter()
-            .map(|(name, c)| ActorReport {
-                name: name.clone(),
-                state: c.tracker.state,
-                restarts: c.tracker.restarts,
-            })
-            .collect();
+        let mut reports = self.children.reports();
         let (state, restarts) = self.deps.writer.supervision();
         reports.push(ActorReport {
             name: "writer".into(),
@@ -271,21 +260,15 @@ impl Supervisor {
         }
         self.stopping = true;
         tracing::info!("stopping: collectors first, then draining the analyzer");
-        let collectors: Vec<String> = self
+        let collectors = self
             .children
-            .iter()
-            .filter(|(_, c)| matches!(c.kind, ChildKind::System | ChildKind::Monitor(_)))
-            .map(|(n, _)| n.clone())
-            .collect();
+            .names_where(|k| matches!(k, ChildKind::System | ChildKind::Monitor(_)));
         let stopping: Vec<Box<dyn ChildRef>> = collectors
             .iter()
             .filter_map(|name| self.stop_child(name))
             .collect();
         // An analyzer that is down (restarting, parked) is brought back to drain its queue.
-        if let Some(child) = self.children.get_mut("analyzer")
-            && child.tracker.state != ChildState::Running
-        {
-            child.tracker.restarted(Instant::now());
+        if self.children.revive("analyzer", Instant::now()) {
             self.start("analyzer", ctx);
         }
         let analyzer = self.deps.analyzer.addr();
@@ -297,7 +280,7 @@ impl Supervisor {
             }
         };
         ctx.spawn(drain.into_actor(self).map(|_, act, _| {
-            let rest: Vec<String> = act.children.keys().cloned().collect();
+            let rest = act.children.names_where(|_| true);
             for name in rest {
                 act.stop_child(&name);
             }
@@ -315,73 +298,6 @@ async fn wait_stopped(children: &[Box<dyn ChildRef>], limit: Duration) {
     while children.iter().any(|c| c.alive()) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-/// The factory: a fresh actor for a child, with fresh state.
-fn build_child(
-    name: &str,
-    kind: &ChildKind,
-    deps: &SupervisorDeps,
-    guard: ExitGuard,
-    supervisor: Addr<Supervisor>,
-) -> Result<Box<dyn ChildRef>, String> {
-    let settings = &deps.settings;
-    let probe: Box<dyn Probe> = match kind {
-        ChildKind::Analyzer => {
-            let analyzer = Analyzer::new(
-                settings.clone(),
-                deps.analyzer.clone(),
-                deps.writer.clone(),
-                deps.notifier.clone(),
-                guard,
-            );
-            let addr = analyzer.start();
-            deps.analyzer.set(Some(addr.clone()));
-            return Ok(Box::new(addr));
-        }
-        ChildKind::Town => {
-            let town = settings.gastown.clone().ok_or("no town configured")?;
-            let state = deps.town.clone().ok_or("no town state")?;
-            let watcher = super::town::TownWatcher::new(
-                town,
-                settings.interval,
-                state,
-                supervisor,
-                deps.analyzer.clone(),
-                guard,
-            );
-            return Ok(Box::new(watcher.start()));
-        }
-        ChildKind::Control => {
-            let listener = deps.listener.clone().ok_or("no control socket")?;
-            let server = ControlServer::new(listener, supervisor, deps.clone(), guard);
-            return Ok(Box::new(server.start()));
-        }
-        ChildKind::System => Box::new(SystemProbe::new(settings.filesystems.clone())?),
-        ChildKind::Monitor(spec) => {
-            let idle = deps.town.as_ref().map(|t| t.idle_sessions());
-            probe_for(
-                spec,
-                settings,
-                WalkLimits::from_settings(settings),
-                idle.as_ref(),
-            )?
-        }
-    };
-    let pace = Pace {
-        interval: settings.interval,
-        stall_after: settings.stall_after,
-    };
-    let actor = Collector::new(
-        name,
-        watched_resource(kind),
-        probe,
-        pace,
-        deps.analyzer.clone(),
-        deps.cycles.clone(),
-        guard,
-    );
-    Ok(Box::new(actor.start()))
 }
 
 impl Actor for Supervisor {
@@ -403,16 +319,7 @@ impl Actor for Supervisor {
         }
         // Backstop for deaths whose notice got lost: a dead address is a dead child.
         super::cadence::run_on_beat(ctx, Duration::from_secs(1), Duration::ZERO, |act, ctx| {
-            let dead: Vec<(String, u64)> = act
-                .children
-                .iter()
-                .filter(|(_, c)| {
-                    c.tracker.state == ChildState::Running
-                        && c.handle.as_ref().is_some_and(|h| !h.alive())
-                })
-                .map(|(n, c)| (n.clone(), c.generation))
-                .collect();
-            for (name, generation) in dead {
+            for (name, generation) in act.children.silently_dead() {
                 act.exited(&name, generation, false, ctx);
             }
         });
