@@ -31,6 +31,9 @@
 //! minute. `ONLY=orphans` runs this part alone, `ONLY=cycle` the rest alone; `ORPHAN_ROUNDS`
 //! (default 15) and `ORPHAN_SLEEPS` (500).
 
+// A bench is a test harness of its own: a failed unwrap is its failure report.
+#![allow(clippy::unwrap_used)]
+
 #[path = "support/mod.rs"]
 mod support;
 

@@ -16,6 +16,9 @@
 //! Run: `cargo bench --bench dirwalk` (RUNS sets the number of interleaved runs, default 7;
 //! THREADS our walk's threads, default 2; DIRWALK_TREE another place for the tree).
 
+// A bench is a test harness of its own: a failed unwrap is its failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;

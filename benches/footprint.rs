@@ -16,6 +16,9 @@
 //! Run: `cargo bench --bench footprint`. Environment: `WARMUP_SECS` (5), `WINDOW_SECS` (15),
 //! `WINDOWS` (3), `INSTANCES` (3): the figures are medians over the windows.
 
+// A bench is a test harness of its own: a failed unwrap is its failure report.
+#![allow(clippy::unwrap_used)]
+
 #[path = "support/mod.rs"]
 mod support;
 

@@ -4,6 +4,9 @@
 //!
 //! Run: `cargo bench --bench ingest` (ROWS and RUNS environment variables tune it).
 
+// A bench is a test harness of its own: a failed unwrap is its failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use chrono::Utc;

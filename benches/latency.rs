@@ -3,6 +3,9 @@
 //!
 //! Run: `cargo bench --bench latency` (RUNS and INTERVAL environment variables tune it).
 
+// A bench is a test harness of its own: a failed unwrap is its failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -9,6 +9,9 @@
 //! on our tables as the baseline; the same queries using our `(timestamp, status)` index are
 //! shown too.
 
+// A bench is a test harness of its own: a failed unwrap is its failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};

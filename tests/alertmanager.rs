@@ -2,6 +2,9 @@
 //! a firing notice shows up with our labels, annotations and start, is kept alive by re-sends,
 //! and a resolved notice ends it. Skips with a note when the binary is missing.
 
+// A test harness: a failed unwrap is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

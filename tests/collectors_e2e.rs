@@ -1,6 +1,9 @@
 //! Collectors against real things: process trees and orphans, pid files, command-line matches,
 //! tmux panes, heartbeats, git worktrees, SQLite files, read-only filesystems, overrides.
 
+// A test harness: a failed unwrap is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs;

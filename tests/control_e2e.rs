@@ -1,6 +1,9 @@
 //! The control socket under abuse: over-long lines, silent clients, a crowd, and sockets that
 //! are stale or belong to someone else.
 
+// A test harness: a failed unwrap is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,5 +1,8 @@
 //! End to end: the real daemon, real processes and directories, and what it wrote to SQLite.
 
+// A test harness: a failed unwrap is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs;

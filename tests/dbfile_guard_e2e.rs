@@ -1,6 +1,9 @@
 //! The database file under a careless operator: deleted while in use, replaced while in use,
 //! reached by a second daemon through another name, a full disk at start, a backup that fails.
 
+// A test harness: a failed unwrap is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs;

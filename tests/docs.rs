@@ -1,5 +1,8 @@
 //! The reference documents name real things: every test RELIABILITY.md cites exists.
 
+// A test harness: a failed unwrap is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 /// The source file of a module path (`store::file` is `src/store/file.rs` or

@@ -10,6 +10,9 @@
 //! stalled polecat beside a busy one, a stuck one, a stale deacon, a dead Gas Town daemon,
 //! orphaned agent processes) and asserts exactly which alerts open and which `gt` calls are made.
 
+// A test harness: a failed unwrap is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -1,6 +1,9 @@
 //! Hostile workspaces: one that vanishes, one that cannot be read, a symlink loop, a million
 //! files. No hang, no crash, and a metric or alert that says what happened.
 
+// A test harness: a failed unwrap is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs;

@@ -5,6 +5,9 @@
 //! promtool and Prometheus come with Debian's `prometheus` package (`.ci/run` installs it); where
 //! they are missing, those parts print a note and are skipped.
 
+// A test harness: a failed unwrap is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::{Read, Write};

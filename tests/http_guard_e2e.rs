@@ -8,6 +8,9 @@
 //! clients than the probes, which connect from 127.0.0.1; some slow connections come from
 //! 127.0.0.1 too. Every load is bounded in count and in time and stops by itself.
 
+// A test harness: a failed unwrap is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::{Read, Write};

@@ -3,6 +3,9 @@
 //! and paths that are not what they seem (`..`, a regular file, a newline, invalid UTF-8), over
 //! the CLI without a daemon, the control socket and HTTP alike.
 
+// A test harness: a failed unwrap is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::ffi::OsStr;

@@ -1,6 +1,9 @@
 //! Operating the daemon: alerts, ack and silences; database upkeep while it writes; history;
 //! JSON logs; retention from the command line.
 
+// A test harness: a failed unwrap is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Env, wait_until};

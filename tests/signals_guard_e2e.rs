@@ -3,6 +3,9 @@
 //! without a flush, and a daemon stopped with SIGSTOP (the CLI's timeout, and retries that are
 //! always safe because every write is idempotent).
 
+// A test harness: a failed unwrap is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs;

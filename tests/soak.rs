@@ -4,6 +4,9 @@
 //! CI runs a short form. The long form (10,000 cycles):
 //! `SOAK_CYCLES=10000 cargo test --release --test soak -- --nocapture`
 
+// A test harness: a failed unwrap is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs;

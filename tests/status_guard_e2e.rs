@@ -2,6 +2,9 @@
 //! `collector_failed`) makes the overall status critical, live and from the database; and read
 //! commands pointed at a database that does not exist fail instead of reporting "nothing wrong".
 
+// A test harness: a failed unwrap is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs;

@@ -1,6 +1,9 @@
 //! Storage under faults: a locked database, a full one, `kill -9` mid-write, files that are not
 //! databases, and places the daemon may not write.
 
+// A test harness: a failed unwrap is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs;

@@ -1,6 +1,9 @@
 //! Supervision under injected faults: every child restarts, siblings carry on, nothing accepted
 //! is lost, and a child that keeps failing is parked, alerted on, and recovers.
 
+// A test harness: a failed unwrap is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs;

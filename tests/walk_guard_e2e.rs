@@ -4,6 +4,9 @@
 //! log; readable again, the true values come back. Permissions do not stop root, so when the
 //! tests run as root the daemon runs as nobody.
 
+// A test harness: a failed unwrap is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs;
