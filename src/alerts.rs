@@ -56,8 +56,11 @@ impl AlertEvent {
 /// A condition to alert on that is not a threshold on a metric (e.g. `collector_failed`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Condition {
+    /// The alert's severity: `unhealthy` or `critical` (the built-in conditions use `critical`).
     pub severity: HealthStatus,
+    /// A sentence for people, shown in notices and `alerts`.
     pub message: String,
+    /// JSON details kept in `health_alerts.metadata`, e.g. the stalled collector and for how long.
     pub metadata: serde_json::Value,
 }
 

@@ -13,7 +13,9 @@ use crate::store::write::WriteOp;
 /// What one batch of measurements produced.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Analysis {
+    /// The batch's finite readings with thresholds applied, in batch order: rows to store.
     pub metrics: Vec<HealthMetric>,
+    /// Alerts opened, escalated, reminded, downgraded or resolved by the batch.
     pub events: Vec<AlertEvent>,
 }
 

@@ -12,11 +12,15 @@ pub const UNIT_BOOL: &str = "bool";
 /// The static description of one metric.
 #[derive(Debug, Clone, Copy)]
 pub struct MetricDef {
+    /// The metric's name, as stored in `health_metrics.metric_name` and used as alert type.
     pub name: &'static str,
+    /// The kinds of resource it is reported for.
     pub resource_types: &'static [ResourceType],
+    /// The unit of its values, one of the `UNIT_*` constants.
     pub unit: &'static str,
     /// Default thresholds; `warning > critical` means lower is worse.
     pub thresholds: Option<Thresholds>,
+    /// What it measures, for people: the README's metric table shows it.
     pub description: &'static str,
 }
 
@@ -312,9 +316,11 @@ pub const DATABASE_FILE_LOST: &str = "database_file_lost";
 /// [`crate::conditions`].
 #[derive(Debug, Clone, Copy)]
 pub struct ConditionDef {
+    /// The alert type it is raised as, e.g. `collector_failed`.
     pub name: &'static str,
     /// The resource it is raised on.
     pub resource: &'static str,
+    /// When it is raised, for people.
     pub description: &'static str,
 }
 

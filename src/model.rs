@@ -13,12 +13,19 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ResourceType {
+    /// A monitored agent, by its monitor id; `gastown` is the followed Gas Town town itself.
     Agent,
+    /// A monitored workspace directory, by its monitor id.
     Workspace,
+    /// A SQLite file inside a workspace (`<workspace>/<path>`), or the daemon's own database.
     Database,
+    /// A mounted filesystem: `system` for `/`, else its mount point.
     Filesystem,
+    /// The machine's memory and swap (id `system`).
     Memory,
+    /// The machine's CPU and load (id `system`).
     Cpu,
+    /// Network resources; kept for the database contract, no collector reports it yet.
     Network,
 }
 
@@ -84,10 +91,16 @@ pub fn belongs_to(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthStatus {
+    /// No usable value yet (no data, or a NaN reading).
     Unknown,
+    /// Within its thresholds, or a metric without thresholds.
     Healthy,
+    /// Never a metric's status: the resource's monitoring is impaired (collector restarting,
+    /// parked or stalled), so its data may be stale.
     Degraded,
+    /// At or past the warning threshold: a breach, which can open an alert.
     Unhealthy,
+    /// At or past the critical threshold (or a condition such as `collector_failed`): a breach.
     Critical,
 }
 
@@ -137,7 +150,9 @@ impl FromStr for HealthStatus {
 /// A warning/critical pair; when `warning > critical` lower values are worse.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Thresholds {
+    /// The value, in the metric's unit, at which it turns unhealthy.
     pub warning: f64,
+    /// The value, in the metric's unit, at which it turns critical.
     pub critical: f64,
 }
 
@@ -213,11 +228,17 @@ pub type Name = Cow<'static, str>;
 /// A raw reading from a collector, before the analyzer applies thresholds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Measurement {
+    /// What kind of thing was measured.
     pub resource_type: ResourceType,
+    /// Which one: a monitor id, `system`, a mount point or `<workspace>/<path>`.
     pub resource_id: String,
+    /// A metric of the catalogue (`crate::catalog`), e.g. `cpu_usage_percent`.
     pub metric_name: Name,
+    /// The reading, in `unit`; 0/1 for flags. Non-finite values are dropped by the analyzer.
     pub value: f64,
+    /// The unit of `value`, one of the catalogue's `UNIT_*` (`%`, `MB`, `bool`...).
     pub unit: Name,
+    /// When it was taken.
     pub timestamp: DateTime<Utc>,
     /// What the analyzer makes of it; almost always [`Judgement::Alerts`].
     pub judgement: Judgement,
@@ -268,14 +289,23 @@ impl Measurement {
 /// One row of `health_metrics`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HealthMetric {
+    /// What kind of thing was measured.
     pub resource_type: ResourceType,
+    /// Which one: a monitor id, `system`, a mount point or `<workspace>/<path>`.
     pub resource_id: String,
+    /// The catalogue's name of the metric, e.g. `workspace_size_mb`.
     pub metric_name: Name,
+    /// The reading, in `unit`.
     pub value: f64,
+    /// The warning threshold applied; `None` when the metric had no thresholds.
     pub threshold_warning: Option<f64>,
+    /// The critical threshold applied; `None` when the metric had no thresholds.
     pub threshold_critical: Option<f64>,
+    /// When the reading was taken.
     pub timestamp: DateTime<Utc>,
+    /// The unit of `value` (`%`, `MB`, `bool`...).
     pub unit: Name,
+    /// What the thresholds make of `value` (`healthy` without thresholds).
     pub status: HealthStatus,
 }
 
@@ -321,7 +351,9 @@ impl HealthMetric {
 /// Identifies one alert stream: at most one active alert row exists per key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct AlertKey {
+    /// The kind of resource the alert is on.
     pub resource_type: ResourceType,
+    /// The resource's id, as in its metrics (`system`, a monitor id, ...).
     pub resource_id: String,
     /// The metric name for threshold alerts, or a named condition such as `collector_failed`.
     pub alert_type: String,
@@ -342,14 +374,23 @@ impl fmt::Display for AlertKey {
 pub struct HealthAlert {
     /// The row id, once stored.
     pub id: Option<i64>,
+    /// The kind of resource the alert is on.
     pub resource_type: ResourceType,
+    /// The resource's id, as in its metrics (`system`, a monitor id, ...).
     pub resource_id: String,
+    /// The breached metric's name, or a condition such as `collector_failed`.
     pub alert_type: String,
+    /// The current severity: `unhealthy` or `critical`.
     pub severity: HealthStatus,
+    /// A sentence for people, rewritten at each breached sample.
     pub message: String,
+    /// When the alert opened.
     pub timestamp: DateTime<Utc>,
+    /// JSON details: value, thresholds and unit for a metric; the condition's own for others.
     pub metadata: serde_json::Value,
+    /// True once it has recovered (or its resource was removed).
     pub resolved: bool,
+    /// When it resolved; `None` while active.
     pub resolved_at: Option<DateTime<Utc>>,
     /// When an operator or system was last told about it (opening, escalation or reminder).
     pub last_notified_at: DateTime<Utc>,
@@ -372,13 +413,18 @@ impl HealthAlert {
 /// An operator's silence: alerts it covers are recorded but not sent to any sink.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Silence {
+    /// The kind of resource silenced.
     pub resource_type: ResourceType,
+    /// The resource silenced; a workspace's silence covers its databases too.
     pub resource_id: String,
     /// One metric (alert type), or every alert of the resource when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<String>,
+    /// When it was added.
     pub created_at: DateTime<Utc>,
+    /// When it stops covering alerts (`silence add --for`).
     pub expires_at: DateTime<Utc>,
+    /// The operator's note (`--comment`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
 }
@@ -431,7 +477,9 @@ pub fn validate_id(id: &str) -> Result<(), String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MonitorKind {
+    /// An agent: its process tree, heartbeat and workspace.
     Agent,
+    /// A workspace directory and the SQLite files in it.
     Workspace,
 }
 
@@ -613,13 +661,19 @@ pub struct WorkspaceOptions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum MonitorSpec {
+    /// An agent to watch.
     Agent {
+        /// The agent's id (see [`ID_RULE`]); its metrics' resource id.
         id: String,
+        /// What to watch for it.
         #[serde(default)]
         options: AgentOptions,
     },
+    /// A workspace to watch.
     Workspace {
+        /// The workspace's id (see [`ID_RULE`]); its metrics' resource id.
         id: String,
+        /// What to watch for it.
         #[serde(default)]
         options: WorkspaceOptions,
     },
@@ -701,8 +755,11 @@ pub struct MonitorSet {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AddOutcome {
+    /// It was not monitored before.
     Added,
+    /// It was, with other options: they are replaced.
     Updated,
+    /// It was, with the same options: nothing changed.
     Unchanged,
 }
 

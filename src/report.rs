@@ -13,6 +13,7 @@ use crate::store::rescue::CopyReport;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChildState {
+    /// Up and working.
     Running,
     /// Died; a restart is scheduled after a backoff.
     Restarting,
@@ -23,8 +24,11 @@ pub enum ChildState {
 /// One child as `status --json` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActorReport {
+    /// The child's name: `system`, `writer`, `agent:<id>`, `workspace:<id>`...
     pub name: String,
+    /// Whether it runs, waits to restart or is parked.
     pub state: ChildState,
+    /// Times it was restarted since the daemon started.
     pub restarts: u32,
 }
 
@@ -44,6 +48,7 @@ pub struct WriterReport {
     pub queue_depth: u64,
     /// Rows accepted but not yet committed.
     pub buffered_rows: u64,
+    /// Rows committed to the database since the daemon started.
     pub rows_written: u64,
     /// Metric rows dropped because the buffer hit its memory cap.
     pub rows_dropped: u64,
@@ -52,6 +57,7 @@ pub struct WriterReport {
     /// Rows deleted for being past their retention.
     #[serde(default)]
     pub rows_pruned: u64,
+    /// Commits that failed since start, each retry counted.
     pub commit_failures: u64,
     /// True while commits fail (locked, full or broken database).
     pub failing: bool,
@@ -62,6 +68,7 @@ pub struct WriterReport {
     pub failing_alertable: bool,
     /// Failure episodes that called for an alert since start.
     pub alerted_episodes: u64,
+    /// The latest commit or open error, kept after writes recover; `None` if none since start.
     pub last_error: Option<String>,
     /// The latest time the database path lost the writer's file (deleted or replaced).
     #[serde(default)]
@@ -84,6 +91,7 @@ pub enum IncidentKind {
 /// The latest database file incident, as `status --json` and `/healthz` show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileIncident {
+    /// Whether the file was deleted or replaced.
     pub kind: IncidentKind,
     /// When it was noticed.
     pub at: DateTime<Utc>,

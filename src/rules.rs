@@ -12,9 +12,14 @@ use crate::model::{ResourceType, Thresholds};
 /// "Alert state machine".
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AlertRule {
+    /// The warning and critical values that set the metric's status.
     pub thresholds: Thresholds,
+    /// Breached samples in a row needed before an alert opens (at least 1).
     pub for_cycles: u32,
+    /// Healthy samples in a row, each clear by `hysteresis`, needed before it resolves.
     pub clear_cycles: u32,
+    /// How far to the healthy side of the warning threshold, in the metric's unit, a value must
+    /// be to count as clear (0: anything healthy).
     pub hysteresis: f64,
 }
 

@@ -23,48 +23,78 @@ pub const RECENT_WINDOW: Duration = Duration::hours(1);
 /// An active alert as the summary lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertView {
+    /// The alert's id, as `ack ID` takes it; `None` when it has none.
     pub id: Option<i64>,
+    /// The kind of resource the alert is on.
     pub resource_type: ResourceType,
+    /// The resource's id (`system`, a monitor id, ...).
     pub resource_id: String,
+    /// The breached metric's name, or a condition such as `collector_failed`.
     pub alert_type: String,
+    /// The current severity: `unhealthy` or `critical`.
     pub severity: HealthStatus,
+    /// A sentence for people.
     pub message: String,
+    /// When the alert opened (RFC 3339 UTC).
     pub timestamp: String,
 }
 
 /// The latest value of one metric.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricView {
+    /// The catalogue's name of the metric, e.g. `memory_usage_percent`.
     pub metric_name: String,
+    /// The latest reading, in `unit`.
     pub value: f64,
+    /// The unit of `value` (`%`, `MB`, `bool`...).
     pub unit: String,
+    /// What its thresholds make of `value`.
     pub status: HealthStatus,
+    /// When the reading was taken (RFC 3339 UTC).
     pub timestamp: String,
 }
 
 /// One resource and its worst status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResourceView {
+    /// What kind of resource it is.
     pub resource_type: ResourceType,
+    /// Which one: `system`, a monitor id, a mount point or `<workspace>/<path>`.
     pub resource_id: String,
+    /// Its worst metric status, raised by active conditions on it and to `degraded` while its
+    /// collector is impaired; `unknown` with no data yet.
     pub status: HealthStatus,
+    /// Its latest values, by metric name; empty when it has no data yet.
     pub metrics: Vec<MetricView>,
 }
 
 /// The document `status --json` prints: a superset of the original `get_health_summary()`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    /// When the summary was built (RFC 3339 UTC).
     pub timestamp: String,
+    /// True when a running daemon answered; false when read from the database alone.
     pub running: bool,
+    /// Agent monitors configured.
     pub monitored_agents: usize,
+    /// Workspace monitors configured.
     pub monitored_workspaces: usize,
+    /// Metric rows written within [`RECENT_WINDOW`] (the last hour), whatever their status.
     pub recent_metrics_count: u64,
+    /// Those rows counted by status name (`healthy`, `unhealthy`, `critical`...).
     pub metrics_by_status: BTreeMap<String, u64>,
+    /// How many alerts `active_alerts` lists.
     pub active_alerts_count: usize,
+    /// Unresolved alerts from the database, plus (live) any the writer has not stored yet.
     pub active_alerts: Vec<AlertView>,
+    /// The worst resource status, and at least the severity of every active alert; `unknown`
+    /// with no data and no alerts.
     pub overall_status: HealthStatus,
+    /// Every monitored resource and every resource with recent data, the machine's first.
     pub resources: Vec<ResourceView>,
+    /// The supervised children and the writer, by name; empty when no daemon runs.
     pub actors: Vec<ActorReport>,
+    /// The database writer's counters; `None` when no daemon runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer: Option<WriterReport>,
     /// Measurements queued for the analyzer since the daemon started.
@@ -85,7 +115,9 @@ pub struct Summary {
     /// The Gas Town town the daemon follows, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gastown_root: Option<String>,
+    /// The database file the summary describes.
     pub db_path: String,
+    /// The running daemon's process id; `None` when no daemon runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     /// Problems met while building the summary (e.g. the database could not be read).
@@ -96,24 +128,39 @@ pub struct Summary {
 /// Everything a summary is built from.
 #[derive(Debug, Clone, Default)]
 pub struct SummaryInputs {
+    /// True when a running daemon builds it; false when read from the database alone.
     pub running: bool,
+    /// The monitors configured.
     pub monitors: Vec<MonitorSpec>,
+    /// The newest value of every series: the analyzer's when live, else from the stored rows.
     pub latest: Vec<HealthMetric>,
+    /// The unresolved alerts.
     pub active_alerts: Vec<HealthAlert>,
+    /// Metric rows written within [`RECENT_WINDOW`], in all and by status.
     pub recent: query::RecentCounts,
+    /// The supervised children's states; empty when no daemon runs.
     pub actors: Vec<ActorReport>,
+    /// The database writer's counters; `None` when no daemon runs.
     pub writer: Option<WriterReport>,
+    /// Measurements queued for the analyzer since the daemon started (0 without one).
     pub measurements_accepted: u64,
+    /// Measurements the analyzer's full queue refused since the daemon started (0 without one).
     pub measurements_refused: u64,
+    /// Collector batches waiting for the analyzer (0 without a daemon).
     pub analyzer_queue_depth: u64,
+    /// The database file the summary describes.
     pub db_path: PathBuf,
+    /// The running daemon's process id; `None` when no daemon runs.
     pub pid: Option<u32>,
+    /// Problems met while gathering the inputs, shown with the summary.
     pub warnings: Vec<String>,
 }
 
 /// What the database says: recent counts and active alerts.
 pub struct StoredState {
+    /// Metric rows written within [`RECENT_WINDOW`], in all and by status.
     pub recent: query::RecentCounts,
+    /// The unresolved alerts stored; none when there is no database yet.
     pub active_alerts: Vec<HealthAlert>,
 }
 

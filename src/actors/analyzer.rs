@@ -46,7 +46,9 @@ struct Wake;
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct ForgetResource {
+    /// The removed monitor's resource type (agent or workspace).
     pub resource_type: ResourceType,
+    /// The removed monitor's id.
     pub resource_id: String,
 }
 
@@ -64,6 +66,7 @@ pub struct Drain;
 #[derive(Message, Debug)]
 #[rtype(result = "Result<HealthAlert, String>")]
 pub struct Acknowledge {
+    /// The alert's `health_alerts` row id, as `alerts` lists it.
     pub id: i64,
     /// Who acknowledged it, as recorded.
     pub by: String,
@@ -72,7 +75,9 @@ pub struct Acknowledge {
 /// What the analyzer knows now.
 #[derive(Debug, Clone, Default, MessageResponse)]
 pub struct Snapshot {
+    /// The newest value of every series seen; empty while the analyzer is loading.
     pub latest: Vec<HealthMetric>,
+    /// The alerts open now; empty while the analyzer is loading.
     pub active_alerts: Vec<HealthAlert>,
 }
 

@@ -21,6 +21,7 @@ pub use crate::report::CycleStat;
 /// How a collector is paced.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
+    /// Time between two measurements, on the daemon's shared beat (`interval`, default 30 s).
     pub interval: Duration,
     /// A measurement running longer than this raises `collector_stalled`.
     pub stall_after: Duration,

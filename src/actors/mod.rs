@@ -23,6 +23,7 @@ pub struct StopChild;
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct ChildExited {
+    /// The child's name, as the supervisor knows it (`analyzer`, `agent:<id>`...).
     pub name: String,
     /// Which start of the child this was; stale notices are ignored.
     pub generation: u64,

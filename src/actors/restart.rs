@@ -17,6 +17,7 @@ pub struct RestartTracker {
     started_at: Instant,
     /// Restarts since the daemon started.
     pub restarts: u32,
+    /// Whether the child runs, waits to restart, or is parked.
     pub state: ChildState,
 }
 

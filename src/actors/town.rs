@@ -46,6 +46,7 @@ pub enum DaemonSeen {
     /// No pid file seen yet (or the town was stopped on purpose since).
     #[default]
     Unknown,
+    /// Its pid file (`daemon/daemon.pid`) named a running process.
     Alive,
     /// Its pid file named a dead process.
     Dead,

@@ -41,6 +41,7 @@ pub struct AckArgs {
 /// `silence` commands.
 #[derive(Debug, Args)]
 pub struct SilenceArgs {
+    /// `add`, `list` or `remove`.
     #[command(subcommand)]
     pub command: SilenceCommand,
 }

@@ -23,6 +23,7 @@ const TASK_TIMEOUT: Duration = Duration::from_secs(3600);
 /// `db` options.
 #[derive(Debug, Args)]
 pub struct DbArgs {
+    /// `prune`, `vacuum`, `backup` or `check`.
     #[command(subcommand)]
     pub command: DbCommand,
 }

@@ -19,6 +19,7 @@ use crate::summary::{AlertView, Summary};
 /// `gastown` commands.
 #[derive(Debug, Args)]
 pub struct GastownArgs {
+    /// `status`, the only one so far.
     #[command(subcommand)]
     pub command: GastownCommand,
 }
@@ -71,23 +72,36 @@ impl SessionState {
 /// One agent's row.
 #[derive(Debug, Serialize)]
 pub struct AgentRow {
+    /// The tmux session, which is also the agent's monitor id.
     pub session: String,
+    /// The rig it belongs to, or `town` for the town-level agents.
     pub rig: String,
+    /// Polecat, crew, witness, refinery, mayor, deacon...
     pub role: Role,
+    /// What it is doing, from its latest values and its heartbeat.
     pub state: SessionState,
     /// `None` while nothing was measured yet.
     pub alive: Option<bool>,
+    /// Processes in its tree (`agent_process_count`); `None` while not measured.
     pub processes: Option<f64>,
+    /// Memory of its tree in MB (`agent_memory_mb`); `None` while not measured.
     pub memory_mb: Option<f64>,
+    /// Seconds since its last heartbeat; `None` while not measured.
     pub heartbeat_age_seconds: Option<f64>,
+    /// The heartbeat file's `state` (`working`, `idle`...); `None` when unreadable or absent.
     pub heartbeat_state: Option<String>,
+    /// Where it works: its worktree, clone or directory.
     pub worktree: String,
+    /// True when the worktree directory exists now.
     pub worktree_exists: bool,
+    /// Apparent size of the worktree in MB; `None` while not measured.
     pub worktree_size_mb: Option<f64>,
+    /// The worst status of its agent and workspace resources (unknown when neither is known).
     pub status: HealthStatus,
     /// The Gas Town escalations health-monitor opened for this session's alerts and has not
     /// closed yet.
     pub escalations: Vec<String>,
+    /// Active alerts on its agent or its workspace.
     pub active_alerts: Vec<AlertView>,
 }
 

@@ -44,15 +44,25 @@ pub struct HistoryArgs {
 /// The series with its statistics, as `--json` prints it.
 #[derive(Debug, Serialize)]
 pub struct History {
+    /// The resource type asked for.
     pub resource_type: ResourceType,
+    /// The resource id asked for.
     pub resource_id: String,
+    /// The metric asked for.
     pub metric: String,
+    /// The values' unit (`MB`, `%`...); `None` for a metric neither stored nor known.
     pub unit: Option<String>,
+    /// Start of the window (now minus `--since`), as an RFC 3339 timestamp.
     pub since: String,
+    /// Points in the window.
     pub count: usize,
+    /// Smallest value; `None` when there are no points.
     pub min: Option<f64>,
+    /// Mean of the values; `None` when there are no points.
     pub avg: Option<f64>,
+    /// Largest value; `None` when there are no points.
     pub max: Option<f64>,
+    /// Every sample in the window, oldest first.
     pub points: Vec<Point>,
 }
 

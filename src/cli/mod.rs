@@ -20,8 +20,10 @@ use crate::model::{MonitorKind, validate_id};
 #[derive(Debug, Parser)]
 #[command(name = "health-monitor", version, about, long_about = None)]
 pub struct Cli {
+    /// Options every command takes (`--db-path`, `--config`...).
     #[command(flatten)]
     pub global: GlobalArgs,
+    /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }

@@ -17,6 +17,7 @@ use crate::store::{self, query};
 /// `add` options.
 #[derive(Debug, Args)]
 pub struct AddArgs {
+    /// `agent` or `workspace`, with its options.
     #[command(subcommand)]
     pub target: AddTarget,
 }

@@ -8,10 +8,13 @@ use nix::sys::statvfs::{FsFlags, statvfs};
 /// One line of `/proc/self/mountinfo`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mount {
+    /// Where it is mounted (field 5, escapes undone).
     pub mount_point: PathBuf,
     /// `major:minor` of the device.
     pub device: String,
+    /// The filesystem type, e.g. `ext4`, `tmpfs`, `squashfs`.
     pub fstype: String,
+    /// What is mounted: a device such as `/dev/vda1`, a server share, or a name (`tmpfs`).
     pub source: String,
     /// Mounted read-only (per-mount or superblock option `ro`).
     pub read_only: bool,
@@ -124,6 +127,7 @@ pub struct FsUsage {
     pub disk_percent: f64,
     /// `None` where the filesystem has no inode limit.
     pub inode_percent: Option<f64>,
+    /// Mounted read-only (`ST_RDONLY` from statvfs).
     pub read_only: bool,
 }
 

@@ -10,7 +10,9 @@ use std::time::Instant;
 /// What one `/proc/<pid>/stat` line says about a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcStat {
+    /// Its process id.
     pub pid: u32,
+    /// Its parent's process id (0 for the kernel's own roots).
     pub ppid: u32,
     /// `R`, `S`, `D`, `Z`...
     pub state: char,
@@ -235,8 +237,11 @@ pub fn tree_from(root_stat: ProcStat) -> Vec<ProcStat> {
 /// Machine constants needed to turn ticks and pages into seconds and bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct Machine {
+    /// Clock ticks per second (`CLK_TCK`, 100 when unknown), the unit of CPU and start times.
     pub ticks_per_second: f64,
+    /// Bytes per memory page (4096 when unknown), the unit of resident set sizes.
     pub page_size: u64,
+    /// The machine's CPUs (`cpuN` lines of `/proc/stat`): 100 % CPU means all of them busy.
     pub cpus: usize,
     /// When the machine booted, in seconds since the epoch (`btime` in `/proc/stat`).
     pub boot_time: f64,
@@ -352,7 +357,9 @@ pub fn open_files(pid: u32) -> u64 {
 /// A process of a tree, as remembered from one cycle to the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Member {
+    /// Its process id.
     pub pid: u32,
+    /// Its start time after boot, in clock ticks, so a reused pid is told apart.
     pub start_ticks: u64,
 }
 
@@ -364,10 +371,13 @@ pub struct TreeSample {
     /// A process runs with the root's pid, but it started at another time: not the agent's (the
     /// pid was reused).
     pub reused: bool,
+    /// Running processes in the tree, the root included; 0 for a dead root.
     pub process_count: usize,
     /// CPU of the tree as a share of the whole machine; `None` for a dead root.
     pub cpu_percent: Option<f64>,
+    /// Resident memory of the whole tree, in MB.
     pub memory_mb: f64,
+    /// File descriptors open across the tree (from `/proc/<pid>/fd`).
     pub open_files: u64,
     /// Every process of the tree, root first.
     pub members: Vec<Member>,
@@ -513,6 +523,7 @@ impl TreeSampler {
 /// One process in a full scan of the process table.
 #[derive(Debug, Clone)]
 pub struct ScannedProcess {
+    /// Its `/proc/<pid>/stat` reading.
     pub stat: ProcStat,
     /// Arguments joined by spaces.
     pub cmdline: String,

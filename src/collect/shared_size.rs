@@ -43,8 +43,11 @@ pub struct SharedSizer {
 /// part of the tree (then the size is the last complete one, if there was one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedReading {
+    /// The newest complete totals, or that the first walk is still running or failed.
     pub size: SizeReading,
+    /// The latest finished walk gave up at its time cap.
     pub timed_out: bool,
+    /// The latest finished walk (or watch update) could not read part of the tree.
     pub incomplete: bool,
 }
 

@@ -16,7 +16,9 @@ use crate::store::read_only_uri as uri;
 pub struct DbCheck {
     /// Opened read-only and `PRAGMA quick_check` said ok.
     pub ok: bool,
+    /// How long the whole check took, in milliseconds, including any wait for a lock.
     pub latency_ms: f64,
+    /// Why the check failed, in words; `None` when it passed.
     pub problem: Option<String>,
 }
 

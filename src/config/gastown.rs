@@ -54,16 +54,26 @@ pub struct GastownConfig {
 pub struct GastownSettings {
     /// The town root, absolute.
     pub root: PathBuf,
+    /// Age past which a session's heartbeat is stale and its state is read as nothing
+    /// (default 180 s).
     pub heartbeat_stale: Duration,
     /// `Some(min severity)` when alerts are escalated through `gt escalate`.
     pub escalate: Option<HealthStatus>,
+    /// The `gt` program: a path, or a name looked up on `PATH` (default `gt`).
     pub gt: PathBuf,
+    /// Longest one `gt escalate` may take (default 30 s).
     pub escalate_timeout: Duration,
+    /// How long a session started by an event may take to show its process (default 120 s).
     pub spawn_grace: Duration,
+    /// How far apart two readings of a dead process must be before the session counts as ended
+    /// (default 10 s).
     pub death_confirm: Duration,
     /// Whole seconds.
     pub stall_after: u64,
+    /// Time between two reads of the whole process table for town orphans (default 60 s).
     pub orphan_scan_every: Duration,
+    /// How long an agent-program process must have run before it can count as a town orphan
+    /// (default 60 s).
     pub orphan_min_age: Duration,
 }
 

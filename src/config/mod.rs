@@ -37,9 +37,11 @@ pub const MIN_INTERVAL_SECS: f64 = 0.01;
 pub struct RestartPolicy {
     /// First delay before a restart; it doubles with each failure.
     pub initial_backoff: Duration,
+    /// Longest delay before a restart; the doubling stops here.
     pub max_backoff: Duration,
     /// More restarts than this within `window` park the child.
     pub max_restarts: usize,
+    /// Span over which restarts are counted; a child that runs this long starts its backoff over.
     pub window: Duration,
     /// How long a parked child waits before one more try.
     pub park_pause: Duration,
@@ -64,11 +66,18 @@ impl Default for RestartPolicy {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SupervisorConfig {
+    /// Seconds before the first restart, doubling with each failure (default 0.1).
     pub initial_backoff: Option<f64>,
+    /// Seconds the doubling backoff stops at (default 30); at least `initial_backoff`.
     pub max_backoff: Option<f64>,
+    /// More restarts than this within `window` park the child (default 5).
     pub max_restarts: Option<usize>,
+    /// Seconds over which restarts are counted against `max_restarts` (default 60).
     pub window: Option<f64>,
+    /// Seconds a parked child waits before one more try (default 300).
     pub park_pause: Option<f64>,
+    /// Seconds a restarted child must run before its `collector_failed` alert resolves
+    /// (default 60).
     pub stable_after: Option<f64>,
     /// A measurement running longer raises `collector_stalled` (default: 10 intervals, >= 60 s).
     pub stall_after: Option<f64>,
@@ -102,12 +111,16 @@ impl SupervisorConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
+    /// Database file (default `health_monitor.db`, relative to the working directory).
     pub db_path: Option<PathBuf>,
+    /// Control socket (default: `<db_path>.sock`).
     pub socket: Option<PathBuf>,
     /// Seconds between collections.
     pub interval: Option<f64>,
     /// Seconds between two notices of the same ongoing alert.
     pub alert_cooldown: Option<f64>,
+    /// `info` (default), another level, or `target=level` directives such as
+    /// `health_monitor=debug,info`.
     pub log_level: Option<String>,
     /// Template of an agent's workspace path, with `{id}`.
     pub agent_workspace: Option<String>,
@@ -152,7 +165,9 @@ pub struct ConfigFile {
 #[derive(Debug, Default, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct ThresholdConfig {
+    /// Value at which the metric turns unhealthy; above `critical` means lower values are worse.
     pub warning: Option<f64>,
+    /// Value at which the metric turns critical; one given alone keeps the other's default.
     pub critical: Option<f64>,
     /// Breached samples needed before an alert opens (default 1).
     pub for_cycles: Option<u32>,
@@ -252,11 +267,17 @@ impl ConfigFile {
 /// Values given on the command line; they win over the file.
 #[derive(Debug, Default, Clone)]
 pub struct CliOverrides {
+    /// `--db-path`: the database file.
     pub db_path: Option<PathBuf>,
+    /// `--socket`: the control socket.
     pub socket: Option<PathBuf>,
+    /// `--interval`: seconds between collections.
     pub interval: Option<f64>,
+    /// `--alert-cooldown`: seconds between two notices of the same alert.
     pub alert_cooldown: Option<f64>,
+    /// `--log-level`: a level or `target=level` directives.
     pub log_level: Option<String>,
+    /// `--log-format`: `text` or `json`.
     pub log_format: Option<LogFormat>,
     /// `--retention-days`: days metric rows are kept.
     pub retention_days: Option<f64>,
@@ -276,27 +297,44 @@ pub struct CliOverrides {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceOverride {
+    /// Kind of resource, e.g. `workspace` or `agent`.
     pub resource_type: ResourceType,
+    /// Id of the one resource these thresholds apply to.
     pub resource_id: String,
+    /// Metric name, as in `[thresholds.<metric_name>]`.
     pub metric: String,
+    /// Value at which this resource's metric turns unhealthy (default: the metric's rule).
     pub warning: Option<f64>,
+    /// Value at which this resource's metric turns critical (default: the metric's rule).
     pub critical: Option<f64>,
+    /// Breached samples needed before an alert opens.
     pub for_cycles: Option<u32>,
+    /// Healthy samples needed before an alert resolves.
     pub clear_cycles: Option<u32>,
+    /// How far past the warning threshold a value must come back before the alert clears.
     pub hysteresis: Option<f64>,
 }
 
 /// The resolved settings the daemon and the CLI run with.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The database file.
     pub db_path: PathBuf,
+    /// The control socket (default: `<db_path>.sock`).
     pub socket_path: PathBuf,
+    /// Time between two collections (default 30 s).
     pub interval: Duration,
+    /// Least time between two notices of the same ongoing alert (default 300 s).
     pub alert_cooldown: Duration,
+    /// Validated log level or `target=level` directives (default `info`).
     pub log_level: String,
+    /// Template of an agent's workspace path, with `{id}` (default `/tmp/agent_{id}`).
     pub agent_workspace: String,
+    /// Template of a workspace's path, with `{id}` (default `/tmp/agent-workspaces/{id}`).
     pub workspace_path: String,
+    /// Thresholds and alert rules for every metric: defaults, `[thresholds.*]`, `[[override]]`s.
     pub rules: RuleTable,
+    /// How failed actors are restarted (`[supervisor]`).
     pub restart: RestartPolicy,
     /// When a directory walk gives up and the last complete size is kept.
     pub walk_time_cap: Duration,
@@ -312,6 +350,7 @@ pub struct Settings {
     pub metric_retention: Duration,
     /// How long resolved alerts are kept.
     pub alert_retention: Duration,
+    /// How log lines are written (default text).
     pub log_format: LogFormat,
     /// Where alert notices go besides the log.
     pub notify: NotifySettings,

@@ -53,6 +53,7 @@ pub struct NotifyConfig {
 pub struct ExecConfig {
     /// Program and arguments, run directly (never through a shell).
     pub command: Vec<String>,
+    /// Seconds one run may take (default: `[notify] timeout`).
     pub timeout: Option<f64>,
 }
 
@@ -60,7 +61,9 @@ pub struct ExecConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
+    /// `http://` or `https://` URL the notice is POSTed to as JSON.
     pub url: String,
+    /// Seconds one POST may take (default: `[notify] timeout`).
     pub timeout: Option<f64>,
     /// Extra request headers, e.g. `Authorization`.
     #[serde(default)]
@@ -73,14 +76,18 @@ pub struct WebhookConfig {
 pub struct AlertmanagerConfig {
     /// Base URL, e.g. `http://127.0.0.1:9093`.
     pub url: String,
+    /// Seconds one request may take (default: `[notify] timeout`).
     pub timeout: Option<f64>,
 }
 
 /// A program to run for each notice.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecSink {
+    /// The program, run directly (never through a shell): a path, or a name looked up on `PATH`.
     pub program: PathBuf,
+    /// Arguments after the program (none for an `--on-alert` program).
     pub args: Vec<String>,
+    /// Longest one run may take before its process group is killed.
     pub timeout: Duration,
     /// Where it runs (default: the daemon's working directory).
     pub cwd: Option<PathBuf>,
@@ -89,8 +96,11 @@ pub struct ExecSink {
 /// A URL to POST each notice to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebhookSink {
+    /// The http(s) URL, without a trailing slash.
     pub url: String,
+    /// Extra request headers as (name, value), e.g. `Authorization`.
     pub headers: Vec<(String, String)>,
+    /// Longest one POST may take.
     pub timeout: Duration,
 }
 
@@ -99,6 +109,7 @@ pub struct WebhookSink {
 pub struct AlertmanagerSink {
     /// Base URL without a trailing slash.
     pub url: String,
+    /// Longest one request may take.
     pub timeout: Duration,
 }
 
@@ -130,8 +141,11 @@ impl Default for EscalateSink {
 /// Every notification sink, validated.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct NotifySettings {
+    /// Programs run for each notice: `[[notify.exec]]`, then `--on-alert`.
     pub exec: Vec<ExecSink>,
+    /// URLs each notice is POSTed to (`[[notify.webhook]]`).
     pub webhooks: Vec<WebhookSink>,
+    /// Alertmanagers kept informed: `[[notify.alertmanager]]`, then `--alertmanager`.
     pub alertmanagers: Vec<AlertmanagerSink>,
     /// Gas Town escalation; `None` escalates nothing.
     pub escalate: Option<EscalateSink>,

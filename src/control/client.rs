@@ -26,6 +26,8 @@ pub enum ClientError {
     /// The daemon did not answer in time; the message names it and says what that means.
     #[error("{0}")]
     Timeout(String),
+    /// Anything else: the connection broke, the answer was unreadable, or the daemon refused
+    /// the request (its message).
     #[error("{0}")]
     Failed(String),
 }

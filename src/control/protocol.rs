@@ -66,26 +66,39 @@ pub enum Request {
     /// Adds or replaces a monitor. Its paths are normalized and a `pid`'s start time recorded
     /// as the request is read (see [`prepare_monitor`]); [`validate_monitor`] comes after.
     Add {
+        /// The agent or workspace to watch, with its options.
         #[serde(deserialize_with = "deserialize_added")]
         monitor: MonitorSpec,
     },
     /// Removes a monitor.
-    Remove { kind: MonitorKind, id: String },
+    Remove {
+        /// `agent` or `workspace`.
+        kind: MonitorKind,
+        /// The monitor's id.
+        id: String,
+    },
     /// Graceful shutdown.
     Stop {},
     /// Acknowledges an active alert: its reminders stop until it escalates.
     Ack {
+        /// The active alert's id, as `alerts` lists it.
         id: i64,
         /// Who acknowledged, as recorded.
         #[serde(default)]
         by: Option<String>,
     },
     /// Adds (or replaces) a silence.
-    SilenceAdd { silence: Silence },
+    SilenceAdd {
+        /// What to silence, and until when.
+        silence: Silence,
+    },
     /// Removes a resource's silences (all, or the one on `metric`).
     SilenceRemove {
+        /// Kind of the silenced resource, e.g. `agent`.
         resource_type: ResourceType,
+        /// Id of the silenced resource.
         resource_id: String,
+        /// Only the silence on this metric; `None` removes all of the resource's silences.
         #[serde(default)]
         metric: Option<String>,
     },
@@ -93,6 +106,7 @@ pub enum Request {
     SilenceList {},
     /// Deletes rows past retention now; `retention_days` overrides the metrics' retention.
     Prune {
+        /// Days metric rows are kept this time; `None` uses the configured retention.
         #[serde(default)]
         retention_days: Option<f64>,
     },
@@ -103,9 +117,12 @@ pub enum Request {
 /// The answer to a request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Response {
+    /// True when the request succeeded.
     pub ok: bool,
+    /// The answer's payload on success; left out when there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<serde_json::Value>,
+    /// What went wrong, for the operator, when `ok` is false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -303,8 +320,11 @@ pub fn validate_monitor(spec: &MonitorSpec) -> Result<(), String> {
 /// One monitor as `list` shows it, with the path it resolves to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MonitorInfo {
+    /// `agent` or `workspace`.
     pub kind: MonitorKind,
+    /// The monitor's id.
     pub id: String,
+    /// The agent's process id, when it was given one; `None` for workspaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     /// The directory watched: the agent's workspace or the workspace itself.

@@ -42,6 +42,7 @@ pub const ALERT_LIST_LIMIT: usize = 10_000;
 /// timed out while the first was applied) finds nothing to remove and says so: not an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum RemoveOutcome {
+    /// The monitor was there and is gone.
     #[serde(rename = "removed")]
     Removed,
     /// The monitor was not there: removed before (or never added).
@@ -52,6 +53,7 @@ pub enum RemoveOutcome {
 /// What an `ack` did: the alert as acknowledged, and whether it already was.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AckReply {
+    /// The alert as now recorded; its fields sit at the top level of the answer.
     #[serde(flatten)]
     pub alert: HealthAlert,
     /// `acknowledged`, or `already acknowledged` for a repeated ack (the first time stands).
@@ -62,21 +64,27 @@ pub struct AckReply {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SilenceOutcome {
+    /// The silence is now in force (new, or replacing a different one).
     Silenced,
+    /// The same silence was already in force.
     Unchanged,
 }
 
 /// What a `silence_remove` did: how many silences it ended, and `removed` or `already removed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SilenceRemoval {
+    /// How many silences were in force and are now ended.
     pub removed: usize,
+    /// `removed`, or `already removed` when there were none.
     pub outcome: &'static str,
 }
 
 /// A cheap handle to the running daemon's answers.
 #[derive(Clone)]
 pub struct Service {
+    /// Asks the supervisor for the monitors and the actors' states, and adds or removes monitors.
     pub supervisor: SupervisorHandle,
+    /// The settings, analyzer, writer and other parts the children share.
     pub deps: SupervisorDeps,
 }
 

@@ -42,16 +42,23 @@ const MAX_READ_PER_POLL: u64 = 8 * 1024 * 1024;
 /// One line of the events file (`{ts, source, type, actor, payload, visibility}`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct TownEvent {
+    /// When Gas Town logged it: RFC 3339 in UTC, whole seconds (`2026-04-30T13:00:02Z`).
     #[serde(default)]
     pub ts: Option<String>,
+    /// What wrote the line; `gt` for everything Gas Town's own commands log.
     #[serde(default)]
     pub source: Option<String>,
+    /// The event type (`type` in the file): `spawn`, `session_start`, `session_death`, `done`...
     #[serde(rename = "type")]
     pub kind: String,
+    /// Who it is about or from: an agent address (`acme/polecats/quartz`), a tmux session
+    /// (`ac-onyx`), or `gt`/`daemon`.
     #[serde(default)]
     pub actor: Option<String>,
+    /// The type's own fields (e.g. `session`, `agent`, `reason` of a death); `Null` when absent.
     #[serde(default)]
     pub payload: serde_json::Value,
+    /// Where Gas Town shows it: `audit` (this raw log only), `feed` or `both`.
     #[serde(default)]
     pub visibility: Option<String>,
 }

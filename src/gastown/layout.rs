@@ -44,7 +44,9 @@ struct BeadsEntry {
 /// A rig and the prefix its session names start with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rig {
+    /// Its key in `mayor/rigs.json`, also its directory under the town root.
     pub name: String,
+    /// Its `beads.prefix` without the trailing dash (`ac`), or [`DEFAULT_PREFIX`] when unset.
     pub prefix: String,
 }
 
@@ -96,7 +98,10 @@ impl Role {
 pub struct TownAgent {
     /// Its rig, or [`TOWN_RIG`] for the town-level agents.
     pub rig: String,
+    /// Its own name: a polecat's, crew member's or dog's directory name, else the role's name
+    /// (`witness`, `mayor`...).
     pub name: String,
+    /// What it does in the town, which decides its session name and worktree.
     pub role: Role,
     /// The tmux session, which also names its pid and heartbeat files and its monitors.
     pub session: String,
@@ -107,6 +112,7 @@ pub struct TownAgent {
 /// A town root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Town {
+    /// The town's directory (e.g. `~/gt`), holding `mayor/rigs.json` and `.events.jsonl`.
     pub root: PathBuf,
     /// Seconds of `working` with an unmoved heartbeat and an idle tree before a polecat is
     /// reported stalled.

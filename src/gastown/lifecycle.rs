@@ -461,7 +461,13 @@ pub enum TownFact {
     /// `kill` or `session_end` (written by nothing in Gas Town 1.0.1, but meant if they come).
     Ended(String, Ending),
     /// `session_death`, with its payload (caller and reason say which end it is).
-    Died { session: String, payload: Value },
+    Died {
+        /// The tmux session that died (the payload's `session`, e.g. `ac-onyx`).
+        session: String,
+        /// The event's whole payload: `session`, `agent`, `reason`, and `caller` (`daemon`,
+        /// `gt down`...).
+        payload: Value,
+    },
     /// `mass_death`.
     MassDeath(Condition),
     /// `halt`: `gt down` stopped these sessions.

@@ -37,25 +37,35 @@ pub const MAX_EXAMPLES: usize = 20;
 /// What one scan found.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OrphanScan {
+    /// Orphans found; 0 when none (or `/proc/uptime` could not be read).
     pub count: u64,
+    /// Their resident memory together, in MB.
     pub memory_mb: f64,
     /// up to 20, oldest first
     pub examples: Vec<Orphan>,
 }
 
+/// One orphan, as an example in the scan's log line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Orphan {
+    /// Its process id.
     pub pid: u32,
+    /// Its process name, one of [`AGENT_PROGRAMS`].
     pub comm: String,
+    /// Seconds since it started.
     pub age_secs: f64,
+    /// Its resident memory, in MB.
     pub memory_mb: f64,
 }
 
 /// One process of the table, as its `/proc/<pid>/stat` line says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcEntry {
+    /// Its process id (field 1).
     pub pid: u32,
+    /// Its parent's process id (field 4); 0 for the kernel's own roots.
     pub ppid: u32,
+    /// Its process name (field 2, without the parentheses), at most 15 bytes.
     pub comm: String,
     /// `tty_nr` (field 7) is not 0.
     pub has_tty: bool,
@@ -71,7 +81,9 @@ pub struct ProcEntry {
 pub struct Basis {
     /// Seconds since boot (`/proc/uptime`).
     pub now_secs: f64,
+    /// Clock ticks per second (`CLK_TCK`, usually 100); 100 is assumed when 0.
     pub ticks_per_second: f64,
+    /// Bytes per memory page (usually 4096).
     pub page_size: u64,
     /// The scanning process.
     pub me: u32,

@@ -23,6 +23,7 @@ use super::tally::{Client, client_of};
 
 /// What every handler shares.
 pub struct State {
+    /// The daemon's answers, shared with the control socket.
     pub service: Service,
     /// The write token; `None` disables POST and DELETE.
     pub token: Option<String>,
@@ -33,7 +34,9 @@ pub struct State {
 /// An answer other than success: a status and a message, sent as `{"error": "..."}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
+    /// The HTTP status sent.
     pub status: StatusCode,
+    /// What went wrong, for the operator: the `error` of the JSON body.
     pub message: String,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u64>,

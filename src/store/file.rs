@@ -20,7 +20,9 @@ use nix::fcntl::{Flock, FlockArg};
 /// Which file a name leads to: the same pair for every name of one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileIdentity {
+    /// The device the file lives on (`st_dev`).
     pub dev: u64,
+    /// The file's inode number on that device (`st_ino`).
     pub ino: u64,
 }
 

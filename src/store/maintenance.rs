@@ -19,9 +19,17 @@ pub const PRUNE_BATCH: usize = 5000;
 #[serde(tag = "task", rename_all = "lowercase")]
 pub enum MaintenanceOutcome {
     /// Rows past their retention deleted (metrics and resolved alerts together).
-    Prune { rows_deleted: u64 },
+    Prune {
+        /// Metric, resolved-alert and closed-escalation rows deleted, all counted together.
+        rows_deleted: u64,
+    },
     /// The file's size before and after (database plus WAL).
-    Vacuum { bytes_before: u64, bytes_after: u64 },
+    Vacuum {
+        /// Bytes before the VACUUM (page count × page size).
+        bytes_before: u64,
+        /// Bytes after the VACUUM and WAL checkpoint.
+        bytes_after: u64,
+    },
 }
 
 /// A writing task for whoever holds the database.
@@ -29,7 +37,9 @@ pub enum MaintenanceOutcome {
 pub enum MaintenanceTask {
     /// Delete metric rows older than `metrics_before` and alerts resolved before `alerts_before`.
     Prune {
+        /// Metric rows stamped before this time go.
         metrics_before: DateTime<Utc>,
+        /// Alerts resolved (and escalations closed) before this time go.
         alerts_before: DateTime<Utc>,
     },
     /// Rebuild the file to give free pages back to the filesystem.
@@ -103,9 +113,13 @@ pub fn integrity_problems(conn: &Connection) -> rusqlite::Result<Vec<String>> {
 /// What a backup produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackupReport {
+    /// Where the copy was written, as given.
     pub path: String,
+    /// Size of the copy on disk, in bytes.
     pub bytes: u64,
+    /// Rows in the copy's `health_metrics` table.
     pub metric_rows: u64,
+    /// Rows in the copy's `health_alerts` table (active and resolved).
     pub alert_rows: u64,
 }
 

@@ -225,8 +225,11 @@ pub fn open_escalations(conn: &Connection) -> rusqlite::Result<Vec<OpenEscalatio
 /// One stored sample of a series.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Point {
+    /// When the sample was taken.
     pub timestamp: DateTime<Utc>,
+    /// The measured value, in the series' unit.
     pub value: f64,
+    /// The health the collector judged the value to be at that time.
     pub status: HealthStatus,
 }
 
@@ -274,6 +277,7 @@ pub fn series(
 /// Counts of metric rows written since a time, in total and per status.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RecentCounts {
+    /// All metric rows written since the time, whatever their status.
     pub total: u64,
     /// Every status of the contract, zero when absent, plus any other strings found.
     pub by_status: BTreeMap<String, u64>,

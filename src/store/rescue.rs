@@ -21,10 +21,13 @@ pub struct CopyReport {
     /// Everything was copied; otherwise only the state (monitors, active alerts, silences,
     /// open escalations), for lack of room.
     pub whole: bool,
+    /// `health_metrics` rows in the copy (0 when only the state was copied).
     pub metric_rows_kept: u64,
+    /// `health_alerts` rows in the copy (only the active ones when not `whole`).
     pub alert_rows_kept: u64,
     /// Rows that were only in the old file and are not in the copy.
     pub metric_rows_lost: u64,
+    /// Alert rows (the resolved ones) left behind in the old file.
     pub alert_rows_lost: u64,
 }
 

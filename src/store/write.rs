@@ -28,36 +28,53 @@ pub enum WriteOp {
     /// Records an operator's acknowledgement of an active alert: the active row of `key` when
     /// given (the daemon's view), else the row `id` (an offline `ack`).
     AlertAcknowledged {
+        /// The `health_alerts` row id; used only when `key` is `None`.
         id: i64,
+        /// The alert's resource and type; `None` to go by `id` instead.
         key: Option<AlertKey>,
+        /// When it was acknowledged (stored as `acknowledged_at`).
         at: DateTime<Utc>,
+        /// Who acknowledged it: the operator's user name, as given to the control socket.
         by: String,
     },
     /// Adds a silence, replacing one on the same target.
     SilenceSaved(Silence),
     /// Removes the silences of a resource: all of them, or the one on `metric`.
     SilencesRemoved {
+        /// The silenced resource's type.
         resource_type: ResourceType,
+        /// The silenced resource's id (an agent name, a workspace path...).
         resource_id: String,
+        /// The one metric (alert type) whose silence goes; `None` removes them all.
         metric: Option<String>,
     },
     /// Gas Town escalation `escalation_id` was opened for alert `alert_id`
     /// (`gastown_escalations`); replaces an earlier escalation of the same alert.
     EscalationOpened {
+        /// The `health_alerts` row id of the alert.
         alert_id: i64,
+        /// Gas Town's id of the escalation, as `gt escalate` printed it (e.g. `hq-e5tq`).
         escalation_id: String,
+        /// The alert's resource type.
         resource_type: ResourceType,
+        /// The alert's resource id (an agent, a workspace...).
         resource_id: String,
+        /// The alert's type (its metric or condition).
         alert_type: String,
         /// The `gt escalate -s` level it was opened at.
         severity: String,
+        /// When gt answered (stored as `escalated_at`).
         at: DateTime<Utc>,
     },
     /// Escalation `escalation_id` of alert `alert_id` was closed, for `reason`.
     EscalationClosed {
+        /// The `health_alerts` row id of the alert.
         alert_id: i64,
+        /// Gas Town's id of the escalation; a close of an older one of the alert is ignored.
         escalation_id: String,
+        /// When gt answered (stored as `closed_at`).
         at: DateTime<Utc>,
+        /// Why, as given to `gt escalate close --reason` (stored as `close_reason`).
         reason: String,
     },
 }

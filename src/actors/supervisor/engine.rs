@@ -34,7 +34,9 @@ pub struct Death {
 
 /// A child taken out of the engine on purpose.
 pub struct Removed<K, H> {
+    /// What it was, so it can be built again.
     pub kind: K,
+    /// Its running start, to stop; `None` when none was running (waiting to restart, parked).
     pub handle: Option<H>,
     /// It had a failure alert open.
     pub failure_raised: bool,

@@ -32,11 +32,15 @@ pub use crate::report::ActorReport;
 /// What each child is, which is also how to build it again (with the [`ChildFactory`]).
 #[derive(Debug, Clone)]
 pub enum ChildKind {
+    /// The analyzer, which turns readings into metric rows and alerts (child `analyzer`).
     Analyzer,
+    /// The collector of machine-wide CPU, memory and filesystem readings (child `system`).
     System,
+    /// The control server on the Unix socket (child `control`).
     Control,
     /// The Gas Town follower.
     Town,
+    /// The collector of one agent or workspace monitor (child `<kind>:<id>`).
     Monitor(Box<MonitorSpec>),
 }
 
@@ -72,8 +76,11 @@ pub fn watched_resource(kind: &ChildKind) -> Option<(ResourceType, String)> {
 /// Everything children need, shared by the supervisor's factories.
 #[derive(Clone)]
 pub struct SupervisorDeps {
+    /// The daemon's settings, as loaded at start.
     pub settings: Arc<Settings>,
+    /// Where collectors send readings; outlives any one analyzer.
     pub analyzer: AnalyzerHandle,
+    /// The database writer thread, for monitor changes and the analyzer's rows.
     pub writer: WriterHandle,
     /// Where alert notices go besides the log.
     pub notifier: crate::notify::Notifier,
@@ -366,7 +373,9 @@ impl Handler<AddMonitor> for Supervisor {
 #[derive(Message, Debug)]
 #[rtype(result = "Result<(), String>")]
 pub struct RemoveMonitor {
+    /// Agent or workspace.
     pub kind: MonitorKind,
+    /// The monitor's id, as given when it was added.
     pub id: String,
 }
 
@@ -436,8 +445,11 @@ impl Handler<AddOwnedMonitor> for Supervisor {
 #[derive(Message, Debug)]
 #[rtype(result = "Result<(), String>")]
 pub struct RemoveOwnedMonitor {
+    /// Agent or workspace.
     pub kind: MonitorKind,
+    /// The monitor's id, as given when it was added.
     pub id: String,
+    /// The `managed_by` mark it must carry (e.g. `gastown`), else it is left alone.
     pub owner: String,
 }
 
@@ -465,7 +477,9 @@ pub struct GetLive;
 /// The supervisor's view for status and list.
 #[derive(Debug, Clone, MessageResponse)]
 pub struct LiveInfo {
+    /// Every monitor the daemon has now.
     pub monitors: Vec<MonitorSpec>,
+    /// Every child's state and restart count, and the writer's, sorted by name.
     pub actors: Vec<ActorReport>,
 }
 

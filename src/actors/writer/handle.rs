@@ -49,6 +49,7 @@ pub struct WriterConfig {
 /// How long rows are kept before the writer prunes them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Retention {
+    /// Metric rows, counted from their timestamp.
     pub metrics: Duration,
     /// Resolved alerts, counted from their resolution; active alerts are never pruned.
     pub resolved_alerts: Duration,

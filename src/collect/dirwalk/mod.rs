@@ -61,6 +61,7 @@ pub enum WalkOutcome {
 /// A walk's outcome and the directories it could not read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalkReport {
+    /// Whether the walk finished or hit its time cap, with the totals it reached.
     pub outcome: WalkOutcome,
     /// Directories (the root included) that could not be listed, or whose entries could not be
     /// looked at: no permission, or an I/O error. What is inside them is not in the totals.
