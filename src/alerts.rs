@@ -39,7 +39,7 @@ impl AlertEvent {
     }
 
     /// True when people or systems should hear about it.
-    pub fn notifies(&self) -> bool {
+    pub(crate) fn notifies(&self) -> bool {
         !matches!(self, AlertEvent::Downgraded(_))
     }
 
@@ -76,7 +76,7 @@ struct KeyState {
 
 /// Alert state for every key, with the cooldown between reminders.
 #[derive(Debug)]
-pub struct AlertEngine {
+pub(crate) struct AlertEngine {
     cooldown: Duration,
     states: HashMap<AlertKey, KeyState>,
     /// The row id the next opened alert gets, so notices carry it before the row lands.
@@ -94,7 +94,7 @@ impl AlertEngine {
     }
 
     /// Sets the id the next opened alert gets (one past the highest the database has used).
-    pub fn set_next_id(&mut self, next_id: i64) {
+    pub(crate) fn set_next_id(&mut self, next_id: i64) {
         self.next_id = self.next_id.max(next_id);
     }
 
@@ -113,13 +113,13 @@ impl AlertEngine {
     }
 
     /// The id the next opened alert will get.
-    pub fn next_id(&self) -> i64 {
+    pub(crate) fn next_id(&self) -> i64 {
         self.next_id
     }
 
     /// Takes back the active alerts read from the database, so a restart neither duplicates rows
     /// nor repeats a notice inside the cooldown. Of several active rows for one key the newest wins.
-    pub fn restore(&mut self, alerts: impl IntoIterator<Item = HealthAlert>) {
+    pub(crate) fn restore(&mut self, alerts: impl IntoIterator<Item = HealthAlert>) {
         for alert in alerts.into_iter().filter(|a| !a.resolved) {
             if let Some(id) = alert.id {
                 self.next_id = self.next_id.max(id + 1);
@@ -142,7 +142,7 @@ impl AlertEngine {
     }
 
     /// Feeds one metric through its rule. Metrics without a rule never alert.
-    pub fn observe(
+    pub(crate) fn observe(
         &mut self,
         metric: &HealthMetric,
         rule: Option<&AlertRule>,
@@ -167,7 +167,7 @@ impl AlertEngine {
     }
 
     /// Raises (or keeps raised) a condition alert; it opens at once.
-    pub fn raise(
+    pub(crate) fn raise(
         &mut self,
         key: AlertKey,
         condition: Condition,
@@ -182,7 +182,7 @@ impl AlertEngine {
     }
 
     /// True when any key of this resource has alert state (active or building up).
-    pub fn has_state_for(&self, resource_type: ResourceType, resource_id: &str) -> bool {
+    pub(crate) fn has_state_for(&self, resource_type: ResourceType, resource_id: &str) -> bool {
         !self.states.is_empty()
             && self
                 .states
@@ -192,7 +192,7 @@ impl AlertEngine {
 
     /// Resolves the metric alerts of a resource whose metric is not among `reported` (the
     /// collector stopped reporting it). Condition alerts, whose type is not a metric, stay.
-    pub fn resolve_unreported(
+    pub(crate) fn resolve_unreported(
         &mut self,
         resource_type: ResourceType,
         resource_id: &str,
@@ -221,7 +221,7 @@ impl AlertEngine {
 
     /// Resolves every active alert of a resource (and of a workspace's databases), e.g. when
     /// its monitor is removed.
-    pub fn forget_resource(
+    pub(crate) fn forget_resource(
         &mut self,
         resource_type: ResourceType,
         resource_id: &str,
@@ -336,7 +336,7 @@ fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
 }
 
 /// The JSON stored in `health_alerts.metadata` for a threshold alert.
-pub fn metric_metadata(metric: &HealthMetric) -> serde_json::Value {
+pub(crate) fn metric_metadata(metric: &HealthMetric) -> serde_json::Value {
     json!({
         "metric_name": metric.metric_name,
         "value": metric.value,
@@ -348,7 +348,7 @@ pub fn metric_metadata(metric: &HealthMetric) -> serde_json::Value {
 
 /// A human sentence for a threshold breach, e.g.
 /// `workspace w1: workspace_size_mb is 3.5 MB (>= critical threshold 3)`.
-pub fn threshold_message(metric: &HealthMetric, rule: &AlertRule) -> String {
+pub(crate) fn threshold_message(metric: &HealthMetric, rule: &AlertRule) -> String {
     let t = rule.thresholds;
     let (level, limit) = if metric.status == HealthStatus::Critical {
         ("critical", t.critical)
@@ -368,7 +368,7 @@ pub fn threshold_message(metric: &HealthMetric, rule: &AlertRule) -> String {
 }
 
 /// A value with its unit, rounded for people: `3.5 MB`, `85%`, `0`.
-pub fn format_value(value: f64, unit: &str) -> String {
+pub(crate) fn format_value(value: f64, unit: &str) -> String {
     match unit {
         "" | "bool" | "count" | "ratio" => format_number(value),
         "%" => format!("{}%", format_number(value)),
@@ -377,7 +377,7 @@ pub fn format_value(value: f64, unit: &str) -> String {
 }
 
 /// A number with at most two decimals and no trailing zeros.
-pub fn format_number(value: f64) -> String {
+pub(crate) fn format_number(value: f64) -> String {
     let s = format!("{value:.2}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
     if s == "-0" { "0".into() } else { s.into() }

@@ -32,7 +32,7 @@ impl Analysis {
 }
 
 /// The database change for one alert event.
-pub fn write_op(event: &AlertEvent) -> WriteOp {
+pub(crate) fn write_op(event: &AlertEvent) -> WriteOp {
     match event {
         AlertEvent::Fired(a) => WriteOp::AlertOpened(a.clone()),
         AlertEvent::Escalated(a) | AlertEvent::Reminder(a) | AlertEvent::Downgraded(a) => {
@@ -68,7 +68,7 @@ impl AnalyzerCore {
     }
 
     /// Takes back the active alerts stored in the database.
-    pub fn restore(&mut self, alerts: Vec<HealthAlert>) {
+    pub(crate) fn restore(&mut self, alerts: Vec<HealthAlert>) {
         self.engine.restore(alerts);
     }
 
@@ -232,7 +232,7 @@ impl AnalyzerCore {
     }
 
     /// Forgets a resource whose monitor was removed: its latest values go, its alerts resolve.
-    pub fn forget_resource(
+    pub(crate) fn forget_resource(
         &mut self,
         resource_type: ResourceType,
         resource_id: &str,
@@ -265,7 +265,7 @@ impl AnalyzerCore {
     }
 
     /// The alert engine, for condition alerts that do not come from a metric.
-    pub fn engine_mut(&mut self) -> &mut AlertEngine {
+    pub(crate) fn engine_mut(&mut self) -> &mut AlertEngine {
         &mut self.engine
     }
 }

@@ -3,11 +3,11 @@
 use crate::model::{ResourceType, Thresholds};
 
 /// Percent.
-pub const UNIT_PERCENT: &str = "%";
+pub(crate) const UNIT_PERCENT: &str = "%";
 /// Megabytes of 1024 × 1024 bytes, as the original computed them.
-pub const UNIT_MB: &str = "MB";
+pub(crate) const UNIT_MB: &str = "MB";
 /// A 0/1 flag.
-pub const UNIT_BOOL: &str = "bool";
+pub(crate) const UNIT_BOOL: &str = "bool";
 
 /// The static description of one metric.
 #[derive(Debug, Clone, Copy)]
@@ -25,77 +25,77 @@ pub struct MetricDef {
 }
 
 /// The system CPU, busy share of all cores between two ticks.
-pub const CPU_USAGE_PERCENT: &str = "cpu_usage_percent";
+pub(crate) const CPU_USAGE_PERCENT: &str = "cpu_usage_percent";
 /// Memory in use (total minus available) as a share of total.
-pub const MEMORY_USAGE_PERCENT: &str = "memory_usage_percent";
+pub(crate) const MEMORY_USAGE_PERCENT: &str = "memory_usage_percent";
 /// Used share of a filesystem, as `df` reports it.
-pub const DISK_USAGE_PERCENT: &str = "disk_usage_percent";
+pub(crate) const DISK_USAGE_PERCENT: &str = "disk_usage_percent";
 /// 1 when the agent is alive.
-pub const AGENT_ACTIVE: &str = "agent_active";
+pub(crate) const AGENT_ACTIVE: &str = "agent_active";
 /// CPU of the agent's process tree.
-pub const AGENT_CPU_PERCENT: &str = "agent_cpu_percent";
+pub(crate) const AGENT_CPU_PERCENT: &str = "agent_cpu_percent";
 /// Resident memory of the agent's process tree.
-pub const AGENT_MEMORY_MB: &str = "agent_memory_mb";
+pub(crate) const AGENT_MEMORY_MB: &str = "agent_memory_mb";
 /// Apparent size of a workspace directory.
-pub const WORKSPACE_SIZE_MB: &str = "workspace_size_mb";
+pub(crate) const WORKSPACE_SIZE_MB: &str = "workspace_size_mb";
 /// 1 when the workspace directory exists.
-pub const WORKSPACE_EXISTS: &str = "workspace_exists";
+pub(crate) const WORKSPACE_EXISTS: &str = "workspace_exists";
 /// Files (non-directories) in a workspace.
-pub const WORKSPACE_FILE_COUNT: &str = "workspace_file_count";
+pub(crate) const WORKSPACE_FILE_COUNT: &str = "workspace_file_count";
 /// 1 when the workspace directory can be listed.
-pub const WORKSPACE_READABLE: &str = "workspace_readable";
+pub(crate) const WORKSPACE_READABLE: &str = "workspace_readable";
 /// 1 when the latest walk of the workspace finished within its time cap.
-pub const WORKSPACE_SCAN_COMPLETE: &str = "workspace_scan_complete";
+pub(crate) const WORKSPACE_SCAN_COMPLETE: &str = "workspace_scan_complete";
 /// A count.
-pub const UNIT_COUNT: &str = "count";
+pub(crate) const UNIT_COUNT: &str = "count";
 /// Seconds.
-pub const UNIT_SECONDS: &str = "s";
+pub(crate) const UNIT_SECONDS: &str = "s";
 /// Milliseconds.
-pub const UNIT_MS: &str = "ms";
+pub(crate) const UNIT_MS: &str = "ms";
 /// A ratio (load per core).
-pub const UNIT_RATIO: &str = "ratio";
+pub(crate) const UNIT_RATIO: &str = "ratio";
 /// Processes in an agent's tree.
-pub const AGENT_PROCESS_COUNT: &str = "agent_process_count";
+pub(crate) const AGENT_PROCESS_COUNT: &str = "agent_process_count";
 /// Open file descriptors of an agent's tree.
-pub const AGENT_OPEN_FILES: &str = "agent_open_files";
+pub(crate) const AGENT_OPEN_FILES: &str = "agent_open_files";
 /// Processes that belonged to an agent's tree and outlived its root.
-pub const AGENT_ORPHAN_COUNT: &str = "agent_orphan_count";
+pub(crate) const AGENT_ORPHAN_COUNT: &str = "agent_orphan_count";
 /// Resident memory of those orphans.
-pub const AGENT_ORPHAN_MEMORY_MB: &str = "agent_orphan_memory_mb";
+pub(crate) const AGENT_ORPHAN_MEMORY_MB: &str = "agent_orphan_memory_mb";
 /// Age of an agent's heartbeat.
-pub const HEARTBEAT_AGE_SECONDS: &str = "heartbeat_age_seconds";
+pub(crate) const HEARTBEAT_AGE_SECONDS: &str = "heartbeat_age_seconds";
 /// 1 when the heartbeat says the agent is stuck.
-pub const HEARTBEAT_STUCK: &str = "heartbeat_stuck";
+pub(crate) const HEARTBEAT_STUCK: &str = "heartbeat_stuck";
 /// 1 when an agent looks stalled: heartbeat says working but has not moved, tree idle.
-pub const AGENT_STALLED: &str = "agent_stalled";
+pub(crate) const AGENT_STALLED: &str = "agent_stalled";
 /// 1 while the Gas Town daemon named by `<town>/daemon/daemon.pid` runs.
-pub const TOWN_DAEMON_ALIVE: &str = "town_daemon_alive";
+pub(crate) const TOWN_DAEMON_ALIVE: &str = "town_daemon_alive";
 /// Agent-program processes in the town that no watched tree owns.
-pub const TOWN_ORPHAN_COUNT: &str = "town_orphan_count";
+pub(crate) const TOWN_ORPHAN_COUNT: &str = "town_orphan_count";
 /// Resident memory of those processes.
-pub const TOWN_ORPHAN_MEMORY_MB: &str = "town_orphan_memory_mb";
+pub(crate) const TOWN_ORPHAN_MEMORY_MB: &str = "town_orphan_memory_mb";
 /// 1 when a probe file can be created and removed in the workspace.
-pub const WORKSPACE_WRITABLE: &str = "workspace_writable";
+pub(crate) const WORKSPACE_WRITABLE: &str = "workspace_writable";
 /// 1 when a database opens read-only and passes `PRAGMA quick_check`.
-pub const DATABASE_CONNECTIVITY: &str = "database_connectivity";
+pub(crate) const DATABASE_CONNECTIVITY: &str = "database_connectivity";
 /// How long that check took.
-pub const DATABASE_LATENCY_MS: &str = "database_latency_ms";
+pub(crate) const DATABASE_LATENCY_MS: &str = "database_latency_ms";
 /// Used share of a filesystem's inodes.
-pub const INODE_USAGE_PERCENT: &str = "inode_usage_percent";
+pub(crate) const INODE_USAGE_PERCENT: &str = "inode_usage_percent";
 /// 1 when a filesystem is mounted read-only.
-pub const FILESYSTEM_READONLY: &str = "filesystem_readonly";
+pub(crate) const FILESYSTEM_READONLY: &str = "filesystem_readonly";
 /// Used share of swap.
-pub const SWAP_USAGE_PERCENT: &str = "swap_usage_percent";
+pub(crate) const SWAP_USAGE_PERCENT: &str = "swap_usage_percent";
 /// One-minute load average divided by the number of cores.
-pub const LOAD_PER_CORE: &str = "load_per_core";
+pub(crate) const LOAD_PER_CORE: &str = "load_per_core";
 /// 1 when the workspace's `.git` is a usable repository.
-pub const GIT_REPOSITORY_VALID: &str = "git_repository_valid";
+pub(crate) const GIT_REPOSITORY_VALID: &str = "git_repository_valid";
 
 /// Booleans alert when they drop: 1 is healthy, 0 is critical.
 const FLAG: Option<Thresholds> = Some(Thresholds::new(0.5, 0.1));
 
 /// Every metric health-monitor writes.
-pub const METRICS: &[MetricDef] = &[
+pub(crate) const METRICS: &[MetricDef] = &[
     MetricDef {
         name: CPU_USAGE_PERCENT,
         resource_types: &[ResourceType::Cpu],
@@ -304,13 +304,13 @@ pub const METRICS: &[MetricDef] = &[
 ];
 
 /// The alert raised for a collector parked after failing too often.
-pub const COLLECTOR_FAILED: &str = "collector_failed";
+pub(crate) const COLLECTOR_FAILED: &str = "collector_failed";
 /// The alert raised while a collector's measurement has not returned for `stall_after`.
-pub const COLLECTOR_STALLED: &str = "collector_stalled";
+pub(crate) const COLLECTOR_STALLED: &str = "collector_stalled";
 /// The alert raised while the database refuses writes.
-pub const DATABASE_WRITE_FAILED: &str = "database_write_failed";
+pub(crate) const DATABASE_WRITE_FAILED: &str = "database_write_failed";
 /// The alert raised when the database path loses the daemon's file: deleted, or replaced.
-pub const DATABASE_FILE_LOST: &str = "database_file_lost";
+pub(crate) const DATABASE_FILE_LOST: &str = "database_file_lost";
 
 /// A condition the daemon raises about itself, not from a metric's thresholds; decided in
 /// [`crate::conditions`].
@@ -349,7 +349,7 @@ pub const CONDITIONS: &[ConditionDef] = &[
 ];
 
 /// The catalogue entry for a metric name.
-pub fn lookup(name: &str) -> Option<&'static MetricDef> {
+pub(crate) fn lookup(name: &str) -> Option<&'static MetricDef> {
     METRICS.iter().find(|m| m.name == name)
 }
 

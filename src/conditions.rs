@@ -25,12 +25,12 @@ pub fn key(resource: (ResourceType, String), alert_type: &str) -> AlertKey {
 }
 
 /// The key of a collector's `collector_failed` alert.
-pub fn collector_failed_key(resource: (ResourceType, String)) -> AlertKey {
+pub(crate) fn collector_failed_key(resource: (ResourceType, String)) -> AlertKey {
     key(resource, COLLECTOR_FAILED)
 }
 
 /// The key of a collector's `collector_stalled` alert.
-pub fn collector_stalled_key(resource: (ResourceType, String)) -> AlertKey {
+pub(crate) fn collector_stalled_key(resource: (ResourceType, String)) -> AlertKey {
     key(resource, COLLECTOR_STALLED)
 }
 
@@ -56,7 +56,7 @@ pub fn collector_failed(
 }
 
 /// `collector_stalled` for collector `name`, whose measurement has run for `secs`.
-pub fn collector_stalled(name: &str, secs: f64) -> Condition {
+pub(crate) fn collector_stalled(name: &str, secs: f64) -> Condition {
     Condition {
         severity: HealthStatus::Critical,
         message: format!(
@@ -67,13 +67,13 @@ pub fn collector_stalled(name: &str, secs: f64) -> Condition {
 }
 
 /// True when a measurement that started `busy_for` ago has stalled.
-pub fn is_stalled(busy_for: Option<Duration>, stall_after: Duration) -> bool {
+pub(crate) fn is_stalled(busy_for: Option<Duration>, stall_after: Duration) -> bool {
     busy_for.is_some_and(|t| t > stall_after)
 }
 
 /// What the analyzer last saw of the writer, to tell a new episode from one it already knows.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct WriterSeen {
+pub(crate) struct WriterSeen {
     episodes: u64,
     file_incidents: u64,
 }

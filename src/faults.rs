@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::model::validate_id;
 
 /// The environment variable read at start.
-pub const ENV_VAR: &str = "HEALTH_MONITOR_FAULTS";
+pub(crate) const ENV_VAR: &str = "HEALTH_MONITOR_FAULTS";
 
 #[derive(Debug)]
 struct Entry {
@@ -24,7 +24,7 @@ struct Entry {
 
 /// A parsed fault plan.
 #[derive(Debug, Default)]
-pub struct FaultPlan {
+pub(crate) struct FaultPlan {
     entries: Vec<Entry>,
 }
 
@@ -67,7 +67,7 @@ impl FaultPlan {
     }
 
     /// True (once per entry) when `target` should fail at its `count`th step.
-    pub fn fires(&self, target: &str, count: u64) -> bool {
+    pub(crate) fn fires(&self, target: &str, count: u64) -> bool {
         self.entries.iter().any(|e| {
             e.target == target
                 && e.nth == count

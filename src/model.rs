@@ -73,7 +73,7 @@ impl FromStr for ResourceType {
 
 /// True when a resource is `owner` itself, or a database inside the workspace `owner`
 /// (`<workspace>/<path>`): removing a workspace forgets its databases too.
-pub fn belongs_to(
+pub(crate) fn belongs_to(
     resource_type: ResourceType,
     resource_id: &str,
     owner_type: ResourceType,
@@ -126,7 +126,7 @@ impl HealthStatus {
     }
 
     /// True for the statuses that open an alert.
-    pub fn is_breach(self) -> bool {
+    pub(crate) fn is_breach(self) -> bool {
         matches!(self, HealthStatus::Unhealthy | HealthStatus::Critical)
     }
 }
@@ -164,7 +164,7 @@ impl Thresholds {
 
     /// True when the metric is "lower is worse" (docs/ARCHITECTURE.md, "Direction fix for
     /// lower-is-worse metrics").
-    pub fn lower_is_worse(&self) -> bool {
+    pub(crate) fn lower_is_worse(&self) -> bool {
         self.warning > self.critical
     }
 
@@ -191,7 +191,7 @@ impl Thresholds {
     }
 
     /// True when `value` is healthy by at least `margin` (hysteresis before an alert clears).
-    pub fn clear_of(&self, value: f64, margin: f64) -> bool {
+    pub(crate) fn clear_of(&self, value: f64, margin: f64) -> bool {
         if self.lower_is_worse() {
             value > self.warning + margin
         } else {
@@ -200,7 +200,7 @@ impl Thresholds {
     }
 
     /// The comparison that breaches, for messages: `>=` or `<=`.
-    pub fn comparator(&self) -> &'static str {
+    pub(crate) fn comparator(&self) -> &'static str {
         if self.lower_is_worse() { "<=" } else { ">=" }
     }
 }
@@ -211,7 +211,7 @@ pub fn format_timestamp(t: DateTime<Utc>) -> String {
 }
 
 /// Parses a stored timestamp; accepts the original daemon's naive ISO format too.
-pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
@@ -223,7 +223,7 @@ pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
 
 /// A metric name or unit: almost always one of the catalogue's constants, so copies are free;
 /// owned only when read back from the database.
-pub type Name = Cow<'static, str>;
+pub(crate) type Name = Cow<'static, str>;
 
 /// A raw reading from a collector, before the analyzer applies thresholds.
 #[derive(Debug, Clone, PartialEq)]
@@ -280,7 +280,7 @@ impl Measurement {
     }
 
     /// The same reading, judged as `judgement` says.
-    pub fn judged(mut self, judgement: Judgement) -> Self {
+    pub(crate) fn judged(mut self, judgement: Judgement) -> Self {
         self.judgement = judgement;
         self
     }
@@ -311,7 +311,7 @@ pub struct HealthMetric {
 
 impl HealthMetric {
     /// Applies `thresholds` (if any) to a measurement; without thresholds a metric is healthy.
-    pub fn from_measurement(m: Measurement, thresholds: Option<Thresholds>) -> Self {
+    pub(crate) fn from_measurement(m: Measurement, thresholds: Option<Thresholds>) -> Self {
         let status = match thresholds {
             Some(t) => t.status(m.value),
             None if m.value.is_nan() => HealthStatus::Unknown,
@@ -339,7 +339,7 @@ impl HealthMetric {
     }
 
     /// The key alerts are tracked by.
-    pub fn alert_key(&self) -> AlertKey {
+    pub(crate) fn alert_key(&self) -> AlertKey {
         AlertKey {
             resource_type: self.resource_type,
             resource_id: self.resource_id.clone(),
@@ -444,7 +444,7 @@ impl Silence {
     }
 
     /// True when both silence the same thing (adding one replaces the other).
-    pub fn same_target(&self, other: &Silence) -> bool {
+    pub(crate) fn same_target(&self, other: &Silence) -> bool {
         self.resource_type == other.resource_type
             && self.resource_id == other.resource_id
             && self.metric == other.metric
@@ -452,11 +452,11 @@ impl Silence {
 }
 
 /// The rule every monitor id follows: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`.
-pub const ID_RULE: &str =
+pub(crate) const ID_RULE: &str =
     "an id is 1 to 128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit";
 
 /// Checks an agent or workspace id against [`ID_RULE`], so ids never escape a directory as paths.
-pub fn validate_id(id: &str) -> Result<(), String> {
+pub(crate) fn validate_id(id: &str) -> Result<(), String> {
     let mut chars = id.chars();
     let ok = match chars.next() {
         Some(first) => {
@@ -568,7 +568,7 @@ pub struct AgentOptions {
 impl AgentOptions {
     /// Checks that the options make sense together: one root source at most, a pattern that
     /// compiles, a tmux session name without target syntax.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         let sources = [
             self.pid.is_some(),
             self.pid_file.is_some(),
@@ -681,7 +681,7 @@ pub enum MonitorSpec {
 
 impl MonitorSpec {
     /// Who added it, when not an operator (e.g. `gastown`).
-    pub fn managed_by(&self) -> Option<&str> {
+    pub(crate) fn managed_by(&self) -> Option<&str> {
         match self {
             MonitorSpec::Agent { options, .. } => options.managed_by.as_deref(),
             MonitorSpec::Workspace { options, .. } => options.managed_by.as_deref(),
@@ -720,7 +720,7 @@ impl MonitorSpec {
     }
 
     /// The options as JSON, as stored in the `monitors.options` column.
-    pub fn options_json(&self) -> String {
+    pub(crate) fn options_json(&self) -> String {
         let value = match self {
             MonitorSpec::Agent { options, .. } => serde_json::to_string(options),
             MonitorSpec::Workspace { options, .. } => serde_json::to_string(options),
@@ -729,7 +729,11 @@ impl MonitorSpec {
     }
 
     /// Rebuilds a spec from a `monitors` row.
-    pub fn from_row(kind: MonitorKind, id: &str, options_json: &str) -> Result<Self, String> {
+    pub(crate) fn from_row(
+        kind: MonitorKind,
+        id: &str,
+        options_json: &str,
+    ) -> Result<Self, String> {
         validate_id(id).map_err(|e| format!("monitor {kind}: {e}"))?;
         let bad = |e: serde_json::Error| format!("monitor {kind} {id}: bad options: {e}");
         Ok(match kind {

@@ -11,7 +11,7 @@ use crate::model::{ResourceType, Thresholds};
 /// How one metric alerts: thresholds plus the debounce and hysteresis of docs/ARCHITECTURE.md,
 /// "Alert state machine".
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AlertRule {
+pub(crate) struct AlertRule {
     /// The warning and critical values that set the metric's status.
     pub thresholds: Thresholds,
     /// Breached samples in a row needed before an alert opens (at least 1).
@@ -132,7 +132,7 @@ fn known_metric(metric: &str, label: &str) -> anyhow::Result<()> {
 impl RuleTable {
     /// The rule for a metric of a resource, if it has thresholds: a per-resource override
     /// first, then the metric's.
-    pub fn rule(
+    pub(crate) fn rule(
         &self,
         resource_type: ResourceType,
         resource_id: &str,
@@ -145,7 +145,7 @@ impl RuleTable {
     }
 
     /// Merges `[thresholds.*]` tables over the defaults, rejecting unknown metrics and bad values.
-    pub fn with_overrides(
+    pub(crate) fn with_overrides(
         mut self,
         overrides: &BTreeMap<String, ThresholdConfig>,
     ) -> anyhow::Result<Self> {
@@ -159,7 +159,7 @@ impl RuleTable {
     }
 
     /// Adds `[[override]]` tables, each over its metric's rule.
-    pub fn with_resource_overrides(
+    pub(crate) fn with_resource_overrides(
         mut self,
         overrides: &[ResourceOverride],
     ) -> anyhow::Result<Self> {

@@ -18,7 +18,7 @@ use crate::report::{ActorReport, ChildState, CycleStat, SinkReport, WriterReport
 use crate::store::{self, query};
 
 /// How far back `recent_metrics_count` and `metrics_by_status` look.
-pub const RECENT_WINDOW: Duration = Duration::hours(1);
+pub(crate) const RECENT_WINDOW: Duration = Duration::hours(1);
 
 /// An active alert as the summary lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,7 +157,7 @@ pub struct SummaryInputs {
 }
 
 /// What the database says: recent counts and active alerts.
-pub struct StoredState {
+pub(crate) struct StoredState {
     /// Metric rows written within [`RECENT_WINDOW`], in all and by status.
     pub recent: query::RecentCounts,
     /// The unresolved alerts stored; none when there is no database yet.
@@ -165,7 +165,7 @@ pub struct StoredState {
 }
 
 /// Reads the stored part of a summary (blocking: call it off the event loop).
-pub fn read_stored(db: &Path, now: DateTime<Utc>) -> anyhow::Result<StoredState> {
+pub(crate) fn read_stored(db: &Path, now: DateTime<Utc>) -> anyhow::Result<StoredState> {
     let Some(conn) = store::open_read_only(db)? else {
         return Ok(StoredState {
             recent: query::RecentCounts::default(),
@@ -212,7 +212,7 @@ pub fn offline(settings: &Settings, now: DateTime<Utc>) -> anyhow::Result<Summar
 /// True for an alert about a condition (`collector_failed`, `database_write_failed`,
 /// `session_death`...), not a threshold on a metric: its type is not a metric's name. A metric's
 /// alert already shows through the metric's status; a condition's shows only through this.
-pub fn is_condition(alert_type: &str) -> bool {
+pub(crate) fn is_condition(alert_type: &str) -> bool {
     crate::catalog::lookup(alert_type).is_none()
 }
 
@@ -222,7 +222,7 @@ pub fn is_condition(alert_type: &str) -> bool {
 /// says the resource's monitoring is impaired (`collector_failed`, `collector_stalled`): the
 /// resource itself may be fine, its data is what is stale, so it shows as `degraded`, the
 /// status for impaired monitoring. The overall status still takes the alert's full severity.
-pub fn resource_floor(alert: &HealthAlert) -> Option<HealthStatus> {
+pub(crate) fn resource_floor(alert: &HealthAlert) -> Option<HealthStatus> {
     if alert.resolved || !is_condition(&alert.alert_type) {
         return None;
     }
@@ -465,7 +465,7 @@ fn plural(n: usize, noun: &str) -> String {
 const WRAP_AT: usize = 100;
 
 /// The summary for people.
-pub fn render(s: &Summary) -> String {
+pub(crate) fn render(s: &Summary) -> String {
     let mut out = String::new();
     let daemon = match (s.running, s.pid) {
         (true, Some(pid)) => format!("daemon running (pid {pid})"),

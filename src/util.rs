@@ -16,7 +16,7 @@ pub fn panic_text(payload: &(dyn Any + Send)) -> Option<&str> {
 }
 
 /// The text of a panic payload, or "unknown panic" when it carries none (see [`panic_text`]).
-pub fn panic_message(payload: &(dyn Any + Send)) -> &str {
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
     panic_text(payload).unwrap_or("unknown panic")
 }
 

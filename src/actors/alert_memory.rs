@@ -29,7 +29,7 @@ pub struct AlertMemory {
 
 impl AlertMemory {
     /// Records what `events` did, and the engine's next id.
-    pub fn track(&self, events: &[AlertEvent], next_id: i64) {
+    pub(crate) fn track(&self, events: &[AlertEvent], next_id: i64) {
         self.next_id.fetch_max(next_id, Ordering::Relaxed);
         if events.is_empty() {
             return;
@@ -43,13 +43,13 @@ impl AlertMemory {
     }
 
     /// The id numbering must continue past.
-    pub fn next_id(&self) -> i64 {
+    pub(crate) fn next_id(&self) -> i64 {
         self.next_id.load(Ordering::Relaxed)
     }
 
     /// The active alerts a starting analyzer should hold: the database's, corrected by what a
     /// predecessor announced that may not have landed yet (opened, changed or resolved).
-    pub fn merge(&self, stored: Vec<HealthAlert>) -> Vec<HealthAlert> {
+    pub(crate) fn merge(&self, stored: Vec<HealthAlert>) -> Vec<HealthAlert> {
         let mut known = lock(&self.known);
         let mut by_key: HashMap<AlertKey, HealthAlert> =
             stored.into_iter().map(|a| (a.key(), a)).collect();
@@ -112,7 +112,7 @@ impl AlertMemory {
     }
 
     /// Removes a resource's silences (all, or the one on `metric`); returns how many.
-    pub fn remove_silences(
+    pub(crate) fn remove_silences(
         &self,
         resource_type: ResourceType,
         resource_id: &str,
@@ -138,7 +138,7 @@ impl AlertMemory {
 
     /// Whether an event is silenced, and whether it goes to the sinks: those no silence
     /// covers, and every resolution of an alert they heard about, silenced or not.
-    pub fn decide(&self, event: &AlertEvent, now: DateTime<Utc>) -> (bool, bool) {
+    pub(crate) fn decide(&self, event: &AlertEvent, now: DateTime<Utc>) -> (bool, bool) {
         let alert = event.alert();
         let silenced = self.silenced(alert, now);
         if !event.notifies() {
@@ -167,7 +167,7 @@ impl AlertMemory {
     /// Tells people about alert events: every event is logged, and sent as [`decide`] says.
     ///
     /// [`decide`]: AlertMemory::decide
-    pub fn announce(&self, events: &[AlertEvent], notifier: &Notifier) {
+    pub(crate) fn announce(&self, events: &[AlertEvent], notifier: &Notifier) {
         let now = Utc::now();
         for event in events {
             let first = self.first_notice(event);
@@ -189,7 +189,7 @@ impl AlertMemory {
 
     /// Marks restored alerts as heard by the sinks (they were sent before the restart), and
     /// has stateful sinks (Alertmanager) pick them up again.
-    pub fn restored(&self, alerts: &[HealthAlert], notifier: &Notifier) {
+    pub(crate) fn restored(&self, alerts: &[HealthAlert], notifier: &Notifier) {
         if notifier.is_empty() {
             return;
         }

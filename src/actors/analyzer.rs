@@ -31,7 +31,7 @@ use crate::store::{self, query};
 use crate::util::lock;
 
 /// Batches the queue holds before collectors are refused.
-pub const QUEUE_CAPACITY: usize = 8192;
+pub(crate) const QUEUE_CAPACITY: usize = 8192;
 /// How long a starting analyzer waits for the writer to land a predecessor's alerts.
 const FLUSH_WAIT: Duration = Duration::from_secs(3);
 /// A batch that took down this many analyzers is dropped rather than tried again.
@@ -45,7 +45,7 @@ struct Wake;
 /// A monitor was removed: forget its values and resolve its alerts.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct ForgetResource {
+pub(crate) struct ForgetResource {
     /// The removed monitor's resource type (agent or workspace).
     pub resource_type: ResourceType,
     /// The removed monitor's id.
@@ -55,17 +55,17 @@ pub struct ForgetResource {
 /// Asks for the latest values and active alerts.
 #[derive(Message, Debug)]
 #[rtype(result = "Snapshot")]
-pub struct GetSnapshot;
+pub(crate) struct GetSnapshot;
 
 /// Answered once everything queued before it is analyzed and handed to the writer.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct Drain;
+pub(crate) struct Drain;
 
 /// An operator acknowledges an active alert (by row id).
 #[derive(Message, Debug)]
 #[rtype(result = "Result<HealthAlert, String>")]
-pub struct Acknowledge {
+pub(crate) struct Acknowledge {
     /// The alert's `health_alerts` row id, as `alerts` lists it.
     pub id: i64,
     /// Who acknowledged it, as recorded.
@@ -213,7 +213,7 @@ impl AnalyzerHandle {
     }
 
     /// Asks the current analyzer to forget a resource.
-    pub fn forget(&self, resource_type: ResourceType, resource_id: &str) {
+    pub(crate) fn forget(&self, resource_type: ResourceType, resource_id: &str) {
         if let Some(addr) = self.addr() {
             addr.do_send(ForgetResource {
                 resource_type,
@@ -234,7 +234,7 @@ impl AnalyzerHandle {
 
     /// Sends changes to the writer behind any it refused earlier; what it refuses now waits
     /// with them for the analyzer to send again, in order.
-    pub fn submit_in_order(&self, writer: &WriterHandle, ops: Vec<WriteOp>) {
+    pub(crate) fn submit_in_order(&self, writer: &WriterHandle, ops: Vec<WriteOp>) {
         let mut unsent = lock(&self.inner.unsent);
         if !unsent.is_empty() {
             unsent.extend(ops);
@@ -244,7 +244,7 @@ impl AnalyzerHandle {
     }
 
     /// Sends a request to the current analyzer, with an error for the operator when none runs.
-    pub async fn ask<M, T>(&self, msg: M) -> Result<T, String>
+    pub(crate) async fn ask<M, T>(&self, msg: M) -> Result<T, String>
     where
         M: Message<Result = Result<T, String>> + Send + 'static,
         T: Send + 'static,

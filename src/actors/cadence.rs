@@ -38,7 +38,7 @@ static EPOCH_NS: LazyLock<u128> = LazyLock::new(monotonic_ns);
 
 /// The index of the first beat of period `every` (counted from `epoch`) at least `min_gap`
 /// after `now`; all in nanoseconds on one clock.
-pub fn first_beat(epoch: u128, now: u128, every: u128, min_gap: u128) -> u64 {
+pub(crate) fn first_beat(epoch: u128, now: u128, every: u128, min_gap: u128) -> u64 {
     let since = (now + min_gap).saturating_sub(epoch);
     // Saturates for absurd periods; such a beat simply never comes.
     u64::try_from(since.div_ceil(every.max(1))).unwrap_or(u64::MAX)
@@ -147,7 +147,7 @@ enum Source {
 
 /// The beats of period `every` on this event loop, from the first one at least `min_gap` from
 /// now. A beat that passes while the loop is busy is not made up: the next one comes on time.
-pub fn beats(every: Duration, min_gap: Duration) -> impl Stream<Item = ()> {
+pub(crate) fn beats(every: Duration, min_gap: Duration) -> impl Stream<Item = ()> {
     let every = every.max(Duration::from_millis(1));
     let next = first_beat(
         *EPOCH_NS,
@@ -191,7 +191,7 @@ fn beats_from(source: Source, every: Duration, next: u64) -> impl Stream<Item = 
 }
 
 /// Runs `f` on every beat of period `every`, the first at least `min_gap` from now.
-pub fn run_on_beat<A, F>(
+pub(crate) fn run_on_beat<A, F>(
     ctx: &mut Context<A>,
     every: Duration,
     min_gap: Duration,

@@ -20,7 +20,7 @@ pub use crate::report::CycleStat;
 
 /// How a collector is paced.
 #[derive(Debug, Clone, Copy)]
-pub struct Pace {
+pub(crate) struct Pace {
     /// Time between two measurements, on the daemon's shared beat (`interval`, default 30 s).
     pub interval: Duration,
     /// A measurement running longer than this raises `collector_stalled`.
@@ -44,7 +44,7 @@ impl CycleTimes {
     }
 
     /// Forgets a collector that is gone for good (its monitor was removed).
-    pub fn forget(&self, collector: &str) {
+    pub(crate) fn forget(&self, collector: &str) {
         let mut map = lock(&self.0);
         map.remove(collector);
     }
@@ -61,7 +61,7 @@ impl CycleTimes {
 type Outcome = Result<(Box<dyn Probe>, Vec<crate::model::Measurement>, Duration), String>;
 
 /// One collector: the system, an agent or a workspace, depending on its probe.
-pub struct Collector {
+pub(crate) struct Collector {
     name: String,
     /// The resource a stall is reported on.
     resource: Option<(ResourceType, String)>,

@@ -17,7 +17,7 @@ use actix::{Actor, Addr, Handler, Message, Recipient};
 /// Asks a child to stop on purpose (removal or shutdown).
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
-pub struct StopChild;
+pub(crate) struct StopChild;
 
 /// Sent by a child's [`ExitGuard`] when the child is gone, however it went.
 #[derive(Message, Debug, Clone)]

@@ -10,20 +10,20 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 /// What a finished job leaves to do: hand its result over (a oneshot send, say).
-pub type Delivery = Box<dyn FnOnce() + Send>;
+pub(crate) type Delivery = Box<dyn FnOnce() + Send>;
 
 /// A measurement: it runs on a runner thread and returns the delivery of its result.
-pub type Job = Box<dyn FnOnce() -> Delivery + Send>;
+pub(crate) type Job = Box<dyn FnOnce() -> Delivery + Send>;
 
 /// A job running this long no longer counts against [`ProbeRunner`]'s parallelism: probes that
 /// wait by design (a slow directory walk, a database check) or hang (a dead mount) get more
 /// threads started beside them, so they never hold up the others.
-pub const RUNNER_STUCK_AFTER: Duration = Duration::from_millis(50);
+pub(crate) const RUNNER_STUCK_AFTER: Duration = Duration::from_millis(50);
 /// A job whose last run took less than this is expected to be quick (see [`ProbeRunner::submit`]):
 /// holding a burst's results for it delays them by about as much.
-pub const QUICK_JOB: Duration = Duration::from_millis(10);
+pub(crate) const QUICK_JOB: Duration = Duration::from_millis(10);
 /// The longest wait between two checks that a job still out is not stuck behind another.
-pub const MAX_PROGRESS_CHECK: Duration = Duration::from_secs(5);
+pub(crate) const MAX_PROGRESS_CHECK: Duration = Duration::from_secs(5);
 /// Queued jobs one thread on its way takes before another is woken for them.
 const JOBS_PER_THREAD: usize = 16;
 /// An idle runner thread exits after this long without work.
@@ -31,7 +31,7 @@ const RUNNER_KEEP_ALIVE: Duration = Duration::from_secs(60);
 
 /// Where a job's delivery runs.
 #[derive(Clone)]
-pub enum Destination {
+pub(crate) enum Destination {
     /// On the runner thread itself.
     InPlace,
     /// On an event loop, handed over in batches: one wake-up of the loop per batch.
@@ -40,7 +40,7 @@ pub enum Destination {
 
 /// An event loop's inbox for deliveries, and the thread that loop runs on.
 #[derive(Clone)]
-pub struct EventLoopInbox {
+pub(crate) struct EventLoopInbox {
     tx: UnboundedSender<Vec<Delivery>>,
     thread: ThreadId,
 }
@@ -65,7 +65,7 @@ impl Drop for KickPending {
 impl Destination {
     /// The event loop of the calling thread (which must run one, as an actor's does): a task
     /// on it runs each batch of deliveries as it arrives.
-    pub fn this_event_loop() -> Destination {
+    pub(crate) fn this_event_loop() -> Destination {
         INBOX.with(|inbox| {
             let mut inbox = inbox.borrow_mut();
             // A loop that has ended (a test's system, say) closed its inbox: start another.
@@ -132,7 +132,7 @@ fn deliver(finished: Vec<(Destination, Delivery)>) {
 /// small probe on a 2-CPU VM, and a wake-up from idle far more: see `cadence`). Probes that
 /// block are covered by [`RUNNER_STUCK_AFTER`]: parallelism is bounded only among probes that
 /// are quick, and results are held only behind a job expected to be quick.
-pub struct ProbeRunner {
+pub(crate) struct ProbeRunner {
     state: Mutex<RunnerState>,
     work: Condvar,
     /// Threads running quick probes at once.
@@ -247,7 +247,7 @@ impl ProbeRunner {
     /// then at doubling intervals up to [`MAX_PROGRESS_CHECK`]: a job that hangs (its own or
     /// one it is queued or held behind) costs a few wake-ups, never a result stuck for good.
     /// A result that comes in time drops the timer unfired: a cycle costs no extra wake-up.
-    pub async fn wait_for<T>(
+    pub(crate) async fn wait_for<T>(
         self: &Arc<Self>,
         result: tokio::sync::oneshot::Receiver<T>,
     ) -> Result<T, tokio::sync::oneshot::error::RecvError> {
@@ -291,7 +291,7 @@ impl ProbeRunner {
     /// Makes sure queued jobs get a thread: an idle one, or a new one while fewer than
     /// `parallelism` run quick jobs. Called at the end of a submitting turn and again by
     /// [`wait_for`](Self::wait_for) while a result has not come.
-    pub fn ensure_progress(self: &Arc<Self>) {
+    pub(crate) fn ensure_progress(self: &Arc<Self>) {
         let mut state = self.lock();
         let wake = self.make_progress(&mut state);
         // Results held for a last job that was expected to be quick and is now stuck: they go

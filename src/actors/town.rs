@@ -42,7 +42,7 @@ const SOURCE: &str = "gastown";
 
 /// What Gas Town's daemon was last seen doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DaemonSeen {
+pub(crate) enum DaemonSeen {
     /// No pid file seen yet (or the town was stopped on purpose since).
     #[default]
     Unknown,
@@ -56,7 +56,7 @@ pub enum DaemonSeen {
 /// seen before. Gas Town removes a stale pid file whenever a `gt` command asks whether its
 /// daemon runs, so a death seen once stays a death until the daemon runs again or `gt down`
 /// stops the town on purpose (`stopped`). A missing file never seen stale is a clean stop.
-pub fn daemon_reading(
+pub(crate) fn daemon_reading(
     file: Option<bool>,
     seen: DaemonSeen,
     stopped: bool,
@@ -126,7 +126,7 @@ impl TownState {
     }
 
     /// The polecats idle since their `gt done`, for the probes that judge stalls.
-    pub fn idle_sessions(&self) -> IdleSessions {
+    pub(crate) fn idle_sessions(&self) -> IdleSessions {
         self.idle.clone()
     }
 
@@ -140,10 +140,10 @@ impl TownState {
 }
 
 /// Shared, restart-proof town state.
-pub type SharedTownState = Arc<TownState>;
+pub(crate) type SharedTownState = Arc<TownState>;
 
 /// The actor.
-pub struct TownWatcher {
+pub(crate) struct TownWatcher {
     town: Town,
     settings: GastownSettings,
     /// The daemon's interval: the town's own measurements are taken as often.
@@ -158,7 +158,7 @@ pub struct TownWatcher {
 
 /// What a retiring agent's latest measurements say.
 #[derive(Debug, PartialEq)]
-pub enum Retirement {
+pub(crate) enum Retirement {
     /// Its process is gone and left no orphans: stop watching it.
     Done,
     /// Still running, or orphans remain: keep watching.
@@ -177,7 +177,7 @@ fn latest<'a>(latest: &'a [HealthMetric], session: &str, metric: &str) -> Option
 }
 
 /// Decides whether an agent can be retired from its latest metrics.
-pub fn retirement(session: &str, snapshot: &[HealthMetric]) -> Retirement {
+pub(crate) fn retirement(session: &str, snapshot: &[HealthMetric]) -> Retirement {
     let value = |metric: &str| latest(snapshot, session, metric).map(|m| m.value);
     match (
         value(catalog::AGENT_ACTIVE),

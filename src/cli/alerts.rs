@@ -82,7 +82,7 @@ pub enum SilenceCommand {
 }
 
 /// clap value parser for `TYPE:ID`.
-pub fn parse_resource(s: &str) -> Result<(ResourceType, String), String> {
+pub(crate) fn parse_resource(s: &str) -> Result<(ResourceType, String), String> {
     let (kind, id) = s
         .split_once(':')
         .ok_or_else(|| format!("{s:?} is not TYPE:ID (e.g. agent:a1)"))?;
@@ -92,7 +92,7 @@ pub fn parse_resource(s: &str) -> Result<(ResourceType, String), String> {
 }
 
 /// clap value parser for durations such as `90s`, `30m`, `2h`, `1d` or `1h30m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s)
         .map_err(|e| format!("{s:?} is not a duration like 30m, 2h or 1d: {e}"))?;
     if d.is_zero() || d > Duration::from_secs(366 * 86_400) {
@@ -203,7 +203,11 @@ fn alert_state(a: &HealthAlert, silences: &[Silence], now: DateTime<Utc>) -> &'s
 }
 
 /// Renders alerts as a table, newest first.
-pub fn render_alerts(alerts: &[HealthAlert], silences: &[Silence], now: DateTime<Utc>) -> String {
+pub(crate) fn render_alerts(
+    alerts: &[HealthAlert],
+    silences: &[Silence],
+    now: DateTime<Utc>,
+) -> String {
     if alerts.is_empty() {
         return "no alerts\n".to_string();
     }
@@ -359,7 +363,7 @@ fn send_or_write(settings: &Settings, request: &Request, ops: &[WriteOp]) -> any
 }
 
 /// Renders silences as a table.
-pub fn render_silences(silences: &[Silence]) -> String {
+pub(crate) fn render_silences(silences: &[Silence]) -> String {
     if silences.is_empty() {
         return "no silences\n".to_string();
     }

@@ -117,7 +117,7 @@ fn metric(summary: &Summary, rtype: ResourceType, id: &str, name: &str) -> Optio
 }
 
 /// The state a session's latest values and heartbeat give it.
-pub fn session_state(
+pub(crate) fn session_state(
     alive: Option<bool>,
     crashed: bool,
     stalled: Option<f64>,
@@ -233,7 +233,7 @@ fn opt(v: Option<f64>, unit: &str) -> String {
 
 /// Renders the rows for people, with the town itself (its daemon, its orphans) and the
 /// town-wide alerts below.
-pub fn render(rows: &[AgentRow], summary: &Summary, town_alerts: &[AlertView]) -> String {
+pub(crate) fn render(rows: &[AgentRow], summary: &Summary, town_alerts: &[AlertView]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,

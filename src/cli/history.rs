@@ -131,7 +131,7 @@ pub fn sparkline(values: &[f64], width: usize) -> String {
 }
 
 /// Renders the history for people.
-pub fn render(h: &History) -> String {
+pub(crate) fn render(h: &History) -> String {
     let unit = h.unit.as_deref().unwrap_or("");
     let n = |v: Option<f64>| v.map(|v| format_value(v, unit)).unwrap_or("-".into());
     let mut out = String::new();

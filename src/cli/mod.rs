@@ -84,12 +84,12 @@ pub enum Command {
 }
 
 /// clap value parser for agent and workspace ids.
-pub fn parse_id(s: &str) -> Result<String, String> {
+pub(crate) fn parse_id(s: &str) -> Result<String, String> {
     validate_id(s).map(|_| s.to_string())
 }
 
 /// clap value parser for `agent` / `workspace`.
-pub fn parse_kind(s: &str) -> Result<MonitorKind, String> {
+pub(crate) fn parse_kind(s: &str) -> Result<MonitorKind, String> {
     s.parse()
 }
 
@@ -125,7 +125,7 @@ pub fn settings(
 /// clap value parser for paths that are stored (monitor paths): they must be UTF-8, since they
 /// are kept as JSON text. Anything else is a usage error (exit 2) that names the argument.
 #[derive(Debug, Clone, Copy)]
-pub struct Utf8Path;
+pub(crate) struct Utf8Path;
 
 impl clap::builder::TypedValueParser for Utf8Path {
     type Value = PathBuf;
@@ -157,7 +157,7 @@ pub fn absolute(path: PathBuf) -> anyhow::Result<PathBuf> {
 
 /// Whether the database file exists; an error only when that cannot be told (e.g. a directory
 /// on the way that this user may not search).
-pub fn database_exists(settings: &Settings) -> anyhow::Result<bool> {
+pub(crate) fn database_exists(settings: &Settings) -> anyhow::Result<bool> {
     settings
         .db_path
         .try_exists()
@@ -166,7 +166,7 @@ pub fn database_exists(settings: &Settings) -> anyhow::Result<bool> {
 
 /// The error of a read command that has neither a database nor a daemon to answer it: most
 /// likely a mistyped `--db-path`, which must not read as "nothing wrong, nothing monitored".
-pub fn missing_database(settings: &Settings) -> anyhow::Error {
+pub(crate) fn missing_database(settings: &Settings) -> anyhow::Error {
     anyhow::anyhow!(
         "no database at {} and no daemon answers on {}: check --db-path (and --socket); \
          `start` creates the database",
@@ -177,7 +177,7 @@ pub fn missing_database(settings: &Settings) -> anyhow::Error {
 
 /// For a read command answering from the database because no daemon answers: refuses a
 /// database that does not exist (see [`missing_database`]) or is not SQLite.
-pub fn require_database(settings: &Settings) -> anyhow::Result<()> {
+pub(crate) fn require_database(settings: &Settings) -> anyhow::Result<()> {
     if !database_exists(settings)? {
         return Err(missing_database(settings));
     }

@@ -27,7 +27,7 @@ pub struct ListArgs {
 
 /// The summary from the daemon, or from the database when no daemon answers; with neither
 /// (a mistyped `--db-path`) an error, not an empty "unknown" summary.
-pub fn fetch_summary(settings: &Settings) -> anyhow::Result<Summary> {
+pub(crate) fn fetch_summary(settings: &Settings) -> anyhow::Result<Summary> {
     match client::request(&settings.socket_path, &Request::Status {}) {
         Ok(data) => Ok(serde_json::from_value(data)?),
         Err(ClientError::NoDaemon(_)) => {

@@ -7,7 +7,7 @@ use nix::sys::statvfs::{FsFlags, statvfs};
 
 /// One line of `/proc/self/mountinfo`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Mount {
+pub(crate) struct Mount {
     /// Where it is mounted (field 5, escapes undone).
     pub mount_point: PathBuf,
     /// `major:minor` of the device.
@@ -47,7 +47,7 @@ fn unescape(s: &[u8]) -> Vec<u8> {
 }
 
 /// Parses `/proc/self/mountinfo` (raw bytes); malformed lines are skipped.
-pub fn parse_mountinfo(text: &[u8]) -> Vec<Mount> {
+pub(crate) fn parse_mountinfo(text: &[u8]) -> Vec<Mount> {
     use std::os::unix::ffi::OsStringExt;
     text.split(|b| *b == b'\n')
         .filter_map(|line| {
@@ -103,7 +103,7 @@ const IMAGE_TYPES: &[&str] = &["squashfs", "iso9660", "erofs", "cramfs", "udf"];
 
 /// The real filesystems: data-holding types or block devices (not read-only images), plus `/`
 /// whatever it is; one mount point per device (the shortest), so bind mounts count once.
-pub fn real_filesystems(mounts: &[Mount]) -> Vec<Mount> {
+pub(crate) fn real_filesystems(mounts: &[Mount]) -> Vec<Mount> {
     let mut picked: Vec<Mount> = mounts
         .iter()
         .filter(|m| {

@@ -4,7 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// `None` when the workspace has no `.git`; otherwise whether the repository's HEAD can be read.
-pub fn repository_valid(workspace: &Path) -> Option<bool> {
+pub(crate) fn repository_valid(workspace: &Path) -> Option<bool> {
     let dot_git = workspace.join(".git");
     fs::symlink_metadata(&dot_git).ok()?;
     // A `.git` symlinked to a directory counts as one; a dangling link is broken.

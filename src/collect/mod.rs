@@ -20,7 +20,7 @@ pub use workspace::WorkspaceProbe;
 
 /// Something that can be measured once per cycle. `measure` may block (it runs on a blocking
 /// thread), and keeps whatever history it needs between calls.
-pub trait Probe: Send + 'static {
+pub(crate) trait Probe: Send + 'static {
     /// One cycle's readings.
     fn measure(&mut self) -> Vec<Measurement>;
 }
@@ -37,7 +37,7 @@ pub struct WalkLimits {
 impl WalkLimits {
     /// Limits from the settings: a cycle waits up to half an interval (at most 5 s, at most the
     /// cap) for a walk; walks give up at `walk_time_cap`.
-    pub fn from_settings(settings: &Settings) -> Self {
+    pub(crate) fn from_settings(settings: &Settings) -> Self {
         let cap = settings.walk_time_cap;
         WalkLimits {
             wait: (settings.interval / 2).min(Duration::from_secs(5)).min(cap),
@@ -52,7 +52,7 @@ pub(crate) fn flag(value: bool) -> f64 {
 }
 
 /// Machine-wide CPU, memory, swap, load and filesystems.
-pub struct SystemProbe {
+pub(crate) struct SystemProbe {
     sampler: system::SystemSampler,
 }
 
@@ -75,7 +75,7 @@ impl Probe for SystemProbe {
 /// The probe for a monitor, with default paths resolved from `settings`.
 ///
 /// `idle` lists the Gas Town polecats idle since their `gt done` (when a town is followed).
-pub fn probe_for(
+pub(crate) fn probe_for(
     spec: &MonitorSpec,
     settings: &Settings,
     limits: WalkLimits,

@@ -35,7 +35,7 @@ impl ProcStat {
 
 /// Parses a `/proc/<pid>/stat` line. The command name may hold spaces and parentheses, so
 /// fields are counted from the last `)`.
-pub fn parse_stat(line: &str) -> Option<ProcStat> {
+pub(crate) fn parse_stat(line: &str) -> Option<ProcStat> {
     let open = line.find('(')?;
     let close = line.rfind(')')?;
     let pid = line[..open].trim().parse().ok()?;
@@ -109,7 +109,7 @@ pub(crate) fn read_small<'a>(path: &Path, buf: &'a mut [u8]) -> io::Result<Optio
 }
 
 /// Reads one process's stat; `None` when it is gone.
-pub fn read_stat(pid: u32) -> Option<ProcStat> {
+pub(crate) fn read_stat(pid: u32) -> Option<ProcStat> {
     let path = ProcPath::new(format_args!("/proc/{pid}/stat"))?;
     // A stat line is well under 1.5 KB; a longer one is read the slow way.
     let mut buf = [0u8; 1536];
@@ -202,7 +202,7 @@ pub fn tree(root: u32) -> Vec<ProcStat> {
 }
 
 /// [`tree`] from a root whose stat was just read.
-pub fn tree_from(root_stat: ProcStat) -> Vec<ProcStat> {
+pub(crate) fn tree_from(root_stat: ProcStat) -> Vec<ProcStat> {
     let root = root_stat.pid;
     let mut out = vec![root_stat];
     let mut seen = HashSet::from([root]);
@@ -236,7 +236,7 @@ pub fn tree_from(root_stat: ProcStat) -> Vec<ProcStat> {
 
 /// Machine constants needed to turn ticks and pages into seconds and bytes.
 #[derive(Debug, Clone, Copy)]
-pub struct Machine {
+pub(crate) struct Machine {
     /// Clock ticks per second (`CLK_TCK`, 100 when unknown), the unit of CPU and start times.
     pub ticks_per_second: f64,
     /// Bytes per memory page (4096 when unknown), the unit of resident set sizes.
@@ -266,19 +266,19 @@ impl Machine {
     }
 
     /// When a process started, in seconds since the epoch.
-    pub fn start_epoch(&self, stat: &ProcStat) -> f64 {
+    pub(crate) fn start_epoch(&self, stat: &ProcStat) -> f64 {
         self.boot_time + stat.start_ticks as f64 / self.ticks_per_second
     }
 
     /// The boot time again: it moves when the clock is stepped, and start times with it.
-    pub fn refresh_boot_time(&mut self) {
+    pub(crate) fn refresh_boot_time(&mut self) {
         if let Some(bt) = read_boot_time() {
             self.boot_time = bt;
         }
     }
 
     /// Pages to MB.
-    pub fn megabytes(&self, pages: u64) -> f64 {
+    pub(crate) fn megabytes(&self, pages: u64) -> f64 {
         (pages * self.page_size) as f64 / (1024.0 * 1024.0)
     }
 }
@@ -298,7 +298,7 @@ pub fn boot_id() -> Option<&'static str> {
 
 /// When a running process started, to be recorded with its pid (`add agent --pid`); `None` when
 /// no such process runs.
-pub fn process_start(pid: u32) -> Option<crate::model::PidStart> {
+pub(crate) fn process_start(pid: u32) -> Option<crate::model::PidStart> {
     let stat = read_stat(pid).filter(ProcStat::is_running)?;
     Some(crate::model::PidStart {
         ticks: stat.start_ticks,
@@ -342,7 +342,7 @@ pub(crate) fn uptime_seconds() -> Option<f64> {
 }
 
 /// Open file descriptors of a process; 0 when they cannot be listed (another user's process).
-pub fn open_files(pid: u32) -> u64 {
+pub(crate) fn open_files(pid: u32) -> u64 {
     let dir = format!("/proc/{pid}/fd");
     // Since Linux 6.2 the size of `/proc/<pid>/fd` is the number of open descriptors: one
     // stat instead of listing them all (profiled: the listing was a tenth of an agent probe).
@@ -356,7 +356,7 @@ pub fn open_files(pid: u32) -> u64 {
 
 /// A process of a tree, as remembered from one cycle to the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Member {
+pub(crate) struct Member {
     /// Its process id.
     pub pid: u32,
     /// Its start time after boot, in clock ticks, so a reused pid is told apart.
@@ -365,7 +365,7 @@ pub struct Member {
 
 /// One reading of an agent's process tree.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TreeSample {
+pub(crate) struct TreeSample {
     /// The root process runs, and is the same process as before (its start time has not changed).
     pub alive: bool,
     /// A process runs with the root's pid, but it started at another time: not the agent's (the
@@ -404,7 +404,7 @@ type TickCounts = HashMap<(u32, u64), u64>;
 /// Follows an agent's root process from cycle to cycle, turning tick counters into CPU
 /// percentages. The root may change (a rewritten pid file): history then starts over.
 #[derive(Debug)]
-pub struct TreeSampler {
+pub(crate) struct TreeSampler {
     machine: Machine,
     root: Option<Member>,
     previous: Option<(Instant, TickCounts)>,
@@ -560,7 +560,7 @@ pub fn scan_all(max_age: std::time::Duration) -> Arc<Vec<ScannedProcess>> {
 
 /// The root of the processes whose command line matches: among matches whose parent does not
 /// match too, the oldest. The monitor itself never matches.
-pub fn find_match(pattern: &regex::Regex, scan: &[ScannedProcess]) -> Option<u32> {
+pub(crate) fn find_match(pattern: &regex::Regex, scan: &[ScannedProcess]) -> Option<u32> {
     let me = std::process::id();
     let matching: Vec<&ScannedProcess> = scan
         .iter()

@@ -34,7 +34,7 @@ type Registry = HashMap<(PathBuf, Duration), Weak<Mutex<Shared>>>;
 static SIZERS: LazyLock<Mutex<Registry>> = LazyLock::new(Default::default);
 
 /// A probe's handle on the size of one directory.
-pub struct SharedSizer {
+pub(crate) struct SharedSizer {
     path: PathBuf,
     shared: Arc<Mutex<Shared>>,
 }
@@ -42,7 +42,7 @@ pub struct SharedSizer {
 /// A size, whether the latest finished walk gave up at its cap, and whether it could not read
 /// part of the tree (then the size is the last complete one, if there was one).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SharedReading {
+pub(crate) struct SharedReading {
     /// The newest complete totals, or that the first walk is still running or failed.
     pub size: SizeReading,
     /// The latest finished walk gave up at its time cap.

@@ -13,7 +13,7 @@ use crate::store::read_only_uri as uri;
 
 /// The result of one check.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DbCheck {
+pub(crate) struct DbCheck {
     /// Opened read-only and `PRAGMA quick_check` said ok.
     pub ok: bool,
     /// How long the whole check took, in milliseconds, including any wait for a lock.
@@ -32,7 +32,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Records the daemon's own database, so a workspace that contains it does not check it; again
 /// whenever the writer moves to a new file (its database was deleted or replaced).
-pub fn set_own_database(path: &Path) {
+pub(crate) fn set_own_database(path: &Path) {
     if let Ok(meta) = std::fs::metadata(path)
         && let Ok(mut own) = OWN_DATABASE.lock()
     {
@@ -41,7 +41,7 @@ pub fn set_own_database(path: &Path) {
 }
 
 /// True for the daemon's own database (found by `stat`, which opens nothing).
-pub fn is_own_database(path: &Path) -> bool {
+pub(crate) fn is_own_database(path: &Path) -> bool {
     let Some(own) = OWN_DATABASE.lock().ok().and_then(|o| *o) else {
         return false;
     };
@@ -59,7 +59,7 @@ fn sidecar(path: &Path, suffix: &str) -> PathBuf {
 ///
 /// A WAL database needs its `-shm` file to be read. When nobody has it open (no `-shm`), it is
 /// opened `immutable`, which creates nothing; when someone does, the files already exist.
-pub fn check_database(path: &Path, busy_timeout: Duration, cap: Duration) -> DbCheck {
+pub(crate) fn check_database(path: &Path, busy_timeout: Duration, cap: Duration) -> DbCheck {
     let _one = crate::util::lock(&ONE_AT_A_TIME);
     let started = Instant::now();
     let result = check(path, busy_timeout, cap);
@@ -141,7 +141,7 @@ struct Listing {
 /// it changed (its mtime moves when an entry is added, removed or renamed): one `stat` per
 /// directory per cycle instead of a listing.
 #[derive(Debug, Default)]
-pub struct Discovery {
+pub(crate) struct Discovery {
     listings: [Option<Listing>; 2],
 }
 

@@ -13,10 +13,10 @@ use crate::catalog::{
 use crate::model::{Measurement, ResourceType};
 
 /// The resource id of machine-wide metrics (and of `/`).
-pub const SYSTEM_ID: &str = "system";
+pub(crate) const SYSTEM_ID: &str = "system";
 
 /// Holds one `sysinfo::System` across ticks, so CPU usage covers the time between two ticks.
-pub struct SystemSampler {
+pub(crate) struct SystemSampler {
     sys: System,
     last_cpu_refresh: Instant,
     sampled: bool,

@@ -33,7 +33,7 @@ fn probe_file_prefix() -> &'static str {
 
 /// True for the name of a file [`writable`] creates (and removes at once) in this process:
 /// the inotify-kept totals ignore them, or every cycle's probe would cost a re-read.
-pub fn is_own_probe_file(name: &OsStr) -> bool {
+pub(crate) fn is_own_probe_file(name: &OsStr) -> bool {
     name.as_encoded_bytes()
         .starts_with(probe_file_prefix().as_bytes())
 }
@@ -48,7 +48,7 @@ const WRITE_PROBE_EVERY: Duration = Duration::from_secs(60);
 /// and on every cycle while it is no. Profiled, creating and removing the file every cycle was
 /// a sixth of a workspace probe's cost, and file watchers in the workspace saw it.
 #[derive(Debug, Default)]
-pub struct WritableCheck {
+pub(crate) struct WritableCheck {
     /// When the last real probe ran, and what it said.
     last_probe: Option<(Instant, bool)>,
     /// Real probes run so far (for tests).

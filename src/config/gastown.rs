@@ -9,13 +9,13 @@ use serde::Deserialize;
 use crate::model::HealthStatus;
 
 /// Gas Town calls a heartbeat stale after three minutes.
-pub const DEFAULT_HEARTBEAT_STALE_SECS: f64 = 180.0;
+pub(crate) const DEFAULT_HEARTBEAT_STALE_SECS: f64 = 180.0;
 /// The deacon's tmux session, whose heartbeat is `deacon/heartbeat.json`.
-pub const DEACON_SESSION: &str = "hq-deacon";
+pub(crate) const DEACON_SESSION: &str = "hq-deacon";
 /// Gas Town's deacon heartbeat is stale at 5 minutes (internal/deacon/heartbeat.go)...
-pub const DEACON_HEARTBEAT_STALE_SECS: f64 = 300.0;
+pub(crate) const DEACON_HEARTBEAT_STALE_SECS: f64 = 300.0;
 /// ...and very stale at 20.
-pub const DEACON_HEARTBEAT_VERY_STALE_SECS: f64 = 1200.0;
+pub(crate) const DEACON_HEARTBEAT_VERY_STALE_SECS: f64 = 1200.0;
 
 /// The `[gastown]` table as written.
 #[derive(Debug, Default, Deserialize)]

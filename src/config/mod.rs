@@ -18,19 +18,19 @@ pub use gastown::GastownSettings;
 pub use outputs::{HttpSettings, LogFormat, NotifySettings};
 
 /// Default database file, relative to the working directory (as in the original).
-pub const DEFAULT_DB_PATH: &str = "health_monitor.db";
+pub(crate) const DEFAULT_DB_PATH: &str = "health_monitor.db";
 /// Default collection interval in seconds.
-pub const DEFAULT_INTERVAL_SECS: f64 = 30.0;
+pub(crate) const DEFAULT_INTERVAL_SECS: f64 = 30.0;
 /// Default minimum time between two notices of the same alert, in seconds.
-pub const DEFAULT_ALERT_COOLDOWN_SECS: f64 = 300.0;
+pub(crate) const DEFAULT_ALERT_COOLDOWN_SECS: f64 = 300.0;
 /// Default log level.
-pub const DEFAULT_LOG_LEVEL: &str = "info";
+pub(crate) const DEFAULT_LOG_LEVEL: &str = "info";
 /// Default workspace of an agent; `{id}` is replaced by the agent id.
-pub const DEFAULT_AGENT_WORKSPACE: &str = "/tmp/agent_{id}";
+pub(crate) const DEFAULT_AGENT_WORKSPACE: &str = "/tmp/agent_{id}";
 /// Default path of a workspace; `{id}` is replaced by the workspace id.
-pub const DEFAULT_WORKSPACE_PATH: &str = "/tmp/agent-workspaces/{id}";
+pub(crate) const DEFAULT_WORKSPACE_PATH: &str = "/tmp/agent-workspaces/{id}";
 /// Shortest interval accepted; anything shorter only burns CPU.
-pub const MIN_INTERVAL_SECS: f64 = 0.01;
+pub(crate) const MIN_INTERVAL_SECS: f64 = 0.01;
 
 /// How the supervisor restarts what fails (the `[supervisor]` table, in seconds).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -179,7 +179,7 @@ pub struct ThresholdConfig {
 
 /// Largest config file accepted, in bytes (1 MiB): a real one is a few kilobytes, and a device
 /// such as `/dev/zero` or a generated file of 200k `[[override]]`s must not exhaust memory.
-pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+pub(crate) const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 /// What a file that is not a regular file is, for the error message.
 fn file_kind(file_type: std::fs::FileType) -> &'static str {
@@ -416,12 +416,12 @@ impl Settings {
     }
 
     /// Where an agent's workspace is when the monitor does not say.
-    pub fn default_agent_workspace(&self, id: &str) -> PathBuf {
+    pub(crate) fn default_agent_workspace(&self, id: &str) -> PathBuf {
         expand_template(&self.agent_workspace, id)
     }
 
     /// Where a workspace is when the monitor does not say.
-    pub fn default_workspace_path(&self, id: &str) -> PathBuf {
+    pub(crate) fn default_workspace_path(&self, id: &str) -> PathBuf {
         expand_template(&self.workspace_path, id)
     }
 }
@@ -594,14 +594,14 @@ fn resolve_notify(
 }
 
 /// The control socket that goes with a database: `<db-path>.sock`.
-pub fn default_socket_path(db_path: &Path) -> PathBuf {
+pub(crate) fn default_socket_path(db_path: &Path) -> PathBuf {
     let mut s = db_path.as_os_str().to_owned();
     s.push(".sock");
     PathBuf::from(s)
 }
 
 /// Replaces `{id}` in a path template. Ids are validated, so they cannot climb out of it.
-pub fn expand_template(template: &str, id: &str) -> PathBuf {
+pub(crate) fn expand_template(template: &str, id: &str) -> PathBuf {
     PathBuf::from(template.replace("{id}", id))
 }
 
@@ -638,7 +638,7 @@ fn days(key: &str, v: Option<f64>, default: f64) -> anyhow::Result<Duration> {
 
 /// Accepts a level (`error`, `warn`, `info`, `debug`, `trace`, `off`) or comma-separated
 /// `target=level` directives such as `health_monitor=debug,actix=warn`.
-pub fn validate_log_level(spec: &str) -> anyhow::Result<()> {
+pub(crate) fn validate_log_level(spec: &str) -> anyhow::Result<()> {
     const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
     let level_ok = |l: &str| LEVELS.contains(&l.to_ascii_lowercase().as_str());
     let target_ok = |t: &str| {

@@ -11,11 +11,11 @@ use serde::Deserialize;
 use crate::model::HealthStatus;
 
 /// Seconds one notification attempt may take unless a sink says otherwise.
-pub const DEFAULT_SINK_TIMEOUT_SECS: f64 = 10.0;
+pub(crate) const DEFAULT_SINK_TIMEOUT_SECS: f64 = 10.0;
 /// Attempts after the first failed one.
-pub const DEFAULT_SINK_RETRIES: u32 = 3;
+pub(crate) const DEFAULT_SINK_RETRIES: u32 = 3;
 /// Shortest bearer token accepted for the HTTP API's write endpoints.
-pub const MIN_TOKEN_CHARS: usize = 16;
+pub(crate) const MIN_TOKEN_CHARS: usize = 16;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]

@@ -13,9 +13,9 @@ use std::time::Duration;
 use super::protocol::{Request, Response};
 
 /// How long the CLI waits for the daemon unless [`TIMEOUT_ENV`] says otherwise.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Environment variable: seconds the CLI waits for the daemon (e.g. `30`, `0.5`).
-pub const TIMEOUT_ENV: &str = "HEALTH_MONITOR_TIMEOUT";
+pub(crate) const TIMEOUT_ENV: &str = "HEALTH_MONITOR_TIMEOUT";
 
 /// Why a request did not get an answer.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +49,7 @@ pub fn request(socket: &Path, request: &Request) -> Result<serde_json::Value, Cl
 }
 
 /// Like [`request`], waiting up to `timeout` for the answer (for long tasks such as vacuum).
-pub fn request_with_timeout(
+pub(crate) fn request_with_timeout(
     socket: &Path,
     request: &Request,
     timeout: Duration,

@@ -11,11 +11,11 @@ use crate::model::{
 use crate::report::{ActorReport, ChildState};
 
 /// Longest resource id a silence may name (database ids are `<workspace>/<path>`).
-pub const MAX_RESOURCE_ID_BYTES: usize = 4096;
+pub(crate) const MAX_RESOURCE_ID_BYTES: usize = 4096;
 
 /// Checks a resource id named by an operator: agents and workspaces follow the id rule, other
 /// resources (databases, filesystems) only need to be printable.
-pub fn validate_resource_id(resource_type: ResourceType, id: &str) -> Result<(), String> {
+pub(crate) fn validate_resource_id(resource_type: ResourceType, id: &str) -> Result<(), String> {
     match resource_type {
         ResourceType::Agent | ResourceType::Workspace => validate_id(id),
         _ if id.is_empty() || id.len() > MAX_RESOURCE_ID_BYTES => Err(format!(
@@ -29,7 +29,7 @@ pub fn validate_resource_id(resource_type: ResourceType, id: &str) -> Result<(),
 }
 
 /// Checks a silence before it is accepted.
-pub fn validate_silence(s: &Silence) -> Result<(), String> {
+pub(crate) fn validate_silence(s: &Silence) -> Result<(), String> {
     validate_resource_id(s.resource_type, &s.resource_id)?;
     if let Some(m) = &s.metric
         && (m.is_empty() || m.len() > 128 || m.chars().any(char::is_control))
@@ -51,7 +51,7 @@ pub fn validate_silence(s: &Silence) -> Result<(), String> {
 }
 
 /// Longest request line accepted; longer ones close the connection.
-pub const MAX_LINE_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_LINE_BYTES: usize = 64 * 1024;
 
 /// A request from a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,7 +116,7 @@ pub enum Request {
 
 /// The answer to a request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Response {
+pub(crate) struct Response {
     /// True when the request succeeded.
     pub ok: bool,
     /// The answer's payload on success; left out when there is none.
@@ -152,7 +152,7 @@ impl Response {
 
 /// A path made lexically normal, nothing looked up on disk: `.` components dropped and `a/..`
 /// folded away (`/..` is `/`), so `/srv/x/../y` is `/srv/y`.
-pub fn normalize_path(path: &Path) -> PathBuf {
+pub(crate) fn normalize_path(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {
@@ -220,7 +220,7 @@ fn record_pid_start(spec: &mut MonitorSpec) -> Result<(), String> {
 /// Makes a monitor ready to be accepted, the same way for the CLI (with or without a daemon),
 /// the control socket and HTTP: paths normalized, the checks of [`validate_monitor`], and the
 /// start time of a `pid` recorded.
-pub fn prepare_monitor(mut spec: MonitorSpec) -> Result<MonitorSpec, String> {
+pub(crate) fn prepare_monitor(mut spec: MonitorSpec) -> Result<MonitorSpec, String> {
     normalize_monitor_paths(&mut spec);
     validate_monitor(&spec)?;
     record_pid_start(&mut spec)?;
@@ -340,7 +340,7 @@ pub struct MonitorInfo {
 }
 
 /// Describes monitors for `list`, resolving default paths with `settings`.
-pub fn monitor_infos(
+pub(crate) fn monitor_infos(
     monitors: &[MonitorSpec],
     settings: &Settings,
     actors: &[ActorReport],

@@ -20,7 +20,7 @@ const MAX_CLIENTS: usize = 128;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The control server actor.
-pub struct ControlServer {
+pub(crate) struct ControlServer {
     listener: Arc<UnixListener>,
     ctx: Arc<RequestContext>,
     _guard: ExitGuard,

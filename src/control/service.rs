@@ -22,7 +22,7 @@ const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs a check that touches the filesystem (a monitor's paths) on the blocking pool, never on
 /// an event loop, giving up after [`CHECK_TIMEOUT`].
-pub async fn off_the_loop<T: Send + 'static>(
+pub(crate) async fn off_the_loop<T: Send + 'static>(
     check: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
     match tokio::time::timeout(CHECK_TIMEOUT, actix_rt::task::spawn_blocking(check)).await {
@@ -36,12 +36,12 @@ pub async fn off_the_loop<T: Send + 'static>(
 }
 
 /// Most alerts one listing returns.
-pub const ALERT_LIST_LIMIT: usize = 10_000;
+pub(crate) const ALERT_LIST_LIMIT: usize = 10_000;
 
 /// What a `remove` over the control socket did. A repeated one (say, retried after the CLI
 /// timed out while the first was applied) finds nothing to remove and says so: not an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum RemoveOutcome {
+pub(crate) enum RemoveOutcome {
     /// The monitor was there and is gone.
     #[serde(rename = "removed")]
     Removed,
@@ -196,7 +196,7 @@ impl Service {
 
     /// Removes a monitor, idempotently: one that is not monitored (a repeated request) is
     /// `AlreadyRemoved`, not an error.
-    pub async fn remove_idempotent(
+    pub(crate) async fn remove_idempotent(
         &self,
         kind: MonitorKind,
         id: String,

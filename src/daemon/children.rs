@@ -13,7 +13,7 @@ use crate::control::server::ControlServer;
 
 /// The daemon's [`ChildFactory`](crate::actors::supervisor::ChildFactory): a fresh actor for a
 /// child, with fresh state.
-pub fn build_child(
+pub(crate) fn build_child(
     name: &str,
     kind: &ChildKind,
     deps: &SupervisorDeps,

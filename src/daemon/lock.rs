@@ -15,13 +15,13 @@ use crate::store::file::{DatabaseFile, FileIdentity, flock_holder};
 
 /// Held for as long as the daemon (or an offline write) runs.
 #[derive(Debug)]
-pub struct InstanceLock {
+pub(crate) struct InstanceLock {
     _path_lock: Flock<File>,
     file: DatabaseFile,
 }
 
 /// The lock file that goes with a database.
-pub fn lock_path(db_path: &Path) -> PathBuf {
+pub(crate) fn lock_path(db_path: &Path) -> PathBuf {
     let mut s = db_path.as_os_str().to_owned();
     s.push(".lock");
     PathBuf::from(s)
@@ -29,7 +29,7 @@ pub fn lock_path(db_path: &Path) -> PathBuf {
 
 impl InstanceLock {
     /// Takes both locks for `db_path` without waiting, recording our pid in the lock file.
-    pub fn acquire(db_path: &Path) -> anyhow::Result<InstanceLock> {
+    pub(crate) fn acquire(db_path: &Path) -> anyhow::Result<InstanceLock> {
         // The file first, when there is one: a daemon that reached it by another name has
         // another lock file, and a refused start must not leave its own pid in one. A missing
         // file is created only once the lock file is ours too: a second start must not put an
@@ -82,18 +82,18 @@ impl InstanceLock {
 
     /// The lock on the database file, for the writer to keep as long as its connection lives;
     /// the lock file's own lock goes with `self`.
-    pub fn into_database_file(self) -> (PathLock, DatabaseFile) {
+    pub(crate) fn into_database_file(self) -> (PathLock, DatabaseFile) {
         (PathLock(self._path_lock), self.file)
     }
 }
 
 /// The lock on `<db-path>.lock` alone, held by the daemon while the writer holds the file's.
 #[derive(Debug)]
-pub struct PathLock(#[allow(dead_code)] Flock<File>);
+pub(crate) struct PathLock(#[allow(dead_code)] Flock<File>);
 
 /// The pid of the daemon holding `db_path` (from `/proc/locks`, else from its lock file), if
 /// that process still exists: for messages about a daemon that does not answer (stopped, stuck).
-pub fn holder_pid(db_path: &Path) -> Option<u32> {
+pub(crate) fn holder_pid(db_path: &Path) -> Option<u32> {
     // The kernel's word first: it holds for every name of the file.
     let pid = FileIdentity::of_path(db_path)
         .ok()

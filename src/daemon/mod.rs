@@ -423,7 +423,7 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
 }
 
 /// One cycle without a daemon: measure everything, analyze, write, and return the summary.
-pub fn run_once(settings: &Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<Summary> {
+pub(crate) fn run_once(settings: &Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<Summary> {
     let (_lock, mut conn) = open_database(settings)?;
     let monitors = prepare_monitors(&mut conn, extra, settings)?;
     // One cycle has no next tick to catch up on: let walks run to their cap.

@@ -15,7 +15,7 @@ use crate::report::ChildState;
 const ESSENTIAL: [&str; 2] = ["analyzer", "writer"];
 
 /// Why the daemon should not tell the watchdog it is fine, if it should not.
-pub fn watchdog_verdict(live: &LiveInfo) -> Result<(), String> {
+pub(crate) fn watchdog_verdict(live: &LiveInfo) -> Result<(), String> {
     let parked: Vec<&str> = live
         .actors
         .iter()
@@ -36,7 +36,7 @@ fn send(states: &[NotifyState]) {
 }
 
 /// Tells systemd the daemon is stopping.
-pub fn notify_stopping() {
+pub(crate) fn notify_stopping() {
     send(&[NotifyState::Stopping]);
 }
 

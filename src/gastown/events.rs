@@ -35,7 +35,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::Deserialize;
 
 /// Longest line accepted; a longer one is skipped (the follower resynchronises at its end).
-pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_LINE_BYTES: usize = 1024 * 1024;
 /// Most bytes read in one poll, so a burst cannot hold the caller for long.
 const MAX_READ_PER_POLL: u64 = 8 * 1024 * 1024;
 
@@ -65,7 +65,7 @@ pub struct TownEvent {
 
 /// Tails one JSONL file across truncation and rotation, yielding each event once.
 #[derive(Debug)]
-pub struct EventFollower {
+pub(crate) struct EventFollower {
     path: PathBuf,
     /// The file being read, held open so a rotated file's last lines are still read.
     file: Option<File>,
@@ -101,7 +101,7 @@ impl EventFollower {
     /// A follower that starts at the current end of `path` (or at its start, once it appears).
     /// Events older than `started` (to the second) are history: never yielded, even when a
     /// rewrite of the file brings them back after the start.
-    pub fn from_end(path: &Path, started: DateTime<Utc>) -> Self {
+    pub(crate) fn from_end(path: &Path, started: DateTime<Utc>) -> Self {
         let mut f = EventFollower {
             path: path.to_path_buf(),
             file: None,

@@ -13,15 +13,15 @@ use crate::collect::agent::pid_file_is_live;
 use crate::model::{AgentOptions, MonitorSpec, WorkspaceOptions, validate_id};
 
 /// The `managed_by` mark of monitors that follow a town.
-pub const MANAGED_BY: &str = "gastown";
+pub(crate) const MANAGED_BY: &str = "gastown";
 /// The beads prefix of a rig that does not name one (Gas Town's own default).
-pub const DEFAULT_PREFIX: &str = "gt";
+pub(crate) const DEFAULT_PREFIX: &str = "gt";
 /// The `rig` of the town-level agents (mayor, deacon, boot, dogs), as Gas Town's boot event
 /// names them.
-pub const TOWN_RIG: &str = "town";
+pub(crate) const TOWN_RIG: &str = "town";
 /// Gas Town's idle-polecat timeout: a polecat `working` this long with an unmoved heartbeat and
 /// an idle tree is probably waiting at a prompt (`agent_stalled`).
-pub const DEFAULT_STALL_AFTER_SECS: u64 = 15 * 60;
+pub(crate) const DEFAULT_STALL_AFTER_SECS: u64 = 15 * 60;
 
 #[derive(Debug, Deserialize)]
 struct RigsFile {
@@ -88,7 +88,7 @@ impl Role {
     }
 
     /// True for roles with a worktree that outlives its sessions and is watched on its own.
-    pub fn has_worktree(self) -> bool {
+    pub(crate) fn has_worktree(self) -> bool {
         matches!(self, Role::Polecat | Role::Crew)
     }
 }
@@ -125,7 +125,7 @@ pub struct Town {
 /// directory's name lowercased, every run of characters outside `[a-z0-9-]` made one `-`,
 /// dashes trimmed (`default` when nothing is left), then `-` and the first 6 hex digits of the
 /// SHA-256 of the canonical path.
-pub fn derived_socket_name(root: &Path) -> String {
+pub(crate) fn derived_socket_name(root: &Path) -> String {
     let base = root
         .file_name()
         .map(|n| n.to_string_lossy().to_lowercase())
@@ -154,7 +154,7 @@ pub fn derived_socket_name(root: &Path) -> String {
 
 /// The socket the town's sessions run on: `GT_TMUX_SOCKET` when set to a name (unset, empty,
 /// `default` and `auto` mean the derived one, as in Gas Town), else [`derived_socket_name`].
-pub fn socket_name(root: &Path, env: Option<&str>) -> String {
+pub(crate) fn socket_name(root: &Path, env: Option<&str>) -> String {
     match env {
         None | Some("" | "default" | "auto") => derived_socket_name(root),
         Some(name) => name.to_string(),
@@ -177,13 +177,13 @@ impl Town {
     }
 
     /// The same town, with polecats stalled after `secs`.
-    pub fn with_stall_after(mut self, secs: u64) -> Self {
+    pub(crate) fn with_stall_after(mut self, secs: u64) -> Self {
         self.stall_after = secs;
         self
     }
 
     /// `<town>/.events.jsonl`.
-    pub fn events_file(&self) -> PathBuf {
+    pub(crate) fn events_file(&self) -> PathBuf {
         self.root.join(".events.jsonl")
     }
 
@@ -195,30 +195,30 @@ impl Town {
     }
 
     /// `<town>/.runtime/heartbeats/<session>.json`.
-    pub fn heartbeat_file(&self, session: &str) -> PathBuf {
+    pub(crate) fn heartbeat_file(&self, session: &str) -> PathBuf {
         self.root
             .join(".runtime/heartbeats")
             .join(format!("{session}.json"))
     }
 
     /// `<town>/deacon/heartbeat.json`, written by every deacon patrol cycle.
-    pub fn deacon_heartbeat_file(&self) -> PathBuf {
+    pub(crate) fn deacon_heartbeat_file(&self) -> PathBuf {
         self.root.join("deacon/heartbeat.json")
     }
 
     /// `<town>/daemon/daemon.pid`: `<pid>\n<nonce>`, removed when Gas Town's daemon stops cleanly.
-    pub fn daemon_pid_file(&self) -> PathBuf {
+    pub(crate) fn daemon_pid_file(&self) -> PathBuf {
         self.root.join("daemon/daemon.pid")
     }
 
     /// True while `gt down` runs: it writes `daemon/shutting-down` first and removes it last.
-    pub fn shutting_down(&self) -> bool {
+    pub(crate) fn shutting_down(&self) -> bool {
         self.root.join("daemon/shutting-down").exists()
     }
 
     /// True when the town kills a polecat's session right after `gt done`
     /// (`operational.daemon.polecat_self_terminate` in `settings/config.json`).
-    pub fn polecats_self_terminate(&self) -> bool {
+    pub(crate) fn polecats_self_terminate(&self) -> bool {
         let Ok(text) = std::fs::read_to_string(self.root.join("settings/config.json")) else {
             return false;
         };
@@ -424,7 +424,10 @@ impl Town {
     /// every session that runs: up in `sessions` (the town's tmux server), or with a pid file
     /// naming a live process that started when the file says. Gas Town never removes a pid file
     /// when a session ends, so a file alone proves nothing.
-    pub fn wanted_monitors(&self, sessions: &HashSet<String>) -> anyhow::Result<Vec<MonitorSpec>> {
+    pub(crate) fn wanted_monitors(
+        &self,
+        sessions: &HashSet<String>,
+    ) -> anyhow::Result<Vec<MonitorSpec>> {
         Ok(self
             .agents()?
             .iter()
@@ -433,13 +436,13 @@ impl Town {
     }
 
     /// True when the agent's session runs: in `sessions`, or behind a live pid file.
-    pub fn session_runs(&self, agent: &TownAgent, sessions: &HashSet<String>) -> bool {
+    pub(crate) fn session_runs(&self, agent: &TownAgent, sessions: &HashSet<String>) -> bool {
         sessions.contains(&agent.session) || pid_file_is_live(&self.pid_file(&agent.session))
     }
 
     /// Finds an agent by the address events use: `rig/polecats/name`, `rig/crew/name`,
     /// `rig/witness`, `rig/refinery`, `mayor`, `deacon`, or the older `rig/name` for a polecat.
-    pub fn agent_by_address(&self, address: &str) -> Option<TownAgent> {
+    pub(crate) fn agent_by_address(&self, address: &str) -> Option<TownAgent> {
         let parts: Vec<&str> = address.split('/').collect();
         let (rig, role, name) = match parts.as_slice() {
             [rig, "polecats", name] => (*rig, Role::Polecat, *name),
@@ -471,7 +474,7 @@ impl Town {
     }
 
     /// The agent `name` of the rig called `rig`, if the town has that rig.
-    pub fn agent_in(&self, rig: &str, role: Role, name: &str) -> Option<TownAgent> {
+    pub(crate) fn agent_in(&self, rig: &str, role: Role, name: &str) -> Option<TownAgent> {
         let rig = self.rigs().ok()?.into_iter().find(|r| r.name == rig)?;
         self.agent(&rig, role, name)
     }
@@ -543,7 +546,7 @@ impl TownAgent {
 
 /// What to change so the monitors follow the town: monitors to add (or update) and the
 /// town-managed monitors no longer in it. Monitors an operator added are never touched.
-pub fn reconcile(
+pub(crate) fn reconcile(
     current: &[MonitorSpec],
     wanted: &[MonitorSpec],
 ) -> (Vec<MonitorSpec>, Vec<MonitorSpec>) {

@@ -22,27 +22,27 @@ use crate::alerts::Condition;
 use crate::model::{AlertKey, HealthStatus, ResourceType, validate_id};
 
 /// Alert type of a session that died without a deliberate end.
-pub const SESSION_DEATH: &str = "session_death";
+pub(crate) const SESSION_DEATH: &str = "session_death";
 /// Alert type of a mass death Gas Town reports.
-pub const MASS_DEATH: &str = "mass_death";
+pub(crate) const MASS_DEATH: &str = "mass_death";
 /// The resource town-wide alerts and metrics are raised on.
-pub const TOWN_RESOURCE: &str = "gastown";
+pub(crate) const TOWN_RESOURCE: &str = "gastown";
 /// A death this soon after a deliberate end (reap, shutdown, cleanup) is that end, not news.
 const ENDED_MEMORY: Duration = Duration::minutes(10);
 /// How long after `gt done` a death can be the town's self-termination (it kills 3 s later).
 const DONE_MEMORY: Duration = Duration::minutes(2);
 /// Death alerts about sessions nobody watches resolve on their own after this long: they report
 /// an event, not a state. A watched session's death alert lasts while it stays dead.
-pub const EVENT_ALERT_HOLD: Duration = Duration::minutes(30);
+pub(crate) const EVENT_ALERT_HOLD: Duration = Duration::minutes(30);
 
 /// True for the alert types raised from town events.
-pub fn is_event_alert(alert_type: &str) -> bool {
+pub(crate) fn is_event_alert(alert_type: &str) -> bool {
     alert_type == SESSION_DEATH || alert_type == MASS_DEATH
 }
 
 /// Why Gas Town says a session died: `caller` and `reason` of its `session_death` event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeathCause {
+pub(crate) enum DeathCause {
     /// The daemon's health check found it dead with work on its hook: the incident.
     Crash,
     /// The daemon's idle reaper killed it, 15 minutes or more after its last activity.
@@ -60,7 +60,7 @@ pub enum DeathCause {
 impl DeathCause {
     /// Reads a `session_death` payload's caller and reason (Gas Town 1.0.1: daemon.go:2577 and
     /// :2838, session/town.go:68, doctor/zombie_check.go:135 and orphan_check.go:150).
-    pub fn classify(caller: Option<&str>, reason: Option<&str>) -> DeathCause {
+    pub(crate) fn classify(caller: Option<&str>, reason: Option<&str>) -> DeathCause {
         let reason = reason.unwrap_or("");
         match caller.unwrap_or("") {
             "daemon" if reason.starts_with("idle-reap:") => DeathCause::IdleReap,
@@ -127,10 +127,10 @@ impl Ending {
 /// The polecats that ran `gt done` and have not been given work since: idle. Gas Town resets a
 /// session's heartbeat to `working` on every gt sub-command, so an idle polecat reads `working`,
 /// unmoved and quiet, exactly like a stalled one. Shared with the agent probes.
-pub type IdleSessions = Arc<RwLock<HashSet<String>>>;
+pub(crate) type IdleSessions = Arc<RwLock<HashSet<String>>>;
 
 /// True when `session` is in `idle`.
-pub fn is_idle(idle: &IdleSessions, session: &str) -> bool {
+pub(crate) fn is_idle(idle: &IdleSessions, session: &str) -> bool {
     idle.read()
         .unwrap_or_else(PoisonError::into_inner)
         .contains(session)
@@ -150,7 +150,7 @@ pub enum Action {
 }
 
 /// The key of a session's death alert.
-pub fn death_key(session: &str) -> AlertKey {
+pub(crate) fn death_key(session: &str) -> AlertKey {
     AlertKey {
         resource_type: ResourceType::Agent,
         resource_id: session.to_string(),
@@ -159,7 +159,7 @@ pub fn death_key(session: &str) -> AlertKey {
 }
 
 /// The key of the town's mass-death alert.
-pub fn mass_death_key() -> AlertKey {
+pub(crate) fn mass_death_key() -> AlertKey {
     AlertKey {
         resource_type: ResourceType::Agent,
         resource_id: TOWN_RESOURCE.into(),
@@ -278,7 +278,12 @@ impl Lifecycle {
 
     /// Periodic upkeep: old endings are forgotten; `shutting_down` says whether `gt down`'s
     /// sentinel is there now; `self_terminate` is the town's current setting.
-    pub fn on_tick(&mut self, now: DateTime<Utc>, shutting_down: bool, self_terminate: bool) {
+    pub(crate) fn on_tick(
+        &mut self,
+        now: DateTime<Utc>,
+        shutting_down: bool,
+        self_terminate: bool,
+    ) {
         self.ended.retain(|_, (at, _)| now - *at < ENDED_MEMORY);
         self.done.retain(|_, at| now - *at < DONE_MEMORY);
         let grace = self.spawn_grace;
@@ -290,7 +295,7 @@ impl Lifecycle {
     }
 
     /// True when the session ended (in any way) within the last ten minutes.
-    pub fn recently_ended(&self, session: &str, now: DateTime<Utc>) -> bool {
+    pub(crate) fn recently_ended(&self, session: &str, now: DateTime<Utc>) -> bool {
         self.ended
             .get(session)
             .is_some_and(|(at, _)| now - *at < ENDED_MEMORY)
@@ -305,7 +310,7 @@ impl Lifecycle {
 
     /// True while a rescan must keep the session's agent although no session runs: Gas Town
     /// reported it crashed, an event just started it, or a death is being confirmed.
-    pub fn keep_watching(&self, session: &str) -> bool {
+    pub(crate) fn keep_watching(&self, session: &str) -> bool {
         self.starting.contains_key(session)
             || self
                 .sessions
@@ -314,7 +319,7 @@ impl Lifecycle {
     }
 
     /// The session is no longer watched: what was observed of it goes.
-    pub fn forget(&mut self, session: &str) {
+    pub(crate) fn forget(&mut self, session: &str) {
         self.sessions.remove(session);
     }
 
@@ -322,7 +327,7 @@ impl Lifecycle {
     /// death after it was seen alive is confirmed by a reading `death_confirm` after the first
     /// dead one, then retired quietly; during `gt down`, or just after `gt done` in a
     /// self-terminating town, it is that end. A session an event just started is not dead yet.
-    pub fn observe(
+    pub(crate) fn observe(
         &mut self,
         session: &str,
         alive: bool,
@@ -477,7 +482,7 @@ pub enum TownFact {
 }
 
 /// Reads one event against the town's layout.
-pub fn read_event(town: &Town, event: &TownEvent) -> TownFact {
+pub(crate) fn read_event(town: &Town, event: &TownEvent) -> TownFact {
     let p = &event.payload;
     let by_actor = || {
         event

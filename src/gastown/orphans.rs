@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Process names (`comm`) of the agent programs Gas Town runs (orphan.go:410-416).
-pub const AGENT_PROGRAMS: &[&str] = &[
+pub(crate) const AGENT_PROGRAMS: &[&str] = &[
     "claude",
     "claude-code",
     "codex",
@@ -32,7 +32,7 @@ pub const AGENT_PROGRAMS: &[&str] = &[
 pub const MIN_ORPHAN_AGE: Duration = Duration::from_secs(60);
 
 /// At most this many examples per scan.
-pub const MAX_EXAMPLES: usize = 20;
+pub(crate) const MAX_EXAMPLES: usize = 20;
 
 /// What one scan found.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -95,7 +95,7 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 /// Parses a `/proc/<pid>/stat` line into an entry. `None` for a line that does not parse, and
 /// for processes that cannot be orphans nor own one: kernel threads (kthreadd, its children,
 /// anything flagged `PF_KTHREAD`) and zombies (dead, holding no memory, with no children).
-pub fn parse_stat_line(line: &[u8]) -> Option<ProcEntry> {
+pub(crate) fn parse_stat_line(line: &[u8]) -> Option<ProcEntry> {
     // The command name may hold spaces and parentheses: it runs from the first `(` to the last `)`.
     let open = line.iter().position(|&b| b == b'(')?;
     let close = line.iter().rposition(|&b| b == b')')?;
@@ -145,7 +145,7 @@ pub fn parse_stat_line(line: &[u8]) -> Option<ProcEntry> {
 
 /// The whole process table, one `/proc/<pid>/stat` read per process. Processes that exit
 /// while it is read are left out.
-pub fn read_table() -> Vec<ProcEntry> {
+pub(crate) fn read_table() -> Vec<ProcEntry> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -251,7 +251,7 @@ pub fn find(
 
 /// Whether a `/proc/<pid>/cwd` target lies inside one of `roots`, component by component. A
 /// directory removed since reads with a " (deleted)" suffix, and is still where it was.
-pub fn cwd_in(cwd: &Path, roots: &[PathBuf]) -> bool {
+pub(crate) fn cwd_in(cwd: &Path, roots: &[PathBuf]) -> bool {
     let stripped;
     let cwd = match cwd.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
         Some(s) => {

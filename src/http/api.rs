@@ -53,7 +53,7 @@ impl ApiError {
     }
 
     /// A client locked out for `wait` after failing to authenticate too often (429).
-    pub fn locked_out(client: std::net::IpAddr, wait: Duration) -> Self {
+    pub(crate) fn locked_out(client: std::net::IpAddr, wait: Duration) -> Self {
         // Whole seconds, rounded up: retrying at once would be refused again.
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         ApiError {
@@ -70,7 +70,7 @@ impl ApiError {
     }
 
     /// A request whose body, query or path is not what the endpoint takes.
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
@@ -78,7 +78,7 @@ impl ApiError {
     /// first (400); what remains is a monitor that is not there (404, the supervisor says
     /// "... is not monitored") or a daemon that cannot answer now: supervisor gone, shutting down,
     /// writer overloaded, database unreadable (503).
-    pub fn from_service(message: String) -> Self {
+    pub(crate) fn from_service(message: String) -> Self {
         let status = if message.ends_with("is not monitored") {
             StatusCode::NOT_FOUND
         } else {
@@ -89,7 +89,7 @@ impl ApiError {
 
     /// An extractor's failure (bad JSON, body over the limit, bad query), keeping its status; a
     /// body that did not arrive in time is a 408.
-    pub fn from_extractor(what: &str, e: &actix_web::Error) -> Self {
+    pub(crate) fn from_extractor(what: &str, e: &actix_web::Error) -> Self {
         if let Some(JsonPayloadError::Payload(p)) = e.as_error::<JsonPayloadError>()
             && is_body_timeout(p)
         {
@@ -141,7 +141,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Lets a write through when `authorization` (the header's value) carries the configured token:
 /// 403 when no token is configured (writing is off), 401 when it is missing or wrong.
-pub fn authorize(token: Option<&str>, authorization: Option<&str>) -> Result<(), ApiError> {
+pub(crate) fn authorize(token: Option<&str>, authorization: Option<&str>) -> Result<(), ApiError> {
     let Some(token) = token else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -237,7 +237,7 @@ pub async fn monitors(state: web::Data<State>) -> Result<HttpResponse, ApiError>
 
 /// `POST /api/v1/monitors` with a monitor (`{"kind": ..., "id": ..., "options": {...}}`, as the
 /// control socket's `add` takes): adds or replaces it. 201 when new, 200 otherwise.
-pub async fn add_monitor(
+pub(crate) async fn add_monitor(
     state: web::Data<State>,
     req: HttpRequest,
     body: Result<web::Json<MonitorSpec>, actix_web::Error>,
@@ -267,7 +267,7 @@ pub async fn add_monitor(
 
 /// `DELETE /api/v1/monitors/{kind}/{id}`: removes a monitor; its collector stops and its alerts
 /// resolve.
-pub async fn remove_monitor(
+pub(crate) async fn remove_monitor(
     state: web::Data<State>,
     req: HttpRequest,
     path: web::Path<(String, String)>,

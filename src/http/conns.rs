@@ -45,9 +45,9 @@ use futures_util::Stream;
 use super::tally::{Tally, Throttle, client_of};
 
 /// A request body must arrive within this time of its request head.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often idle connections are swept and pending log lines written.
-pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// A sweep closes a connection this long after its limit, leaving the server's own timers, which
 /// answer 408, to act first.
 const SWEEP_GRACE: Duration = Duration::from_secs(1);
@@ -62,7 +62,7 @@ const TIMED_OUT: &[u8] =
 
 /// The bounds; [`super`] sets them from its constants.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Connections one client may hold.
     pub per_client: usize,
     /// Connections all clients together may hold.
@@ -307,7 +307,7 @@ fn shut(socket: &TcpStream, reply: Option<&[u8]>) {
 
 /// The connections the listener holds.
 #[derive(Debug)]
-pub struct Connections {
+pub(crate) struct Connections {
     table: Mutex<Table>,
     limits: Limits,
 }
@@ -326,7 +326,7 @@ impl Connections {
     }
 
     /// The server's `on_connect` hook: registers the connection, or refuses it.
-    pub fn on_connect(self: &Arc<Self>, io: &dyn Any, data: &mut Extensions) {
+    pub(crate) fn on_connect(self: &Arc<Self>, io: &dyn Any, data: &mut Extensions) {
         let Some(stream) = io.downcast_ref::<actix_web::rt::net::TcpStream>() else {
             return;
         };
@@ -361,7 +361,7 @@ impl Connections {
     }
 
     /// Closes idle connections past their limits and writes a pending log line.
-    pub fn sweep(&self, now: Instant) {
+    pub(crate) fn sweep(&self, now: Instant) {
         let mut table = self.lock();
         table.sweep(now, &self.limits);
         table.log_if_due(now, &self.limits);
@@ -369,7 +369,7 @@ impl Connections {
 }
 
 /// A registered connection, in its connection data; unregisters it when the server drops it.
-pub struct Ticket {
+pub(crate) struct Ticket {
     id: u64,
     conns: Arc<Connections>,
 }
@@ -406,7 +406,7 @@ impl Drop for Busy {
 
 /// Middleware around every request: its connection is busy meanwhile, and its body must arrive
 /// within [`BODY_TIMEOUT`].
-pub async fn guard_requests(
+pub(crate) async fn guard_requests(
     mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
@@ -430,7 +430,7 @@ struct BodyDeadline {
 }
 
 /// True when `e` is a body cut off by [`guard_requests`].
-pub fn is_body_timeout(e: &PayloadError) -> bool {
+pub(crate) fn is_body_timeout(e: &PayloadError) -> bool {
     matches!(e, PayloadError::Io(io) if io.kind() == io::ErrorKind::TimedOut)
 }
 

@@ -49,7 +49,7 @@ pub fn health(summary: &Summary) -> Result<(), Vec<String>> {
 }
 
 /// How long a database file incident that is over is still named in `/healthz`.
-pub const INCIDENT_NOTICE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+pub(crate) const INCIDENT_NOTICE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 /// Things an operator should know that do not make the daemon unhealthy: a database file
 /// incident that is over, for an hour after it.

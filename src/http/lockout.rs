@@ -17,15 +17,15 @@ use std::time::{Duration, Instant};
 use super::tally::{Client, Tally, Throttle};
 
 /// Wrong or missing tokens a client may send before it is locked out.
-pub const FREE_FAILURES: u32 = 5;
+pub(crate) const FREE_FAILURES: u32 = 5;
 /// The first lockout; each further failure doubles it.
-pub const FIRST_LOCKOUT: Duration = Duration::from_secs(1);
+pub(crate) const FIRST_LOCKOUT: Duration = Duration::from_secs(1);
 /// The longest lockout.
-pub const MAX_LOCKOUT: Duration = Duration::from_secs(60);
+pub(crate) const MAX_LOCKOUT: Duration = Duration::from_secs(60);
 /// A client that failed nothing for this long is forgotten.
-pub const FORGET_AFTER: Duration = Duration::from_secs(600);
+pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(600);
 /// Clients remembered at once; beyond it the one that failed longest ago is forgotten.
-pub const MAX_CLIENTS: usize = 4096;
+pub(crate) const MAX_CLIENTS: usize = 4096;
 
 /// One client's record.
 #[derive(Debug, Clone, Copy)]

@@ -18,7 +18,7 @@ use crate::summary::Summary;
 
 /// The `Content-Type` of what [`render_metrics`] produces: the Prometheus text format 0.0.4,
 /// which both Prometheus and `promtool check metrics` read.
-pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+pub(crate) const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Prefix of every series name.
 const PREFIX: &str = "health_monitor";
@@ -26,7 +26,7 @@ const PREFIX: &str = "health_monitor";
 /// A status as a number, worse is higher: healthy 0, degraded 1, unhealthy 2, critical 3.
 /// `unknown` (no data or no verdict yet) is -1, so a rule such as `status >= 2` never fires on
 /// it and `status < 0` finds it.
-pub fn status_code(status: HealthStatus) -> i64 {
+pub(crate) fn status_code(status: HealthStatus) -> i64 {
     match status {
         HealthStatus::Unknown => -1,
         HealthStatus::Healthy => 0,

@@ -26,7 +26,7 @@ pub use health::health;
 pub use metrics::render_metrics;
 
 /// Largest request body accepted (a monitor is a few hundred bytes).
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 /// A client must send its first request head within this time of connecting (the server answers
 /// 408 and closes), and its body within [`conns::BODY_TIMEOUT`] of the head.
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

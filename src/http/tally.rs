@@ -7,14 +7,14 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 /// At most one summary line per guard this often.
-pub const LOG_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const LOG_EVERY: Duration = Duration::from_secs(5);
 /// Clients named in one summary line; the rest are summed up as "other addresses".
 const NAMED_CLIENTS: usize = 8;
 
 /// The client a connection or a request is counted against: its address, with IPv4-mapped IPv6
 /// addresses as the IPv4 address they are, and an IPv6 address as its /64 (one host commonly
 /// holds a whole /64, so counting single IPv6 addresses would bound nothing).
-pub fn client_of(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_of(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);
@@ -25,7 +25,7 @@ pub fn client_of(ip: IpAddr) -> IpAddr {
 }
 
 /// How a client is named in the log.
-pub struct Client(pub IpAddr);
+pub(crate) struct Client(pub IpAddr);
 
 impl fmt::Display for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -39,7 +39,7 @@ impl fmt::Display for Client {
 /// Events counted by client since the last log line: the first [`NAMED_CLIENTS`] clients by
 /// name, the others in one sum.
 #[derive(Debug, Default)]
-pub struct Tally {
+pub(crate) struct Tally {
     clients: Vec<(IpAddr, u64)>,
     others: u64,
     total: u64,
@@ -92,13 +92,13 @@ impl fmt::Display for Tally {
 
 /// When a summary line may be written: at most once every [`LOG_EVERY`].
 #[derive(Debug, Default)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     last: Option<Instant>,
 }
 
 impl Throttle {
     /// True, and the clock restarted, when a line may be written at `now`.
-    pub fn due(&mut self, now: Instant) -> bool {
+    pub(crate) fn due(&mut self, now: Instant) -> bool {
         let due = self
             .last
             .is_none_or(|last| now.saturating_duration_since(last) >= LOG_EVERY);

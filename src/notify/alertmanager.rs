@@ -20,7 +20,7 @@ use crate::model::format_timestamp;
 
 /// How many resend intervals a firing alert stays active in Alertmanager without news
 /// (Prometheus uses the same margin).
-pub const ENDS_AFTER_RESENDS: u32 = 4;
+pub(crate) const ENDS_AFTER_RESENDS: u32 = 4;
 
 /// One alert in the shape `POST /api/v2/alerts` takes (`postableAlert`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -242,7 +242,7 @@ impl Notifier {
 
     /// Starts one worker per configured sink, with the default timings; the Gas Town sink
     /// records its escalations through `ledger` and takes over the ones still open.
-    pub fn spawn_with(settings: &NotifySettings, ledger: EscalationLedger) -> Notifier {
+    pub(crate) fn spawn_with(settings: &NotifySettings, ledger: EscalationLedger) -> Notifier {
         Notifier::with_ledger(settings, Timings::default(), ledger)
     }
 
@@ -252,7 +252,7 @@ impl Notifier {
     }
 
     /// [`Notifier::with_timings`] with an escalation ledger (see [`Notifier::spawn_with`]).
-    pub fn with_ledger(
+    pub(crate) fn with_ledger(
         settings: &NotifySettings,
         timings: Timings,
         ledger: EscalationLedger,
@@ -354,7 +354,7 @@ impl Notifier {
     /// Tells the sinks that keep state (Alertmanager) about an alert that is already firing,
     /// e.g. one read back from the database at start, so they keep it alive without a new
     /// notice reaching exec hooks or webhooks. Never blocks.
-    pub fn restore(&self, notice: &Notice) {
+    pub(crate) fn restore(&self, notice: &Notice) {
         let Some(inner) = &self.inner else {
             return;
         };

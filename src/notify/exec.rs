@@ -16,7 +16,7 @@ use super::dispatch::Sink;
 use crate::config::outputs::ExecSink;
 
 /// Bytes of stdout and of stderr kept for the log; the rest is read and thrown away.
-pub const OUTPUT_LIMIT: usize = 4096;
+pub(crate) const OUTPUT_LIMIT: usize = 4096;
 
 /// How often a running hook is checked for exit. Hooks are short; 10 ms costs nothing.
 const POLL: Duration = Duration::from_millis(10);
@@ -39,7 +39,11 @@ pub struct HookOutput {
 /// Runs `sink`'s program once for `notice`. `Ok` when it exits 0 within `timeout`; otherwise an
 /// error naming what went wrong, with its output. On timeout its whole process group is killed
 /// and reaped before this returns.
-pub fn run_hook(sink: &ExecSink, notice: &Notice, timeout: Duration) -> Result<HookOutput, String> {
+pub(crate) fn run_hook(
+    sink: &ExecSink,
+    notice: &Notice,
+    timeout: Duration,
+) -> Result<HookOutput, String> {
     let output = run_program(sink, Some(notice), timeout)?;
     if output.status.success() {
         Ok(output)
@@ -63,7 +67,7 @@ pub fn failure(output: &HookOutput) -> String {
 /// escalation Gas Town no longer knows). `notice` goes to its stdin and environment; without
 /// one its stdin is empty. `Err` only when it could not start, timed out, or could not be
 /// waited for.
-pub fn run_program(
+pub(crate) fn run_program(
     sink: &ExecSink,
     notice: Option<&Notice>,
     timeout: Duration,

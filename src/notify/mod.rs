@@ -25,7 +25,7 @@ pub use dispatch::{Notifier, SinkReport, Timings};
 
 /// Logs an alert event with structured fields: critical as error, unhealthy as warn, resolved as
 /// info. `silenced` marks events an operator's silence keeps from the sinks.
-pub fn log_event(event: &AlertEvent, silenced: bool) {
+pub(crate) fn log_event(event: &AlertEvent, silenced: bool) {
     if !event.notifies() {
         return;
     }
@@ -64,7 +64,7 @@ pub fn log_event(event: &AlertEvent, silenced: bool) {
 /// A URL as status, metrics and logs show it: scheme, host and port only. Webhook paths and
 /// queries often hold the secret (Slack, Discord...) and `/metrics` is readable by anyone who
 /// can reach it, so they are never shown.
-pub fn display_url(url: &str) -> String {
+pub(crate) fn display_url(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     // Credentials in the authority (`user:pass@host`) go too.
@@ -79,7 +79,7 @@ pub fn display_url(url: &str) -> String {
 
 /// The longest value of one `HEALTH_MONITOR_*` variable, in bytes. Linux refuses to start a
 /// program with any single variable over 128 KiB; a message that long is cut in the environment.
-pub const ENV_VALUE_LIMIT: usize = 16 * 1024;
+pub(crate) const ENV_VALUE_LIMIT: usize = 16 * 1024;
 
 /// Where a notice stands in its alert's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -204,7 +204,7 @@ impl Notice {
     }
 
     /// The notice as one line of JSON, newline included (what an exec hook reads on stdin).
-    pub fn to_json_line(&self) -> String {
+    pub(crate) fn to_json_line(&self) -> String {
         // A struct of plain fields and string-keyed maps cannot fail to serialize.
         let mut line = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
         line.push('\n');
@@ -214,7 +214,7 @@ impl Notice {
     /// The environment an exec hook gets, so shell scripts need no JSON parser.
     /// Missing values are empty strings; NUL bytes (which no environment can hold) are dropped,
     /// and a value is cut to [`ENV_VALUE_LIMIT`] bytes (the JSON on stdin has it whole).
-    pub fn env_vars(&self) -> Vec<(String, String)> {
+    pub(crate) fn env_vars(&self) -> Vec<(String, String)> {
         let opt = |v: Option<String>| v.unwrap_or_default();
         [
             ("ALERT_ID", opt(self.id.map(|i| i.to_string()))),
@@ -257,11 +257,11 @@ mod rfc3339 {
     use chrono::{DateTime, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&crate::model::format_timestamp(*t))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
         let text = String::deserialize(d)?;
         crate::model::parse_timestamp(&text)
             .ok_or_else(|| serde::de::Error::custom(format!("bad timestamp {text:?}")))
@@ -273,14 +273,19 @@ mod rfc3339_opt {
     use chrono::{DateTime, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(
+        t: &Option<DateTime<Utc>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match t {
             Some(t) => s.serialize_str(&crate::model::format_timestamp(*t)),
             None => s.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<DateTime<Utc>>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),
             Some(text) => crate::model::parse_timestamp(&text)

@@ -24,7 +24,7 @@ pub fn at(secs: i64) -> DateTime<Utc> {
 }
 
 /// A stored (id 42) workspace size alert opened at `at(secs)`, as the engine builds it.
-pub fn alert_at(secs: i64) -> HealthAlert {
+pub(crate) fn alert_at(secs: i64) -> HealthAlert {
     HealthAlert {
         id: Some(42),
         resource_type: ResourceType::Workspace,
@@ -99,7 +99,7 @@ pub enum Reply {
 
 /// One request as the server read it.
 #[derive(Debug, Clone)]
-pub struct Recorded {
+pub(crate) struct Recorded {
     pub method: String,
     pub path: String,
     /// Names lowercased.
@@ -118,7 +118,7 @@ impl Recorded {
 }
 
 /// An HTTP/1.1 server on 127.0.0.1 answering with a script of replies, then 200s.
-pub struct TestServer {
+pub(crate) struct TestServer {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     log: Arc<Mutex<Vec<Recorded>>>,
@@ -165,12 +165,12 @@ impl TestServer {
     }
 
     /// The next request to arrive, waiting at most `limit`.
-    pub fn next_request(&self, limit: Duration) -> Option<Recorded> {
+    pub(crate) fn next_request(&self, limit: Duration) -> Option<Recorded> {
         self.arrivals.recv_timeout(limit).ok()
     }
 
     /// Every request so far, in arrival order.
-    pub fn requests(&self) -> Vec<Recorded> {
+    pub(crate) fn requests(&self) -> Vec<Recorded> {
         self.log.lock().unwrap().clone()
     }
 }

@@ -19,7 +19,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 /// Which file a name leads to: the same pair for every name of one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileIdentity {
+pub(crate) struct FileIdentity {
     /// The device the file lives on (`st_dev`).
     pub dev: u64,
     /// The file's inode number on that device (`st_ino`).
@@ -35,7 +35,7 @@ impl FileIdentity {
     }
 
     /// The identity of the file `path` leads to (symlinks followed); `None` when there is none.
-    pub fn of_path(path: &Path) -> io::Result<Option<FileIdentity>> {
+    pub(crate) fn of_path(path: &Path) -> io::Result<Option<FileIdentity>> {
         match std::fs::metadata(path) {
             Ok(meta) => Ok(Some(FileIdentity::of(&meta))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -54,7 +54,7 @@ impl std::fmt::Display for FileIdentity {
 
 /// What the database path leads to now, compared with the file the daemon has open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathState {
+pub(crate) enum PathState {
     /// The path still names our file.
     Ours,
     /// Nothing is at the path: the file was deleted (or renamed away).
@@ -90,7 +90,7 @@ impl DatabaseFile {
     }
 
     /// Like [`DatabaseFile::lock`], but creates nothing: `Ok(None)` when there is no file.
-    pub fn lock_existing(path: &Path) -> anyhow::Result<Option<DatabaseFile>> {
+    pub(crate) fn lock_existing(path: &Path) -> anyhow::Result<Option<DatabaseFile>> {
         let file = match OpenOptions::new().read(true).write(true).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -132,14 +132,14 @@ impl DatabaseFile {
     }
 
     /// The file's identity.
-    pub fn identity(&self) -> FileIdentity {
+    pub(crate) fn identity(&self) -> FileIdentity {
         self.identity
     }
 
     /// Copies the file's bytes, as they are now, to `dest` (created, never replaced) and syncs
     /// it: the file read through the descriptor, so it works whatever its name became. SQLite
     /// cannot be pointed at `/proc/self/fd/N`: it resolves the link to the old name.
-    pub fn copy_bytes_to(&self, dest: &Path) -> io::Result<u64> {
+    pub(crate) fn copy_bytes_to(&self, dest: &Path) -> io::Result<u64> {
         use std::io::Write;
         use std::os::unix::fs::FileExt;
         let source: &File = &self._lock;
@@ -164,7 +164,7 @@ impl DatabaseFile {
     }
 
     /// Whether the path still leads to this file.
-    pub fn path_state(&self) -> io::Result<PathState> {
+    pub(crate) fn path_state(&self) -> io::Result<PathState> {
         Ok(match FileIdentity::of_path(&self.path)? {
             Some(id) if id == self.identity => PathState::Ours,
             Some(id) => PathState::Replaced(id),
@@ -176,7 +176,7 @@ impl DatabaseFile {
 /// The other processes holding any lock (POSIX, `flock` or open-file-description) on the file
 /// `path` leads to, from `/proc/locks`; empty when there is no such file. For a WAL's
 /// shared-memory file, a process in the list has a connection to a database of that name.
-pub fn other_lock_holders(path: &Path) -> Vec<i64> {
+pub(crate) fn other_lock_holders(path: &Path) -> Vec<i64> {
     let Ok(Some(identity)) = FileIdentity::of_path(path) else {
         return Vec::new();
     };
@@ -220,7 +220,7 @@ fn parse_locks(locks: &str, identity: FileIdentity) -> impl Iterator<Item = (Str
 }
 
 /// The pid holding an exclusive `flock` on the file with `identity`, from `/proc/locks`.
-pub fn flock_holder(identity: FileIdentity) -> Option<u32> {
+pub(crate) fn flock_holder(identity: FileIdentity) -> Option<u32> {
     let locks = std::fs::read_to_string("/proc/locks").ok()?;
     parse_flock_holder(&locks, identity)
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::write::prune;
 
 /// Rows deleted per transaction while pruning on demand.
-pub const PRUNE_BATCH: usize = 5000;
+pub(crate) const PRUNE_BATCH: usize = 5000;
 
 /// What `db prune` or `db vacuum` did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,7 +47,7 @@ pub enum MaintenanceTask {
 }
 
 /// The time `keep` before `now`, or the earliest time there is when `keep` reaches past it.
-pub fn cutoff(now: DateTime<Utc>, keep: std::time::Duration) -> DateTime<Utc> {
+pub(crate) fn cutoff(now: DateTime<Utc>, keep: std::time::Duration) -> DateTime<Utc> {
     chrono::Duration::from_std(keep)
         .ok()
         .and_then(|d| now.checked_sub_signed(d))
@@ -66,7 +66,7 @@ pub fn run(conn: &mut Connection, task: MaintenanceTask) -> rusqlite::Result<Mai
 }
 
 /// Prunes in small transactions until nothing past retention is left.
-pub fn prune_all(
+pub(crate) fn prune_all(
     conn: &mut Connection,
     metrics_before: DateTime<Utc>,
     alerts_before: DateTime<Utc>,
@@ -102,7 +102,7 @@ pub fn vacuum(conn: &mut Connection) -> rusqlite::Result<MaintenanceOutcome> {
 }
 
 /// `PRAGMA integrity_check` on a read-only connection: an empty list means the file is sound.
-pub fn integrity_problems(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+pub(crate) fn integrity_problems(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare("PRAGMA integrity_check")?;
     let rows: Vec<String> = stmt
         .query_map([], |r| r.get::<_, String>(0))?

@@ -20,17 +20,17 @@ const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
 /// How long one statement waits on another process's lock before the writer retries on its own.
 /// Kept short so the writer thread keeps draining its channel while the database is locked.
-pub const WRITER_BUSY_TIMEOUT: Duration = Duration::from_millis(200);
+pub(crate) const WRITER_BUSY_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// How long read-side queries wait on a lock.
-pub const READER_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const READER_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Refuses a file that exists, is not empty and is not SQLite, before SQLite ever touches it.
 ///
 /// Only for a process that has no SQLite connection to `path` open: closing any descriptor of
 /// a file drops all of the process's POSIX locks on it, SQLite's included. The daemon calls it
 /// once, at start; the CLI before its own reads.
-pub fn check_is_database(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn check_is_database(path: &Path) -> anyhow::Result<()> {
     let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -59,7 +59,7 @@ pub fn check_is_database(path: &Path) -> anyhow::Result<()> {
 
 /// Gives clear errors for a database the daemon could not write: a read-only file, or a
 /// directory where it cannot create the database, its WAL and its lock file.
-pub fn check_writable(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn check_writable(path: &Path) -> anyhow::Result<()> {
     use nix::unistd::{AccessFlags, access};
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -93,7 +93,7 @@ pub fn check_writable(path: &Path) -> anyhow::Result<()> {
 
 /// Refuses a corrupt database before anything is written to it, leaving the file as it is.
 /// Reads every page (`PRAGMA quick_check`), so it runs once, at start.
-pub fn verify_integrity(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn verify_integrity(path: &Path) -> anyhow::Result<()> {
     check_is_database(path)?;
     let Some(conn) = open_read_only(path)? else {
         return Ok(());
@@ -158,7 +158,7 @@ pub fn open_for_writing(path: &Path) -> anyhow::Result<Connection> {
 
 /// Caps the database file at about `max_bytes` (`PRAGMA max_page_count`): past it, writes fail
 /// with "database or disk is full", as on a full disk. A database already bigger keeps its size.
-pub fn apply_size_cap(conn: &Connection, max_bytes: u64) -> anyhow::Result<()> {
+pub(crate) fn apply_size_cap(conn: &Connection, max_bytes: u64) -> anyhow::Result<()> {
     let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     let pages = max_bytes.div_ceil(page_size.max(1) as u64).max(1);
     let set: i64 = conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
@@ -176,7 +176,7 @@ pub fn apply_size_cap(conn: &Connection, max_bytes: u64) -> anyhow::Result<()> {
 }
 
 /// Opens an existing database read-only; `Ok(None)` when there is no database file yet.
-pub fn open_read_only(path: &Path) -> anyhow::Result<Option<Connection>> {
+pub(crate) fn open_read_only(path: &Path) -> anyhow::Result<Option<Connection>> {
     if !path.exists() {
         return Ok(None);
     }
@@ -192,7 +192,7 @@ pub fn open_read_only(path: &Path) -> anyhow::Result<Option<Connection>> {
 /// Opens an existing database as immutable: no locks, no WAL, no shared memory, so it works
 /// where nothing can be written. It sees what the file holds, not frames still in a WAL: only
 /// for reading the state when nothing better opens (a full disk), under the daemon's lock.
-pub fn open_immutable(path: &Path) -> anyhow::Result<Connection> {
+pub(crate) fn open_immutable(path: &Path) -> anyhow::Result<Connection> {
     let conn = Connection::open_with_flags(
         read_only_uri(path, true),
         OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -206,7 +206,7 @@ pub fn open_immutable(path: &Path) -> anyhow::Result<Connection> {
 /// Runs `read` on a read-only connection to `path`; where none opens for lack of space (SQLite
 /// cannot size the shared memory on a full disk), on an immutable one. `Ok(None)` when there is
 /// no database yet.
-pub fn read_even_when_full<T>(
+pub(crate) fn read_even_when_full<T>(
     path: &Path,
     read: impl Fn(&Connection) -> rusqlite::Result<T>,
 ) -> anyhow::Result<Option<T>> {
@@ -238,7 +238,7 @@ pub fn read_even_when_full<T>(
 
 /// The read-only `file:` URI for a path: the characters URIs reserve and any byte outside printable
 /// ASCII are percent-encoded, so no path is mangled.
-pub fn read_only_uri(path: &Path, immutable: bool) -> String {
+pub(crate) fn read_only_uri(path: &Path, immutable: bool) -> String {
     let mut escaped = String::new();
     for &b in path.as_os_str().as_bytes() {
         if b.is_ascii_graphic() && !matches!(b, b'%' | b'?' | b'#') || b == b' ' {

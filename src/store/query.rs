@@ -12,7 +12,7 @@ use crate::model::{
 };
 
 /// Every persisted monitor. Rows that cannot be understood are skipped with a warning.
-pub fn load_monitors(conn: &Connection) -> rusqlite::Result<Vec<MonitorSpec>> {
+pub(crate) fn load_monitors(conn: &Connection) -> rusqlite::Result<Vec<MonitorSpec>> {
     let mut stmt = conn.prepare("SELECT kind, id, options FROM monitors ORDER BY kind, id")?;
     let rows = stmt.query_map([], |r| {
         Ok((
@@ -77,7 +77,7 @@ fn alert_from_row(r: &Row<'_>) -> rusqlite::Result<Option<HealthAlert>> {
 }
 
 /// One alert by its row id.
-pub fn alert_by_id(conn: &Connection, id: i64) -> rusqlite::Result<Option<HealthAlert>> {
+pub(crate) fn alert_by_id(conn: &Connection, id: i64) -> rusqlite::Result<Option<HealthAlert>> {
     conn.query_row(
         &format!("SELECT {ALERT_COLUMNS} FROM health_alerts WHERE id = ?1"),
         [id],
@@ -88,7 +88,7 @@ pub fn alert_by_id(conn: &Connection, id: i64) -> rusqlite::Result<Option<Health
 }
 
 /// The id the next alert row gets: past every id used, including deleted ones.
-pub fn next_alert_id(conn: &Connection) -> rusqlite::Result<i64> {
+pub(crate) fn next_alert_id(conn: &Connection) -> rusqlite::Result<i64> {
     let max_row: i64 =
         conn.query_row("SELECT COALESCE(MAX(id), 0) FROM health_alerts", [], |r| {
             r.get(0)
@@ -107,7 +107,10 @@ pub fn next_alert_id(conn: &Connection) -> rusqlite::Result<i64> {
 }
 
 /// Silences that have not expired, soonest to end first.
-pub fn active_silences(conn: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Vec<Silence>> {
+pub(crate) fn active_silences(
+    conn: &Connection,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Vec<Silence>> {
     let mut stmt = conn.prepare(
         "SELECT resource_type, resource_id, metric, created_at, expires_at, comment
          FROM silences WHERE expires_at > ?1 ORDER BY expires_at",
@@ -165,7 +168,7 @@ pub fn alerts(conn: &Connection, all: bool, limit: usize) -> rusqlite::Result<Ve
 }
 
 /// The row ids of the unresolved alerts.
-pub fn active_alert_ids(conn: &Connection) -> rusqlite::Result<HashSet<i64>> {
+pub(crate) fn active_alert_ids(conn: &Connection) -> rusqlite::Result<HashSet<i64>> {
     let mut stmt = conn.prepare("SELECT id FROM health_alerts WHERE resolved = 0")?;
     let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
     rows.collect()
@@ -173,7 +176,7 @@ pub fn active_alert_ids(conn: &Connection) -> rusqlite::Result<HashSet<i64>> {
 
 /// A Gas Town escalation opened for an alert and not closed yet (`gastown_escalations`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct OpenEscalation {
+pub(crate) struct OpenEscalation {
     /// The `health_alerts` row id of the alert it was opened for.
     pub alert_id: i64,
     /// Gas Town's id of the escalation, e.g. `hq-e5tq` (`gt escalate show ID`).
@@ -192,7 +195,7 @@ pub struct OpenEscalation {
 
 /// Every escalation not closed yet, oldest first. A database that predates the table (made by
 /// an older build or the original daemon, or opened read-only before any migration) has none.
-pub fn open_escalations(conn: &Connection) -> rusqlite::Result<Vec<OpenEscalation>> {
+pub(crate) fn open_escalations(conn: &Connection) -> rusqlite::Result<Vec<OpenEscalation>> {
     let exists = conn
         .prepare(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'gastown_escalations'",
@@ -287,7 +290,10 @@ pub struct RecentCounts {
 /// Counted here rather than by `GROUP BY status`: grouping sorts every row of the hour by its
 /// status text, which took most of `status`'s time on a large database (20 ms of 57 for
 /// 58,000 rows); one pass over the index range takes a few.
-pub fn recent_counts(conn: &Connection, since: DateTime<Utc>) -> rusqlite::Result<RecentCounts> {
+pub(crate) fn recent_counts(
+    conn: &Connection,
+    since: DateTime<Utc>,
+) -> rusqlite::Result<RecentCounts> {
     let mut counts = RecentCounts::default();
     for s in [
         HealthStatus::Healthy,
@@ -316,7 +322,10 @@ pub fn recent_counts(conn: &Connection, since: DateTime<Utc>) -> rusqlite::Resul
 
 /// The newest value of every series written within `window` before the newest row, for status
 /// when no daemon runs.
-pub fn latest_metrics(conn: &Connection, window: Duration) -> rusqlite::Result<Vec<HealthMetric>> {
+pub(crate) fn latest_metrics(
+    conn: &Connection,
+    window: Duration,
+) -> rusqlite::Result<Vec<HealthMetric>> {
     let newest: Option<String> = conn
         .query_row("SELECT max(timestamp) FROM health_metrics", [], |r| {
             r.get(0)

@@ -33,7 +33,7 @@ pub struct CopyReport {
 
 /// Checkpoints every frame of the WAL into the database file and truncates the WAL to zero
 /// bytes. `Ok(false)` when a reader of the WAL kept part of it from being moved.
-pub fn empty_wal(conn: &Connection) -> rusqlite::Result<bool> {
+pub(crate) fn empty_wal(conn: &Connection) -> rusqlite::Result<bool> {
     let (busy, _log, _moved): (i64, i64, i64) =
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -63,7 +63,7 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 /// Copies the database open on `conn` to `dest`, which must not exist: whole (`VACUUM INTO`)
 /// when the file system has room for it, else only the state the daemon cannot rebuild
 /// (monitors, active alerts, silences, open escalations). A failed copy leaves no file behind.
-pub fn copy_out(conn: &Connection, dest: &Path) -> anyhow::Result<CopyReport> {
+pub(crate) fn copy_out(conn: &Connection, dest: &Path) -> anyhow::Result<CopyReport> {
     if dest.exists() {
         bail!("{} already exists", dest.display());
     }
@@ -109,7 +109,7 @@ pub fn copy_out(conn: &Connection, dest: &Path) -> anyhow::Result<CopyReport> {
 /// Copies our database file itself, through its descriptor, as of its last checkpoint (the
 /// WAL is not read): for a file whose WAL another process shares. Needs room for the whole
 /// file.
-pub fn copy_out_of_file(
+pub(crate) fn copy_out_of_file(
     file: &super::file::DatabaseFile,
     dest: &Path,
 ) -> anyhow::Result<CopyReport> {
@@ -235,7 +235,7 @@ fn copy_state(conn: &Connection, dest: &Path) -> anyhow::Result<u64> {
 }
 
 /// Removes `path` and the journal, WAL and shared-memory files SQLite may have left beside it.
-pub fn remove_with_journals(path: &Path) {
+pub(crate) fn remove_with_journals(path: &Path) {
     for suffix in ["", "-journal", "-wal", "-shm"] {
         let mut name = path.as_os_str().to_owned();
         name.push(suffix);

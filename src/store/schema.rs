@@ -3,7 +3,7 @@
 use rusqlite::{Connection, params};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// The original tables, column for column (docs/ARCHITECTURE.md, "Original schema kept column
 /// for column"). `IF NOT EXISTS` adopts a database the Python daemon made.
@@ -95,7 +95,7 @@ const ALERT_COLUMNS: &[(&str, &str)] = &[
 ];
 
 /// Brings a new, original or older database up to [`SCHEMA_VERSION`], in one transaction.
-pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version >= SCHEMA_VERSION {
         return Ok(());

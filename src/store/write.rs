@@ -89,12 +89,12 @@ impl WriteOp {
     }
 
     /// True for ops that may be dropped under memory pressure (metric rows); alerts never are.
-    pub fn is_droppable(&self) -> bool {
+    pub(crate) fn is_droppable(&self) -> bool {
         matches!(self, WriteOp::Metrics(_))
     }
 
     /// A rough in-memory size, for the writer's buffer cap.
-    pub fn approx_bytes(&self) -> usize {
+    pub(crate) fn approx_bytes(&self) -> usize {
         match self {
             WriteOp::Metrics(m) => m
                 .iter()

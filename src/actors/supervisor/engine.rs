@@ -170,7 +170,7 @@ impl<K: Clone, H: ChildRef> Children<K, H> {
     }
 
     /// The names of the children whose kind `pick` accepts, in name order.
-    pub fn names_where(&self, pick: impl Fn(&K) -> bool) -> Vec<String> {
+    pub(crate) fn names_where(&self, pick: impl Fn(&K) -> bool) -> Vec<String> {
         self.entries
             .iter()
             .filter(|(_, e)| pick(&e.kind))
@@ -179,7 +179,7 @@ impl<K: Clone, H: ChildRef> Children<K, H> {
     }
 
     /// Running children whose handle says they are gone: deaths whose notice got lost.
-    pub fn silently_dead(&self) -> Vec<(String, u64)> {
+    pub(crate) fn silently_dead(&self) -> Vec<(String, u64)> {
         self.entries
             .iter()
             .filter(|(_, e)| {

@@ -27,12 +27,12 @@ impl SupervisorHandle {
     }
 
     /// Adds (or replaces) a monitor: persisted, then its collector started.
-    pub async fn add_monitor(&self, spec: MonitorSpec) -> Result<AddOutcome, String> {
+    pub(crate) async fn add_monitor(&self, spec: MonitorSpec) -> Result<AddOutcome, String> {
         self.0.send(AddMonitor(spec)).await.map_err(unavailable)?
     }
 
     /// Removes a monitor: its collector stops, it is forgotten, its alerts resolve.
-    pub async fn remove_monitor(&self, kind: MonitorKind, id: String) -> Result<(), String> {
+    pub(crate) async fn remove_monitor(&self, kind: MonitorKind, id: String) -> Result<(), String> {
         self.0
             .send(RemoveMonitor { kind, id })
             .await
@@ -41,12 +41,12 @@ impl SupervisorHandle {
 
     /// Adds or updates a monitor for its `managed_by` owner, without waiting; one someone else
     /// added is left as it is.
-    pub fn add_owned_monitor(&self, spec: MonitorSpec) {
+    pub(crate) fn add_owned_monitor(&self, spec: MonitorSpec) {
         self.0.do_send(AddOwnedMonitor(spec));
     }
 
     /// Removes a monitor only if `owner` manages it, without waiting.
-    pub fn remove_owned_monitor(&self, kind: MonitorKind, id: String, owner: String) {
+    pub(crate) fn remove_owned_monitor(&self, kind: MonitorKind, id: String, owner: String) {
         self.0.do_send(RemoveOwnedMonitor { kind, id, owner });
     }
 

@@ -48,7 +48,7 @@ pub use crate::model::monitor_child_name;
 
 /// Builds a fresh child of a kind, with fresh state: given by whoever wires the daemon
 /// (`daemon::children`), so the supervisor constructs no actor itself.
-pub type ChildFactory = Arc<
+pub(crate) type ChildFactory = Arc<
     dyn Fn(
             &str,
             &ChildKind,
@@ -61,7 +61,7 @@ pub type ChildFactory = Arc<
 >;
 
 /// The resource a child's failure is reported on, if it watches one.
-pub fn watched_resource(kind: &ChildKind) -> Option<(ResourceType, String)> {
+pub(crate) fn watched_resource(kind: &ChildKind) -> Option<(ResourceType, String)> {
     match kind {
         ChildKind::Monitor(spec) => Some((spec.kind().resource_type(), spec.id().to_string())),
         ChildKind::System => Some((ResourceType::Cpu, "system".into())),
@@ -343,7 +343,7 @@ impl Handler<ChildExited> for Supervisor {
 /// Adds (or replaces) a monitor, persists it and starts its collector.
 #[derive(Message, Debug)]
 #[rtype(result = "Result<AddOutcome, String>")]
-pub struct AddMonitor(pub MonitorSpec);
+pub(crate) struct AddMonitor(pub MonitorSpec);
 
 impl Handler<AddMonitor> for Supervisor {
     type Result = Result<AddOutcome, String>;
@@ -372,7 +372,7 @@ impl Handler<AddMonitor> for Supervisor {
 /// Removes a monitor: stops its collector, forgets it in the database, resolves its alerts.
 #[derive(Message, Debug)]
 #[rtype(result = "Result<(), String>")]
-pub struct RemoveMonitor {
+pub(crate) struct RemoveMonitor {
     /// Agent or workspace.
     pub kind: MonitorKind,
     /// The monitor's id, as given when it was added.
@@ -425,7 +425,7 @@ impl Handler<RemoveMonitor> for Supervisor {
 /// someone else added, an operator say, is left as it is.
 #[derive(Message, Debug)]
 #[rtype(result = "Result<AddOutcome, String>")]
-pub struct AddOwnedMonitor(pub MonitorSpec);
+pub(crate) struct AddOwnedMonitor(pub MonitorSpec);
 
 impl Handler<AddOwnedMonitor> for Supervisor {
     type Result = Result<AddOutcome, String>;
@@ -444,7 +444,7 @@ impl Handler<AddOwnedMonitor> for Supervisor {
 /// Removes a monitor only if `owner` manages it.
 #[derive(Message, Debug)]
 #[rtype(result = "Result<(), String>")]
-pub struct RemoveOwnedMonitor {
+pub(crate) struct RemoveOwnedMonitor {
     /// Agent or workspace.
     pub kind: MonitorKind,
     /// The monitor's id, as given when it was added.
@@ -472,7 +472,7 @@ impl Handler<RemoveOwnedMonitor> for Supervisor {
 /// Asks for the monitors and the actors' states.
 #[derive(Message, Debug)]
 #[rtype(result = "LiveInfo")]
-pub struct GetLive;
+pub(crate) struct GetLive;
 
 /// The supervisor's view for status and list.
 #[derive(Debug, Clone, MessageResponse)]
@@ -496,7 +496,7 @@ impl Handler<GetLive> for Supervisor {
 /// Graceful shutdown: collectors stop, the analyzer drains, then the daemon is told.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct Shutdown;
+pub(crate) struct Shutdown;
 
 impl Handler<Shutdown> for Supervisor {
     type Result = ();

@@ -35,7 +35,7 @@ impl PendingBuffer {
     }
 
     /// The oldest ops holding about `max_rows` rows (at least one op).
-    pub fn front_batch(&mut self, max_rows: usize) -> &[WriteOp] {
+    pub(crate) fn front_batch(&mut self, max_rows: usize) -> &[WriteOp] {
         let mut rows = 0;
         let mut n = 0;
         for op in &self.ops {
@@ -49,7 +49,7 @@ impl PendingBuffer {
     }
 
     /// Forgets the `n` oldest ops (they were committed); returns their row count.
-    pub fn pop_front(&mut self, n: usize) -> usize {
+    pub(crate) fn pop_front(&mut self, n: usize) -> usize {
         let mut rows = 0;
         for op in self.ops.drain(..n) {
             self.bytes -= op.approx_bytes();

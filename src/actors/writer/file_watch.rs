@@ -36,7 +36,7 @@ impl IncidentKind {
 }
 
 /// What the writer does after an incident.
-pub enum Resume {
+pub(crate) enum Resume {
     /// A file of ours is at the path again: open it.
     Reopen,
     /// Hold rows in memory and keep looking.
@@ -55,7 +55,7 @@ struct Held {
 const SHARED_WAL_GRACE: Duration = Duration::from_secs(2);
 
 /// The writer's hold on its database file, kept across writer restarts.
-pub struct FileWatch {
+pub(crate) struct FileWatch {
     path: PathBuf,
     file: Option<DatabaseFile>,
     held: Option<Held>,
@@ -364,7 +364,7 @@ impl FileWatch {
     }
 
     /// While waiting: tries again to save what is held, and says whether the path is ours again.
-    pub fn try_resume(&mut self) -> Resume {
+    pub(crate) fn try_resume(&mut self) -> Resume {
         let state = match FileIdentity::of_path(&self.path) {
             Ok(Some(id)) => match &self.held {
                 Some(h) if h.file.identity() == id => PathState::Ours,
@@ -469,7 +469,7 @@ impl FileWatch {
 
     /// Before the writer opens the path without a connection to save rows from (at a start on
     /// a full disk, after a crash): the path must still lead to our file, or to none.
-    pub fn before_open(&mut self) -> Resume {
+    pub(crate) fn before_open(&mut self) -> Resume {
         match self.lost() {
             None => Resume::Reopen,
             Some(PathState::Missing) => {
@@ -506,7 +506,7 @@ impl FileWatch {
     }
 
     /// At shutdown: lets go of a held connection the safe way, and says where our rows are.
-    pub fn give_up(&mut self) -> String {
+    pub(crate) fn give_up(&mut self) -> String {
         if let Some(held) = self.held.take() {
             self.close_orphan(held);
         }

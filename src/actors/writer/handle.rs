@@ -128,7 +128,7 @@ impl WriterHandle {
     }
 
     /// Queues an upkeep task (prune, vacuum) without blocking; the receiver gets its outcome.
-    pub fn maintain(
+    pub(crate) fn maintain(
         &self,
         task: MaintenanceTask,
     ) -> oneshot::Receiver<Result<MaintenanceOutcome, String>> {
@@ -176,7 +176,7 @@ impl WriterHandle {
     }
 
     /// The writer thread's supervision state and restart count.
-    pub fn supervision(&self) -> (ChildState, u32) {
+    pub(crate) fn supervision(&self) -> (ChildState, u32) {
         let state = match self.stats.state.load(Ordering::Relaxed) {
             0 => ChildState::Running,
             1 => ChildState::Restarting,

@@ -62,7 +62,7 @@ pub fn spawn(
 }
 
 /// Opens a fresh write connection, for a writer restarted after a panic.
-pub type Opener = Box<dyn Fn() -> anyhow::Result<Connection> + Send>;
+pub(crate) type Opener = Box<dyn Fn() -> anyhow::Result<Connection> + Send>;
 
 /// An opener for a plain database file, without a size cap.
 pub fn opener(db_path: PathBuf) -> Opener {

@@ -100,19 +100,19 @@ impl AgentProbe {
 
     /// Counts a `stuck` heartbeat only while it is younger than `fresh` (Gas Town's witness
     /// ignores the state of a stale heartbeat: the agent may have moved on without a gt call).
-    pub fn with_stuck_fresh_for(mut self, fresh: Duration) -> Self {
+    pub(crate) fn with_stuck_fresh_for(mut self, fresh: Duration) -> Self {
         self.stuck_fresh_for = Some(fresh);
         self
     }
 
     /// Reports `agent_stalled` (see [`StallWatch`]) over `window`.
-    pub fn with_stall_after(mut self, window: Duration) -> Self {
+    pub(crate) fn with_stall_after(mut self, window: Duration) -> Self {
         self.stall = Some(StallWatch::new(window));
         self
     }
 
     /// Never reports a stall while `idle` says the agent is known to be idle.
-    pub fn with_known_idle(mut self, idle: impl Fn() -> bool + Send + 'static) -> Self {
+    pub(crate) fn with_known_idle(mut self, idle: impl Fn() -> bool + Send + 'static) -> Self {
         self.known_idle = Some(Box::new(idle));
         self
     }
@@ -244,7 +244,7 @@ impl AgentProbe {
     }
 
     /// Has the analyzer judge `metric` of this agent as `judgement` (see [`Judgement`]).
-    pub fn with_judgement(mut self, metric: &'static str, judgement: Judgement) -> Self {
+    pub(crate) fn with_judgement(mut self, metric: &'static str, judgement: Judgement) -> Self {
         self.judgements.push((metric, judgement));
         self
     }

@@ -81,7 +81,7 @@ pub enum Resolution {
 
 impl RootSource {
     /// The source named by an agent's options.
-    pub fn from_options(options: &AgentOptions) -> Result<RootSource, String> {
+    pub(crate) fn from_options(options: &AgentOptions) -> Result<RootSource, String> {
         Ok(if let Some(pid) = options.pid {
             match &options.pid_start {
                 Some(start) => RootSource::PidStarted(pid, RecordedStart::of(start)),

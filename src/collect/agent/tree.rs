@@ -19,7 +19,7 @@ impl OrphanTracker {
     /// Records this cycle's tree (if the root lives) and counts orphans: remembered processes
     /// still running whose root is dead or no longer the agent's root. Returns the count and
     /// their resident memory in MB.
-    pub fn update(
+    pub(crate) fn update(
         &mut self,
         live_root: Option<Member>,
         tree: &[Member],
@@ -83,7 +83,7 @@ impl StallWatch {
 
     /// Records one cycle: `busy_cores` is the tree's CPU in cores (0.5 = half a core) over
     /// `elapsed`; `None` when the root is not alive (history starts again).
-    pub fn observe(&mut self, now: Instant, busy_cores: Option<f64>, elapsed: Duration) {
+    pub(crate) fn observe(&mut self, now: Instant, busy_cores: Option<f64>, elapsed: Duration) {
         let Some(busy) = busy_cores else {
             self.samples.clear();
             self.since = None;

@@ -36,7 +36,7 @@ pub struct DirStats {
 
 impl DirStats {
     /// Size in MB of 1024 × 1024 bytes.
-    pub fn megabytes(&self) -> f64 {
+    pub(crate) fn megabytes(&self) -> f64 {
         self.bytes as f64 / (1024.0 * 1024.0)
     }
 

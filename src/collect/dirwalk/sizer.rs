@@ -226,7 +226,7 @@ impl DirSizer {
     /// Has watches drop events on non-directories whose names `ignore` accepts: files this
     /// process creates and removes at once (a writability probe) then cost no re-read. By
     /// default none. A walk still counts such a file if it is there.
-    pub fn ignoring(mut self, ignore: fn(&OsStr) -> bool) -> Self {
+    pub(crate) fn ignoring(mut self, ignore: fn(&OsStr) -> bool) -> Self {
         self.ignore = ignore;
         self
     }
@@ -421,7 +421,7 @@ impl DirSizer {
     }
 
     /// True when the latest finished walk gave up at its time cap.
-    pub fn timed_out(&self) -> bool {
+    pub(crate) fn timed_out(&self) -> bool {
         self.timed_out
     }
 
