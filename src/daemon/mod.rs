@@ -290,7 +290,14 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
         let (stopped_tx, stopped_rx) = oneshot::channel();
         let service_deps = deps.clone();
         let supervisor = SupervisorHandle::new(
-            Supervisor::new(deps, Arc::new(children::build_child), monitors, stopped_tx).start(),
+            Supervisor::new(
+                deps.clone(),
+                children::initial(&deps, &monitors),
+                children::monitor_child(&deps),
+                monitors,
+                stopped_tx,
+            )
+            .start(),
         );
         let http = match http {
             Some(listener) => Some(listener.start(Service::new(supervisor.clone(), service_deps))?),

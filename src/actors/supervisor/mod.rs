@@ -29,49 +29,38 @@ use crate::store::write::WriteOp;
 pub use super::restart::ChildState;
 pub use crate::report::ActorReport;
 
-/// What each child is, which is also how to build it again (with the [`ChildFactory`]).
-#[derive(Debug, Clone)]
-pub enum ChildKind {
-    /// The analyzer, which turns readings into metric rows and alerts (child `analyzer`).
-    Analyzer,
-    /// The collector of machine-wide CPU, memory and filesystem readings (child `system`).
-    System,
-    /// The control server on the Unix socket (child `control`).
-    Control,
-    /// The Gas Town follower.
-    Town,
-    /// The collector of one agent or workspace monitor (child `<kind>:<id>`).
-    Monitor(Box<MonitorSpec>),
-}
-
 pub use crate::model::monitor_child_name;
 
-/// Builds a fresh child of a kind, with fresh state: given by whoever wires the daemon
-/// (`daemon::children`), so the supervisor constructs no actor itself.
-pub(crate) type ChildFactory = Arc<
-    dyn Fn(
-            &str,
-            &ChildKind,
-            &SupervisorDeps,
-            ExitGuard,
-            SupervisorHandle,
-        ) -> Result<Box<dyn ChildRef>, String>
-        + Send
-        + Sync,
->;
-
-/// The resource a child's failure is reported on, if it watches one.
-pub(crate) fn watched_resource(kind: &ChildKind) -> Option<(ResourceType, String)> {
-    match kind {
-        ChildKind::Monitor(spec) => Some((spec.kind().resource_type(), spec.id().to_string())),
-        ChildKind::System => Some((ResourceType::Cpu, "system".into())),
-        ChildKind::Town => Some((
-            ResourceType::Agent,
-            crate::gastown::lifecycle::TOWN_RESOURCE.into(),
-        )),
-        ChildKind::Analyzer | ChildKind::Control => None,
-    }
+/// What a child is for in the supervisor's shutdown order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Feeds the analyzer: stopped first.
+    Collector,
+    /// Drained once no collector can queue anything more (brought back for it if down).
+    Analyzer,
+    /// Anything else: stopped last.
+    Service,
 }
+
+/// Starts a fresh instance of a child, with fresh state, reporting its end through the guard.
+pub type Start =
+    Arc<dyn Fn(ExitGuard, SupervisorHandle) -> Result<Box<dyn ChildRef>, String> + Send + Sync>;
+
+/// A child as the supervisor knows it: how to start it again, its role at shutdown, and the
+/// resource a failure is reported on. What it is, only the wiring that made it knows
+/// (`daemon::children`).
+#[derive(Clone)]
+pub struct ChildSpec {
+    /// Its part in the shutdown order.
+    pub role: Role,
+    /// The resource its `collector_failed` alert goes on, if it watches one.
+    pub resource: Option<(ResourceType, String)>,
+    /// Builds and starts it.
+    pub start: Start,
+}
+
+/// The name and spec of the collector for a monitor, for monitors added while running.
+pub type MonitorChild = Arc<dyn Fn(&MonitorSpec) -> (String, ChildSpec) + Send + Sync>;
 
 /// Everything children need, shared by the supervisor's factories.
 #[derive(Clone)]
@@ -95,27 +84,31 @@ pub struct SupervisorDeps {
 /// The supervisor actor.
 pub struct Supervisor {
     deps: SupervisorDeps,
-    factory: ChildFactory,
+    /// The children to start first, in order (taken at start).
+    initial: Vec<(String, ChildSpec)>,
+    monitor_child: MonitorChild,
     monitors: MonitorSet,
-    children: engine::Children<ChildKind, Box<dyn ChildRef>>,
+    children: engine::Children<ChildSpec, Box<dyn ChildRef>>,
     stopping: bool,
     /// Told once every child is down and the analyzer is drained.
     stopped: Option<oneshot::Sender<()>>,
 }
 
 impl Supervisor {
-    /// A supervisor that will start the analyzer, the system collector, one collector per monitor
-    /// and the control server.
+    /// A supervisor that will start `initial` in order (the daemon registers the analyzer,
+    /// the collectors and the servers) and a child from `monitor_child` per monitor added later.
     pub fn new(
         deps: SupervisorDeps,
-        factory: ChildFactory,
+        initial: Vec<(String, ChildSpec)>,
+        monitor_child: MonitorChild,
         monitors: MonitorSet,
         stopped: oneshot::Sender<()>,
     ) -> Self {
         let policy = deps.settings.restart;
         Supervisor {
             deps,
-            factory,
+            initial,
+            monitor_child,
             monitors,
             children: engine::Children::new(policy),
             stopping: false,
@@ -123,7 +116,7 @@ impl Supervisor {
         }
     }
 
-    fn add_child(&mut self, name: String, kind: ChildKind, ctx: &mut Context<Self>) {
+    fn add_child(&mut self, name: String, kind: ChildSpec, ctx: &mut Context<Self>) {
         self.children.insert(&name, kind);
         self.start(&name, ctx);
     }
@@ -135,7 +128,7 @@ impl Supervisor {
         };
         let guard = ExitGuard::new(name, generation, ctx.address().recipient());
         let supervisor = SupervisorHandle::new(ctx.address());
-        match (self.factory)(name, &kind, &self.deps, guard, supervisor) {
+        match (kind.start)(guard, supervisor) {
             Ok(handle) => self.children.started(name, generation, handle),
             Err(e) => {
                 tracing::error!(actor = name, "cannot start: {e}");
@@ -143,7 +136,7 @@ impl Supervisor {
                 return;
             }
         }
-        if watched_resource(&kind).is_some() {
+        if kind.resource.is_some() {
             // Also after a daemon restart, when a collector_failed alert read back from the
             // database has no in-memory flag: a run that holds clears it either way.
             let stable_after = self.deps.settings.restart.stable_after;
@@ -171,8 +164,8 @@ impl Supervisor {
     }
 
     /// Raises (`Some`) or clears (`None`) the `collector_failed` alert of a child's resource.
-    fn set_failed(&self, kind: &ChildKind, condition: Option<Condition>) {
-        if let Some(resource) = watched_resource(kind) {
+    fn set_failed(&self, kind: &ChildSpec, condition: Option<Condition>) {
+        if let Some(resource) = kind.resource.clone() {
             let key = crate::conditions::collector_failed_key(resource);
             self.deps.analyzer.set_condition(key, condition);
         }
@@ -199,7 +192,7 @@ impl Supervisor {
                 pause_secs = delay.as_secs_f64(),
                 "actor keeps failing: parked before the next try"
             );
-            if watched_resource(&kind).is_some() {
+            if kind.resource.is_some() {
                 self.children.failure_raised(name);
             }
             let policy = self.deps.settings.restart;
@@ -267,16 +260,16 @@ impl Supervisor {
         }
         self.stopping = true;
         tracing::info!("stopping: collectors first, then draining the analyzer");
-        let collectors = self
-            .children
-            .names_where(|k| matches!(k, ChildKind::System | ChildKind::Monitor(_)));
+        let collectors = self.children.names_where(|k| k.role == Role::Collector);
         let stopping: Vec<Box<dyn ChildRef>> = collectors
             .iter()
             .filter_map(|name| self.stop_child(name))
             .collect();
         // An analyzer that is down (restarting, parked) is brought back to drain its queue.
-        if self.children.revive("analyzer", Instant::now()) {
-            self.start("analyzer", ctx);
+        for analyzer in self.children.names_where(|k| k.role == Role::Analyzer) {
+            if self.children.revive(&analyzer, Instant::now()) {
+                self.start(&analyzer, ctx);
+            }
         }
         let analyzer = self.deps.analyzer.addr();
         let drain = async move {
@@ -311,18 +304,8 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.add_child("analyzer".into(), ChildKind::Analyzer, ctx);
-        self.add_child("system".into(), ChildKind::System, ctx);
-        let specs: Vec<MonitorSpec> = self.monitors.iter().cloned().collect();
-        for spec in specs {
-            let name = monitor_child_name(spec.kind(), spec.id());
-            self.add_child(name, ChildKind::Monitor(Box::new(spec)), ctx);
-        }
-        if self.deps.listener.is_some() {
-            self.add_child("control".into(), ChildKind::Control, ctx);
-        }
-        if self.deps.town.is_some() {
-            self.add_child("gastown".into(), ChildKind::Town, ctx);
+        for (name, spec) in std::mem::take(&mut self.initial) {
+            self.add_child(name, spec, ctx);
         }
         // Backstop for deaths whose notice got lost: a dead address is a dead child.
         super::cadence::run_on_beat(ctx, Duration::from_secs(1), Duration::ZERO, |act, ctx| {
@@ -360,11 +343,11 @@ impl Handler<AddMonitor> for Supervisor {
             .writer
             .submit(vec![WriteOp::MonitorSaved(spec.clone())])
             .map_err(|_| "the database writer is overloaded; try again".to_string())?;
-        let name = monitor_child_name(spec.kind(), spec.id());
-        let outcome = self.monitors.add(spec.clone());
+        let (name, child) = (self.monitor_child)(&spec);
+        let outcome = self.monitors.add(spec);
         self.stop_child(&name);
         tracing::info!(monitor = %name, ?outcome, "monitor added");
-        self.add_child(name, ChildKind::Monitor(Box::new(spec)), ctx);
+        self.add_child(name, child, ctx);
         Ok(outcome)
     }
 }
