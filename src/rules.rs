@@ -1,11 +1,12 @@
-//! Alert rules: each metric's thresholds, debounce and hysteresis, with per-resource overrides.
+//! Alert rules: each metric's thresholds, debounce and hysteresis, with per-resource overrides,
+//! and the partial rules a config file gives (`[thresholds.*]` tables, `[[override]]` entries).
 
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::bail;
+use serde::Deserialize;
 
 use crate::catalog;
-use crate::config::{ResourceOverride, ThresholdConfig};
 use crate::model::{ResourceType, Thresholds};
 
 /// How one metric alerts: thresholds plus the debounce and hysteresis of docs/ARCHITECTURE.md,
@@ -190,4 +191,42 @@ impl RuleTable {
         }
         Ok(self)
     }
+}
+
+/// One `[thresholds.<metric_name>]` table.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdConfig {
+    /// Value at which the metric turns unhealthy; above `critical` means lower values are worse.
+    pub warning: Option<f64>,
+    /// Value at which the metric turns critical; one given alone keeps the other's default.
+    pub critical: Option<f64>,
+    /// Breached samples needed before an alert opens (default 1).
+    pub for_cycles: Option<u32>,
+    /// Healthy samples needed before an alert resolves (default 1).
+    pub clear_cycles: Option<u32>,
+    /// How far past the warning threshold a value must come back before the alert clears.
+    pub hysteresis: Option<f64>,
+}
+
+/// One `[[override]]` table: thresholds for one metric of one resource.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceOverride {
+    /// Kind of resource, e.g. `workspace` or `agent`.
+    pub resource_type: ResourceType,
+    /// Id of the one resource these thresholds apply to.
+    pub resource_id: String,
+    /// Metric name, as in `[thresholds.<metric_name>]`.
+    pub metric: String,
+    /// Value at which this resource's metric turns unhealthy (default: the metric's rule).
+    pub warning: Option<f64>,
+    /// Value at which this resource's metric turns critical (default: the metric's rule).
+    pub critical: Option<f64>,
+    /// Breached samples needed before an alert opens.
+    pub for_cycles: Option<u32>,
+    /// Healthy samples needed before an alert resolves.
+    pub clear_cycles: Option<u32>,
+    /// How far past the warning threshold a value must come back before the alert clears.
+    pub hysteresis: Option<f64>,
 }

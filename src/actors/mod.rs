@@ -6,6 +6,7 @@ pub mod alert_memory;
 pub mod analyzer;
 pub mod cadence;
 pub mod collector;
+pub mod deps;
 pub mod probe_runner;
 pub mod restart;
 pub mod supervisor;

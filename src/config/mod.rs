@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::catalog;
 use crate::model::ResourceType;
-use crate::rules::RuleTable;
+use crate::rules::{ResourceOverride, RuleTable, ThresholdConfig};
 
 pub mod gastown;
 pub mod outputs;
@@ -161,22 +161,6 @@ pub struct ConfigFile {
     pub gastown: gastown::GastownConfig,
 }
 
-/// One `[thresholds.<metric_name>]` table.
-#[derive(Debug, Default, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct ThresholdConfig {
-    /// Value at which the metric turns unhealthy; above `critical` means lower values are worse.
-    pub warning: Option<f64>,
-    /// Value at which the metric turns critical; one given alone keeps the other's default.
-    pub critical: Option<f64>,
-    /// Breached samples needed before an alert opens (default 1).
-    pub for_cycles: Option<u32>,
-    /// Healthy samples needed before an alert resolves (default 1).
-    pub clear_cycles: Option<u32>,
-    /// How far past the warning threshold a value must come back before the alert clears.
-    pub hysteresis: Option<f64>,
-}
-
 /// Largest config file accepted, in bytes (1 MiB): a real one is a few kilobytes, and a device
 /// such as `/dev/zero` or a generated file of 200k `[[override]]`s must not exhaust memory.
 pub(crate) const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
@@ -291,28 +275,6 @@ pub struct CliOverrides {
     pub listen_public: bool,
     /// `--gastown`: the town root to follow.
     pub gastown: Option<PathBuf>,
-}
-
-/// One `[[override]]` table: thresholds for one metric of one resource.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResourceOverride {
-    /// Kind of resource, e.g. `workspace` or `agent`.
-    pub resource_type: ResourceType,
-    /// Id of the one resource these thresholds apply to.
-    pub resource_id: String,
-    /// Metric name, as in `[thresholds.<metric_name>]`.
-    pub metric: String,
-    /// Value at which this resource's metric turns unhealthy (default: the metric's rule).
-    pub warning: Option<f64>,
-    /// Value at which this resource's metric turns critical (default: the metric's rule).
-    pub critical: Option<f64>,
-    /// Breached samples needed before an alert opens.
-    pub for_cycles: Option<u32>,
-    /// Healthy samples needed before an alert resolves.
-    pub clear_cycles: Option<u32>,
-    /// How far past the warning threshold a value must come back before the alert clears.
-    pub hysteresis: Option<f64>,
 }
 
 /// The resolved settings the daemon and the CLI run with.

@@ -199,7 +199,7 @@ fn peer_pid(stream: &UnixStream) -> Option<u32> {
 /// The pid in the instance lock file, when the socket is the default `<db-path>.sock`.
 fn lock_file_pid(socket: &Path) -> Option<u32> {
     let db = socket.to_str()?.strip_suffix(".sock")?;
-    crate::daemon::lock::holder_pid(Path::new(db))
+    crate::store::file::holder_pid(Path::new(db))
 }
 
 /// The one-letter state of a process (`R`, `S`, `D`, `T`...) from `/proc/<pid>/stat`.

@@ -11,7 +11,8 @@ use tokio::sync::Semaphore;
 
 use super::protocol::{MAX_LINE_BYTES, Request, Response};
 use super::service::Service;
-use crate::actors::supervisor::{SupervisorDeps, SupervisorHandle};
+use crate::actors::deps::DaemonDeps;
+use crate::actors::supervisor::SupervisorHandle;
 use crate::actors::{ExitGuard, StopChild};
 
 /// Clients served at once; more wait for a free slot.
@@ -37,7 +38,7 @@ impl ControlServer {
     pub fn new(
         listener: Arc<UnixListener>,
         supervisor: SupervisorHandle,
-        deps: SupervisorDeps,
+        deps: DaemonDeps,
         guard: ExitGuard,
     ) -> Self {
         ControlServer {

@@ -8,7 +8,8 @@ use super::protocol::{
     MonitorInfo, monitor_infos, validate_monitor, validate_resource_id, validate_silence,
 };
 use crate::actors::analyzer::Acknowledge;
-use crate::actors::supervisor::{SupervisorDeps, SupervisorHandle};
+use crate::actors::deps::DaemonDeps;
+use crate::actors::supervisor::SupervisorHandle;
 use crate::model::{
     AddOutcome, HealthAlert, MonitorKind, MonitorSpec, ResourceType, Silence, validate_id,
 };
@@ -85,12 +86,12 @@ pub struct Service {
     /// Asks the supervisor for the monitors and the actors' states, and adds or removes monitors.
     pub supervisor: SupervisorHandle,
     /// The settings, analyzer, writer and other parts the children share.
-    pub deps: SupervisorDeps,
+    pub deps: DaemonDeps,
 }
 
 impl Service {
     /// A service answering from this supervisor and these shared parts.
-    pub fn new(supervisor: SupervisorHandle, deps: SupervisorDeps) -> Self {
+    pub fn new(supervisor: SupervisorHandle, deps: DaemonDeps) -> Self {
         Service { supervisor, deps }
     }
 

@@ -7,8 +7,9 @@ use crate::actors::analyzer::Analyzer;
 use crate::actors::collector::{Collector, Pace};
 use std::sync::Arc;
 
+use crate::actors::deps::DaemonDeps;
 use crate::actors::supervisor::{
-    ChildSpec, MonitorChild, Role, SupervisorDeps, SupervisorHandle, monitor_child_name,
+    ChildSpec, MonitorChild, Role, SupervisorHandle, monitor_child_name,
 };
 use crate::actors::town::TownWatcher;
 use crate::actors::{ChildRef, ExitGuard};
@@ -54,7 +55,7 @@ fn role(kind: &ChildKind) -> Role {
 }
 
 /// The supervisor's spec for the child `name` of `kind`: it starts with [`build_child`].
-fn spec(name: &str, kind: ChildKind, deps: &SupervisorDeps) -> ChildSpec {
+fn spec(name: &str, kind: ChildKind, deps: &DaemonDeps) -> ChildSpec {
     let (name, deps) = (name.to_string(), deps.clone());
     ChildSpec {
         role: role(&kind),
@@ -68,7 +69,7 @@ fn spec(name: &str, kind: ChildKind, deps: &SupervisorDeps) -> ChildSpec {
 /// The children the daemon starts with, in order: the analyzer, the system collector, one
 /// collector per monitor, the control server (with a socket) and the Gas Town follower (with a
 /// town).
-pub(crate) fn initial(deps: &SupervisorDeps, monitors: &MonitorSet) -> Vec<(String, ChildSpec)> {
+pub(crate) fn initial(deps: &DaemonDeps, monitors: &MonitorSet) -> Vec<(String, ChildSpec)> {
     let mut children = vec![
         (
             "analyzer".to_string(),
@@ -90,14 +91,14 @@ pub(crate) fn initial(deps: &SupervisorDeps, monitors: &MonitorSet) -> Vec<(Stri
 }
 
 /// The collector of monitor `m`, with its name.
-fn monitor(m: &MonitorSpec, deps: &SupervisorDeps) -> (String, ChildSpec) {
+fn monitor(m: &MonitorSpec, deps: &DaemonDeps) -> (String, ChildSpec) {
     let name = monitor_child_name(m.kind(), m.id());
     let child = spec(&name, ChildKind::Monitor(Box::new(m.clone())), deps);
     (name, child)
 }
 
 /// How the supervisor makes the collector of a monitor added while the daemon runs.
-pub(crate) fn monitor_child(deps: &SupervisorDeps) -> MonitorChild {
+pub(crate) fn monitor_child(deps: &DaemonDeps) -> MonitorChild {
     let deps = deps.clone();
     Arc::new(move |m| monitor(m, &deps))
 }
@@ -106,7 +107,7 @@ pub(crate) fn monitor_child(deps: &SupervisorDeps) -> MonitorChild {
 fn build_child(
     name: &str,
     kind: &ChildKind,
-    deps: &SupervisorDeps,
+    deps: &DaemonDeps,
     guard: ExitGuard,
     supervisor: SupervisorHandle,
 ) -> Result<Box<dyn ChildRef>, String> {

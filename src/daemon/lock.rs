@@ -5,26 +5,19 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::store::file::{DatabaseFile, FileIdentity, flock_holder};
+use crate::store::file::{DatabaseFile, lock_path};
 
 /// Held for as long as the daemon (or an offline write) runs.
 #[derive(Debug)]
 pub(crate) struct InstanceLock {
     _path_lock: Flock<File>,
     file: DatabaseFile,
-}
-
-/// The lock file that goes with a database.
-pub(crate) fn lock_path(db_path: &Path) -> PathBuf {
-    let mut s = db_path.as_os_str().to_owned();
-    s.push(".lock");
-    PathBuf::from(s)
 }
 
 impl InstanceLock {
@@ -91,24 +84,10 @@ impl InstanceLock {
 #[derive(Debug)]
 pub(crate) struct PathLock(#[allow(dead_code)] Flock<File>);
 
-/// The pid of the daemon holding `db_path` (from `/proc/locks`, else from its lock file), if
-/// that process still exists: for messages about a daemon that does not answer (stopped, stuck).
-pub(crate) fn holder_pid(db_path: &Path) -> Option<u32> {
-    // The kernel's word first: it holds for every name of the file.
-    let pid = FileIdentity::of_path(db_path)
-        .ok()
-        .flatten()
-        .and_then(flock_holder)
-        .or_else(|| {
-            let text = std::fs::read_to_string(lock_path(db_path)).ok()?;
-            text.trim().parse::<u32>().ok()
-        })?;
-    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::file::holder_pid;
 
     #[test]
     fn a_second_holder_is_refused_with_the_first_ones_pid() {

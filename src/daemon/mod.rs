@@ -19,7 +19,8 @@ use tokio::sync::oneshot;
 
 use crate::actors::alert_memory::AlertMemory;
 use crate::actors::analyzer::AnalyzerHandle;
-use crate::actors::supervisor::{Supervisor, SupervisorDeps, SupervisorHandle};
+use crate::actors::deps::DaemonDeps;
+use crate::actors::supervisor::{Supervisor, SupervisorHandle};
 use crate::actors::town::TownState;
 use crate::actors::writer::{self, Retention, WriterConfig};
 use crate::analysis::AnalyzerCore;
@@ -275,7 +276,7 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
     let system = actix_rt::System::new();
     let outcome: anyhow::Result<()> = system.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(listener)?;
-        let deps = SupervisorDeps {
+        let deps = DaemonDeps {
             settings: settings.clone(),
             analyzer: deps_analyzer,
             writer: deps_writer,
@@ -291,7 +292,7 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
         let service_deps = deps.clone();
         let supervisor = SupervisorHandle::new(
             Supervisor::new(
-                deps.clone(),
+                deps.supervisor_parts(),
                 children::initial(&deps, &monitors),
                 children::monitor_child(&deps),
                 monitors,

@@ -231,6 +231,28 @@ fn parse_flock_holder(locks: &str, identity: FileIdentity) -> Option<u32> {
         .and_then(|(_, pid)| u32::try_from(pid).ok())
 }
 
+/// The lock file that goes with a database.
+pub(crate) fn lock_path(db_path: &Path) -> PathBuf {
+    let mut s = db_path.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+/// The pid of the daemon holding `db_path` (from `/proc/locks`, else from its lock file), if
+/// that process still exists: for messages about a daemon that does not answer (stopped, stuck).
+pub(crate) fn holder_pid(db_path: &Path) -> Option<u32> {
+    // The kernel's word first: it holds for every name of the file.
+    let pid = FileIdentity::of_path(db_path)
+        .ok()
+        .flatten()
+        .and_then(flock_holder)
+        .or_else(|| {
+            let text = std::fs::read_to_string(lock_path(db_path)).ok()?;
+            text.trim().parse::<u32>().ok()
+        })?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,28 +62,22 @@ pub struct ChildSpec {
 /// The name and spec of the collector for a monitor, for monitors added while running.
 pub type MonitorChild = Arc<dyn Fn(&MonitorSpec) -> (String, ChildSpec) + Send + Sync>;
 
-/// Everything children need, shared by the supervisor's factories.
+/// What the supervisor itself uses of the daemon's shared parts.
 #[derive(Clone)]
-pub struct SupervisorDeps {
-    /// The daemon's settings, as loaded at start.
+pub struct SupervisorParts {
+    /// The daemon's settings: the restart policy and `stable_after`.
     pub settings: Arc<Settings>,
-    /// Where collectors send readings; outlives any one analyzer.
+    /// Where `collector_failed` goes, and what is drained at shutdown.
     pub analyzer: AnalyzerHandle,
-    /// The database writer thread, for monitor changes and the analyzer's rows.
+    /// Where monitor changes are persisted; its own supervision is reported with the children.
     pub writer: WriterHandle,
-    /// Where alert notices go besides the log.
-    pub notifier: crate::notify::Notifier,
-    /// Where the Gas Town follower is, when a town is followed.
-    pub town: Option<super::town::SharedTownState>,
-    /// Each collector's latest cycle time, for the status document and `/metrics`.
+    /// Each collector's latest cycle time, forgotten with its monitor.
     pub cycles: CycleTimes,
-    /// The bound control socket; `None` runs without a control server (tests).
-    pub listener: Option<Arc<tokio::net::UnixListener>>,
 }
 
 /// The supervisor actor.
 pub struct Supervisor {
-    deps: SupervisorDeps,
+    deps: SupervisorParts,
     /// The children to start first, in order (taken at start).
     initial: Vec<(String, ChildSpec)>,
     monitor_child: MonitorChild,
@@ -98,7 +92,7 @@ impl Supervisor {
     /// A supervisor that will start `initial` in order (the daemon registers the analyzer,
     /// the collectors and the servers) and a child from `monitor_child` per monitor added later.
     pub fn new(
-        deps: SupervisorDeps,
+        deps: SupervisorParts,
         initial: Vec<(String, ChildSpec)>,
         monitor_child: MonitorChild,
         monitors: MonitorSet,
