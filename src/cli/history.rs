@@ -84,7 +84,15 @@ impl History {
                         Some(hi.map_or(v, |h| h.max(v))),
                     )
                 });
-        let avg = (!points.is_empty()).then(|| values.sum::<f64>() / points.len() as f64);
+        // A float sum divided back can land an ulp outside the range (five equal values whose
+        // sum rounds up): the mean of values is never above their max nor below their min.
+        let avg = (!points.is_empty()).then(|| {
+            let mean = values.sum::<f64>() / points.len() as f64;
+            match (min, max) {
+                (Some(lo), Some(hi)) => mean.clamp(lo, hi),
+                _ => mean,
+            }
+        });
         History {
             resource_type: args.resource_type,
             resource_id: args.resource_id.clone(),
@@ -276,6 +284,17 @@ mod tests {
         assert!(text.contains("30 MB  healthy"), "{text}");
         let empty = History::new(&args, t0, Vec::new(), None);
         assert_eq!(empty.avg, None);
+        // Three 0.1s sum to 0.30000000000000004, a third of which is above 0.1: the mean
+        // stays within the values' range.
+        let same: Vec<Point> = (0..3)
+            .map(|i| Point {
+                timestamp: t0 + chrono::Duration::seconds(i),
+                value: 0.1,
+                status: crate::model::HealthStatus::Healthy,
+            })
+            .collect();
+        let h = History::new(&args, t0, same, None);
+        assert_eq!((h.min, h.avg, h.max), (Some(0.1), Some(0.1), Some(0.1)));
         assert!(render(&empty).contains("0 points"));
     }
 }
