@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::Settings;
-use crate::model::{Judgement, Measurement, MonitorSpec};
+use crate::model::Measurement;
 pub use agent::{AgentProbe, RootSource};
 pub use workspace::WorkspaceProbe;
 
@@ -70,69 +70,6 @@ impl Probe for SystemProbe {
     fn measure(&mut self) -> Vec<Measurement> {
         self.sampler.sample()
     }
-}
-
-/// The probe for a monitor, with default paths resolved from `settings`.
-///
-/// `idle` lists the Gas Town polecats idle since their `gt done` (when a town is followed).
-pub(crate) fn probe_for(
-    spec: &MonitorSpec,
-    settings: &Settings,
-    limits: WalkLimits,
-    idle: Option<&crate::gastown::lifecycle::IdleSessions>,
-) -> Result<Box<dyn Probe>, String> {
-    Ok(match spec {
-        MonitorSpec::Agent { id, options } => {
-            let workspace = options
-                .workspace
-                .clone()
-                .unwrap_or_else(|| settings.default_agent_workspace(id));
-            let mut probe = AgentProbe::new(
-                id,
-                RootSource::from_options(options)?,
-                workspace,
-                options.heartbeat.clone(),
-                limits,
-                settings.interval / 2,
-            );
-            if let Some(secs) = options.stall_after {
-                probe = probe.with_stall_after(Duration::from_secs(secs));
-            }
-            if let Some(idle) = idle.filter(|_| options.managed_by.is_some()) {
-                let (idle, id) = (idle.clone(), id.clone());
-                probe =
-                    probe.with_known_idle(move || crate::gastown::lifecycle::is_idle(&idle, &id));
-            }
-            if options.managed_by.as_deref() == Some(crate::gastown::layout::MANAGED_BY) {
-                // Gas Town's witness reads a stale heartbeat's state as nothing.
-                let stale = settings.gastown.as_ref().map_or(
-                    Duration::from_secs_f64(crate::config::gastown::DEFAULT_HEARTBEAT_STALE_SECS),
-                    |town| town.heartbeat_stale,
-                );
-                // The town watcher tells a reap from a crash; a death alone is not an alert.
-                probe = probe
-                    .with_stuck_fresh_for(stale)
-                    .with_judgement(crate::catalog::AGENT_ACTIVE, Judgement::StatusOnly);
-                // Every gt command rewrites a session heartbeat: an old one means idle. The
-                // deacon's is written by its patrol loop, and old means stuck (its thresholds
-                // are the town's, see config).
-                if options.role.as_deref() != Some("deacon") {
-                    probe = probe.with_judgement(
-                        crate::catalog::HEARTBEAT_AGE_SECONDS,
-                        Judgement::Informational,
-                    );
-                }
-            }
-            Box::new(probe)
-        }
-        MonitorSpec::Workspace { id, options } => {
-            let path = options
-                .path
-                .clone()
-                .unwrap_or_else(|| settings.default_workspace_path(id));
-            Box::new(WorkspaceProbe::new(id, path, options.dbs.clone(), limits))
-        }
-    })
 }
 
 #[cfg(test)]

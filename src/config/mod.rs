@@ -465,7 +465,7 @@ fn resolve_rules(file: &ConfigFile, town: bool) -> anyhow::Result<RuleTable> {
 fn deacon_heartbeat_override() -> ResourceOverride {
     // The deacon's patrol heartbeat is stale at 5 minutes and very stale at 20, as Gas Town
     // reads it (deacon/heartbeat.go). Other session heartbeats never alert by their age (see
-    // collect::probe_for).
+    // daemon::children::probe_for).
     ResourceOverride {
         resource_type: ResourceType::Agent,
         resource_id: gastown::DEACON_SESSION.into(),

@@ -24,7 +24,7 @@ use crate::actors::supervisor::{Supervisor, SupervisorHandle};
 use crate::actors::town::TownState;
 use crate::actors::writer::{self, Retention, WriterConfig};
 use crate::analysis::AnalyzerCore;
-use crate::collect::{Probe, SystemProbe, WalkLimits, probe_for};
+use crate::collect::{Probe, SystemProbe, WalkLimits};
 use crate::config::Settings;
 use crate::control::service::Service;
 use crate::control::socket;
@@ -34,6 +34,7 @@ use crate::notify::Notifier;
 use crate::store::write::{WriteOp, apply};
 use crate::store::{self, query};
 use crate::summary::{self, Summary};
+use children::probe_for;
 use lock::InstanceLock;
 
 /// How long shutdown lets queued notices go out.
