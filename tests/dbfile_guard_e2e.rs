@@ -359,16 +359,10 @@ fn a_second_daemon_through_a_symlink_or_a_hard_link_is_refused_with_the_first_on
 
 #[test]
 fn a_full_disk_at_start_is_no_reason_not_to_start() {
-    let env = Env::new("interval = 0.1\n");
-    let tiny = env.path("tiny");
-    fs::create_dir(&tiny).unwrap();
-    let Some(_tmpfs) = Tmpfs::mount(&tiny, "3m") else {
-        eprintln!("skipping: cannot mount a tmpfs here");
+    let Some((env, _tmpfs)) = Env::on_tmpfs("interval = 0.1\n", "3m") else {
         return;
     };
-    let mut env = env;
-    env.db = tiny.join("hm.db");
-    env.socket = env.path("tiny.sock");
+    let tiny = env.path("tiny");
     // A first run leaves monitors, an active alert and a silence.
     let mut first = env.start(&[]);
     populate(&env);
@@ -463,17 +457,11 @@ fn a_backup_that_fails_for_lack_of_room_leaves_nothing_behind() {
 
 #[test]
 fn a_deleted_database_on_a_disk_without_room_for_a_copy_keeps_the_state_and_counts_the_loss() {
-    let env = Env::new("interval = 0.05\n");
-    let tiny = env.path("tiny");
-    fs::create_dir(&tiny).unwrap();
     // Smaller than a whole copy's headroom: only the state can be copied.
-    let Some(_tmpfs) = Tmpfs::mount(&tiny, "6m") else {
-        eprintln!("skipping: cannot mount a tmpfs here");
+    let Some((env, _tmpfs)) = Env::on_tmpfs("interval = 0.05\n", "6m") else {
         return;
     };
-    let mut env = env;
-    env.db = tiny.join("hm.db");
-    env.socket = env.path("tiny.sock");
+    let tiny = env.path("tiny");
     let mut daemon = env.start(&[]);
     populate(&env);
     wait_until("the missing workspace's alert", || {

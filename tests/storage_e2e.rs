@@ -10,7 +10,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Env, Tmpfs, wait_until};
+use common::{Daemon, Env, wait_until};
 use nix::sys::signal::Signal;
 use rusqlite::Connection;
 
@@ -169,18 +169,12 @@ fn a_full_database_keeps_alerts_drops_oldest_metrics_past_the_cap_and_recovers()
 
 #[test]
 fn a_full_disk_is_survived_too() {
-    let env = Env::new("interval = 0.05\nwriter_buffer_mb = 0.05\n");
-    let tiny = env.path("tiny");
-    fs::create_dir(&tiny).unwrap();
-    let Some(_tmpfs) = Tmpfs::mount(&tiny, "3m") else {
-        // Mounting needs privileges; the max_db_size_mb test covers the same code path.
-        eprintln!("skipping: cannot mount a tmpfs here");
+    // Mounting needs privileges; the max_db_size_mb test covers the same code path.
+    let Some((env, _tmpfs)) = Env::on_tmpfs("interval = 0.05\nwriter_buffer_mb = 0.05\n", "3m")
+    else {
         return;
     };
-    let db = tiny.join("hm.db");
-    let mut env = env;
-    env.db = db.clone();
-    env.socket = env.path("tiny.sock");
+    let tiny = env.path("tiny");
     add_workspaces(&env, 10);
     let daemon = env.start(&[]);
     // Leave the database about 400 KB of room.

@@ -51,6 +51,22 @@ impl Env {
         }
     }
 
+    /// An environment whose database lives on a fresh tmpfs of `size` (e.g. `"3m"`), its socket
+    /// outside it; `None` (said on stderr) where mounting is not permitted. Keep the `Tmpfs`
+    /// after the `Env` in the binding, so it is unmounted before the directory goes.
+    pub fn on_tmpfs(config: &str, size: &str) -> Option<(Env, Tmpfs)> {
+        let mut env = Env::new(config);
+        let tiny = env.path("tiny");
+        fs::create_dir(&tiny).unwrap();
+        let Some(tmpfs) = Tmpfs::mount(&tiny, size) else {
+            eprintln!("skipping: cannot mount a tmpfs here");
+            return None;
+        };
+        env.db = tiny.join("hm.db");
+        env.socket = env.path("tiny.sock");
+        Some((env, tmpfs))
+    }
+
     /// A path inside the environment.
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
