@@ -12,7 +12,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::{Daemon, Env, Tmpfs, wait_until};
+use common::{Env, Tmpfs, wait_until};
 use rusqlite::Connection;
 use serde_json::Value;
 
@@ -99,19 +99,6 @@ fn populate(env: &Env) {
     ]);
 }
 
-/// Stops the daemon and checks that every measurement it accepted is a row at the path.
-fn stop_and_count_everything(env: &Env, daemon: &mut Daemon) {
-    env.hm_ok(&["stop"]);
-    assert_eq!(daemon.wait_exit(), 0, "{}", daemon.log());
-    let accepted = daemon.logged_number("measurements_accepted").unwrap();
-    assert_eq!(daemon.logged_number("rows_dropped"), Some(0));
-    assert_eq!(
-        env.count("SELECT count(*) FROM health_metrics") as u64,
-        accepted,
-        "every accepted measurement is a row of the database at the path"
-    );
-}
-
 #[test]
 fn a_deleted_database_is_recreated_with_everything_and_the_operator_is_told() {
     let env = Env::new("interval = 0.1\n");
@@ -184,7 +171,7 @@ fn a_deleted_database_is_recreated_with_everything_and_the_operator_is_told() {
     wait_until("the second recreation", || {
         env.db.exists() && env.status()["writer"]["file_incidents"] == 2
     });
-    stop_and_count_everything(&env, &mut daemon);
+    env.stop_and_count(&mut daemon, 0);
     assert_eq!(env.count("SELECT count(*) FROM monitors"), 2);
 }
 
@@ -289,7 +276,7 @@ fn a_replaced_database_is_never_touched_and_our_rows_wait_beside_it() {
             "SELECT count(*) FROM health_alerts WHERE alert_type = 'database_file_lost' AND resolved = 1",
         ) == 1
     });
-    stop_and_count_everything(&env, &mut daemon);
+    env.stop_and_count(&mut daemon, 0);
 }
 
 #[test]
@@ -311,7 +298,7 @@ fn our_copy_moved_back_over_theirs_resumes_writing_too() {
         let s = env.status();
         s["writer"]["database_file"]["ongoing"] == false && s["writer"]["buffered_rows"] == 0
     });
-    stop_and_count_everything(&env, &mut daemon);
+    env.stop_and_count(&mut daemon, 0);
 }
 
 #[test]
@@ -407,15 +394,7 @@ fn a_full_disk_at_start_is_no_reason_not_to_start() {
         let w = &env.status()["writer"];
         w["buffered_rows"] == 0 && w["failing"] == false
     });
-    env.hm_ok(&["stop"]);
-    assert_eq!(daemon.wait_exit(), 0, "{}", daemon.log());
-    let accepted = daemon.logged_number("measurements_accepted").unwrap();
-    assert_eq!(daemon.logged_number("rows_dropped"), Some(0));
-    assert_eq!(
-        env.count("SELECT count(*) FROM health_metrics") as u64,
-        rows_before + accepted,
-        "every measurement of the full-disk run landed"
-    );
+    env.stop_and_count(&mut daemon, rows_before);
     // The stored alert was taken up again, not raised a second time.
     assert_eq!(
         env.count("SELECT count(*) FROM health_alerts WHERE resource_id = 'gone' AND resolved = 0"),

@@ -33,18 +33,6 @@ fn add_workspaces(env: &Env, n: usize) {
     }
 }
 
-/// Stops the daemon and checks that every accepted measurement became a row.
-fn stop_and_count(env: &Env, daemon: &mut Daemon) {
-    env.hm_ok(&["stop"]);
-    assert_eq!(daemon.wait_exit(), 0, "{}", daemon.log());
-    let accepted = daemon.logged_number("measurements_accepted").unwrap();
-    assert_eq!(daemon.logged_number("rows_dropped"), Some(0));
-    assert_eq!(
-        env.count("SELECT count(*) FROM health_metrics") as u64,
-        accepted
-    );
-}
-
 #[test]
 fn a_locked_database_delays_rows_but_collection_goes_on_and_nothing_is_lost() {
     let env = Env::new("interval = 0.1\n");
@@ -98,7 +86,7 @@ fn a_locked_database_delays_rows_but_collection_goes_on_and_nothing_is_lost() {
         ) == 1
     });
     assert!(daemon.log().contains("database write failed"));
-    stop_and_count(&env, &mut daemon);
+    env.stop_and_count(&mut daemon, 0);
 }
 
 /// Shared body of the full-database tests: fill up, check the daemon copes, free space, recover.

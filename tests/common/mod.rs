@@ -67,6 +67,20 @@ impl Env {
         Some((env, tmpfs))
     }
 
+    /// Stops the daemon (exit 0) and checks that none of its rows was dropped and every
+    /// measurement it accepted is a row of the database, beside the `rows_before` it started with.
+    pub fn stop_and_count(&self, daemon: &mut Daemon, rows_before: u64) {
+        self.hm_ok(&["stop"]);
+        assert_eq!(daemon.wait_exit(), 0, "{}", daemon.log());
+        let accepted = daemon.logged_number("measurements_accepted").unwrap();
+        assert_eq!(daemon.logged_number("rows_dropped"), Some(0));
+        assert_eq!(
+            self.count("SELECT count(*) FROM health_metrics") as u64,
+            rows_before + accepted,
+            "every accepted measurement is a row of the database at the path"
+        );
+    }
+
     /// A path inside the environment.
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
