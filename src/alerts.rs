@@ -407,6 +407,8 @@ mod tests {
             unit: "MB".into(),
             timestamp: t0(),
             judgement: Default::default(),
+            thresholds: None,
+            note: None,
         };
         HealthMetric::from_measurement(m, Some(rule.thresholds))
     }

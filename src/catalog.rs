@@ -94,6 +94,17 @@ pub(crate) const GIT_REPOSITORY_VALID: &str = "git_repository_valid";
 /// Booleans alert when they drop: 1 is healthy, 0 is critical.
 const FLAG: Option<Thresholds> = Some(Thresholds::new(0.5, 0.1));
 
+/// A check's result: its plugin's exit code, UNKNOWN (3) stored as 1.5 so that, under the
+/// direction rule, OK is healthy, WARNING and UNKNOWN unhealthy and CRITICAL critical.
+pub(crate) const CHECK_STATUS: &str = "check_status";
+/// How long a check's plugin ran, to its exit or its timeout.
+pub(crate) const CHECK_DURATION_MS: &str = "check_duration_ms";
+/// The value `check_status` stores for a plugin's UNKNOWN (exit 3), a timeout or a plugin
+/// that cannot be started.
+pub(crate) const CHECK_UNKNOWN_VALUE: f64 = 1.5;
+/// The unit of `check_status`.
+pub(crate) const UNIT_STATE: &str = "state";
+
 /// Every metric health-monitor writes.
 pub(crate) const METRICS: &[MetricDef] = &[
     MetricDef {
@@ -301,6 +312,20 @@ pub(crate) const METRICS: &[MetricDef] = &[
         thresholds: Some(Thresholds::new(1000.0, 5000.0)),
         description: "how long that open and check took",
     },
+    MetricDef {
+        name: CHECK_STATUS,
+        resource_types: &[ResourceType::Check, ResourceType::Agent, ResourceType::Workspace],
+        unit: UNIT_STATE,
+        thresholds: Some(Thresholds::new(1.0, 2.0)),
+        description: "a `[[check]]` plugin's exit code: 0 OK, 1 WARNING, 2 CRITICAL; UNKNOWN (3), a timeout or a plugin that cannot start is 1.5 (unhealthy). The alert's message is the plugin's first line of output",
+    },
+    MetricDef {
+        name: CHECK_DURATION_MS,
+        resource_types: &[ResourceType::Check, ResourceType::Agent, ResourceType::Workspace],
+        unit: UNIT_MS,
+        thresholds: None,
+        description: "how long the check's plugin ran, to its exit or its timeout",
+    },
 ];
 
 /// The alert raised for a collector parked after failing too often.
@@ -311,6 +336,9 @@ pub(crate) const COLLECTOR_STALLED: &str = "collector_stalled";
 pub(crate) const DATABASE_WRITE_FAILED: &str = "database_write_failed";
 /// The alert raised when the database path loses the daemon's file: deleted, or replaced.
 pub(crate) const DATABASE_FILE_LOST: &str = "database_file_lost";
+
+/// The alert raised on a resource while pushed metrics of it are not reported within their TTL.
+pub(crate) const METRIC_STALE: &str = "metric_stale";
 
 /// A condition the daemon raises about itself, not from a metric's thresholds; decided in
 /// [`crate::conditions`].
@@ -345,6 +373,11 @@ pub const CONDITIONS: &[ConditionDef] = &[
         name: DATABASE_FILE_LOST,
         resource: "database/<db path>",
         description: "the database path no longer leads to the daemon's file (deleted or replaced)",
+    },
+    ConditionDef {
+        name: METRIC_STALE,
+        resource: "the pushed metric's resource",
+        description: "a pushed metric was not reported again within its TTL (default 3 intervals)",
     },
 ];
 
@@ -424,7 +457,8 @@ mod tests {
         let readme = include_str!("../README.md");
         for c in CONDITIONS {
             assert!(
-                readme.contains(&format!("- `{}` (critical", c.name)),
+                readme.contains(&format!("- `{}` (critical", c.name))
+                    || readme.contains(&format!("- `{}` (unhealthy", c.name)),
                 "README.md's alert list does not explain {}",
                 c.name
             );

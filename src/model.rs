@@ -27,11 +27,14 @@ pub enum ResourceType {
     Cpu,
     /// Network resources; kept for the database contract, no collector reports it yet.
     Network,
+    /// A scheduled Nagios-compatible check (`[[check]]`, `add check`) that watches no other
+    /// resource, by its name. New in health-monitor; the original never wrote it.
+    Check,
 }
 
 impl ResourceType {
     /// Every resource type, in contract order.
-    pub const ALL: [ResourceType; 7] = [
+    pub const ALL: [ResourceType; 8] = [
         ResourceType::Agent,
         ResourceType::Workspace,
         ResourceType::Database,
@@ -39,6 +42,7 @@ impl ResourceType {
         ResourceType::Memory,
         ResourceType::Cpu,
         ResourceType::Network,
+        ResourceType::Check,
     ];
 
     /// The lowercase name stored in the database.
@@ -51,6 +55,7 @@ impl ResourceType {
             ResourceType::Memory => "memory",
             ResourceType::Cpu => "cpu",
             ResourceType::Network => "network",
+            ResourceType::Check => "check",
         }
     }
 }
@@ -242,6 +247,12 @@ pub struct Measurement {
     pub timestamp: DateTime<Utc>,
     /// What the analyzer makes of it; almost always [`Judgement::Alerts`].
     pub judgement: Judgement,
+    /// Thresholds the reporter gave with the reading (a pushed metric's `--warning` and
+    /// `--critical`, a check's perfdata ranges): they win over the rule table's.
+    pub thresholds: Option<Thresholds>,
+    /// What the reporter said about the reading (a check's first line of output): the message
+    /// of the alert it opens, instead of one made from the thresholds.
+    pub note: Option<String>,
 }
 
 /// How the analyzer treats a reading. Some readings mean something else for some resources: a
@@ -276,6 +287,8 @@ impl Measurement {
             unit: Cow::Borrowed(unit),
             timestamp: Utc::now(),
             judgement: Judgement::Alerts,
+            thresholds: None,
+            note: None,
         }
     }
 
@@ -473,7 +486,7 @@ pub(crate) fn validate_id(id: &str) -> Result<(), String> {
     }
 }
 
-/// Whether a monitor watches an agent or a workspace.
+/// Whether a monitor watches an agent or a workspace, or runs a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MonitorKind {
@@ -481,6 +494,8 @@ pub enum MonitorKind {
     Agent,
     /// A workspace directory and the SQLite files in it.
     Workspace,
+    /// A Nagios-compatible plugin run on a schedule.
+    Check,
 }
 
 impl MonitorKind {
@@ -489,6 +504,7 @@ impl MonitorKind {
         match self {
             MonitorKind::Agent => "agent",
             MonitorKind::Workspace => "workspace",
+            MonitorKind::Check => "check",
         }
     }
 
@@ -497,6 +513,7 @@ impl MonitorKind {
         match self {
             MonitorKind::Agent => ResourceType::Agent,
             MonitorKind::Workspace => ResourceType::Workspace,
+            MonitorKind::Check => ResourceType::Check,
         }
     }
 }
@@ -513,7 +530,10 @@ impl FromStr for MonitorKind {
         match s {
             "agent" => Ok(MonitorKind::Agent),
             "workspace" => Ok(MonitorKind::Workspace),
-            _ => Err(format!("unknown monitor kind {s:?} (agent or workspace)")),
+            "check" => Ok(MonitorKind::Check),
+            _ => Err(format!(
+                "unknown monitor kind {s:?} (agent, workspace or check)"
+            )),
         }
     }
 }
@@ -657,6 +677,74 @@ pub struct WorkspaceOptions {
     pub managed_by: Option<String>,
 }
 
+/// What to run for one check, and where its results go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CheckOptions {
+    /// The plugin and its arguments, run as they are: never through a shell.
+    pub command: Vec<String>,
+    /// The resource its results are stored on, `TYPE:ID` (e.g. `agent:a1`); default
+    /// `check:<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// Seconds between two runs (default: the daemon's interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<u64>,
+    /// Seconds a run may take before its process group is killed and it counts as UNKNOWN
+    /// (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    /// `config` for a check of the config file's `[[check]]`, which is not stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<String>,
+}
+
+/// A check's default timeout.
+pub(crate) const DEFAULT_CHECK_TIMEOUT_SECS: u64 = 10;
+
+impl CheckOptions {
+    /// Checks the command and the resource; `name` is the check's, for messages.
+    pub(crate) fn validate(&self, name: &str) -> Result<(), String> {
+        let Some(program) = self.command.first() else {
+            return Err(format!("check {name}: command is empty"));
+        };
+        if program.is_empty() {
+            return Err(format!("check {name}: command's program is empty"));
+        }
+        if self.command.iter().any(|a| a.contains('\0')) {
+            return Err(format!("check {name}: command contains a NUL byte"));
+        }
+        if self.timeout == Some(0) {
+            return Err(format!("check {name}: timeout must be at least 1 second"));
+        }
+        if self.interval == Some(0) {
+            return Err(format!("check {name}: interval must be at least 1 second"));
+        }
+        if let Some(r) = &self.resource {
+            parse_resource_ref(r).map_err(|e| format!("check {name}: resource: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The resource its results are stored on.
+    pub(crate) fn target(&self, name: &str) -> (ResourceType, String) {
+        self.resource
+            .as_deref()
+            .and_then(|r| parse_resource_ref(r).ok())
+            .unwrap_or((ResourceType::Check, name.to_string()))
+    }
+}
+
+/// Parses `TYPE:ID` (`agent:a1`), the id checked by the id rules.
+pub(crate) fn parse_resource_ref(s: &str) -> Result<(ResourceType, String), String> {
+    let (t, id) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not TYPE:ID (e.g. agent:a1)"))?;
+    let t: ResourceType = t.parse()?;
+    validate_id(id)?;
+    Ok((t, id.to_string()))
+}
+
 /// A monitored agent or workspace, as persisted in the `monitors` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
@@ -677,6 +765,13 @@ pub enum MonitorSpec {
         #[serde(default)]
         options: WorkspaceOptions,
     },
+    /// A check to run.
+    Check {
+        /// The check's name (see [`ID_RULE`]).
+        id: String,
+        /// What to run.
+        options: CheckOptions,
+    },
 }
 
 impl MonitorSpec {
@@ -685,6 +780,15 @@ impl MonitorSpec {
         match self {
             MonitorSpec::Agent { options, .. } => options.managed_by.as_deref(),
             MonitorSpec::Workspace { options, .. } => options.managed_by.as_deref(),
+            MonitorSpec::Check { options, .. } => options.managed_by.as_deref(),
+        }
+    }
+
+    /// The resource its readings are stored on: its own, or a check's `resource`.
+    pub(crate) fn resource(&self) -> (ResourceType, String) {
+        match self {
+            MonitorSpec::Check { id, options } => options.target(id),
+            other => (other.kind().resource_type(), other.id().to_string()),
         }
     }
 
@@ -709,13 +813,16 @@ impl MonitorSpec {
         match self {
             MonitorSpec::Agent { .. } => MonitorKind::Agent,
             MonitorSpec::Workspace { .. } => MonitorKind::Workspace,
+            MonitorSpec::Check { .. } => MonitorKind::Check,
         }
     }
 
     /// The monitor's id.
     pub fn id(&self) -> &str {
         match self {
-            MonitorSpec::Agent { id, .. } | MonitorSpec::Workspace { id, .. } => id,
+            MonitorSpec::Agent { id, .. }
+            | MonitorSpec::Workspace { id, .. }
+            | MonitorSpec::Check { id, .. } => id,
         }
     }
 
@@ -724,6 +831,7 @@ impl MonitorSpec {
         let value = match self {
             MonitorSpec::Agent { options, .. } => serde_json::to_string(options),
             MonitorSpec::Workspace { options, .. } => serde_json::to_string(options),
+            MonitorSpec::Check { options, .. } => serde_json::to_string(options),
         };
         value.unwrap_or_else(|_| "{}".to_string())
     }
@@ -742,6 +850,10 @@ impl MonitorSpec {
                 options: serde_json::from_str(options_json).map_err(bad)?,
             },
             MonitorKind::Workspace => MonitorSpec::Workspace {
+                id: id.to_string(),
+                options: serde_json::from_str(options_json).map_err(bad)?,
+            },
+            MonitorKind::Check => MonitorSpec::Check {
                 id: id.to_string(),
                 options: serde_json::from_str(options_json).map_err(bad)?,
             },

@@ -247,6 +247,7 @@ fn rank(t: ResourceType) -> u8 {
         ResourceType::Agent => 4,
         ResourceType::Workspace => 5,
         ResourceType::Database => 6,
+        ResourceType::Check => 7,
     }
 }
 

@@ -194,6 +194,9 @@ fn normalize_monitor_paths(spec: &mut MonitorSpec) {
                 *db = normalize_path(db);
             }
         }
+        // A check's arguments are the plugin's to read, and its program must already be
+        // absolute: nothing is rewritten.
+        MonitorSpec::Check { .. } => {}
     }
 }
 
@@ -313,6 +316,10 @@ pub fn validate_monitor(spec: &MonitorSpec) -> Result<(), String> {
                 }
             }
         }
+        MonitorSpec::Check { id, options } => {
+            options.validate(id)?;
+            check_path("check program", Path::new(&options.command[0]))?;
+        }
     }
     Ok(())
 }
@@ -359,6 +366,10 @@ pub(crate) fn monitor_infos(
                     options.path.clone(),
                     settings.default_workspace_path(id),
                 ),
+                MonitorSpec::Check { options, .. } => {
+                    let program = options.command.first().map(PathBuf::from);
+                    (None, program.clone(), program.unwrap_or_default())
+                }
             };
             let name = monitor_child_name(spec.kind(), spec.id());
             MonitorInfo {

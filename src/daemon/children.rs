@@ -39,7 +39,7 @@ pub(crate) enum ChildKind {
 /// The resource a child's failure is reported on, if it watches one.
 fn watched_resource(kind: &ChildKind) -> Option<(ResourceType, String)> {
     match kind {
-        ChildKind::Monitor(spec) => Some((spec.kind().resource_type(), spec.id().to_string())),
+        ChildKind::Monitor(spec) => Some(spec.resource()),
         ChildKind::System => Some((ResourceType::Cpu, "system".into())),
         ChildKind::Town => Some((
             ResourceType::Agent,
@@ -158,9 +158,23 @@ fn build_child(
             )?
         }
     };
-    let pace = Pace {
-        interval: settings.interval,
-        stall_after: settings.stall_after,
+    let pace = match kind {
+        // A check runs on its own interval, and is stalled only past its own timeout.
+        ChildKind::Monitor(spec) if let MonitorSpec::Check { options, .. } = spec.as_ref() => {
+            let timeout = options
+                .timeout
+                .unwrap_or(crate::model::DEFAULT_CHECK_TIMEOUT_SECS);
+            Pace {
+                interval: options
+                    .interval
+                    .map_or(settings.interval, Duration::from_secs),
+                stall_after: settings.stall_after.max(Duration::from_secs(timeout + 5)),
+            }
+        }
+        _ => Pace {
+            interval: settings.interval,
+            stall_after: settings.stall_after,
+        },
     };
     let actor = Collector::new(
         name,
@@ -235,6 +249,20 @@ pub(crate) fn probe_for(
                 .clone()
                 .unwrap_or_else(|| settings.default_workspace_path(id));
             Box::new(WorkspaceProbe::new(id, path, options.dbs.clone(), limits))
+        }
+        MonitorSpec::Check { id, options } => {
+            let (resource_type, resource_id) = options.target(id);
+            Box::new(crate::checks::CheckProbe::new(
+                id,
+                resource_type,
+                &resource_id,
+                options.command.clone(),
+                Duration::from_secs(
+                    options
+                        .timeout
+                        .unwrap_or(crate::model::DEFAULT_CHECK_TIMEOUT_SECS),
+                ),
+            ))
         }
     })
 }

@@ -174,6 +174,7 @@ const STATE: &[(&str, &str)] = &[
     ("health_alerts", "resolved = 0"),
     ("silences", "1"),
     ("gastown_escalations", "closed_at IS NULL"),
+    ("pushed_series", "1"),
 ];
 
 /// Creates `dest` with the schema and copies the state into it; returns the alert rows copied.

@@ -3,7 +3,7 @@
 use rusqlite::{Connection, params};
 
 /// The schema version this build writes.
-pub(crate) const SCHEMA_VERSION: i64 = 3;
+pub(crate) const SCHEMA_VERSION: i64 = 4;
 
 /// The original tables, column for column (docs/ARCHITECTURE.md, "Original schema kept column
 /// for column"). `IF NOT EXISTS` adopts a database the Python daemon made.
@@ -87,6 +87,51 @@ CREATE TABLE IF NOT EXISTS gastown_escalations (
 );
 ";
 
+/// Version 4: checks among the monitors (SQLite cannot change a CHECK constraint, so the
+/// table is rebuilt when its constraint predates them, see [`allow_check_monitors`]), and the
+/// series pushed by `report`, with what they were last given, so they survive a restart.
+/// `ttl_secs` is NULL for the default (3 intervals); `last_value` and `reported_at` are the
+/// newest report.
+const V4: &str = "
+CREATE TABLE IF NOT EXISTS pushed_series (
+    resource_type TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    metric_name TEXT NOT NULL,
+    unit TEXT NOT NULL DEFAULT '',
+    threshold_warning REAL,
+    threshold_critical REAL,
+    ttl_secs REAL,
+    last_value REAL NOT NULL,
+    reported_at TEXT NOT NULL,
+    PRIMARY KEY (resource_type, resource_id, metric_name)
+);
+";
+
+/// Rebuilds `monitors` with a constraint that admits checks, keeping every row.
+fn allow_check_monitors(conn: &Connection) -> rusqlite::Result<()> {
+    let sql: String = conn.query_row(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'monitors'",
+        [],
+        |r| r.get(0),
+    )?;
+    if sql.contains("'check'") {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "CREATE TABLE monitors_v4 (
+            kind TEXT NOT NULL CHECK (kind IN ('agent', 'workspace', 'check')),
+            id TEXT NOT NULL,
+            options TEXT NOT NULL DEFAULT '{}',
+            added_at TEXT NOT NULL,
+            PRIMARY KEY (kind, id)
+        );
+        INSERT INTO monitors_v4 (kind, id, options, added_at)
+            SELECT kind, id, options, added_at FROM monitors;
+        DROP TABLE monitors;
+        ALTER TABLE monitors_v4 RENAME TO monitors;",
+    )
+}
+
 /// Columns added to `health_alerts` (new columns are allowed by the contract).
 const ALERT_COLUMNS: &[(&str, &str)] = &[
     ("last_notified_at", "TEXT"),
@@ -113,6 +158,8 @@ pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         conn.execute_batch(V1)?;
         conn.execute_batch(V2)?;
         conn.execute_batch(V3)?;
+        allow_check_monitors(conn)?;
+        conn.execute_batch(V4)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
     })();
     match result {
@@ -185,7 +232,51 @@ mod tests {
         let v: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(v, 3);
+        assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_version_3_database_takes_check_monitors_and_keeps_its_monitors() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(ORIGINAL_TABLES).unwrap();
+        for (column, decl) in ALERT_COLUMNS {
+            conn.execute_batch(&format!(
+                "ALTER TABLE health_alerts ADD COLUMN {column} {decl}"
+            ))
+            .unwrap();
+        }
+        conn.execute_batch(V1).unwrap();
+        conn.execute_batch(V2).unwrap();
+        conn.execute_batch(V3).unwrap();
+        conn.execute_batch(
+            "INSERT INTO monitors (kind, id, options, added_at) VALUES ('agent', 'a1', '{\"pid\":7}', 't');
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+        let refused = conn.execute(
+            "INSERT INTO monitors (kind, id, added_at) VALUES ('check', 'c1', 't')",
+            [],
+        );
+        assert!(refused.is_err(), "version 3 refuses checks");
+        migrate(&conn).unwrap();
+        conn.execute(
+            "INSERT INTO monitors (kind, id, added_at) VALUES ('check', 'c1', 't')",
+            [],
+        )
+        .unwrap();
+        let a1: String = conn
+            .query_row("SELECT options FROM monitors WHERE id = 'a1'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(a1, r#"{"pid":7}"#);
+        assert!(
+            conn.execute(
+                "INSERT INTO monitors (kind, id, added_at) VALUES ('gremlin', 'g', 't')",
+                [],
+            )
+            .is_err(),
+            "other kinds are still refused"
+        );
+        assert!(table_names(&conn).unwrap().contains(&"pushed_series".into()));
     }
 
     #[test]

@@ -1,0 +1,1 @@
+//! Custom metrics pushed by agents and scripts.
