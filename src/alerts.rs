@@ -141,11 +141,13 @@ impl AlertEngine {
         self.states.values().filter_map(|s| s.active.as_ref())
     }
 
-    /// Feeds one metric through its rule. Metrics without a rule never alert.
+    /// Feeds one metric through its rule. Metrics without a rule never alert. `note` is what
+    /// the reporter said (a check's first line of output): the message, when given.
     pub(crate) fn observe(
         &mut self,
         metric: &HealthMetric,
         rule: Option<&AlertRule>,
+        note: Option<&str>,
         now: DateTime<Utc>,
     ) -> Option<AlertEvent> {
         let rule = rule?;
@@ -153,7 +155,7 @@ impl AlertEngine {
         if metric.status.is_breach() {
             let condition = Condition {
                 severity: metric.status,
-                message: threshold_message(metric, rule),
+                message: note.map_or_else(|| threshold_message(metric, rule), str::to_string),
                 metadata: metric_metadata(metric),
             };
             self.breached(key, condition, rule.for_cycles, now)
@@ -425,7 +427,7 @@ mod tests {
     fn a_breach_opens_one_alert_and_stays_quiet_inside_the_cooldown() {
         let (mut e, r) = (engine(), rule());
         let ev = e
-            .observe(&size_metric(1500.0, &r), Some(&r), at(0))
+            .observe(&size_metric(1500.0, &r), Some(&r), None, at(0))
             .unwrap();
         let AlertEvent::Fired(alert) = &ev else {
             panic!("{ev:?}")
@@ -441,7 +443,7 @@ mod tests {
             "workspace w1: workspace_size_mb is 1500 MB (>= warning threshold 1000)"
         );
         for s in [30, 60, 299] {
-            assert_eq!(e.observe(&size_metric(1600.0, &r), Some(&r), at(s)), None);
+            assert_eq!(e.observe(&size_metric(1600.0, &r), Some(&r), None, at(s)), None);
         }
         assert_eq!(e.active().count(), 1);
     }
@@ -449,11 +451,11 @@ mod tests {
     #[test]
     fn reminders_come_at_most_once_per_cooldown() {
         let (mut e, r) = (engine(), rule());
-        e.observe(&size_metric(1500.0, &r), Some(&r), at(0));
-        let ev = e.observe(&size_metric(1500.0, &r), Some(&r), at(300));
+        e.observe(&size_metric(1500.0, &r), Some(&r), None, at(0));
+        let ev = e.observe(&size_metric(1500.0, &r), Some(&r), None, at(300));
         assert!(matches!(ev, Some(AlertEvent::Reminder(_))), "{ev:?}");
-        assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), at(330)), None);
-        let ev = e.observe(&size_metric(1500.0, &r), Some(&r), at(600));
+        assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), None, at(330)), None);
+        let ev = e.observe(&size_metric(1500.0, &r), Some(&r), None, at(600));
         assert!(matches!(ev, Some(AlertEvent::Reminder(_))), "{ev:?}");
     }
 
@@ -462,12 +464,12 @@ mod tests {
         let (mut e, r) = (engine(), rule());
         e.set_next_id(40);
         let ev = e
-            .observe(&size_metric(1500.0, &r), Some(&r), at(0))
+            .observe(&size_metric(1500.0, &r), Some(&r), None, at(0))
             .unwrap();
         assert_eq!(ev.alert().id, Some(40));
         let mut other = size_metric(1500.0, &r);
         other.resource_id = "w2".into();
-        let ev = e.observe(&other, Some(&r), at(0)).unwrap();
+        let ev = e.observe(&other, Some(&r), None, at(0)).unwrap();
         assert_eq!(ev.alert().id, Some(41));
         // A restored alert with a higher id pushes numbering past it.
         let mut restored = ev.alert().clone();
@@ -477,7 +479,7 @@ mod tests {
         let mut third = size_metric(1500.0, &r);
         third.resource_id = "w4".into();
         assert_eq!(
-            e.observe(&third, Some(&r), at(0)).unwrap().alert().id,
+            e.observe(&third, Some(&r), None, at(0)).unwrap().alert().id,
             Some(91)
         );
     }
@@ -486,7 +488,7 @@ mod tests {
     fn an_acknowledged_alert_stops_reminding_until_it_escalates() {
         let (mut e, r) = (engine(), rule());
         e.set_next_id(5);
-        e.observe(&size_metric(1500.0, &r), Some(&r), at(0));
+        e.observe(&size_metric(1500.0, &r), Some(&r), None, at(0));
         assert_eq!(e.acknowledge(99, at(10)), None, "unknown id");
         let acked = e.acknowledge(5, at(10)).unwrap();
         assert_eq!(acked.acknowledged_at, Some(at(10)));
@@ -496,10 +498,10 @@ mod tests {
             Some(at(10))
         );
         for s in [300, 600, 900] {
-            assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), at(s)), None);
+            assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), None, at(s)), None);
         }
         let ev = e
-            .observe(&size_metric(6000.0, &r), Some(&r), at(901))
+            .observe(&size_metric(6000.0, &r), Some(&r), None, at(901))
             .unwrap();
         assert!(matches!(ev, AlertEvent::Escalated(_)), "{ev:?}");
         assert_eq!(
@@ -507,13 +509,13 @@ mod tests {
             None,
             "escalation re-arms notices"
         );
-        let ev = e.observe(&size_metric(6000.0, &r), Some(&r), at(1201));
+        let ev = e.observe(&size_metric(6000.0, &r), Some(&r), None, at(1201));
         assert!(matches!(ev, Some(AlertEvent::Reminder(_))), "{ev:?}");
         // Acknowledged at critical, a dip to unhealthy and back keeps the acknowledgement.
         e.acknowledge(5, at(1201));
-        e.observe(&size_metric(1500.0, &r), Some(&r), at(1202));
+        e.observe(&size_metric(1500.0, &r), Some(&r), None, at(1202));
         let ev = e
-            .observe(&size_metric(6000.0, &r), Some(&r), at(1203))
+            .observe(&size_metric(6000.0, &r), Some(&r), None, at(1203))
             .unwrap();
         assert!(
             matches!(ev, AlertEvent::Downgraded(_)),
@@ -523,7 +525,7 @@ mod tests {
         // Resolution still comes through for an acknowledged alert.
         e.acknowledge(5, at(1202));
         let ev = e
-            .observe(&size_metric(10.0, &r), Some(&r), at(1203))
+            .observe(&size_metric(10.0, &r), Some(&r), None, at(1203))
             .unwrap();
         assert!(matches!(ev, AlertEvent::Resolved(_)), "{ev:?}");
     }
@@ -532,7 +534,7 @@ mod tests {
     fn silences_cover_their_resource_metric_and_time() {
         let (mut e, r) = (engine(), rule());
         let alert = e
-            .observe(&size_metric(1500.0, &r), Some(&r), at(0))
+            .observe(&size_metric(1500.0, &r), Some(&r), None, at(0))
             .unwrap()
             .alert()
             .clone();
@@ -562,15 +564,15 @@ mod tests {
     #[test]
     fn a_rise_in_severity_notifies_at_once_and_a_fall_is_quiet() {
         let (mut e, r) = (engine(), rule());
-        e.observe(&size_metric(1500.0, &r), Some(&r), at(0));
+        e.observe(&size_metric(1500.0, &r), Some(&r), None, at(0));
         let ev = e
-            .observe(&size_metric(6000.0, &r), Some(&r), at(1))
+            .observe(&size_metric(6000.0, &r), Some(&r), None, at(1))
             .unwrap();
         assert!(matches!(ev, AlertEvent::Escalated(_)), "{ev:?}");
         assert_eq!(ev.alert().severity, HealthStatus::Critical);
         assert!(ev.alert().message.contains("critical threshold 5000"));
         let ev = e
-            .observe(&size_metric(1500.0, &r), Some(&r), at(2))
+            .observe(&size_metric(1500.0, &r), Some(&r), None, at(2))
             .unwrap();
         assert!(matches!(ev, AlertEvent::Downgraded(_)), "{ev:?}");
         assert!(!ev.notifies());
@@ -580,8 +582,8 @@ mod tests {
     #[test]
     fn recovery_resolves_with_a_timestamp() {
         let (mut e, r) = (engine(), rule());
-        e.observe(&size_metric(1500.0, &r), Some(&r), at(0));
-        let ev = e.observe(&size_metric(10.0, &r), Some(&r), at(5)).unwrap();
+        e.observe(&size_metric(1500.0, &r), Some(&r), None, at(0));
+        let ev = e.observe(&size_metric(10.0, &r), Some(&r), None, at(5)).unwrap();
         let AlertEvent::Resolved(a) = &ev else {
             panic!("{ev:?}")
         };
@@ -590,7 +592,7 @@ mod tests {
         assert_eq!(ev.state(), "resolved");
         assert_eq!(e.active().count(), 0);
         // A later breach opens a fresh alert.
-        let ev = e.observe(&size_metric(1500.0, &r), Some(&r), at(6));
+        let ev = e.observe(&size_metric(1500.0, &r), Some(&r), None, at(6));
         assert!(matches!(ev, Some(AlertEvent::Fired(_))));
     }
 
@@ -600,16 +602,16 @@ mod tests {
         r.for_cycles = 3;
         r.clear_cycles = 2;
         let mut e = engine();
-        assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), at(0)), None);
-        assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), at(1)), None);
+        assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), None, at(0)), None);
+        assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), None, at(1)), None);
         // A healthy sample in between restarts the count.
-        assert_eq!(e.observe(&size_metric(10.0, &r), Some(&r), at(2)), None);
-        assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), at(3)), None);
-        assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), at(4)), None);
-        let ev = e.observe(&size_metric(1500.0, &r), Some(&r), at(5));
+        assert_eq!(e.observe(&size_metric(10.0, &r), Some(&r), None, at(2)), None);
+        assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), None, at(3)), None);
+        assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), None, at(4)), None);
+        let ev = e.observe(&size_metric(1500.0, &r), Some(&r), None, at(5));
         assert!(matches!(ev, Some(AlertEvent::Fired(_))));
-        assert_eq!(e.observe(&size_metric(10.0, &r), Some(&r), at(6)), None);
-        let ev = e.observe(&size_metric(10.0, &r), Some(&r), at(7));
+        assert_eq!(e.observe(&size_metric(10.0, &r), Some(&r), None, at(6)), None);
+        let ev = e.observe(&size_metric(10.0, &r), Some(&r), None, at(7));
         assert!(matches!(ev, Some(AlertEvent::Resolved(_))));
     }
 
@@ -618,9 +620,9 @@ mod tests {
         let mut r = rule();
         r.hysteresis = 100.0;
         let mut e = engine();
-        e.observe(&size_metric(1500.0, &r), Some(&r), at(0));
-        assert_eq!(e.observe(&size_metric(950.0, &r), Some(&r), at(1)), None);
-        let ev = e.observe(&size_metric(850.0, &r), Some(&r), at(2));
+        e.observe(&size_metric(1500.0, &r), Some(&r), None, at(0));
+        assert_eq!(e.observe(&size_metric(950.0, &r), Some(&r), None, at(1)), None);
+        let ev = e.observe(&size_metric(850.0, &r), Some(&r), None, at(2));
         assert!(matches!(ev, Some(AlertEvent::Resolved(_))));
     }
 
@@ -631,13 +633,13 @@ mod tests {
         let mut m = size_metric(1.0, &r);
         m.metric_name = "agent_active".into();
         m.unit = "bool".into();
-        assert_eq!(e.observe(&m, Some(&r), at(0)), None);
+        assert_eq!(e.observe(&m, Some(&r), None, at(0)), None);
         let dead = HealthMetric {
             value: 0.0,
             status: r.thresholds.status(0.0),
             ..m.clone()
         };
-        let ev = e.observe(&dead, Some(&r), at(1)).unwrap();
+        let ev = e.observe(&dead, Some(&r), None, at(1)).unwrap();
         assert_eq!(ev.alert().severity, HealthStatus::Critical);
         assert!(
             ev.alert()
@@ -645,7 +647,7 @@ mod tests {
                 .ends_with("is 0 (<= critical threshold 0.1)")
         );
         assert!(matches!(
-            e.observe(&m, Some(&r), at(2)),
+            e.observe(&m, Some(&r), None, at(2)),
             Some(AlertEvent::Resolved(_))
         ));
     }
@@ -654,7 +656,7 @@ mod tests {
     fn restored_alerts_are_not_fired_again_inside_the_cooldown() {
         let (mut e, r) = (engine(), rule());
         let ev = e
-            .observe(&size_metric(1500.0, &r), Some(&r), at(0))
+            .observe(&size_metric(1500.0, &r), Some(&r), None, at(0))
             .unwrap();
         let mut stored = ev.alert().clone();
         stored.id = Some(7);
@@ -667,10 +669,10 @@ mod tests {
         assert_eq!(restarted.active().count(), 1);
         assert_eq!(restarted.active().next().unwrap().id, Some(7));
         assert_eq!(
-            restarted.observe(&size_metric(1500.0, &r), Some(&r), at(10)),
+            restarted.observe(&size_metric(1500.0, &r), Some(&r), None, at(10)),
             None
         );
-        let ev = restarted.observe(&size_metric(1500.0, &r), Some(&r), at(301));
+        let ev = restarted.observe(&size_metric(1500.0, &r), Some(&r), None, at(301));
         assert!(matches!(ev, Some(AlertEvent::Reminder(_))), "{ev:?}");
     }
 
@@ -678,7 +680,7 @@ mod tests {
     fn metrics_without_rules_never_alert() {
         let r = rule();
         let mut e = engine();
-        assert_eq!(e.observe(&size_metric(1e9, &r), None, at(0)), None);
+        assert_eq!(e.observe(&size_metric(1e9, &r), None, None, at(0)), None);
     }
 
     #[test]
@@ -709,10 +711,10 @@ mod tests {
     #[test]
     fn forgetting_a_resource_resolves_its_alerts_only() {
         let (mut e, r) = (engine(), rule());
-        e.observe(&size_metric(1500.0, &r), Some(&r), at(0));
+        e.observe(&size_metric(1500.0, &r), Some(&r), None, at(0));
         let mut other = size_metric(1500.0, &r);
         other.resource_id = "w2".into();
-        e.observe(&other, Some(&r), at(0));
+        e.observe(&other, Some(&r), None, at(0));
         let events = e.forget_resource(ResourceType::Workspace, "w1", at(1));
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].alert().resource_id, "w1");

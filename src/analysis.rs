@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use crate::alerts::{AlertEngine, AlertEvent};
 use crate::model::{HealthAlert, HealthMetric, Judgement, Measurement, ResourceType};
-use crate::rules::RuleTable;
+use crate::rules::{AlertRule, RuleTable};
 use crate::store::write::WriteOp;
 
 /// What one batch of measurements produced.
@@ -46,6 +46,21 @@ pub(crate) fn write_op(event: &AlertEvent) -> WriteOp {
 /// `&str` and updating a known series allocates nothing.
 type Latest = HashMap<ResourceType, HashMap<String, HashMap<String, HealthMetric>>>;
 
+/// The source of the metrics pushed by `report` (socket, CLI, HTTP).
+pub const PUSHED_SOURCE: &str = "pushed";
+
+/// True for a source whose series sit beside a collector's on a resource it does not own: the
+/// pushed metrics, and a check's results (a check may report on `agent:a1`). Its batches say
+/// nothing about the resource's other metrics, and the resource's collector says nothing about
+/// its series.
+pub(crate) fn is_addon_source(source: &str) -> bool {
+    source == PUSHED_SOURCE || source.starts_with("check:")
+}
+
+/// The add-on series of each resource (type, then id, then metric), with the source that owns
+/// each.
+type AddOns = HashMap<ResourceType, HashMap<String, HashMap<String, String>>>;
+
 /// Thresholds, alert state and the latest value of every series.
 #[derive(Debug)]
 pub struct AnalyzerCore {
@@ -54,6 +69,8 @@ pub struct AnalyzerCore {
     latest: Latest,
     /// The resources each collector reported in its last cycle.
     sources: HashMap<String, Vec<(ResourceType, String)>>,
+    /// Series of add-on sources ([`is_addon_source`]): a collector's cycle leaves them alone.
+    addons: AddOns,
 }
 
 impl AnalyzerCore {
@@ -64,6 +81,7 @@ impl AnalyzerCore {
             engine: AlertEngine::new(cooldown),
             latest: HashMap::new(),
             sources: HashMap::new(),
+            addons: HashMap::new(),
         }
     }
 
@@ -88,16 +106,11 @@ impl AnalyzerCore {
             events: Vec::new(),
         };
         for m in batch.iter().filter(|m| m.value.is_finite()) {
-            let rule = match m.judgement {
-                Judgement::Informational => None,
-                Judgement::Alerts | Judgement::StatusOnly => self
-                    .rules
-                    .rule(m.resource_type, &m.resource_id, &m.metric_name)
-                    .copied(),
-            };
+            let rule = self.rule_for(m);
             let metric = HealthMetric::from_measurement(m.clone(), rule.map(|r| r.thresholds));
             let event = if m.judgement == Judgement::Alerts {
-                self.engine.observe(&metric, rule.as_ref(), now)
+                self.engine
+                    .observe(&metric, rule.as_ref(), m.note.as_deref(), now)
             } else {
                 // Never alerts here; one opened before (by an older version, or before the
                 // resource became a town session) resolves.
@@ -111,15 +124,41 @@ impl AnalyzerCore {
         analysis
     }
 
+    /// The rule a reading is judged by: none for an informational one; the thresholds it came
+    /// with (a pushed metric's, a check's perfdata) over its metric's rule, which still gives
+    /// the debounce and hysteresis; else its metric's rule.
+    fn rule_for(&self, m: &Measurement) -> Option<AlertRule> {
+        if m.judgement == Judgement::Informational {
+            return None;
+        }
+        let configured = self
+            .rules
+            .rule(m.resource_type, &m.resource_id, &m.metric_name)
+            .copied();
+        match m.thresholds {
+            Some(thresholds) => Some(AlertRule {
+                thresholds,
+                ..configured.unwrap_or(AlertRule::new(thresholds))
+            }),
+            None => configured,
+        }
+    }
+
     /// [`analyze`](Self::analyze) for one cycle of the collector `source`. A resource that
     /// collector reported last cycle but not in this one (a deleted database, an unmounted
     /// filesystem) is gone: its values are dropped and its alerts resolve.
+    ///
+    /// The batch of an add-on source ([`is_addon_source`]) goes to
+    /// [`analyze_addon`](Self::analyze_addon) instead.
     pub fn analyze_from(
         &mut self,
         source: &str,
         batch: &[Measurement],
         now: DateTime<Utc>,
     ) -> Analysis {
+        if is_addon_source(source) {
+            return self.analyze_addon(source, batch, now);
+        }
         let mut analysis = self.analyze(batch, now);
         let first_of_its_resource = |i: usize, m: &Measurement| {
             !batch[..i]
@@ -157,6 +196,119 @@ impl AnalyzerCore {
         analysis
     }
 
+    /// Analyzes the batch of an add-on source: thresholds and alerts as for any reading, and
+    /// nothing said about the resource's other series. A check's run is all it reports: a
+    /// perfdata label of its previous run missing from this one is retired. Pushed metrics are
+    /// retired only by their TTL or `report --remove` ([`retire_series`](Self::retire_series)).
+    pub fn analyze_addon(
+        &mut self,
+        source: &str,
+        batch: &[Measurement],
+        now: DateTime<Utc>,
+    ) -> Analysis {
+        let mut analysis = Analysis {
+            metrics: Vec::with_capacity(batch.len()),
+            events: Vec::new(),
+        };
+        for m in batch.iter().filter(|m| m.value.is_finite()) {
+            let rule = self.rule_for(m);
+            let metric = HealthMetric::from_measurement(m.clone(), rule.map(|r| r.thresholds));
+            if m.judgement == Judgement::Alerts {
+                let event = self
+                    .engine
+                    .observe(&metric, rule.as_ref(), m.note.as_deref(), now);
+                analysis.events.extend(event);
+            }
+            self.remember(&metric);
+            let owners = self
+                .addons
+                .entry(metric.resource_type)
+                .or_default()
+                .entry(metric.resource_id.clone())
+                .or_default();
+            if owners.get(metric.metric_name.as_ref()).map(String::as_str) != Some(source) {
+                owners.insert(metric.metric_name.to_string(), source.to_string());
+            }
+            analysis.metrics.push(metric);
+        }
+        if source != PUSHED_SOURCE {
+            let mut gone = Vec::new();
+            for m in batch {
+                let Some(owners) = self
+                    .addons
+                    .get(&m.resource_type)
+                    .and_then(|by_id| by_id.get(&m.resource_id))
+                else {
+                    continue;
+                };
+                for (name, owner) in owners {
+                    let reported = batch.iter().any(|o| {
+                        o.value.is_finite()
+                            && o.resource_type == m.resource_type
+                            && o.resource_id == m.resource_id
+                            && o.metric_name == name.as_str()
+                    });
+                    let key = (m.resource_type, m.resource_id.clone(), name.clone());
+                    if owner == source && !reported && !gone.contains(&key) {
+                        gone.push(key);
+                    }
+                }
+            }
+            for (t, id, name) in gone {
+                analysis.events.extend(self.retire_series(t, &id, &name, now));
+            }
+        }
+        analysis
+    }
+
+    /// Retires one series: its latest value goes, and its alert resolves.
+    pub(crate) fn retire_series(
+        &mut self,
+        resource_type: ResourceType,
+        resource_id: &str,
+        metric: &str,
+        now: DateTime<Utc>,
+    ) -> Option<AlertEvent> {
+        if let Some(by_name) = self
+            .latest
+            .get_mut(&resource_type)
+            .and_then(|by_id| by_id.get_mut(resource_id))
+        {
+            by_name.remove(metric);
+        }
+        if let Some(owners) = self
+            .addons
+            .get_mut(&resource_type)
+            .and_then(|by_id| by_id.get_mut(resource_id))
+        {
+            owners.remove(metric);
+        }
+        let key = crate::model::AlertKey {
+            resource_type,
+            resource_id: resource_id.to_string(),
+            alert_type: metric.to_string(),
+        };
+        self.engine.clear(&key, now)
+    }
+
+    /// Retires every series of an add-on source (a removed check).
+    pub(crate) fn forget_source(&mut self, source: &str, now: DateTime<Utc>) -> Vec<AlertEvent> {
+        let mut owned: Vec<(ResourceType, String, String)> = Vec::new();
+        for (t, by_id) in &self.addons {
+            for (id, owners) in by_id {
+                for (name, owner) in owners {
+                    if owner == source {
+                        owned.push((*t, id.clone(), name.clone()));
+                    }
+                }
+            }
+        }
+        owned
+            .into_iter()
+            .filter_map(|(t, id, name)| self.retire_series(t, &id, &name, now))
+            .collect()
+    }
+
     /// Drops latest values and resolves metric alerts of the batch's resources that the batch
     /// no longer reports. Allocation-free unless something is to be retired: this runs for every
     /// batch on the ingest path.
@@ -188,6 +340,12 @@ impl AnalyzerCore {
                 .get(&m.resource_type)
                 .and_then(|by_id| by_id.get(m.resource_id.as_str()))
                 .map_or(0, HashMap::len);
+            // Series of add-on sources are theirs to retire, not this collector's.
+            let addons = self
+                .addons
+                .get(&m.resource_type)
+                .and_then(|by_id| by_id.get(m.resource_id.as_str()));
+            let known = known.saturating_sub(addons.map_or(0, HashMap::len));
             let alerting = self.engine.has_state_for(m.resource_type, &m.resource_id);
             if known <= reported && !alerting {
                 continue;
@@ -197,6 +355,7 @@ impl AnalyzerCore {
                 .filter(finite)
                 .filter(|o| same(o, m))
                 .map(|o| o.metric_name.as_ref())
+                .chain(addons.into_iter().flat_map(|a| a.keys().map(String::as_str)))
                 .collect();
             if let Some(by_name) = self
                 .latest
@@ -241,6 +400,9 @@ impl AnalyzerCore {
         if let Some(by_id) = self.latest.get_mut(&resource_type) {
             by_id.remove(resource_id);
         }
+        if let Some(by_id) = self.addons.get_mut(&resource_type) {
+            by_id.remove(resource_id);
+        }
         if resource_type == ResourceType::Workspace
             && let Some(dbs) = self.latest.get_mut(&ResourceType::Database)
         {
@@ -273,10 +435,115 @@ impl AnalyzerCore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::HealthStatus;
+    use crate::model::{HealthStatus, Thresholds};
+    use std::collections::BTreeMap;
 
     fn core() -> AnalyzerCore {
         AnalyzerCore::new(RuleTable::default(), Duration::from_secs(300))
+    }
+
+    fn reading(t: ResourceType, id: &str, name: &str, value: f64) -> Measurement {
+        Measurement {
+            metric_name: name.to_string().into(),
+            ..Measurement::now(t, id, "agent_active", value, "")
+        }
+    }
+
+    fn latest_names(a: &AnalyzerCore, id: &str) -> Vec<String> {
+        let mut names: Vec<String> = a
+            .latest()
+            .filter(|m| m.resource_id == id)
+            .map(|m| m.metric_name.to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_check_on_an_agent_and_the_agent_collector_leave_each_other_s_series_alone() {
+        let mut a = core();
+        let now = Utc::now();
+        let agent = |v| reading(ResourceType::Agent, "a1", "agent_active", v);
+        let check = |status, extra: bool| {
+            let mut batch = vec![Measurement {
+                note: Some("CRITICAL - Socket timeout".into()),
+                ..reading(ResourceType::Agent, "a1", "check_status", status)
+            }];
+            if extra {
+                batch.push(Measurement {
+                    thresholds: Some(Thresholds::new(1.0, 5.0)),
+                    ..reading(ResourceType::Agent, "a1", "time", 0.2)
+                });
+            }
+            batch
+        };
+        a.analyze_from("agent:a1", &[agent(1.0)], now);
+        let out = a.analyze_from("check:api", &check(2.0, true), now);
+        assert_eq!(out.events.len(), 1);
+        let alert = out.events[0].alert();
+        assert_eq!(alert.alert_type, "check_status");
+        assert_eq!(alert.message, "CRITICAL - Socket timeout");
+        assert_eq!(out.metrics[1].threshold_warning, Some(1.0));
+        assert_eq!(
+            latest_names(&a, "a1"),
+            ["agent_active", "check_status", "time"]
+        );
+
+        // The agent's next cycle knows nothing of the check: its series and alert stay.
+        let out = a.analyze_from("agent:a1", &[agent(1.0)], now);
+        assert!(out.events.is_empty(), "{:?}", out.events);
+        assert_eq!(
+            latest_names(&a, "a1"),
+            ["agent_active", "check_status", "time"]
+        );
+
+        // The check's next run lacks its perfdata: that label is retired, the agent's stays.
+        a.analyze_from("check:api", &check(2.0, false), now);
+        assert_eq!(latest_names(&a, "a1"), ["agent_active", "check_status"]);
+
+        // A removed check takes its series and resolves its alert.
+        let events = a.forget_source("check:api", now);
+        assert!(matches!(events.as_slice(), [AlertEvent::Resolved(r)] if r.alert_type == "check_status"));
+        assert_eq!(latest_names(&a, "a1"), ["agent_active"]);
+    }
+
+    #[test]
+    fn pushed_thresholds_win_over_the_rule_table_and_keep_its_debounce() {
+        let mut cfg = BTreeMap::new();
+        cfg.insert(
+            "response_time".to_string(),
+            crate::rules::ThresholdConfig {
+                warning: Some(1000.0),
+                critical: Some(2000.0),
+                for_cycles: Some(2),
+                ..Default::default()
+            },
+        );
+        let rules = RuleTable::default().with_overrides(&cfg).unwrap();
+        let mut a = AnalyzerCore::new(rules, Duration::from_secs(300));
+        let now = Utc::now();
+        let pushed = |v, t: Option<Thresholds>| Measurement {
+            thresholds: t,
+            ..reading(ResourceType::Agent, "a1", "response_time", v)
+        };
+        let given = Some(Thresholds::new(100.0, 200.0));
+        let first = a.analyze_from(PUSHED_SOURCE, &[pushed(150.0, given)], now);
+        assert_eq!(first.metrics[0].status, HealthStatus::Unhealthy);
+        assert!(first.events.is_empty(), "for_cycles 2 from the config");
+        let second = a.analyze_from(PUSHED_SOURCE, &[pushed(150.0, given)], now);
+        assert_eq!(second.events.len(), 1);
+        // Without thresholds of its own, the config's apply.
+        let third = a.analyze_from(PUSHED_SOURCE, &[pushed(150.0, None)], now);
+        assert_eq!(third.metrics[0].status, HealthStatus::Healthy);
+        // Another pushed series of the resource does not retire this one.
+        a.analyze_from(
+            PUSHED_SOURCE,
+            &[reading(ResourceType::Agent, "a1", "queue_depth", 3.0)],
+            now,
+        );
+        assert_eq!(latest_names(&a, "a1"), ["queue_depth", "response_time"]);
+        assert!(a.retire_series(ResourceType::Agent, "a1", "response_time", now).is_none());
+        assert_eq!(latest_names(&a, "a1"), ["queue_depth"]);
     }
 
     #[test]

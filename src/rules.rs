@@ -119,15 +119,44 @@ fn layer_rule(
     Ok(rule)
 }
 
+/// Accepts a built-in metric, or a custom one (pushed by `report`, or a check's perfdata label)
+/// whose name follows the rule and is not a near miss of a built-in one: a typo of
+/// `cpu_usage_percent` must not silently become thresholds for a metric nobody reports.
 fn known_metric(metric: &str, label: &str) -> anyhow::Result<()> {
-    if catalog::lookup(metric).is_none() {
-        let known: Vec<&str> = catalog::METRICS.iter().map(|m| m.name).collect();
+    if catalog::lookup(metric).is_some() {
+        return Ok(());
+    }
+    if let Some(near) = catalog::METRICS
+        .iter()
+        .find(|m| edit_distance(&m.name.to_ascii_lowercase(), &metric.to_ascii_lowercase()) <= 2)
+    {
         bail!(
-            "{label}: unknown metric {metric:?}; known metrics: {}",
-            known.join(", ")
+            "{label}: unknown metric {metric:?}; did you mean {:?}? (a custom metric's name must \
+             not be within two letters of a built-in one)",
+            near.name
         );
     }
+    if let Err(e) = crate::pushed::validate_metric_name(metric) {
+        let known: Vec<&str> = catalog::METRICS.iter().map(|m| m.name).collect();
+        bail!("{label}: {e}; built-in metrics: {}", known.join(", "));
+    }
     Ok(())
+}
+
+/// Levenshtein distance between two short ASCII names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 impl RuleTable {

@@ -290,10 +290,9 @@ pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
 fn group_metrics<'a>(monitors: &[MonitorSpec], latest: &'a [HealthMetric]) -> Grouped<'a> {
     let mut grouped = Grouped::new();
     for spec in monitors {
-        let t = spec.kind().resource_type();
-        grouped
-            .entry((rank(t), t, spec.id().to_string()))
-            .or_default();
+        // A check on an agent's resource shows there, not as a resource of its own.
+        let (t, id) = spec.resource();
+        grouped.entry((rank(t), t, id)).or_default();
     }
     for m in latest {
         if is_gone(m, monitors) {
@@ -314,12 +313,19 @@ fn group_metrics<'a>(monitors: &[MonitorSpec], latest: &'a [HealthMetric]) -> Gr
 /// True for a row of a removed agent or workspace (or of its databases): it lingers in the
 /// database and is not shown.
 fn is_gone(m: &HealthMetric, monitors: &[MonitorSpec]) -> bool {
+    // A pushed metric (or a check's perfdata) is about any resource, watched or not.
+    if crate::catalog::lookup(&m.metric_name).is_none() {
+        return false;
+    }
     match m.resource_type {
         // The followed town's own resource (its daemon, its orphans) has no monitor.
         ResourceType::Agent if m.resource_id == crate::gastown::lifecycle::TOWN_RESOURCE => false,
-        ResourceType::Agent | ResourceType::Workspace => !monitors
-            .iter()
-            .any(|s| s.kind().resource_type() == m.resource_type && s.id() == m.resource_id),
+        ResourceType::Agent | ResourceType::Workspace | ResourceType::Check => {
+            !monitors.iter().any(|s| {
+                let (t, id) = s.resource();
+                t == m.resource_type && id == m.resource_id
+            })
+        }
         ResourceType::Database => !monitors.iter().any(|s| {
             s.kind() == MonitorKind::Workspace
                 && crate::model::belongs_to(
@@ -600,7 +606,7 @@ mod tests {
         let inputs = SummaryInputs {
             monitors: vec![MonitorSpec::agent("a1"), MonitorSpec::workspace("w1")],
             latest: vec![
-                metric(ResourceType::Workspace, "gone", "x", 99.0),
+                metric(ResourceType::Workspace, "gone", "workspace_size_mb", 99.0),
                 metric(ResourceType::Workspace, "w1", "x", 10.0),
                 metric(ResourceType::Workspace, "w1", "y", 90.0),
                 metric(ResourceType::Cpu, "system", "cpu_usage_percent", 5.0),
@@ -865,7 +871,7 @@ mod tests {
     fn each_section_of_the_summary_builds_on_its_own() {
         let monitors = vec![MonitorSpec::agent("a1"), MonitorSpec::workspace("w1")];
         let latest = vec![
-            metric(ResourceType::Workspace, "gone", "x", 1.0),
+            metric(ResourceType::Workspace, "gone", "workspace_size_mb", 1.0),
             metric(ResourceType::Workspace, "w1", "y", 90.0),
             metric(ResourceType::Workspace, "w1", "x", 10.0),
         ];

@@ -50,7 +50,15 @@ pub(crate) struct ForgetResource {
     pub resource_type: ResourceType,
     /// The removed monitor's id.
     pub resource_id: String,
+    /// The removed collector's name when it is an add-on source (a check, `check:<name>`):
+    /// its series go, wherever they are.
+    pub source: Option<String>,
 }
+
+/// Pushed series went stale, came back or were removed: apply it now.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+struct ApplyPushed;
 
 /// Asks for the latest values and active alerts.
 #[derive(Message, Debug)]
@@ -108,6 +116,8 @@ struct HandleInner {
     outgoing: Mutex<Vec<WriteOp>>,
     /// Alert ids, announced alerts and silences, for every analyzer in turn.
     memory: AlertMemory,
+    /// The pushed series, kept here so they outlive any one analyzer.
+    pushed: Mutex<crate::pushed::Registry>,
 }
 
 /// The stable way to reach whichever analyzer is current: collectors keep this, never an `Addr`,
@@ -133,6 +143,7 @@ impl Default for AnalyzerHandle {
                 unsent: Mutex::new(VecDeque::new()),
                 outgoing: Mutex::new(Vec::new()),
                 memory: AlertMemory::default(),
+                pushed: Mutex::new(crate::pushed::Registry::default()),
             }),
         }
     }
@@ -154,14 +165,72 @@ impl AnalyzerHandle {
     /// Queues one collector cycle (`source` names the collector) without blocking; refused
     /// measurements (queue full) are counted.
     pub fn send_metrics(&self, source: &str, batch: Vec<Measurement>) {
+        self.try_send_metrics(source, batch);
+    }
+
+    /// The pushed series.
+    pub(crate) fn pushed(&self) -> std::sync::MutexGuard<'_, crate::pushed::Registry> {
+        lock(&self.inner.pushed)
+    }
+
+    /// Takes a report of pushed metrics: what passes is queued for analysis and new or changed
+    /// series are stored; the rest is refused, each with its reason. When the queue is full,
+    /// the whole report is refused (the reporter can send it again).
+    pub(crate) fn report(
+        &self,
+        writer: &WriterHandle,
+        items: &[crate::pushed::ReportItem],
+    ) -> crate::pushed::ReportOutcome {
+        let mut registry = self.pushed();
+        let accepted = registry.accept(items, Utc::now());
+        let mut outcome = accepted.outcome;
+        if !accepted.measurements.is_empty()
+            && !self.try_send_metrics(crate::analysis::PUSHED_SOURCE, accepted.measurements)
+        {
+            outcome.refused.push(crate::pushed::Refusal {
+                index: 0,
+                error: format!(
+                    "the analyzer's queue is full: {} metrics not taken; send them again",
+                    outcome.accepted
+                ),
+            });
+            outcome.accepted = 0;
+        }
+        if !accepted.changed.is_empty() {
+            self.submit_in_order(writer, vec![WriteOp::PushedSaved(accepted.changed)]);
+        }
+        outcome
+    }
+
+    /// Retires a pushed series on purpose, with its alerts; `false` when no such series is
+    /// pushed.
+    pub(crate) fn remove_pushed(&self, writer: &WriterHandle, key: crate::pushed::SeriesKey) -> bool {
+        if !self.pushed().remove(&key) {
+            return false;
+        }
+        self.submit_in_order(writer, vec![WriteOp::PushedDeleted(key)]);
+        self.wake_for_pushed();
+        true
+    }
+
+    /// Asks the analyzer to apply the pushed series' changes now rather than at its next beat.
+    fn wake_for_pushed(&self) {
+        if let Some(addr) = self.addr() {
+            addr.do_send(ApplyPushed);
+        }
+    }
+
+    /// [`send_metrics`](Self::send_metrics), saying whether the batch was queued.
+    fn try_send_metrics(&self, source: &str, batch: Vec<Measurement>) -> bool {
         if batch.is_empty() {
-            return;
+            return true;
         }
         let n = batch.len() as u64;
         match self.inner.tx.try_send((source.to_string(), batch)) {
             Ok(()) => {
                 self.inner.accepted.fetch_add(n, Ordering::Relaxed);
                 self.wake();
+                true
             }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 let total = self.inner.refused.fetch_add(n, Ordering::Relaxed) + n;
@@ -171,6 +240,7 @@ impl AnalyzerHandle {
                     "analyzer queue full: measurements refused"
                 );
                 self.wake();
+                false
             }
         }
     }
@@ -212,12 +282,19 @@ impl AnalyzerHandle {
         lock(&self.inner.conditions).get(key).cloned()
     }
 
-    /// Asks the current analyzer to forget a resource.
-    pub(crate) fn forget(&self, resource_type: ResourceType, resource_id: &str) {
+    /// Asks the current analyzer to forget a resource and the series of the add-on source
+    /// `source` (a removed check, which may have reported on another monitor's resource).
+    pub(crate) fn forget_with_source(
+        &self,
+        resource_type: ResourceType,
+        resource_id: &str,
+        source: Option<String>,
+    ) {
         if let Some(addr) = self.addr() {
             addr.do_send(ForgetResource {
                 resource_type,
                 resource_id: resource_id.to_string(),
+                source,
             });
         }
     }
@@ -443,6 +520,35 @@ impl Analyzer {
         self.emit(events);
     }
 
+    /// Sweeps the pushed series: the values of those gone stale or removed leave the snapshot
+    /// (their alerts resolve), and each changed resource's `metric_stale` alert opens or
+    /// resolves.
+    fn apply_pushed(&mut self) {
+        let Some(core) = self.core.as_mut() else {
+            return; // Still loading: the registry keeps what is to apply.
+        };
+        let now = Utc::now();
+        let (retired, changes) = {
+            let mut registry = lock(&self.handle.inner.pushed);
+            registry.sweep(now);
+            (registry.take_retired(), registry.take_stale_changes(now))
+        };
+        let mut events = Vec::new();
+        for (t, id, metric) in retired {
+            events.extend(core.retire_series(t, &id, &metric, now));
+        }
+        for (key, condition) in changes {
+            let engine = core.engine_mut();
+            events.extend(match condition {
+                Some(c) => engine.raise(key, c, now),
+                None => engine.clear(&key, now),
+            });
+        }
+        if !events.is_empty() {
+            self.emit(events);
+        }
+    }
+
     fn loaded(&mut self, stored: StoredAlertState) {
         let mut core = AnalyzerCore::new(self.settings.rules.clone(), self.settings.alert_cooldown);
         let memory = &self.handle.inner.memory;
@@ -536,6 +642,8 @@ impl Actor for Analyzer {
             act.reconcile_conditions();
             // A wake-up lost with a dead predecessor must not strand the queue.
             act.drain();
+            // After the drain: a report queued before a removal is analyzed before it.
+            act.apply_pushed();
         });
     }
 }
@@ -544,6 +652,14 @@ impl Handler<Wake> for Analyzer {
     type Result = ();
     fn handle(&mut self, _: Wake, _: &mut Self::Context) {
         self.drain();
+    }
+}
+
+impl Handler<ApplyPushed> for Analyzer {
+    type Result = ();
+    fn handle(&mut self, _: ApplyPushed, _: &mut Self::Context) {
+        self.drain();
+        self.apply_pushed();
     }
 }
 
@@ -564,7 +680,11 @@ impl Handler<ForgetResource> for Analyzer {
         let Some(core) = self.core.as_mut() else {
             return;
         };
-        let events = core.forget_resource(msg.resource_type, &msg.resource_id, Utc::now());
+        let now = Utc::now();
+        let mut events = core.forget_resource(msg.resource_type, &msg.resource_id, now);
+        if let Some(source) = &msg.source {
+            events.extend(core.forget_source(source, now));
+        }
         self.emit(events);
     }
 }

@@ -11,6 +11,7 @@ use crate::catalog;
 use crate::model::ResourceType;
 use crate::rules::{ResourceOverride, RuleTable, ThresholdConfig};
 
+pub mod custom;
 pub mod gastown;
 pub mod outputs;
 
@@ -159,6 +160,12 @@ pub struct ConfigFile {
     /// `[gastown]`: following a Gas Town town.
     #[serde(default)]
     pub gastown: gastown::GastownConfig,
+    /// `[pushed]`: limits of the metrics pushed by `report`.
+    #[serde(default)]
+    pub pushed: custom::PushedConfig,
+    /// `[[check]]` entries: plugins run on a schedule.
+    #[serde(default, rename = "check")]
+    pub checks: Vec<custom::CheckConfig>,
 }
 
 /// Largest config file accepted, in bytes (1 MiB): a real one is a few kilobytes, and a device
@@ -320,6 +327,10 @@ pub struct Settings {
     pub http: HttpSettings,
     /// The Gas Town town followed, if any.
     pub gastown: Option<GastownSettings>,
+    /// Limits of pushed metrics (`[pushed]`).
+    pub pushed: custom::PushedSettings,
+    /// The checks of the config file (`[[check]]`), as monitors that are never stored.
+    pub checks: Vec<crate::model::MonitorSpec>,
 }
 
 impl Default for Settings {
@@ -353,6 +364,8 @@ impl Settings {
         let http = file
             .http
             .resolve(cli.listen.as_deref(), cli.listen_public)?;
+        let pushed = file.pushed.resolve(interval)?;
+        let checks = custom::resolve_checks(&file.checks)?;
         Ok(Settings {
             db_path,
             socket_path,
@@ -374,6 +387,8 @@ impl Settings {
             notify,
             http,
             gastown,
+            pushed,
+            checks,
         })
     }
 
@@ -695,7 +710,12 @@ mod tests {
         assert!(err("intervall = 3").contains("intervall"));
         assert!(err("interval = -1").contains("interval"));
         assert!(err("interval = \"x\"").contains("interval"));
-        assert!(err("[thresholds.nope]\nwarning = 1\ncritical = 2").contains("unknown metric"));
+        assert!(
+            err("[thresholds.cpu_usage_percen]\nwarning = 1\ncritical = 2")
+                .contains("did you mean \"cpu_usage_percent\"")
+        );
+        assert!(err("[thresholds.9bad]\nwarning = 1\ncritical = 2").contains("not valid"));
+        assert!(err("[thresholds.metric_stale]\nwarning = 1\ncritical = 2").contains("own alerts"));
         assert!(err("filesystems = [\"data\"]").contains("absolute"));
         assert!(err("[thresholds.agent_active]\nwarning = nan").contains("finite"));
         assert!(err("[thresholds.agent_active]\nfor_cycles = 0").contains("for_cycles"));
@@ -797,7 +817,7 @@ mod tests {
         );
         assert!(format!("{:#}", bad.unwrap_err()).contains("spaceship"));
         let bad = ConfigFile::parse(
-            "[[override]]\nresource_type = \"agent\"\nresource_id = \"x\"\nmetric = \"nope\"\n",
+            "[[override]]\nresource_type = \"agent\"\nresource_id = \"x\"\nmetric = \"agent_activ\"\n",
         )
         .unwrap();
         let err = format!(

@@ -51,7 +51,7 @@ pub(crate) fn validate_silence(s: &Silence) -> Result<(), String> {
 }
 
 /// Longest request line accepted; longer ones close the connection.
-pub(crate) const MAX_LINE_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
 
 /// A request from a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,7 +112,24 @@ pub enum Request {
     },
     /// Rebuilds the database file to give free space back.
     Vacuum {},
+    /// Pushed metrics, any number in one request (up to [`MAX_REPORT_METRICS`]).
+    Report {
+        /// The metrics, each with its resource and options.
+        metrics: Vec<crate::pushed::ReportItem>,
+    },
+    /// Retires a pushed series, with its alerts.
+    ReportRemove {
+        /// The series' resource type.
+        resource_type: ResourceType,
+        /// The series' resource id.
+        resource_id: String,
+        /// The series' metric.
+        metric: String,
+    },
 }
+
+/// Most metrics one report may carry; a bigger batch is sent as several.
+pub(crate) const MAX_REPORT_METRICS: usize = 10_000;
 
 /// The answer to a request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -173,6 +173,12 @@ async fn answer(line: &[u8], ctx: &RequestContext) -> (Response, bool) {
         Request::SilenceList {} => reply(service.silences().await),
         Request::Prune { retention_days } => reply(service.prune(retention_days).await),
         Request::Vacuum {} => reply(service.vacuum().await),
+        Request::Report { metrics } => reply(service.report(&metrics)),
+        Request::ReportRemove {
+            resource_type,
+            resource_id,
+            metric,
+        } => reply(service.report_remove(resource_type, resource_id, metric)),
     };
     (response, false)
 }

@@ -189,6 +189,42 @@ impl Service {
         self.supervisor.add_monitor(monitor).await
     }
 
+    /// Takes a report of pushed metrics (see [`crate::pushed`]): the good ones are analyzed
+    /// like any reading, the bad ones refused one by one.
+    pub fn report(
+        &self,
+        metrics: &[crate::pushed::ReportItem],
+    ) -> Result<crate::pushed::ReportOutcome, String> {
+        let max = super::protocol::MAX_REPORT_METRICS;
+        if metrics.len() > max {
+            return Err(format!(
+                "a report carries at most {max} metrics, this one {}; send it in parts",
+                metrics.len()
+            ));
+        }
+        Ok(self.deps.analyzer.report(&self.deps.writer, metrics))
+    }
+
+    /// Retires a pushed series on purpose: its value leaves the status and its alerts resolve.
+    pub fn report_remove(
+        &self,
+        resource_type: ResourceType,
+        resource_id: String,
+        metric: String,
+    ) -> Result<&'static str, String> {
+        validate_id(&resource_id)?;
+        let shown = format!("{resource_type}/{resource_id} {metric}");
+        if self
+            .deps
+            .analyzer
+            .remove_pushed(&self.deps.writer, (resource_type, resource_id, metric))
+        {
+            Ok("removed")
+        } else {
+            Err(format!("{shown} is not a pushed series"))
+        }
+    }
+
     /// Removes a monitor: its collector stops and its alerts resolve.
     pub async fn remove(&self, kind: MonitorKind, id: String) -> Result<(), String> {
         validate_id(&id)?;

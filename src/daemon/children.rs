@@ -39,7 +39,8 @@ pub(crate) enum ChildKind {
 /// The resource a child's failure is reported on, if it watches one.
 fn watched_resource(kind: &ChildKind) -> Option<(ResourceType, String)> {
     match kind {
-        ChildKind::Monitor(spec) => Some(spec.resource()),
+        // A check's own failures are the check's, even when it reports on an agent.
+        ChildKind::Monitor(spec) => Some((spec.kind().resource_type(), spec.id().to_string())),
         ChildKind::System => Some((ResourceType::Cpu, "system".into())),
         ChildKind::Town => Some((
             ResourceType::Agent,

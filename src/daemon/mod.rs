@@ -103,6 +103,17 @@ fn plan_monitors(
             monitors.add(spec);
         }
     }
+    for spec in &settings.checks {
+        // The config file's checks run as given there, over a stored one of the same name.
+        if monitors.contains(spec.kind(), spec.id()) {
+            tracing::warn!(
+                check = spec.id(),
+                "a check added with `add check` has the name of a [[check]] of the config \
+                 file: the config file's runs"
+            );
+        }
+        monitors.add(spec.clone());
+    }
     for spec in extra {
         // `--agents a1` adds a1 with default options but keeps options an earlier `add` set.
         if !monitors.contains(spec.kind(), spec.id()) {
@@ -171,13 +182,13 @@ fn is_lack_of_space(e: &anyhow::Error) -> bool {
 
 /// The monitors and silences, read without a write connection (the disk is full). Nothing
 /// readable gives none, loudly.
-fn read_state_without_writer(
-    settings: &Settings,
-) -> (Vec<MonitorSpec>, Vec<crate::model::Silence>) {
+fn read_state_without_writer(settings: &Settings) -> StoredState {
     let read = |conn: &Connection| -> rusqlite::Result<_> {
         Ok((
             query::load_monitors(conn)?,
             query::active_silences(conn, Utc::now())?,
+            // A database older than pushed metrics has none.
+            query::load_pushed(conn).unwrap_or_default(),
         ))
     };
     match store::read_even_when_full(&settings.db_path, read) {
@@ -191,6 +202,14 @@ fn read_state_without_writer(
         }
     }
 }
+
+/// What a daemon starts from when the writer cannot open the database yet: the monitors, the
+/// silences and the pushed series.
+type StoredState = (
+    Vec<MonitorSpec>,
+    Vec<crate::model::Silence>,
+    Vec<crate::pushed::SeriesDef>,
+);
 
 /// A write connection with the configured size cap.
 fn open_write_connection(settings: &Settings) -> anyhow::Result<Connection> {
@@ -212,17 +231,19 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
     if http.is_none() && settings.http.token.is_some() {
         tracing::warn!("[http] token is set but no listen address: the HTTP API is off");
     }
-    let (conn, monitors, silences, unsaved) = match conn {
+    let (conn, monitors, silences, pushed, unsaved) = match conn {
         Some(mut conn) => {
             let monitors = prepare_monitors(&mut conn, extra, &settings)?;
             let silences = query::active_silences(&conn, Utc::now())
                 .context("cannot read the silences table")?;
-            (Some(conn), monitors, silences, Vec::new())
+            let pushed =
+                query::load_pushed(&conn).context("cannot read the pushed_series table")?;
+            (Some(conn), monitors, silences, pushed, Vec::new())
         }
         None => {
-            let (stored, silences) = read_state_without_writer(&settings);
+            let (stored, silences, pushed) = read_state_without_writer(&settings);
             let (monitors, ops) = plan_monitors(stored, extra, &settings)?;
-            (None, monitors, silences, ops)
+            (None, monitors, silences, pushed, ops)
         }
     };
     let listener = socket::bind(&settings.socket_path)?;
@@ -256,12 +277,19 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
         interval_secs = settings.interval.as_secs_f64(),
         agents = monitors.count(crate::model::MonitorKind::Agent),
         workspaces = monitors.count(crate::model::MonitorKind::Workspace),
+        checks = monitors.count(crate::model::MonitorKind::Check),
+        pushed_series = pushed.len(),
         pid = std::process::id(),
         "health-monitor starting"
     );
     let deps_writer = writer.clone();
     let analyzer = AnalyzerHandle::default();
     analyzer.memory().set_silences(silences);
+    {
+        let mut registry = analyzer.pushed();
+        registry.set_limits(settings.pushed.max_series, settings.pushed.default_ttl);
+        registry.restore(pushed, Utc::now());
+    }
     let deps_analyzer = analyzer.clone();
     // Before the analyzer starts, so the Gas Town sink knows every open escalation before
     // any resolution of its alert can arrive.

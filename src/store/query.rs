@@ -11,6 +11,43 @@ use crate::model::{
     format_timestamp, parse_timestamp,
 };
 
+/// The definitions of the pushed series, as `report` left them.
+pub(crate) fn load_pushed(conn: &Connection) -> rusqlite::Result<Vec<crate::pushed::SeriesDef>> {
+    let mut stmt = conn.prepare(
+        "SELECT resource_type, resource_id, metric_name, unit, threshold_warning,
+                threshold_critical, ttl_secs
+         FROM pushed_series ORDER BY resource_type, resource_id, metric_name",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            crate::pushed::SeriesDef {
+                resource_type: crate::model::ResourceType::Check,
+                resource_id: r.get(1)?,
+                metric: r.get(2)?,
+                unit: r.get(3)?,
+                thresholds: match (r.get::<_, Option<f64>>(4)?, r.get::<_, Option<f64>>(5)?) {
+                    (Some(w), Some(c)) => Some(crate::model::Thresholds::new(w, c)),
+                    _ => None,
+                },
+                ttl_secs: r.get(6)?,
+            },
+        ))
+    })?;
+    let mut defs = Vec::new();
+    for row in rows {
+        let (resource_type, mut def) = row?;
+        match resource_type.parse() {
+            Ok(t) => {
+                def.resource_type = t;
+                defs.push(def);
+            }
+            Err(e) => tracing::warn!("skipping pushed series row {resource_type}: {e}"),
+        }
+    }
+    Ok(defs)
+}
+
 /// Every persisted monitor. Rows that cannot be understood are skipped with a warning.
 pub(crate) fn load_monitors(conn: &Connection) -> rusqlite::Result<Vec<MonitorSpec>> {
     let mut stmt = conn.prepare("SELECT kind, id, options FROM monitors ORDER BY kind, id")?;

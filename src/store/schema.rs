@@ -90,8 +90,8 @@ CREATE TABLE IF NOT EXISTS gastown_escalations (
 /// Version 4: checks among the monitors (SQLite cannot change a CHECK constraint, so the
 /// table is rebuilt when its constraint predates them, see [`allow_check_monitors`]), and the
 /// series pushed by `report`, with what they were last given, so they survive a restart.
-/// `ttl_secs` is NULL for the default (3 intervals); `last_value` and `reported_at` are the
-/// newest report.
+/// `ttl_secs` is NULL for the default (3 intervals). Only a new or changed definition is
+/// written, not every report: the values themselves are `health_metrics` rows.
 const V4: &str = "
 CREATE TABLE IF NOT EXISTS pushed_series (
     resource_type TEXT NOT NULL,
@@ -101,8 +101,7 @@ CREATE TABLE IF NOT EXISTS pushed_series (
     threshold_warning REAL,
     threshold_critical REAL,
     ttl_secs REAL,
-    last_value REAL NOT NULL,
-    reported_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
     PRIMARY KEY (resource_type, resource_id, metric_name)
 );
 ";

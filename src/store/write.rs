@@ -23,6 +23,10 @@ pub enum WriteOp {
     MonitorSaved(MonitorSpec),
     /// Forgets a monitor.
     MonitorDeleted(MonitorKind, String),
+    /// Adds or replaces the definitions of pushed series (`pushed_series`).
+    PushedSaved(Vec<crate::pushed::SeriesDef>),
+    /// Forgets a pushed series (`report --remove`).
+    PushedDeleted(crate::pushed::SeriesKey),
     /// Resolves every active alert of a resource (its monitor was removed while no daemon ran).
     ResourceAlertsResolved(ResourceType, String, DateTime<Utc>),
     /// Records an operator's acknowledgement of an active alert: the active row of `key` when
@@ -103,8 +107,13 @@ impl WriteOp {
             WriteOp::AlertOpened(a) | WriteOp::AlertUpdated(a) | WriteOp::AlertResolved(a) => {
                 300 + a.message.len()
             }
+            WriteOp::PushedSaved(defs) => defs
+                .iter()
+                .map(|d| 120 + d.resource_id.len() + d.metric.len())
+                .sum(),
             WriteOp::MonitorSaved(_)
             | WriteOp::MonitorDeleted(..)
+            | WriteOp::PushedDeleted(..)
             | WriteOp::ResourceAlertsResolved(..)
             | WriteOp::AlertAcknowledged { .. }
             | WriteOp::SilenceSaved(_)
@@ -249,6 +258,37 @@ fn apply_one(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
         WriteOp::MonitorDeleted(kind, id) => {
             tx.prepare_cached("DELETE FROM monitors WHERE kind = ?1 AND id = ?2")?
                 .execute(params![kind.as_str(), id])?;
+        }
+        WriteOp::PushedSaved(defs) => {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO pushed_series (resource_type, resource_id, metric_name, unit,
+                    threshold_warning, threshold_critical, ttl_secs, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (resource_type, resource_id, metric_name) DO UPDATE SET
+                    unit = excluded.unit, threshold_warning = excluded.threshold_warning,
+                    threshold_critical = excluded.threshold_critical,
+                    ttl_secs = excluded.ttl_secs, updated_at = excluded.updated_at",
+            )?;
+            let now = format_timestamp(Utc::now());
+            for d in defs {
+                stmt.execute(params![
+                    d.resource_type.as_str(),
+                    d.resource_id,
+                    d.metric,
+                    d.unit,
+                    d.thresholds.map(|t| t.warning),
+                    d.thresholds.map(|t| t.critical),
+                    d.ttl_secs,
+                    now,
+                ])?;
+            }
+        }
+        WriteOp::PushedDeleted((resource_type, resource_id, metric)) => {
+            tx.prepare_cached(
+                "DELETE FROM pushed_series
+                 WHERE resource_type = ?1 AND resource_id = ?2 AND metric_name = ?3",
+            )?
+            .execute(params![resource_type.as_str(), resource_id, metric])?;
         }
         WriteOp::ResourceAlertsResolved(resource_type, resource_id, at) => {
             tx.prepare_cached(

@@ -332,6 +332,7 @@ impl Handler<AddMonitor> for Supervisor {
         if self.monitors.get(spec.kind(), spec.id()) == Some(&spec) {
             return Ok(AddOutcome::Unchanged);
         }
+        refuse_config_managed(self.monitors.get(spec.kind(), spec.id()))?;
         // Persist first: a monitor the database does not hold would vanish at the next start.
         self.deps
             .writer
@@ -343,6 +344,18 @@ impl Handler<AddMonitor> for Supervisor {
         tracing::info!(monitor = %name, ?outcome, "monitor added");
         self.add_child(name, child, ctx);
         Ok(outcome)
+    }
+}
+
+/// Refuses to change a monitor of the config file (a `[[check]]`): it is the file's to change.
+fn refuse_config_managed(current: Option<&MonitorSpec>) -> Result<(), String> {
+    match current {
+        Some(spec) if spec.managed_by() == Some(crate::config::custom::CONFIG_MANAGED) => Err(format!(
+            "{} {} comes from the config file's [[check]]; change it there",
+            spec.kind(),
+            spec.id()
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -362,17 +375,21 @@ impl Handler<RemoveMonitor> for Supervisor {
         if self.stopping {
             return Err("the daemon is shutting down".into());
         }
-        if !self.monitors.contains(msg.kind, &msg.id) {
+        let Some(removed) = self.monitors.get(msg.kind, &msg.id) else {
             return Err(format!("{} {} is not monitored", msg.kind, msg.id));
-        }
+        };
+        refuse_config_managed(Some(removed))?;
+        // A check may report on another monitor's resource: its series go, not that resource.
+        let (resource_type, resource_id) = (msg.kind.resource_type(), msg.id.clone());
+        let source = (msg.kind == MonitorKind::Check).then(|| monitor_child_name(msg.kind, &msg.id));
         self.deps
             .writer
             .submit(vec![
                 WriteOp::MonitorDeleted(msg.kind, msg.id.clone()),
                 // Resolved in the database even if the analyzer is restarting right now.
                 WriteOp::ResourceAlertsResolved(
-                    msg.kind.resource_type(),
-                    msg.id.clone(),
+                    resource_type,
+                    resource_id.clone(),
                     chrono::Utc::now(),
                 ),
             ])
@@ -383,12 +400,11 @@ impl Handler<RemoveMonitor> for Supervisor {
         let analyzer = self.deps.analyzer.clone();
         let cycles = self.deps.cycles.clone();
         let collector = name.clone();
-        let (resource_type, id) = (msg.kind.resource_type(), msg.id);
         // Forget only after the collector is gone, so nothing it queued revives the resource.
         ctx.spawn(
             async move {
                 wait_stopped(&stopping, Duration::from_secs(5)).await;
-                analyzer.forget(resource_type, &id);
+                analyzer.forget_with_source(resource_type, &resource_id, source);
                 cycles.forget(&collector);
             }
             .into_actor(self),
