@@ -443,7 +443,10 @@ mod tests {
             "workspace w1: workspace_size_mb is 1500 MB (>= warning threshold 1000)"
         );
         for s in [30, 60, 299] {
-            assert_eq!(e.observe(&size_metric(1600.0, &r), Some(&r), None, at(s)), None);
+            assert_eq!(
+                e.observe(&size_metric(1600.0, &r), Some(&r), None, at(s)),
+                None
+            );
         }
         assert_eq!(e.active().count(), 1);
     }
@@ -454,7 +457,10 @@ mod tests {
         e.observe(&size_metric(1500.0, &r), Some(&r), None, at(0));
         let ev = e.observe(&size_metric(1500.0, &r), Some(&r), None, at(300));
         assert!(matches!(ev, Some(AlertEvent::Reminder(_))), "{ev:?}");
-        assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), None, at(330)), None);
+        assert_eq!(
+            e.observe(&size_metric(1500.0, &r), Some(&r), None, at(330)),
+            None
+        );
         let ev = e.observe(&size_metric(1500.0, &r), Some(&r), None, at(600));
         assert!(matches!(ev, Some(AlertEvent::Reminder(_))), "{ev:?}");
     }
@@ -498,7 +504,10 @@ mod tests {
             Some(at(10))
         );
         for s in [300, 600, 900] {
-            assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), None, at(s)), None);
+            assert_eq!(
+                e.observe(&size_metric(1500.0, &r), Some(&r), None, at(s)),
+                None
+            );
         }
         let ev = e
             .observe(&size_metric(6000.0, &r), Some(&r), None, at(901))
@@ -583,7 +592,9 @@ mod tests {
     fn recovery_resolves_with_a_timestamp() {
         let (mut e, r) = (engine(), rule());
         e.observe(&size_metric(1500.0, &r), Some(&r), None, at(0));
-        let ev = e.observe(&size_metric(10.0, &r), Some(&r), None, at(5)).unwrap();
+        let ev = e
+            .observe(&size_metric(10.0, &r), Some(&r), None, at(5))
+            .unwrap();
         let AlertEvent::Resolved(a) = &ev else {
             panic!("{ev:?}")
         };
@@ -602,15 +613,33 @@ mod tests {
         r.for_cycles = 3;
         r.clear_cycles = 2;
         let mut e = engine();
-        assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), None, at(0)), None);
-        assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), None, at(1)), None);
+        assert_eq!(
+            e.observe(&size_metric(1500.0, &r), Some(&r), None, at(0)),
+            None
+        );
+        assert_eq!(
+            e.observe(&size_metric(1500.0, &r), Some(&r), None, at(1)),
+            None
+        );
         // A healthy sample in between restarts the count.
-        assert_eq!(e.observe(&size_metric(10.0, &r), Some(&r), None, at(2)), None);
-        assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), None, at(3)), None);
-        assert_eq!(e.observe(&size_metric(1500.0, &r), Some(&r), None, at(4)), None);
+        assert_eq!(
+            e.observe(&size_metric(10.0, &r), Some(&r), None, at(2)),
+            None
+        );
+        assert_eq!(
+            e.observe(&size_metric(1500.0, &r), Some(&r), None, at(3)),
+            None
+        );
+        assert_eq!(
+            e.observe(&size_metric(1500.0, &r), Some(&r), None, at(4)),
+            None
+        );
         let ev = e.observe(&size_metric(1500.0, &r), Some(&r), None, at(5));
         assert!(matches!(ev, Some(AlertEvent::Fired(_))));
-        assert_eq!(e.observe(&size_metric(10.0, &r), Some(&r), None, at(6)), None);
+        assert_eq!(
+            e.observe(&size_metric(10.0, &r), Some(&r), None, at(6)),
+            None
+        );
         let ev = e.observe(&size_metric(10.0, &r), Some(&r), None, at(7));
         assert!(matches!(ev, Some(AlertEvent::Resolved(_))));
     }
@@ -621,7 +650,10 @@ mod tests {
         r.hysteresis = 100.0;
         let mut e = engine();
         e.observe(&size_metric(1500.0, &r), Some(&r), None, at(0));
-        assert_eq!(e.observe(&size_metric(950.0, &r), Some(&r), None, at(1)), None);
+        assert_eq!(
+            e.observe(&size_metric(950.0, &r), Some(&r), None, at(1)),
+            None
+        );
         let ev = e.observe(&size_metric(850.0, &r), Some(&r), None, at(2));
         assert!(matches!(ev, Some(AlertEvent::Resolved(_))));
     }

@@ -255,7 +255,9 @@ impl AnalyzerCore {
                 }
             }
             for (t, id, name) in gone {
-                analysis.events.extend(self.retire_series(t, &id, &name, now));
+                analysis
+                    .events
+                    .extend(self.retire_series(t, &id, &name, now));
             }
         }
         analysis
@@ -355,7 +357,11 @@ impl AnalyzerCore {
                 .filter(finite)
                 .filter(|o| same(o, m))
                 .map(|o| o.metric_name.as_ref())
-                .chain(addons.into_iter().flat_map(|a| a.keys().map(String::as_str)))
+                .chain(
+                    addons
+                        .into_iter()
+                        .flat_map(|a| a.keys().map(String::as_str)),
+                )
                 .collect();
             if let Some(by_name) = self
                 .latest
@@ -503,7 +509,9 @@ mod tests {
 
         // A removed check takes its series and resolves its alert.
         let events = a.forget_source("check:api", now);
-        assert!(matches!(events.as_slice(), [AlertEvent::Resolved(r)] if r.alert_type == "check_status"));
+        assert!(
+            matches!(events.as_slice(), [AlertEvent::Resolved(r)] if r.alert_type == "check_status")
+        );
         assert_eq!(latest_names(&a, "a1"), ["agent_active"]);
     }
 
@@ -542,7 +550,10 @@ mod tests {
             now,
         );
         assert_eq!(latest_names(&a, "a1"), ["queue_depth", "response_time"]);
-        assert!(a.retire_series(ResourceType::Agent, "a1", "response_time", now).is_none());
+        assert!(
+            a.retire_series(ResourceType::Agent, "a1", "response_time", now)
+                .is_none()
+        );
         assert_eq!(latest_names(&a, "a1"), ["queue_depth"]);
     }
 

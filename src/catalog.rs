@@ -314,14 +314,22 @@ pub(crate) const METRICS: &[MetricDef] = &[
     },
     MetricDef {
         name: CHECK_STATUS,
-        resource_types: &[ResourceType::Check, ResourceType::Agent, ResourceType::Workspace],
+        resource_types: &[
+            ResourceType::Check,
+            ResourceType::Agent,
+            ResourceType::Workspace,
+        ],
         unit: UNIT_STATE,
         thresholds: Some(Thresholds::new(1.0, 2.0)),
         description: "a `[[check]]` plugin's exit code: 0 OK, 1 WARNING, 2 CRITICAL; UNKNOWN (3), a timeout or a plugin that cannot start is 1.5 (unhealthy). The alert's message is the plugin's first line of output",
     },
     MetricDef {
         name: CHECK_DURATION_MS,
-        resource_types: &[ResourceType::Check, ResourceType::Agent, ResourceType::Workspace],
+        resource_types: &[
+            ResourceType::Check,
+            ResourceType::Agent,
+            ResourceType::Workspace,
+        ],
         unit: UNIT_MS,
         thresholds: None,
         description: "how long the check's plugin ran, to its exit or its timeout",

@@ -62,6 +62,7 @@ fn main() -> ExitCode {
         Command::Db(a) => cli::db::run(a, &args.global, &settings),
         Command::History(a) => cli::history::history(a, &settings),
         Command::Gastown(a) => cli::gastown::run(a, &settings),
+        Command::Report(a) => cli::report::report(a, &settings),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -415,7 +415,10 @@ impl Registry {
                     .map(|s| (s.def.metric.as_str(), s))
                     .collect();
                 let condition = (!stale.is_empty()).then(|| stale_condition(t, &id, &stale, now));
-                (crate::conditions::key((t, id), catalog::METRIC_STALE), condition)
+                (
+                    crate::conditions::key((t, id), catalog::METRIC_STALE),
+                    condition,
+                )
             })
             .collect()
     }
@@ -423,7 +426,7 @@ impl Registry {
     /// Every live series' definition, for `status` and tests.
     pub fn defs(&self) -> Vec<SeriesDef> {
         let mut defs: Vec<SeriesDef> = self.series.values().map(|s| s.def.clone()).collect();
-        defs.sort_by(|a, b| a.key().cmp(&b.key()));
+        defs.sort_by_key(SeriesDef::key);
         defs
     }
 }
@@ -447,8 +450,16 @@ fn stale_condition(
         severity: HealthStatus::Unhealthy,
         message: format!(
             "{t} {id}: pushed {} not reported within {}: {}",
-            if names.len() == 1 { "metric" } else { "metrics" },
-            if names.len() == 1 { "its TTL" } else { "their TTLs" },
+            if names.len() == 1 {
+                "metric"
+            } else {
+                "metrics"
+            },
+            if names.len() == 1 {
+                "its TTL"
+            } else {
+                "their TTLs"
+            },
             since.join(", ")
         ),
         metadata: json!({ "metrics": names, "source": PUSHED_SOURCE }),
@@ -559,7 +570,12 @@ mod tests {
         let mut r = registry();
         let now = Utc::now();
         let out = r.accept(
-            &[item("a", 1.0), item("b", 1.0), item("c", 1.0), item("d", 1.0)],
+            &[
+                item("a", 1.0),
+                item("b", 1.0),
+                item("c", 1.0),
+                item("d", 1.0),
+            ],
             now,
         );
         assert_eq!(out.outcome.accepted, 3);

@@ -204,7 +204,11 @@ impl AnalyzerHandle {
 
     /// Retires a pushed series on purpose, with its alerts; `false` when no such series is
     /// pushed.
-    pub(crate) fn remove_pushed(&self, writer: &WriterHandle, key: crate::pushed::SeriesKey) -> bool {
+    pub(crate) fn remove_pushed(
+        &self,
+        writer: &WriterHandle,
+        key: crate::pushed::SeriesKey,
+    ) -> bool {
         if !self.pushed().remove(&key) {
             return false;
         }

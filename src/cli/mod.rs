@@ -6,6 +6,7 @@ pub mod db;
 pub mod gastown;
 pub mod history;
 pub mod monitors;
+pub mod report;
 pub mod status;
 
 use std::path::PathBuf;
@@ -63,9 +64,9 @@ pub enum Command {
     Status(status::StatusArgs),
     /// List the monitored agents and workspaces
     List(status::ListArgs),
-    /// Watch an agent or a workspace (persisted; applied live when the daemon runs)
+    /// Watch an agent or a workspace, or run a check (persisted; applied live when the daemon runs)
     Add(monitors::AddArgs),
-    /// Stop watching an agent or a workspace
+    /// Stop watching an agent or a workspace, or running a check
     Remove(monitors::RemoveArgs),
     /// Stop the running daemon gracefully
     Stop,
@@ -81,6 +82,8 @@ pub enum Command {
     History(history::HistoryArgs),
     /// The Gas Town town followed with --gastown: its agents and their health
     Gastown(gastown::GastownArgs),
+    /// Push custom metrics to the daemon (one, or many with --stdin), alerted like the rest
+    Report(report::ReportArgs),
 }
 
 /// clap value parser for agent and workspace ids.
@@ -88,7 +91,7 @@ pub(crate) fn parse_id(s: &str) -> Result<String, String> {
     validate_id(s).map(|_| s.to_string())
 }
 
-/// clap value parser for `agent` / `workspace`.
+/// clap value parser for `agent` / `workspace` / `check`.
 pub(crate) fn parse_kind(s: &str) -> Result<MonitorKind, String> {
     s.parse()
 }

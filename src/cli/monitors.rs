@@ -10,7 +10,9 @@ use crate::config::Settings;
 use crate::control::client::{self, ClientError};
 use crate::control::protocol::{Request, prepare_monitor};
 use crate::daemon::lock::InstanceLock;
-use crate::model::{AddOutcome, AgentOptions, MonitorKind, MonitorSpec, WorkspaceOptions};
+use crate::model::{
+    AddOutcome, AgentOptions, CheckOptions, MonitorKind, MonitorSpec, WorkspaceOptions,
+};
 use crate::store::write::{WriteOp, apply};
 use crate::store::{self, query};
 
@@ -71,12 +73,36 @@ pub enum AddTarget {
         #[arg(long = "db", value_name = "FILE", value_parser = Utf8Path)]
         dbs: Vec<PathBuf>,
     },
+    /// Run a Nagios-compatible plugin on a schedule: its exit code is `check_status`, its
+    /// perfdata metrics with the plugin's thresholds
+    #[command(
+        after_help = "Example:\n  health-monitor add check api-up --resource agent:a1 --command \
+                      /usr/lib/nagios/plugins/check_tcp -H 127.0.0.1 -p 8080\n\n\
+                      --command takes every argument after it, so give it last."
+    )]
+    Check {
+        /// Check name: 1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit
+        #[arg(value_parser = parse_id)]
+        name: String,
+        /// Where its results go, TYPE:ID (e.g. agent:a1) [default: check:<NAME>]
+        #[arg(long, value_name = "TYPE:ID")]
+        resource: Option<String>,
+        /// Seconds between runs [default: the daemon's interval]
+        #[arg(long, value_name = "SECONDS")]
+        interval: Option<u64>,
+        /// Seconds a run may take before its process group is killed (UNKNOWN) [default: 10]
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+        /// The plugin (absolute path) and its arguments, run without a shell; give it last
+        #[arg(long, required = true, num_args = 1.., allow_hyphen_values = true, value_name = "PROGRAM ARGS")]
+        command: Vec<String>,
+    },
 }
 
 /// `remove` options.
 #[derive(Debug, Args)]
 pub struct RemoveArgs {
-    /// agent or workspace
+    /// agent, workspace or check
     #[arg(value_parser = parse_kind)]
     pub kind: MonitorKind,
     /// Its id
@@ -123,6 +149,44 @@ impl AddTarget {
                     managed_by: None,
                 },
             },
+            AddTarget::Check {
+                name,
+                resource,
+                interval,
+                timeout,
+                command,
+            } => {
+                // `--command` takes everything after it: say so when our own flags went in.
+                let ours = [
+                    "--resource",
+                    "--interval",
+                    "--timeout",
+                    "--db-path",
+                    "--socket",
+                ];
+                let swallowed: Vec<&str> = command[1..]
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|a| ours.contains(a))
+                    .collect();
+                if !swallowed.is_empty() {
+                    eprintln!(
+                        "note: {} went to the plugin as its arguments: --command takes every \
+                         argument after it, so give health-monitor's own options before it",
+                        swallowed.join(", ")
+                    );
+                }
+                MonitorSpec::Check {
+                    id: name.clone(),
+                    options: CheckOptions {
+                        command: command.clone(),
+                        resource: resource.clone(),
+                        interval: *interval,
+                        timeout: *timeout,
+                        managed_by: None,
+                    },
+                }
+            }
         };
         // Same normalization and checks as the daemon's, before anything is sent or saved; the
         // pid's start time is recorded here, so an offline `add` saves it too.

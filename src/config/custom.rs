@@ -74,7 +74,9 @@ pub(crate) fn resolve_checks(checks: &[CheckConfig]) -> anyhow::Result<Vec<Monit
     let mut specs: Vec<MonitorSpec> = Vec::with_capacity(checks.len());
     for (i, c) in checks.iter().enumerate() {
         let label = format!("[[check]] #{} ({})", i + 1, c.name);
-        validate_id(&c.name).map_err(anyhow::Error::msg).context(label.clone())?;
+        validate_id(&c.name)
+            .map_err(anyhow::Error::msg)
+            .context(label.clone())?;
         if specs.iter().any(|s| s.id() == c.name) {
             bail!("{label}: another [[check]] has the same name");
         }

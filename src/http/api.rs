@@ -265,6 +265,56 @@ pub(crate) async fn add_monitor(
     Ok(HttpResponse::build(status).json(json!({"kind": kind, "id": id, "outcome": outcome})))
 }
 
+/// The body of `POST /api/v1/metrics`: the socket's `report` request.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReportBody {
+    /// The metrics pushed.
+    metrics: Vec<crate::pushed::ReportItem>,
+}
+
+/// `POST /api/v1/metrics` with `{"metrics": [{resource_type, resource_id, metric, value,
+/// warning?, critical?, unit?, ttl_secs?}, ...]}`: pushes custom metrics. 200 with the count
+/// accepted and each refusal (and its index); 400 when every one was refused.
+pub(crate) async fn report(
+    state: web::Data<State>,
+    req: HttpRequest,
+    body: Result<web::Json<ReportBody>, actix_web::Error>,
+) -> Result<HttpResponse, ApiError> {
+    check_write(&state, &req)?;
+    let body = body
+        .map_err(|e| ApiError::from_extractor("body", &e))?
+        .into_inner();
+    let outcome = state
+        .service
+        .report(&body.metrics)
+        .map_err(ApiError::bad_request)?;
+    let status = if outcome.accepted == 0 && !outcome.refused.is_empty() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status).json(outcome))
+}
+
+/// `DELETE /api/v1/metrics/{type}/{id}/{metric}`: retires a pushed series; 404 when there is
+/// none.
+pub(crate) async fn report_remove(
+    state: web::Data<State>,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    check_write(&state, &req)?;
+    let (resource_type, id, metric) = path.into_inner();
+    let resource_type: crate::model::ResourceType =
+        resource_type.parse().map_err(ApiError::bad_request)?;
+    validate_id(&id).map_err(ApiError::bad_request)?;
+    match state.service.report_remove(resource_type, id, metric) {
+        Ok(outcome) => Ok(HttpResponse::Ok().json(json!({ "outcome": outcome }))),
+        Err(e) => Err(ApiError::new(StatusCode::NOT_FOUND, e)),
+    }
+}
+
 /// `DELETE /api/v1/monitors/{kind}/{id}`: removes a monitor; its collector stops and its alerts
 /// resolve.
 pub(crate) async fn remove_monitor(

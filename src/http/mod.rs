@@ -27,6 +27,8 @@ pub use metrics::render_metrics;
 
 /// Largest request body accepted (a monitor is a few hundred bytes).
 pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest body `POST /api/v1/metrics` takes (4 MiB): 10,000 pushed metrics fit.
+pub(crate) const MAX_REPORT_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// A client must send its first request head within this time of connecting (the server answers
 /// 408 and closes), and its body within [`conns::BODY_TIMEOUT`] of the head.
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -119,6 +121,20 @@ impl Listener {
                         .service(
                             resource("/monitors/{kind}/{id}")
                                 .route(web::delete().to(api::remove_monitor)),
+                        )
+                        .service(
+                            resource("/metrics")
+                                // A batch of pushed metrics is bigger than any other body.
+                                .app_data(
+                                    web::JsonConfig::default()
+                                        .limit(MAX_REPORT_BODY_BYTES)
+                                        .content_type_required(false),
+                                )
+                                .route(web::post().to(api::report)),
+                        )
+                        .service(
+                            resource("/metrics/{type}/{id}/{metric}")
+                                .route(web::delete().to(api::report_remove)),
                         ),
                 )
                 .default_service(web::to(not_found))

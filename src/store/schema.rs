@@ -264,7 +264,9 @@ mod tests {
         )
         .unwrap();
         let a1: String = conn
-            .query_row("SELECT options FROM monitors WHERE id = 'a1'", [], |r| r.get(0))
+            .query_row("SELECT options FROM monitors WHERE id = 'a1'", [], |r| {
+                r.get(0)
+            })
             .unwrap();
         assert_eq!(a1, r#"{"pid":7}"#);
         assert!(
@@ -275,7 +277,11 @@ mod tests {
             .is_err(),
             "other kinds are still refused"
         );
-        assert!(table_names(&conn).unwrap().contains(&"pushed_series".into()));
+        assert!(
+            table_names(&conn)
+                .unwrap()
+                .contains(&"pushed_series".into())
+        );
     }
 
     #[test]

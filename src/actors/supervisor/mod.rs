@@ -350,11 +350,13 @@ impl Handler<AddMonitor> for Supervisor {
 /// Refuses to change a monitor of the config file (a `[[check]]`): it is the file's to change.
 fn refuse_config_managed(current: Option<&MonitorSpec>) -> Result<(), String> {
     match current {
-        Some(spec) if spec.managed_by() == Some(crate::config::custom::CONFIG_MANAGED) => Err(format!(
-            "{} {} comes from the config file's [[check]]; change it there",
-            spec.kind(),
-            spec.id()
-        )),
+        Some(spec) if spec.managed_by() == Some(crate::config::custom::CONFIG_MANAGED) => {
+            Err(format!(
+                "{} {} comes from the config file's [[check]]; change it there",
+                spec.kind(),
+                spec.id()
+            ))
+        }
         _ => Ok(()),
     }
 }
@@ -381,7 +383,8 @@ impl Handler<RemoveMonitor> for Supervisor {
         refuse_config_managed(Some(removed))?;
         // A check may report on another monitor's resource: its series go, not that resource.
         let (resource_type, resource_id) = (msg.kind.resource_type(), msg.id.clone());
-        let source = (msg.kind == MonitorKind::Check).then(|| monitor_child_name(msg.kind, &msg.id));
+        let source =
+            (msg.kind == MonitorKind::Check).then(|| monitor_child_name(msg.kind, &msg.id));
         self.deps
             .writer
             .submit(vec![
