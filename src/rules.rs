@@ -126,13 +126,14 @@ fn known_metric(metric: &str, label: &str) -> anyhow::Result<()> {
     if catalog::lookup(metric).is_some() {
         return Ok(());
     }
+    let lower = metric.to_ascii_lowercase();
     if let Some(near) = catalog::METRICS
         .iter()
-        .find(|m| edit_distance(&m.name.to_ascii_lowercase(), &metric.to_ascii_lowercase()) <= 2)
+        .find(|m| edit_distance(m.name, &lower) <= 2 || m.name.starts_with(lower.as_str()))
     {
         bail!(
             "{label}: unknown metric {metric:?}; did you mean {:?}? (a custom metric's name must \
-             not be within two letters of a built-in one)",
+             not be within two letters of a built-in one, nor the start of one)",
             near.name
         );
     }

@@ -75,6 +75,7 @@ pub(crate) fn parse_line(line: &str) -> Result<ReportItem, String> {
     let value: f64 = raw
         .parse()
         .map_err(|_| format!("value {raw:?} is not a number"))?;
+    finite(value)?;
     let mut item = ReportItem {
         resource_type,
         resource_id,
@@ -112,6 +113,17 @@ pub(crate) fn parse_line(line: &str) -> Result<ReportItem, String> {
 /// parse, each with its line number and why.
 type ReadLines = (Vec<(usize, ReportItem)>, Vec<String>);
 
+/// Refuses NaN and infinities here: JSON cannot carry them to the daemon.
+fn finite(value: f64) -> Result<(), String> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(format!(
+            "value {value} is not a finite number (NaN and infinities are refused)"
+        ))
+    }
+}
+
 /// Reads `report --stdin`'s lines.
 fn read_lines(input: impl BufRead) -> anyhow::Result<ReadLines> {
     let mut items = Vec::new();
@@ -138,11 +150,13 @@ pub fn report(args: &ReportArgs, settings: &Settings) -> anyhow::Result<()> {
     let (items, mut problems) = if args.stdin {
         read_lines(std::io::stdin().lock())?
     } else {
+        let value = args.value.unwrap_or(f64::NAN);
+        finite(value).map_err(UsageError)?;
         let item = ReportItem {
             resource_type: args.resource_type.unwrap_or(ResourceType::Agent),
             resource_id: args.resource_id.clone().unwrap_or_default(),
             metric: args.metric.clone().unwrap_or_default(),
-            value: args.value.unwrap_or(f64::NAN),
+            value,
             warning: args.warning,
             critical: args.critical,
             unit: args.unit.clone(),
