@@ -79,6 +79,9 @@ pub struct Summary {
     pub monitored_agents: usize,
     /// Workspace monitors configured.
     pub monitored_workspaces: usize,
+    /// Checks configured (`[[check]]` and `add check`).
+    #[serde(default)]
+    pub monitored_checks: usize,
     /// Metric rows written within [`RECENT_WINDOW`] (the last hour), whatever their status.
     pub recent_metrics_count: u64,
     /// Those rows counted by status name (`healthy`, `unhealthy`, `critical`...).
@@ -109,6 +112,9 @@ pub struct Summary {
     /// Each collector's latest cycle time, by collector name (live daemons only).
     #[serde(default)]
     pub collector_cycles: BTreeMap<String, CycleStat>,
+    /// Live series pushed by `report` (live daemons only).
+    #[serde(default)]
+    pub pushed_series: usize,
     /// What each notification sink has sent, failed and dropped (live daemons only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notifications: Vec<SinkReport>,
@@ -265,6 +271,7 @@ pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
         running: inputs.running,
         monitored_agents: count_monitors(&inputs.monitors, MonitorKind::Agent),
         monitored_workspaces: count_monitors(&inputs.monitors, MonitorKind::Workspace),
+        monitored_checks: count_monitors(&inputs.monitors, MonitorKind::Check),
         recent_metrics_count: inputs.recent.total,
         metrics_by_status: inputs.recent.by_status,
         active_alerts_count: active_alerts.len(),
@@ -278,6 +285,7 @@ pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
         analyzer_queue_depth: inputs.analyzer_queue_depth,
         // Only a live daemon knows its cycles; `Service::summary` fills them in.
         collector_cycles: BTreeMap::new(),
+        pushed_series: 0,
         notifications: Vec::new(),
         gastown_root: None,
         db_path: inputs.db_path.display().to_string(),
@@ -489,9 +497,14 @@ pub(crate) fn render(s: &Summary) -> String {
     let by = |k: &str| s.metrics_by_status.get(k).copied().unwrap_or(0);
     let _ = writeln!(
         out,
-        "monitors: {}, {}    last hour: {} metrics ({} healthy, {} unhealthy, {} critical)",
+        "monitors: {}, {}{}    last hour: {} metrics ({} healthy, {} unhealthy, {} critical)",
         plural(s.monitored_agents, "agent"),
         plural(s.monitored_workspaces, "workspace"),
+        if s.monitored_checks > 0 {
+            format!(", {}", plural(s.monitored_checks, "check"))
+        } else {
+            String::new()
+        },
         s.recent_metrics_count,
         by("healthy"),
         by("unhealthy"),

@@ -315,6 +315,7 @@ fn config_thresholds_apply_to_pushed_metrics_and_thresholds_survive_a_restart() 
     assert!(!over.status.success());
     assert!(stderr(&over).contains("cap"), "{}", stderr(&over));
     assert_eq!(env.count("SELECT count(*) FROM pushed_series"), 3);
+    assert_eq!(env.status()["pushed_series"], 3);
 
     // After a restart, a report without thresholds still gets the stored ones.
     daemon.signal(nix::sys::signal::Signal::SIGTERM);

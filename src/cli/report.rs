@@ -250,6 +250,22 @@ mod tests {
     }
 
     #[test]
+    fn the_docs_stdin_example_parses_line_by_line() {
+        let doc = include_str!("../../docs/custom-metrics.md");
+        let block = doc
+            .split("```text\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .unwrap();
+        let (items, bad) = read_lines(block.as_bytes()).unwrap();
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(items.len(), 4);
+        for (_, item) in &items {
+            crate::pushed::validate_metric_name(&item.metric).unwrap();
+        }
+    }
+
+    #[test]
     fn bad_lines_say_why_and_the_good_ones_around_them_are_kept() {
         let input = "# a comment\n\nagent a1 ok 1\nagent a1 oops\nplanet p1 x 1\nagent a1 x NaNx\nagent a1 y 2 colour=red\nagent a1 z 3\n";
         let (items, bad) = read_lines(input.as_bytes()).unwrap();

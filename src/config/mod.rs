@@ -833,7 +833,12 @@ mod tests {
     #[test]
     fn the_readme_config_example_is_valid() {
         let readme = include_str!("../../README.md");
-        let start = readme.find("```toml\n").expect("a toml example") + "```toml\n".len();
+        let section = readme
+            .find("## Configuration")
+            .expect("a Configuration section");
+        let start = section
+            + readme[section..].find("```toml\n").expect("a toml example")
+            + "```toml\n".len();
         let end = start + readme[start..].find("```").unwrap();
         let file = ConfigFile::parse(&readme[start..end]).unwrap();
         let s = Settings::resolve(file, &CliOverrides::default()).unwrap();
@@ -846,7 +851,11 @@ mod tests {
             2
         );
         // Every other TOML snippet in the README and in docs/ parses too.
-        let docs = [readme, include_str!("../../docs/gastown.md")];
+        let docs = [
+            readme,
+            include_str!("../../docs/gastown.md"),
+            include_str!("../../docs/custom-metrics.md"),
+        ];
         let mut blocks = 0;
         for block in docs.iter().flat_map(|d| d.split("```toml\n").skip(1)) {
             let text = &block[..block.find("```").unwrap()];

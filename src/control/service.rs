@@ -162,6 +162,7 @@ impl Service {
             now,
         );
         summary.collector_cycles = self.deps.cycles.snapshot();
+        summary.pushed_series = self.deps.analyzer.pushed().len();
         summary.notifications = self.deps.notifier.report();
         summary.gastown_root = self
             .deps
