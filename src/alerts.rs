@@ -372,7 +372,7 @@ pub(crate) fn threshold_message(metric: &HealthMetric, rule: &AlertRule) -> Stri
 /// A value with its unit, rounded for people: `3.5 MB`, `85%`, `0`.
 pub(crate) fn format_value(value: f64, unit: &str) -> String {
     match unit {
-        "" | "bool" | "count" | "ratio" => format_number(value),
+        "" | "bool" | "count" | "ratio" | "state" => format_number(value),
         "%" => format!("{}%", format_number(value)),
         u => format!("{} {u}", format_number(value)),
     }
