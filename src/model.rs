@@ -735,6 +735,32 @@ impl CheckOptions {
     }
 }
 
+/// Another check among `monitors` whose results go on the same resource as `spec`'s: both
+/// would write that resource's `check_status`, and its alert would flap between them.
+pub(crate) fn conflicting_check<'a>(
+    monitors: impl IntoIterator<Item = &'a MonitorSpec>,
+    spec: &MonitorSpec,
+) -> Option<&'a MonitorSpec> {
+    if spec.kind() != MonitorKind::Check {
+        return None;
+    }
+    let target = spec.resource();
+    monitors.into_iter().find(|m| {
+        m.kind() == MonitorKind::Check && m.id() != spec.id() && m.resource() == target
+    })
+}
+
+/// The refusal for a check whose resource `other` already reports on.
+pub(crate) fn conflict_message(spec: &MonitorSpec, other: &MonitorSpec) -> String {
+    let (t, id) = spec.resource();
+    format!(
+        "check {}: check {} already reports on {t}:{id}; two checks on one resource would write \
+         the same check_status and its alert would flap (give one another resource)",
+        spec.id(),
+        other.id()
+    )
+}
+
 /// Parses `TYPE:ID` (`agent:a1`), the id checked by the id rules.
 pub(crate) fn parse_resource_ref(s: &str) -> Result<(ResourceType, String), String> {
     let (t, id) = s

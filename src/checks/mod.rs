@@ -7,7 +7,7 @@
 //! measurement per perfdatum.
 
 mod perfdata;
-mod plugin;
+pub(crate) mod plugin;
 
 use std::borrow::Cow;
 use std::collections::HashSet;

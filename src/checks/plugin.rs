@@ -8,6 +8,7 @@
 //! it, its pid (which is also its process group id) cannot be reused meanwhile, so the final
 //! `killpg` can never hit an unrelated group.
 
+use std::collections::HashSet;
 use std::io::{ErrorKind, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -129,6 +130,35 @@ static SLOTS: LazyLock<Slots> = LazyLock::new(|| {
     Slots::new(8.max(cpus.saturating_mul(4)))
 });
 
+/// The process groups of the plugins running now: killed when the daemon stops, since a run
+/// blocked on a probe thread cannot be cancelled and its group would outlive the daemon.
+static LIVE_GROUPS: LazyLock<Mutex<HashSet<i32>>> = LazyLock::new(Default::default);
+
+/// Keeps a plugin's group in [`LIVE_GROUPS`] while it may still have members.
+struct LiveGroup(i32);
+
+impl LiveGroup {
+    fn register(pgid: i32) -> Self {
+        crate::util::lock(&LIVE_GROUPS).insert(pgid);
+        LiveGroup(pgid)
+    }
+}
+
+impl Drop for LiveGroup {
+    fn drop(&mut self) {
+        crate::util::lock(&LIVE_GROUPS).remove(&self.0);
+    }
+}
+
+/// Kills the process group of every plugin running now (at shutdown); returns how many.
+pub(crate) fn kill_running_plugins() -> usize {
+    let groups: Vec<i32> = crate::util::lock(&LIVE_GROUPS).iter().copied().collect();
+    for &pgid in &groups {
+        kill_group(pgid);
+    }
+    groups.len()
+}
+
 /// Runs `command` (program and arguments, no shell) and waits at most `timeout`, including
 /// the wait for a free slot; keeps the first `output_cap` bytes of its stdout.
 pub(crate) fn run_plugin(command: &[String], timeout: Duration, output_cap: usize) -> PluginRun {
@@ -165,6 +195,8 @@ pub(crate) fn run_plugin_in(
     };
     let started = Instant::now();
     let pid = child.id() as i32;
+    // Until the group is killed below and its leader reaped: its pgid cannot be reused before.
+    let live = LiveGroup::register(pid);
     let (tx, rx) = mpsc::channel();
     if let Err(e) = start_helpers(&mut child, pid, output_cap, &tx) {
         kill_group(pid);
@@ -217,6 +249,8 @@ pub(crate) fn run_plugin_in(
         }
     }
 
+    // The group is dead (killed above): nothing of it is left for a shutdown to kill.
+    drop(live);
     let status = if exited {
         child.wait().ok()
     } else {

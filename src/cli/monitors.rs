@@ -227,6 +227,7 @@ pub fn add(args: &AddArgs, settings: &Settings) -> anyhow::Result<()> {
             }
         }
         Err(ClientError::NoDaemon(_)) => {
+            refuse_offline_check(settings, &spec)?;
             offline_write(settings, &[WriteOp::MonitorSaved(spec)])?;
             println!(
                 "added {label} to {} (no daemon running: watched from the next start)",
@@ -234,6 +235,42 @@ pub fn add(args: &AddArgs, settings: &Settings) -> anyhow::Result<()> {
             );
         }
         Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// The config file's check of this kind and id, if any.
+fn config_check<'a>(settings: &'a Settings, kind: MonitorKind, id: &str) -> Option<&'a MonitorSpec> {
+    settings
+        .checks
+        .iter()
+        .find(|c| c.kind() == kind && c.id() == id)
+}
+
+/// The refusal for a change to a check of the config file.
+fn config_managed(spec: &MonitorSpec) -> String {
+    format!(
+        "check {} comes from the config file's [[check]]; change it there",
+        spec.id()
+    )
+}
+
+/// What the daemon would refuse, checked without it: a check of the config file, or one on
+/// the resource of another check (stored or in the config).
+fn refuse_offline_check(settings: &Settings, spec: &MonitorSpec) -> anyhow::Result<()> {
+    if spec.kind() != MonitorKind::Check {
+        return Ok(());
+    }
+    if let Some(config) = config_check(settings, spec.kind(), spec.id()) {
+        return Err(UsageError(config_managed(config)).into());
+    }
+    let stored = match store::open_read_only(&settings.db_path) {
+        Ok(Some(conn)) => query::load_monitors(&conn).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    if let Some(other) = crate::model::conflicting_check(stored.iter().chain(&settings.checks), spec)
+    {
+        return Err(UsageError(crate::model::conflict_message(spec, other)).into());
     }
     Ok(())
 }
@@ -252,6 +289,9 @@ pub fn remove(args: &RemoveArgs, settings: &Settings) -> anyhow::Result<()> {
         }
         Ok(_) => println!("removed {label}"),
         Err(ClientError::NoDaemon(_)) => {
+            if let Some(spec) = config_check(settings, args.kind, &args.id) {
+                return Err(UsageError(config_managed(spec)).into());
+            }
             // A mistyped --db-path must not read as "nothing to do".
             super::require_database(settings)?;
             let known = match store::open_read_only(&settings.db_path)? {

@@ -92,7 +92,10 @@ pub(crate) fn resolve_checks(checks: &[CheckConfig]) -> anyhow::Result<Vec<Monit
         };
         crate::control::protocol::validate_monitor(&spec)
             .map_err(anyhow::Error::msg)
-            .context(label)?;
+            .context(label.clone())?;
+        if let Some(other) = crate::model::conflicting_check(&specs, &spec) {
+            bail!("{label}: {}", crate::model::conflict_message(&spec, other));
+        }
         specs.push(spec);
     }
     Ok(specs)

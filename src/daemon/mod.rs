@@ -112,6 +112,21 @@ fn plan_monitors(
                  file: the config file's runs"
             );
         }
+        // A stored check on the same resource gives way (it would make the alert flap).
+        let clashing: Vec<MonitorSpec> = monitors
+            .iter()
+            .filter(|m| crate::model::conflicting_check([*m], spec).is_some())
+            .cloned()
+            .collect();
+        for other in clashing {
+            tracing::error!(
+                "{}; not running the stored check {} while the config file has {}",
+                crate::model::conflict_message(&other, spec),
+                other.id(),
+                spec.id()
+            );
+            monitors.remove(other.kind(), other.id());
+        }
         monitors.add(spec.clone());
     }
     for spec in extra {
@@ -419,6 +434,12 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
             }
         });
         let _ = stopped_rx.await;
+        // A check's plugin still running has no collector to report to: its group goes now,
+        // or it would outlive the daemon.
+        let killed = crate::checks::plugin::kill_running_plugins();
+        if killed > 0 {
+            tracing::info!(plugins = killed, "killed the check plugins still running");
+        }
         systemd::notify_stopping();
         if let Some(http) = http {
             http.stop(true).await;

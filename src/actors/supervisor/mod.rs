@@ -333,6 +333,9 @@ impl Handler<AddMonitor> for Supervisor {
             return Ok(AddOutcome::Unchanged);
         }
         refuse_config_managed(self.monitors.get(spec.kind(), spec.id()))?;
+        if let Some(other) = crate::model::conflicting_check(self.monitors.iter(), &spec) {
+            return Err(crate::model::conflict_message(&spec, other));
+        }
         // Persist first: a monitor the database does not hold would vanish at the next start.
         self.deps
             .writer
