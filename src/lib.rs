@@ -6,6 +6,7 @@ pub mod actors; // supervisor, collectors, analyzer, and the SQLite writer threa
 pub mod alerts; // the per-key alert state machine
 pub mod analysis; // thresholds applied and alerts decided, without actors
 pub mod catalog; // every metric: unit, default thresholds, meaning
+pub mod chart; // charts from rollups: ranges, downsampling, SVG geometry
 pub mod checks; // Nagios-compatible plugins run on a schedule, their results as measurements
 pub mod cli; // clap types and command implementations
 pub mod collect; // the measuring itself: system, process trees, directory walks, git
@@ -16,9 +17,11 @@ pub mod daemon; // running the daemon: lock, socket, actors, signals, shutdown
 pub mod faults; // HEALTH_MONITOR_FAULTS: injected panics to check supervision
 pub mod gastown; // Gas Town: town layout, events file, escalation
 pub mod http; // the HTTP listener: Prometheus /metrics, /healthz, the JSON API
+pub mod live; // the dashboard's event stream: alert events and per-cycle diffs
 pub mod model; // ResourceType, HealthStatus, HealthMetric, HealthAlert, MonitorSpec
 pub mod notify; // telling the operator about alert events
 pub mod pushed; // custom metrics pushed by agents and scripts: validated, held, expired
+pub mod rollup; // per-minute and per-ten-minute rollups of every series, for charts
 pub mod report; // what the daemon's parts report about themselves, as plain data: no actors
 pub mod rules; // alert rules: thresholds, debounce, hysteresis, per-resource overrides
 pub mod store; // SQLite schema, write batches, read-side queries

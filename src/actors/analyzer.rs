@@ -118,6 +118,10 @@ struct HandleInner {
     memory: AlertMemory,
     /// The pushed series, kept here so they outlive any one analyzer.
     pushed: Mutex<crate::pushed::Registry>,
+    /// Every series' open rollup buckets and its main metric's last hour, for charts.
+    rollups: Mutex<crate::rollup::Rollups>,
+    /// The dashboard's event stream.
+    live: crate::live::LiveHub,
 }
 
 /// The stable way to reach whichever analyzer is current: collectors keep this, never an `Addr`,
@@ -144,6 +148,8 @@ impl Default for AnalyzerHandle {
                 outgoing: Mutex::new(Vec::new()),
                 memory: AlertMemory::default(),
                 pushed: Mutex::new(crate::pushed::Registry::default()),
+                rollups: Mutex::new(crate::rollup::Rollups::default()),
+                live: crate::live::LiveHub::default(),
             }),
         }
     }
@@ -166,6 +172,16 @@ impl AnalyzerHandle {
     /// measurements (queue full) are counted.
     pub fn send_metrics(&self, source: &str, batch: Vec<Measurement>) {
         self.try_send_metrics(source, batch);
+    }
+
+    /// The dashboard's event stream.
+    pub(crate) fn live(&self) -> &crate::live::LiveHub {
+        &self.inner.live
+    }
+
+    /// Every series' open rollup buckets and recent history.
+    pub(crate) fn rollups(&self) -> std::sync::MutexGuard<'_, crate::rollup::Rollups> {
+        lock(&self.inner.rollups)
     }
 
     /// The pushed series.
@@ -432,9 +448,16 @@ impl Analyzer {
                 return;
             };
             let analysis = core.analyze_from(&in_flight.source, &in_flight.batch, Utc::now());
+            {
+                let mut rollups = lock(&inner.rollups);
+                for m in &analysis.metrics {
+                    rollups.observe(m);
+                }
+            }
             let memory = &self.handle.inner.memory;
             memory.track(&analysis.events, core.engine_mut().next_id());
             memory.announce(&analysis.events, &self.notifier);
+            inner.live.alert_events(&analysis.events);
             lock(&inner.outgoing).extend(analysis.into_write_ops());
             // Only now are the batch's results safe in the handle.
             *slot = None;
@@ -485,6 +508,7 @@ impl Analyzer {
             memory.track(&events, core.engine_mut().next_id());
         }
         memory.announce(&events, &self.notifier);
+        self.handle.inner.live.alert_events(&events);
         let ops = events.iter().map(write_op).collect();
         self.submit(ops);
     }
@@ -550,6 +574,22 @@ impl Analyzer {
         }
         if !events.is_empty() {
             self.emit(events);
+        }
+    }
+
+    /// Hands the writer the rollup buckets that closed (all of them, the open ones too, when
+    /// `all`: at shutdown).
+    fn write_rollups(&mut self, all: bool) {
+        let rows = {
+            let mut rollups = lock(&self.handle.inner.rollups);
+            if all {
+                rollups.take_all()
+            } else {
+                rollups.take_closed(Utc::now())
+            }
+        };
+        if !rows.is_empty() {
+            self.submit(vec![WriteOp::Rollups(rows)]);
         }
     }
 
@@ -648,6 +688,7 @@ impl Actor for Analyzer {
             act.drain();
             // After the drain: a report queued before a removal is analyzed before it.
             act.apply_pushed();
+            act.write_rollups(false);
         });
     }
 }
@@ -681,10 +722,14 @@ impl Handler<ForgetResource> for Analyzer {
                 &msg.resource_id,
             )
         });
+        let now = Utc::now();
+        let rows = lock(&self.handle.inner.rollups).forget(msg.resource_type, &msg.resource_id);
+        if !rows.is_empty() {
+            self.submit(vec![WriteOp::Rollups(rows)]);
+        }
         let Some(core) = self.core.as_mut() else {
             return;
         };
-        let now = Utc::now();
         let mut events = core.forget_resource(msg.resource_type, &msg.resource_id, now);
         if let Some(source) = &msg.source {
             events.extend(core.forget_source(source, now));
@@ -757,6 +802,8 @@ impl Handler<StopChild> for Analyzer {
     type Result = ();
     fn handle(&mut self, _: StopChild, ctx: &mut Self::Context) {
         self.retry_unsent();
+        // The open minutes too: they merge with what a next start adds to them.
+        self.write_rollups(true);
         ctx.stop();
     }
 }

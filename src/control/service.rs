@@ -97,6 +97,17 @@ impl Service {
 
     /// The live summary: the supervisor's and analyzer's views plus the database's counts.
     pub async fn summary(&self) -> Result<Summary, String> {
+        self.summary_from(true).await
+    }
+
+    /// The summary from what the daemon holds, without reading the database: no recent
+    /// counts, the analyzer's active alerts. What the dashboard shows every cycle, at a cost
+    /// that does not grow with the database.
+    pub async fn live_summary(&self) -> Result<Summary, String> {
+        self.summary_from(false).await
+    }
+
+    async fn summary_from(&self, read_db: bool) -> Result<Summary, String> {
         let now = Utc::now();
         let live = self.supervisor.live().await?;
         let snapshot = self.deps.analyzer.snapshot().await.unwrap_or_default();
@@ -110,6 +121,12 @@ impl Service {
             .database_file
             .is_some_and(|i| i.ongoing);
         let stored = actix_rt::task::spawn_blocking(move || {
+            if !read_db {
+                return Ok(summary::StoredState {
+                    recent: Default::default(),
+                    active_alerts: Vec::new(),
+                });
+            }
             if not_ours {
                 anyhow::bail!(
                     "the database path does not lead to the daemon's file; showing what the \

@@ -168,7 +168,7 @@ pub(crate) fn authorize(token: Option<&str>, authorization: Option<&str>) -> Res
 /// Checks the request's `Authorization` header against the state's token: a client locked out
 /// for failing too often gets a 429 without its token being looked at, and a 401 counts against
 /// its client.
-fn check_write(state: &State, req: &HttpRequest) -> Result<(), ApiError> {
+pub(crate) fn check_write(state: &State, req: &HttpRequest) -> Result<(), ApiError> {
     let client = req.peer_addr().map(|a| client_of(a.ip()));
     let now = Instant::now();
     if let Some(client) = client

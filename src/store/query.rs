@@ -204,6 +204,56 @@ pub fn alerts(conn: &Connection, all: bool, limit: usize) -> rusqlite::Result<Ve
     rows.filter_map(Result::transpose).collect()
 }
 
+/// The newest alerts of one resource, active and resolved, newest first (a dashboard's alert
+/// history).
+pub fn resource_alerts(
+    conn: &Connection,
+    resource_type: ResourceType,
+    resource_id: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<HealthAlert>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ALERT_COLUMNS} FROM health_alerts WHERE resource_type = ?1 AND resource_id = ?2
+         ORDER BY id DESC LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(
+        params![resource_type.as_str(), resource_id, limit as i64],
+        alert_from_row,
+    )?;
+    rows.filter_map(Result::transpose).collect()
+}
+
+/// The rollup buckets of `width` seconds of one series from `since` (Unix seconds), oldest
+/// first: one range of the table's key.
+pub fn rollups(
+    conn: &Connection,
+    resource_type: ResourceType,
+    resource_id: &str,
+    metric: &str,
+    width: i64,
+    since: i64,
+) -> rusqlite::Result<Vec<crate::rollup::Acc>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT bucket_start, min, max, sum, count FROM metric_rollups
+         WHERE resource_type = ?1 AND resource_id = ?2 AND metric_name = ?3 AND width = ?4
+           AND bucket_start >= ?5
+         ORDER BY bucket_start",
+    )?;
+    let rows = stmt.query_map(
+        params![resource_type.as_str(), resource_id, metric, width, since],
+        |r| {
+            Ok(crate::rollup::Acc {
+                bucket_start: r.get(0)?,
+                min: r.get(1)?,
+                max: r.get(2)?,
+                sum: r.get(3)?,
+                count: r.get::<_, i64>(4)?.max(0) as u64,
+            })
+        },
+    )?;
+    rows.collect()
+}
+
 /// The row ids of the unresolved alerts.
 pub(crate) fn active_alert_ids(conn: &Connection) -> rusqlite::Result<HashSet<i64>> {
     let mut stmt = conn.prepare("SELECT id FROM health_alerts WHERE resolved = 0")?;

@@ -91,7 +91,10 @@ CREATE TABLE IF NOT EXISTS gastown_escalations (
 /// table is rebuilt when its constraint predates them, see [`allow_check_monitors`]), and the
 /// series pushed by `report`, with what they were last given, so they survive a restart.
 /// `ttl_secs` is NULL for the default (3 intervals). Only a new or changed definition is
-/// written, not every report: the values themselves are `health_metrics` rows.
+/// written, not every report: the values themselves are `health_metrics` rows. And the
+/// rollups of every series for charts (`crate::rollup`): one row per series and bucket
+/// (`width` 60 or 600 s, `bucket_start` in Unix seconds), keyed by series first so a chart
+/// reads one range; the `(width, bucket_start)` index serves pruning.
 const V4: &str = "
 CREATE TABLE IF NOT EXISTS pushed_series (
     resource_type TEXT NOT NULL,
@@ -104,6 +107,19 @@ CREATE TABLE IF NOT EXISTS pushed_series (
     updated_at TEXT NOT NULL,
     PRIMARY KEY (resource_type, resource_id, metric_name)
 );
+CREATE TABLE IF NOT EXISTS metric_rollups (
+    resource_type TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    metric_name TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    bucket_start INTEGER NOT NULL,
+    min REAL NOT NULL,
+    max REAL NOT NULL,
+    sum REAL NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (resource_type, resource_id, metric_name, width, bucket_start)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idx_metric_rollups_age ON metric_rollups (width, bucket_start);
 ";
 
 /// Rebuilds `monitors` with a constraint that admits checks, keeping every row.

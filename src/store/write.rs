@@ -23,6 +23,8 @@ pub enum WriteOp {
     MonitorSaved(MonitorSpec),
     /// Forgets a monitor.
     MonitorDeleted(MonitorKind, String),
+    /// Rollup buckets of series (`metric_rollups`), merged into rows already there.
+    Rollups(Vec<crate::rollup::RollupRow>),
     /// Adds or replaces the definitions of pushed series (`pushed_series`).
     PushedSaved(Vec<crate::pushed::SeriesDef>),
     /// Forgets a pushed series (`report --remove`).
@@ -94,7 +96,7 @@ impl WriteOp {
 
     /// True for ops that may be dropped under memory pressure (metric rows); alerts never are.
     pub(crate) fn is_droppable(&self) -> bool {
-        matches!(self, WriteOp::Metrics(_))
+        matches!(self, WriteOp::Metrics(_) | WriteOp::Rollups(_))
     }
 
     /// A rough in-memory size, for the writer's buffer cap.
@@ -107,6 +109,10 @@ impl WriteOp {
             WriteOp::AlertOpened(a) | WriteOp::AlertUpdated(a) | WriteOp::AlertResolved(a) => {
                 300 + a.message.len()
             }
+            WriteOp::Rollups(rows) => rows
+                .iter()
+                .map(|r| 80 + r.resource_id.len() + r.metric.len())
+                .sum(),
             WriteOp::PushedSaved(defs) => defs
                 .iter()
                 .map(|d| 120 + d.resource_id.len() + d.metric.len())
@@ -258,6 +264,29 @@ fn apply_one(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
         WriteOp::MonitorDeleted(kind, id) => {
             tx.prepare_cached("DELETE FROM monitors WHERE kind = ?1 AND id = ?2")?
                 .execute(params![kind.as_str(), id])?;
+        }
+        WriteOp::Rollups(rows) => {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO metric_rollups (resource_type, resource_id, metric_name, width,
+                    bucket_start, min, max, sum, count)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (resource_type, resource_id, metric_name, width, bucket_start)
+                 DO UPDATE SET min = min(min, excluded.min), max = max(max, excluded.max),
+                    sum = sum + excluded.sum, count = count + excluded.count",
+            )?;
+            for r in rows {
+                stmt.execute(params![
+                    r.resource_type.as_str(),
+                    r.resource_id,
+                    r.metric,
+                    r.width,
+                    r.bucket_start,
+                    r.min,
+                    r.max,
+                    r.sum,
+                    r.count as i64,
+                ])?;
+            }
         }
         WriteOp::PushedSaved(defs) => {
             let mut stmt = tx.prepare_cached(
@@ -446,8 +475,26 @@ pub fn prune(
                 WHERE closed_at IS NOT NULL AND closed_at < ?1 LIMIT ?2)",
         )?
         .execute(params![format_timestamp(alerts_before), limit as i64])?;
+    // Minutes for two days, ten minutes as long as the metric rows (and never longer).
+    let minutes_before = (Utc::now().timestamp() - crate::rollup::MINUTE_RETENTION_SECS)
+        .min(metrics_before.timestamp());
+    let mut rollups = 0;
+    for (width, before) in [
+        (crate::rollup::BUCKET_SECS, minutes_before),
+        (crate::rollup::COARSE_SECS, metrics_before.timestamp()),
+    ] {
+        // The table has no rowid: its rows are picked by key.
+        rollups += tx
+            .prepare_cached(
+                "DELETE FROM metric_rollups WHERE (resource_type, resource_id, metric_name,
+                    width, bucket_start) IN (
+                    SELECT resource_type, resource_id, metric_name, width, bucket_start
+                    FROM metric_rollups WHERE width = ?1 AND bucket_start < ?2 LIMIT ?3)",
+            )?
+            .execute(params![width, before, limit as i64])?;
+    }
     tx.commit()?;
-    Ok(metrics + alerts + escalations)
+    Ok(metrics + alerts + escalations + rollups)
 }
 
 #[cfg(test)]

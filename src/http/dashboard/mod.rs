@@ -1,0 +1,531 @@
+//! The dashboard: the overview (`GET /`) and a resource's page (`GET /resource/TYPE/ID`),
+//! rendered on the server from compile-time templates (askama, which escapes every value), with
+//! the SVG charts drawn here too. `static/app.js` adds the live updates (the event stream of
+//! [`events`]) and the actions (ack, silence) on top; without it the pages read the same.
+
+pub(crate) mod actions;
+pub(crate) mod events;
+
+use std::collections::BTreeMap;
+
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use actix_web::{HttpRequest, HttpResponse, web};
+use askama::Template;
+use chrono::{DateTime, Utc};
+
+use super::api::{ApiError, State};
+use crate::chart::{self, Range};
+use crate::control::service::Service;
+use crate::live::{LiveAlert, LiveResource, LiveState};
+use crate::model::{HealthAlert, HealthMetric, HealthStatus, ResourceType, format_timestamp};
+use crate::summary::Summary;
+
+/// The script the pages load: the live updates and the actions.
+const APP_JS: &str = include_str!("../../../static/app.js");
+/// The pages' style sheet.
+const APP_CSS: &str = include_str!("../../../static/app.css");
+/// A chart's drawing box, in SVG units.
+const CHART_WIDTH: f64 = 720.0;
+/// A chart's height.
+const CHART_HEIGHT: f64 = 160.0;
+/// Rows of a resource's alert history.
+const HISTORY_ROWS: usize = 50;
+/// Values a resource row of the overview shows.
+const ROW_VALUES: usize = 4;
+
+/// The symbol shown beside a status word (never instead of it).
+pub(crate) fn icon(status: HealthStatus) -> &'static str {
+    match status {
+        HealthStatus::Healthy => "✓",
+        HealthStatus::Unhealthy => "!",
+        HealthStatus::Critical => "✖",
+        HealthStatus::Degraded => "◐",
+        HealthStatus::Unknown => "?",
+    }
+}
+
+/// A resource's page address: its id percent-encoded, `/` kept (mount points, databases).
+pub(crate) fn resource_href(resource_type: ResourceType, id: &str) -> String {
+    let mut out = format!("/resource/{resource_type}/");
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// How long ago, for people: `12 s`, `5 min`, `3 h`, `2 d`.
+fn age(since: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let s = (now - since).num_seconds().max(0);
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86_400 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86_400),
+    }
+}
+
+/// A group of the overview: its kind and title, in the summary's order.
+fn group_title(t: ResourceType) -> (&'static str, &'static str) {
+    match t {
+        ResourceType::Cpu | ResourceType::Memory | ResourceType::Filesystem => ("system", "System"),
+        ResourceType::Network => ("network", "Network"),
+        ResourceType::Agent => ("agent", "Agents"),
+        ResourceType::Workspace => ("workspace", "Workspaces"),
+        ResourceType::Database => ("database", "Databases"),
+        ResourceType::Check => ("check", "Checks"),
+    }
+}
+
+/// One resource row of the overview.
+pub(crate) struct ResourceRow {
+    resource_type: String,
+    id: String,
+    status: String,
+    icon: &'static str,
+    values: String,
+    href: String,
+    spark: String,
+    spark_label: String,
+}
+
+/// One group of resource rows.
+pub(crate) struct Group {
+    kind: &'static str,
+    title: &'static str,
+    rows: Vec<ResourceRow>,
+}
+
+/// One active alert row.
+pub(crate) struct AlertRow {
+    id: i64,
+    severity: String,
+    icon: &'static str,
+    resource_type: String,
+    resource: String,
+    metric: String,
+    message: String,
+    since: String,
+    age: String,
+    acked: bool,
+    silenced: bool,
+    href: String,
+}
+
+/// One silence row.
+pub(crate) struct SilenceRow {
+    resource_type: String,
+    id: String,
+    metric: String,
+    until: String,
+    comment: String,
+}
+
+/// The overview page.
+#[derive(Template)]
+#[template(path = "overview.html")]
+pub(crate) struct Overview {
+    overall: String,
+    overall_icon: &'static str,
+    writes: bool,
+    interval_secs: f64,
+    groups: Vec<Group>,
+    alerts: Vec<AlertRow>,
+    silences: Vec<SilenceRow>,
+    generated: String,
+}
+
+/// A resource page's range link.
+pub(crate) struct RangeLink {
+    name: &'static str,
+    href: String,
+    current: bool,
+}
+
+/// One chart of a resource page.
+pub(crate) struct Chart {
+    metric: String,
+    status: String,
+    latest: String,
+    svg: chart::ChartSvg,
+    axis: String,
+}
+
+/// One row of a resource's alert history.
+pub(crate) struct HistoryRow {
+    severity: String,
+    icon: &'static str,
+    metric: String,
+    message: String,
+    opened: String,
+    resolved: String,
+}
+
+/// A resource's page.
+#[derive(Template)]
+#[template(path = "resource.html")]
+pub(crate) struct ResourcePage {
+    overall: String,
+    overall_icon: &'static str,
+    writes: bool,
+    interval_secs: f64,
+    resource_type: String,
+    id: String,
+    status: String,
+    status_icon: &'static str,
+    ranges: Vec<RangeLink>,
+    range: &'static str,
+    charts: Vec<Chart>,
+    history: Vec<HistoryRow>,
+    width: f64,
+    height: f64,
+    generated: String,
+}
+
+/// The values of a resource as its row shows them: its main metric first, at most a few.
+fn values_text(resource_type: ResourceType, metrics: &[crate::summary::MetricView]) -> String {
+    let main = crate::rollup::main_metric(resource_type);
+    let mut ordered: Vec<&crate::summary::MetricView> = metrics.iter().collect();
+    ordered.sort_by_key(|m| Some(m.metric_name.as_str()) != main);
+    let shown: Vec<String> = ordered
+        .iter()
+        .take(ROW_VALUES)
+        .map(|m| {
+            let v = crate::alerts::format_value(m.value, &m.unit).replace(' ', "");
+            format!("{}={v}", m.metric_name)
+        })
+        .collect();
+    match ordered.len() {
+        0 => "no data yet".to_string(),
+        n if n > ROW_VALUES => format!("{} (+{} more)", shown.join("  "), n - ROW_VALUES),
+        _ => shown.join("  "),
+    }
+}
+
+/// What a page shows that changes with each cycle, from the live summary, the analyzer's
+/// active alerts and the silences.
+pub(crate) fn live_state(
+    summary: &Summary,
+    active: &[HealthAlert],
+    silences: &[crate::model::Silence],
+    now: DateTime<Utc>,
+) -> LiveState {
+    let resources = summary
+        .resources
+        .iter()
+        .map(|r| {
+            (
+                format!("{}/{}", r.resource_type, r.resource_id),
+                LiveResource {
+                    resource_type: r.resource_type.to_string(),
+                    id: r.resource_id.clone(),
+                    status: r.status.as_str().to_string(),
+                    values: values_text(r.resource_type, &r.metrics),
+                },
+            )
+        })
+        .collect::<BTreeMap<_, _>>();
+    let mut alerts: Vec<&HealthAlert> = active.iter().filter(|a| a.id.is_some()).collect();
+    alerts.sort_by(|a, b| b.timestamp.cmp(&a.timestamp).then(b.id.cmp(&a.id)));
+    LiveState {
+        overall: summary.overall_status.as_str().to_string(),
+        resources,
+        alerts: alerts
+            .into_iter()
+            .map(|a| LiveAlert {
+                id: a.id.unwrap_or_default(),
+                severity: a.severity.as_str().to_string(),
+                resource_type: a.resource_type.to_string(),
+                resource: a.resource_id.clone(),
+                metric: a.alert_type.clone(),
+                message: a.message.clone(),
+                since: format_timestamp(a.timestamp),
+                acked: a.acknowledged_at.is_some(),
+                silenced: silences.iter().any(|s| s.covers(a, now)),
+            })
+            .collect(),
+    }
+}
+
+/// The overview's model.
+pub(crate) fn overview(
+    service: &Service,
+    summary: &Summary,
+    active: &[HealthAlert],
+    silences: &[crate::model::Silence],
+    writes: bool,
+    now: DateTime<Utc>,
+) -> Overview {
+    let state = live_state(summary, active, silences, now);
+    let mut groups: Vec<Group> = Vec::new();
+    {
+        let rollups = service.deps.analyzer.rollups();
+        for r in &summary.resources {
+            let (kind, title) = group_title(r.resource_type);
+            let recent: Vec<f64> = rollups
+                .recent_main(r.resource_type, &r.resource_id)
+                .iter()
+                .map(|a| a.avg())
+                .collect();
+            let live = state
+                .resources
+                .get(&format!("{}/{}", r.resource_type, r.resource_id));
+            let row = ResourceRow {
+                resource_type: r.resource_type.to_string(),
+                id: r.resource_id.clone(),
+                status: r.status.as_str().to_string(),
+                icon: icon(r.status),
+                values: live.map(|l| l.values.clone()).unwrap_or_default(),
+                href: resource_href(r.resource_type, &r.resource_id),
+                spark: chart::sparkline(&recent, 120.0, 24.0),
+                spark_label: format!(
+                    "{} over the last hour",
+                    crate::rollup::main_metric(r.resource_type).unwrap_or("main metric")
+                ),
+            };
+            match groups.iter_mut().find(|g| g.kind == kind) {
+                Some(g) => g.rows.push(row),
+                None => groups.push(Group {
+                    kind,
+                    title,
+                    rows: vec![row],
+                }),
+            }
+        }
+    }
+    let alerts = state
+        .alerts
+        .iter()
+        .map(|a| {
+            let since = crate::model::parse_timestamp(&a.since).unwrap_or(now);
+            let resource_type = a.resource_type.parse().unwrap_or(ResourceType::Agent);
+            AlertRow {
+                id: a.id,
+                icon: icon(a.severity.parse().unwrap_or(HealthStatus::Unknown)),
+                severity: a.severity.clone(),
+                href: resource_href(resource_type, &a.resource),
+                resource_type: a.resource_type.clone(),
+                resource: a.resource.clone(),
+                metric: a.metric.clone(),
+                message: a.message.clone(),
+                since: a.since.clone(),
+                age: age(since, now),
+                acked: a.acked,
+                silenced: a.silenced,
+            }
+        })
+        .collect();
+    Overview {
+        overall: state.overall.clone(),
+        overall_icon: icon(summary.overall_status),
+        writes,
+        interval_secs: service.deps.settings.interval.as_secs_f64(),
+        groups,
+        alerts,
+        silences: silences
+            .iter()
+            .filter(|s| s.expires_at > now)
+            .map(|s| SilenceRow {
+                resource_type: s.resource_type.to_string(),
+                id: s.resource_id.clone(),
+                metric: s.metric.clone().unwrap_or_default(),
+                until: format_timestamp(s.expires_at),
+                comment: s.comment.clone().unwrap_or_default(),
+            })
+            .collect(),
+        generated: format_timestamp(now),
+    }
+}
+
+/// An HTML answer.
+fn html(body: String) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, "text/html; charset=utf-8"))
+        .insert_header((CACHE_CONTROL, "no-store"))
+        .body(body)
+}
+
+/// A page could not be rendered.
+fn render_error(e: askama::Error) -> ApiError {
+    ApiError::new(
+        actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+        format!("cannot render the page: {e}"),
+    )
+}
+
+/// `GET /`: the overview.
+pub(crate) async fn overview_page(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+    let service = &state.service;
+    let summary = service
+        .live_summary()
+        .await
+        .map_err(ApiError::from_service)?;
+    let snapshot = service.deps.analyzer.snapshot().await.unwrap_or_default();
+    let silences = service.deps.analyzer.memory().silences(Utc::now());
+    let now = Utc::now();
+    let page = overview(
+        service,
+        &summary,
+        &snapshot.active_alerts,
+        &silences,
+        state.token.is_some(),
+        now,
+    );
+    Ok(html(page.render().map_err(render_error)?))
+}
+
+/// The query of a resource page.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct RangeQuery {
+    range: Option<String>,
+}
+
+/// `GET /resource/{type}/{id}`: every metric of a resource as a chart over `?range=` (1h,
+/// 6h, 24h or 7d), with its thresholds, and its alert history.
+pub(crate) async fn resource_page(
+    state: web::Data<State>,
+    path: web::Path<(String, String)>,
+    query: web::Query<RangeQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (resource_type, id) = path.into_inner();
+    let resource_type: ResourceType = resource_type.parse().map_err(ApiError::bad_request)?;
+    let range = match query.range.as_deref() {
+        None => Range::H1,
+        Some(r) => Range::parse(r).ok_or_else(|| {
+            ApiError::bad_request(format!("range {r:?} is not 1h, 6h, 24h or 7d"))
+        })?,
+    };
+    let service = &state.service;
+    let summary = service
+        .live_summary()
+        .await
+        .map_err(ApiError::from_service)?;
+    let snapshot = service.deps.analyzer.snapshot().await.unwrap_or_default();
+    let view = summary
+        .resources
+        .iter()
+        .find(|r| r.resource_type == resource_type && r.resource_id == id);
+    let latest: Vec<HealthMetric> = snapshot
+        .latest
+        .into_iter()
+        .filter(|m| m.resource_type == resource_type && m.resource_id == id)
+        .collect();
+    if view.is_none() && latest.is_empty() {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::NOT_FOUND,
+            format!("no resource {resource_type}/{id}"),
+        ));
+    }
+    let now = Utc::now();
+    let data = actions::chart_data(service, resource_type, &id, &latest, range, now).await?;
+    let mut charts: Vec<Chart> = data
+        .into_iter()
+        .map(|(m, points)| {
+            let since = now.timestamp() - range.secs();
+            let svg = chart::layout(
+                &points,
+                m.thresholds(),
+                since,
+                now.timestamp(),
+                CHART_WIDTH,
+                CHART_HEIGHT,
+            );
+            let axis = format!(
+                "{} to {} {}, over {}; {} points (min, mean and max of each)",
+                crate::alerts::format_number(svg.y_min.max(svg.y_min)),
+                crate::alerts::format_number(svg.y_max),
+                m.unit,
+                range.as_str(),
+                points.len()
+            );
+            Chart {
+                metric: m.metric_name.to_string(),
+                status: m.status.as_str().to_string(),
+                latest: crate::alerts::format_value(m.value, &m.unit),
+                svg,
+                axis,
+            }
+        })
+        .collect();
+    charts.sort_by(|a, b| a.metric.cmp(&b.metric));
+    let history = actions::history(service, resource_type, &id, HISTORY_ROWS).await?;
+    let status = view.map_or(HealthStatus::Unknown, |v| v.status);
+    let base = resource_href(resource_type, &id);
+    let page = ResourcePage {
+        overall: summary.overall_status.as_str().to_string(),
+        overall_icon: icon(summary.overall_status),
+        writes: state.token.is_some(),
+        interval_secs: service.deps.settings.interval.as_secs_f64(),
+        resource_type: resource_type.to_string(),
+        id,
+        status: status.as_str().to_string(),
+        status_icon: icon(status),
+        ranges: Range::ALL
+            .into_iter()
+            .map(|r| RangeLink {
+                name: r.as_str(),
+                href: format!("{base}?range={}", r.as_str()),
+                current: r == range,
+            })
+            .collect(),
+        range: range.as_str(),
+        charts,
+        history: history
+            .into_iter()
+            .map(|a| HistoryRow {
+                severity: a.severity.as_str().to_string(),
+                icon: icon(a.severity),
+                metric: a.alert_type,
+                message: a.message,
+                opened: format_timestamp(a.timestamp),
+                resolved: a.resolved_at.map(format_timestamp).unwrap_or_default(),
+            })
+            .collect(),
+        width: CHART_WIDTH,
+        height: CHART_HEIGHT,
+        generated: format_timestamp(now),
+    };
+    Ok(html(page.render().map_err(render_error)?))
+}
+
+/// `GET /static/app.js` and `/static/app.css`, from inside the binary.
+pub(crate) async fn static_file(req: HttpRequest) -> HttpResponse {
+    let (body, kind) = match req.match_info().get("file") {
+        Some("app.js") => (APP_JS, "text/javascript; charset=utf-8"),
+        Some("app.css") => (APP_CSS, "text/css; charset=utf-8"),
+        _ => return HttpResponse::NotFound().json(serde_json::json!({"error": "no such file"})),
+    };
+    HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, kind))
+        .insert_header((CACHE_CONTROL, "no-cache"))
+        .body(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_percent_encoded_in_addresses_but_keep_their_slashes() {
+        assert_eq!(
+            resource_href(ResourceType::Filesystem, "/mnt/my disk"),
+            "/resource/filesystem//mnt/my%20disk"
+        );
+        assert_eq!(
+            resource_href(ResourceType::Agent, "a<1>\"'"),
+            "/resource/agent/a%3C1%3E%22%27"
+        );
+    }
+
+    #[test]
+    fn ages_read_for_people() {
+        let now = Utc::now();
+        assert_eq!(age(now - chrono::Duration::seconds(5), now), "5 s");
+        assert_eq!(age(now - chrono::Duration::seconds(300), now), "5 min");
+        assert_eq!(age(now - chrono::Duration::hours(3), now), "3 h");
+        assert_eq!(age(now - chrono::Duration::days(2), now), "2 d");
+    }
+}
