@@ -250,21 +250,31 @@ pub(crate) fn live_state(
     }
 }
 
-/// The overview's model.
+/// The overview's model. `town_sessions` are the agents a followed Gas Town town manages: they
+/// get a group of their own, with the town itself.
+#[allow(clippy::too_many_arguments)] // A page's inputs, each of its own source.
 pub(crate) fn overview(
-    service: &Service,
     summary: &Summary,
     active: &[HealthAlert],
     silences: &[crate::model::Silence],
+    town_sessions: &std::collections::HashSet<String>,
+    rollups: &crate::rollup::Rollups,
+    interval_secs: f64,
     writes: bool,
     now: DateTime<Utc>,
 ) -> Overview {
     let state = live_state(summary, active, silences, now);
     let mut groups: Vec<Group> = Vec::new();
     {
-        let rollups = service.deps.analyzer.rollups();
         for r in &summary.resources {
-            let (kind, title) = group_title(r.resource_type);
+            let in_town = r.resource_type == ResourceType::Agent
+                && (town_sessions.contains(&r.resource_id)
+                    || r.resource_id == crate::gastown::lifecycle::TOWN_RESOURCE);
+            let (kind, title) = if in_town {
+                ("gastown", "Gas Town sessions")
+            } else {
+                group_title(r.resource_type)
+            };
             let recent: Vec<f64> = rollups
                 .recent_main(r.resource_type, &r.resource_id)
                 .iter()
@@ -322,7 +332,7 @@ pub(crate) fn overview(
         overall: state.overall.clone(),
         overall_icon: icon(summary.overall_status),
         writes,
-        interval_secs: service.deps.settings.interval.as_secs_f64(),
+        interval_secs,
         groups,
         alerts,
         silences: silences
@@ -365,12 +375,23 @@ pub(crate) async fn overview_page(state: web::Data<State>) -> Result<HttpRespons
         .map_err(ApiError::from_service)?;
     let snapshot = service.deps.analyzer.snapshot().await.unwrap_or_default();
     let silences = service.deps.analyzer.memory().silences(Utc::now());
+    let town_sessions = match service.supervisor.live().await {
+        Ok(live) => live
+            .monitors
+            .iter()
+            .filter(|m| m.managed_by() == Some(crate::gastown::layout::MANAGED_BY))
+            .map(|m| m.id().to_string())
+            .collect(),
+        Err(_) => Default::default(),
+    };
     let now = Utc::now();
     let page = overview(
-        service,
         &summary,
         &snapshot.active_alerts,
         &silences,
+        &town_sessions,
+        &service.deps.analyzer.rollups(),
+        service.deps.settings.interval.as_secs_f64(),
         state.token.is_some(),
         now,
     );
@@ -518,6 +539,66 @@ mod tests {
             resource_href(ResourceType::Agent, "a<1>\"'"),
             "/resource/agent/a%3C1%3E%22%27"
         );
+    }
+
+    fn hostile_summary() -> (Summary, Vec<HealthAlert>) {
+        use crate::model::{Measurement, Thresholds};
+        let m = HealthMetric::from_measurement(
+            Measurement {
+                metric_name: "evil".into(),
+                unit: "<script>".into(),
+                ..Measurement::now(ResourceType::Agent, "a1", "", 5.0, "")
+            },
+            Some(Thresholds::new(1.0, 2.0)),
+        );
+        let alert = HealthAlert {
+            id: Some(7),
+            resource_type: ResourceType::Agent,
+            resource_id: "a1".into(),
+            alert_type: "evil".into(),
+            severity: HealthStatus::Critical,
+            message: "<script>window.__pwned=1</script> & \"quoted\"".into(),
+            timestamp: Utc::now(),
+            metadata: serde_json::Value::Null,
+            resolved: false,
+            resolved_at: None,
+            last_notified_at: Utc::now(),
+            acknowledged_at: None,
+        };
+        let summary = crate::summary::build(
+            crate::summary::SummaryInputs {
+                running: true,
+                latest: vec![m],
+                active_alerts: vec![alert.clone()],
+                ..Default::default()
+            },
+            Utc::now(),
+        );
+        (summary, vec![alert])
+    }
+
+    #[test]
+    fn every_value_from_the_daemon_is_escaped_and_the_only_script_is_ours() {
+        let (summary, alerts) = hostile_summary();
+        let page = overview(
+            &summary,
+            &alerts,
+            &[],
+            &Default::default(),
+            &crate::rollup::Rollups::default(),
+            1.0,
+            true,
+            Utc::now(),
+        )
+        .render()
+        .unwrap();
+        assert_eq!(page.matches("<script").count(), 1, "{page}");
+        assert!(page.contains(r#"<script src="/static/app.js" defer></script>"#));
+        assert!(page.contains("&#60;script&#62;window.__pwned=1&#60;/script&#62;"), "{page}");
+        assert!(page.contains("evil=5&#60;script&#62;"), "{page}");
+        assert!(page.contains(r#"data-id="7""#) && page.contains(r#"data-severity="critical""#));
+        // The status is a word beside its icon, never a colour alone.
+        assert!(page.contains("✖</span> critical"), "{page}");
     }
 
     #[test]
