@@ -476,3 +476,27 @@ fn a_file_that_is_not_a_database_is_refused_and_untouched() {
     }
     assert_eq!(fs::read(&env.db).unwrap(), content);
 }
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let out = std::process::Command::new(common::bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let expected_start = format!("health-monitor {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(text.starts_with(&expected_start), "{text}");
+    let commit = text[expected_start.len()..]
+        .trim_end()
+        .trim_end_matches(')');
+    let hash = commit.trim_end_matches("-dirty");
+    assert!(
+        hash == "unknown" || (hash.len() == 12 && hash.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{text}"
+    );
+    // Built in a git checkout (as the tests are), the commit is known.
+    if std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.git")).exists() {
+        assert_ne!(hash, "unknown", "{text}");
+    }
+}

@@ -17,9 +17,17 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{CliOverrides, ConfigFile, Settings};
 use crate::model::{MonitorKind, validate_id};
 
+/// The version `--version` prints: the package's and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("HM_GIT_COMMIT"),
+    ")"
+);
+
 /// Keeps a fleet of coding agents and their machine healthy.
 #[derive(Debug, Parser)]
-#[command(name = "health-monitor", version, about, long_about = None)]
+#[command(name = "health-monitor", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// Options every command takes (`--db-path`, `--config`...).
     #[command(flatten)]

@@ -15,7 +15,6 @@ use chrono::{DateTime, Utc};
 
 use super::api::{ApiError, State};
 use crate::chart::{self, Range};
-use crate::control::service::Service;
 use crate::live::{LiveAlert, LiveResource, LiveState};
 use crate::model::{HealthAlert, HealthMetric, HealthStatus, ResourceType, format_timestamp};
 use crate::summary::Summary;
