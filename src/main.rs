@@ -12,6 +12,16 @@ const USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let args = Cli::parse();
+    // Checking a config must not need that config to be valid.
+    if let Command::Config(a) = &args.command {
+        return match cli::config_check::run(a, &args.global) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(USAGE)
+            }
+        };
+    }
     let start = match &args.command {
         Command::Start(start) => Some(start),
         _ => None,
@@ -63,6 +73,7 @@ fn main() -> ExitCode {
         Command::History(a) => cli::history::history(a, &settings),
         Command::Gastown(a) => cli::gastown::run(a, &settings),
         Command::Report(a) => cli::report::report(a, &settings),
+        Command::Config(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -309,3 +309,36 @@ fn retention_days_from_the_command_line_prunes_old_rows() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("retention_days"));
 }
+
+#[test]
+fn config_check_validates_without_starting_anything_and_exits_2_on_a_bad_file() {
+    let env =
+        Env::new("interval = 5\n[thresholds.cpu_usage_percent]\nwarning = 70\ncritical = 90\n");
+    let out = env.hm(&["config", "check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("is valid"), "{text}");
+    assert!(
+        text.contains("cpu_usage_percent          70 / 90  file"),
+        "{text}"
+    );
+    assert!(
+        text.contains("memory_usage_percent       80 / 95  default"),
+        "{text}"
+    );
+    assert!(!env.db.exists(), "nothing was started or created");
+    assert!(!env.socket.exists());
+    let bad = env.path("bad.toml");
+    std::fs::write(
+        &bad,
+        "[thresholds.cpu_usage_percent]\nwarning = 90\ncritical = 90\n",
+    )
+    .unwrap();
+    let out = env.hm(&["config", "check", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not valid") && err.contains("must differ"),
+        "{err}"
+    );
+}

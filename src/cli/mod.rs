@@ -1,6 +1,7 @@
 //! The command line: clap types (one file per command group) and the dispatch to them.
 
 pub mod alerts;
+pub mod config_check;
 pub mod daemon;
 pub mod db;
 pub mod gastown;
@@ -92,6 +93,8 @@ pub enum Command {
     Gastown(gastown::GastownArgs),
     /// Push custom metrics to the daemon (one, or many with --stdin), alerted like the rest
     Report(report::ReportArgs),
+    /// Check a config file without starting anything (`config check [FILE]`)
+    Config(config_check::ConfigArgs),
 }
 
 /// clap value parser for agent and workspace ids.
