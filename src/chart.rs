@@ -199,14 +199,15 @@ pub fn sparkline(values: &[f64], width: f64, height: f64) -> String {
     } else {
         0.0
     };
+    if finite.len() == 1 {
+        // One point: a level line across the middle.
+        return format!("M0.0,{:.1}L{width:.1},{:.1}", height / 2.0, height / 2.0);
+    }
     let mut d = String::new();
     for (i, v) in finite.iter().enumerate() {
         let cmd = if i == 0 { 'M' } else { 'L' };
         let py = height - 1.0 - (v - lo) / span * (height - 2.0);
         let _ = write!(d, "{cmd}{:.1},{py:.1}", i as f64 * step);
-    }
-    if finite.len() == 1 {
-        let _ = write!(d, "L{width:.1},{:.1}", height / 2.0);
     }
     d
 }
@@ -293,6 +294,6 @@ mod tests {
         let d = sparkline(&[1.0, 3.0, 2.0], 100.0, 20.0);
         assert_eq!(d, "M0.0,19.0L50.0,1.0L100.0,10.0");
         assert_eq!(sparkline(&[], 100.0, 20.0), "");
-        assert!(sparkline(&[5.0], 100.0, 20.0).contains('L'));
+        assert_eq!(sparkline(&[5.0], 100.0, 20.0), "M0.0,10.0L100.0,10.0");
     }
 }

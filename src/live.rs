@@ -61,7 +61,24 @@ pub struct LiveAlert {
     pub silenced: bool,
 }
 
-/// Everything a page shows that changes: the overall status, every resource, the alerts.
+/// One silence in force as a page shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LiveSilence {
+    /// The silenced resource's type.
+    #[serde(rename = "type")]
+    pub resource_type: String,
+    /// The silenced resource's id.
+    pub id: String,
+    /// The one metric silenced; empty for every alert of the resource.
+    pub metric: String,
+    /// When it ends (RFC 3339).
+    pub until: String,
+    /// The operator's note.
+    pub comment: String,
+}
+
+/// Everything a page shows that changes: the overall status, every resource, the alerts, the
+/// silences.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LiveState {
     /// The overall status word.
@@ -70,6 +87,8 @@ pub struct LiveState {
     pub resources: BTreeMap<String, LiveResource>,
     /// The active alerts, newest first.
     pub alerts: Vec<LiveAlert>,
+    /// The silences in force.
+    pub silences: Vec<LiveSilence>,
 }
 
 /// A cycle's update: what changed since the previous state.
@@ -84,6 +103,9 @@ pub struct LiveDiff {
     /// The whole alert list, when it changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alerts: Option<Vec<LiveAlert>>,
+    /// The whole list of silences, when it changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub silences: Option<Vec<LiveSilence>>,
 }
 
 impl LiveState {
@@ -102,9 +124,11 @@ impl LiveState {
             .cloned()
             .collect();
         let alerts = (self.alerts != before.alerts).then(|| self.alerts.clone());
+        let silences = (self.silences != before.silences).then(|| self.silences.clone());
         if changed.is_empty()
             && removed.is_empty()
             && alerts.is_none()
+            && silences.is_none()
             && self.overall == before.overall
         {
             return None;
@@ -114,6 +138,7 @@ impl LiveState {
             changed,
             removed,
             alerts,
+            silences,
         })
     }
 }
@@ -236,6 +261,7 @@ mod tests {
                 .map(|r| (format!("{}/{}", r.resource_type, r.id), r.clone()))
                 .collect(),
             alerts: Vec::new(),
+            silences: Vec::new(),
         }
     }
 

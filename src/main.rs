@@ -12,6 +12,18 @@ const USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let args = Cli::parse();
+    if !matches!(args.command, Command::Start(_)) {
+        // A command's output piped into `head` ends quietly when the reader goes, as other
+        // tools do; the daemon keeps Rust's default (ignored, an error on the write) for its
+        // sockets.
+        // SAFETY: at the start of main, before any thread exists; SIG_DFL is always valid.
+        unsafe {
+            let _ = nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            );
+        }
+    }
     // Checking a config must not need that config to be valid.
     if let Command::Config(a) = &args.command {
         return match cli::config_check::run(a, &args.global) {

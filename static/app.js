@@ -255,7 +255,18 @@
     countAlerts();
   }
 
+  const RANK = { unknown: 0, healthy: 1, degraded: 2, unhealthy: 3, critical: 4 };
+
   function applyAlertEvent(e) {
+    // The resource's row is at least as bad as an alert that just opened on it; the next
+    // cycle brings its exact status.
+    if (e.event !== "resolved") {
+      const row = findRow(e.type, e.resource);
+      if (row && (RANK[e.severity] || 0) > (RANK[row.dataset.status] || 0)) {
+        row.dataset.status = e.severity;
+        statusCell(row.cells[0], e.severity);
+      }
+    }
     const tbody = alertsBody();
     if (!tbody || e.id === null || e.id === undefined) return;
     const tr = $$("tr.alert", tbody).find((row) => row.dataset.id === String(e.id));
@@ -298,6 +309,7 @@
         });
       }
       setAlerts(s.alerts || []);
+      setSilences(s.silences || []);
     });
     source.addEventListener("cycle", (m) => {
       const d = JSON.parse(m.data);
@@ -305,6 +317,7 @@
       (d.changed || []).forEach(applyResource);
       if (body.dataset.page === "overview") (d.removed || []).forEach(removeResource);
       if (d.alerts) setAlerts(d.alerts);
+      if (d.silences) setSilences(d.silences);
     });
     source.addEventListener("alert", (m) => applyAlertEvent(JSON.parse(m.data)));
     source.addEventListener("resync", () => {
@@ -368,6 +381,7 @@
           (row.dataset.metric ? "?metric=" + encodeURIComponent(row.dataset.metric) : "");
         await call("DELETE", url);
         row.remove();
+        countSilences();
         $$("#alerts tr.alert").forEach((tr) => {
           if (tr.dataset.type === row.dataset.type && tr.dataset.resource === row.dataset.id &&
               (!row.dataset.metric || tr.dataset.metric === row.dataset.metric)) {
@@ -381,6 +395,28 @@
       flash(err.message + (token() ? "" : " (no token typed)"), true);
     }
   });
+
+  function countSilences() {
+    const count = $("#silences-section .count");
+    if (count) count.textContent = "(" + $$("#silences tr.silence").length + ")";
+  }
+
+  // The silences in force, as the stream lists them ({type, id, metric, until, comment}).
+  function setSilences(list) {
+    const tbody = $("#silences tbody");
+    if (!tbody) return;
+    tbody.replaceChildren();
+    list.forEach((s) =>
+      addSilenceRow({
+        resource_type: s.type,
+        resource_id: s.id,
+        metric: s.metric,
+        expires_at: s.until,
+        comment: s.comment,
+      })
+    );
+    countSilences();
+  }
 
   function addSilenceRow(s) {
     const tbody = $("#silences tbody");
@@ -411,5 +447,6 @@
     }
     tr.append(...cells);
     tbody.append(tr);
+    countSilences();
   }
 })();

@@ -307,3 +307,31 @@ pub fn make_workspace(dir: &Path) {
     fs::write(dir.join("src/main.rs"), "fn main() {}\n".repeat(50)).unwrap();
     fs::write(dir.join("src/lib.rs"), vec![b'l'; 10_000]).unwrap();
 }
+
+/// A process's own CPU (utime + stime) and its reaped children's (cutime + cstime: every child
+/// it has waited for, with theirs), in clock ticks.
+pub fn cpu_ticks_own_and_children(pid: u32) -> Option<(u64, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
+    // rest[0] is field 3; utime, stime, cutime and cstime are fields 14 to 17.
+    let field = |i: usize| rest.get(i)?.parse::<u64>().ok();
+    Some((field(11)? + field(12)?, field(13)? + field(14)?))
+}
+
+/// One request on a daemon's control socket (one JSON object per line, as the CLI sends it),
+/// and the `data` of its answer; panics if the daemon refuses it.
+pub fn control_request(socket: &Path, request: &serde_json::Value) -> serde_json::Value {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut line = serde_json::to_vec(request).unwrap();
+    line.push(b'\n');
+    (&stream).write_all(&line).unwrap();
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer).unwrap();
+    let mut answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["ok"], true, "the daemon refused {request}: {answer}");
+    answer["data"].take()
+}

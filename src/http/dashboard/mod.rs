@@ -246,6 +246,17 @@ pub(crate) fn live_state(
                 silenced: silences.iter().any(|s| s.covers(a, now)),
             })
             .collect(),
+        silences: silences
+            .iter()
+            .filter(|s| s.expires_at > now)
+            .map(|s| crate::live::LiveSilence {
+                resource_type: s.resource_type.to_string(),
+                id: s.resource_id.clone(),
+                metric: s.metric.clone().unwrap_or_default(),
+                until: format_timestamp(s.expires_at),
+                comment: s.comment.clone().unwrap_or_default(),
+            })
+            .collect(),
     }
 }
 
@@ -334,18 +345,42 @@ pub(crate) fn overview(
         interval_secs,
         groups,
         alerts,
-        silences: silences
+        silences: state
+            .silences
             .iter()
-            .filter(|s| s.expires_at > now)
             .map(|s| SilenceRow {
-                resource_type: s.resource_type.to_string(),
-                id: s.resource_id.clone(),
-                metric: s.metric.clone().unwrap_or_default(),
-                until: format_timestamp(s.expires_at),
-                comment: s.comment.clone().unwrap_or_default(),
+                resource_type: s.resource_type.clone(),
+                id: s.id.clone(),
+                metric: s.metric.clone(),
+                until: s.until.clone(),
+                comment: s.comment.clone(),
             })
             .collect(),
         generated: format_timestamp(now),
+    }
+}
+
+/// A page that could not be served: its status and why, as a page (the browser's reader is a
+/// person, not a program).
+#[derive(Template)]
+#[template(path = "error.html")]
+pub(crate) struct ErrorPage {
+    status: String,
+    message: String,
+}
+
+/// The error page for `e`.
+fn error_page(e: ApiError) -> HttpResponse {
+    let page = ErrorPage {
+        status: e.status.to_string(),
+        message: e.message.clone(),
+    };
+    match page.render() {
+        Ok(body) => HttpResponse::build(e.status)
+            .insert_header((CONTENT_TYPE, "text/html; charset=utf-8"))
+            .insert_header((CACHE_CONTROL, "no-store"))
+            .body(body),
+        Err(_) => HttpResponse::build(e.status).body(e.message),
     }
 }
 
@@ -366,7 +401,11 @@ fn render_error(e: askama::Error) -> ApiError {
 }
 
 /// `GET /`: the overview.
-pub(crate) async fn overview_page(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn overview_page(state: web::Data<State>) -> HttpResponse {
+    render_overview(state).await.unwrap_or_else(error_page)
+}
+
+async fn render_overview(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
     let service = &state.service;
     let summary = service
         .live_summary()
@@ -408,7 +447,21 @@ pub(crate) struct RangeQuery {
 pub(crate) async fn resource_page(
     state: web::Data<State>,
     path: web::Path<(String, String)>,
-    query: web::Query<RangeQuery>,
+    query: Result<web::Query<RangeQuery>, actix_web::Error>,
+) -> HttpResponse {
+    let query = match query {
+        Ok(q) => q.into_inner(),
+        Err(e) => return error_page(ApiError::from_extractor("query", &e)),
+    };
+    render_resource(state, path, query)
+        .await
+        .unwrap_or_else(error_page)
+}
+
+async fn render_resource(
+    state: web::Data<State>,
+    path: web::Path<(String, String)>,
+    query: RangeQuery,
 ) -> Result<HttpResponse, ApiError> {
     let (resource_type, id) = path.into_inner();
     let resource_type: ResourceType = resource_type.parse().map_err(ApiError::bad_request)?;
@@ -593,7 +646,10 @@ mod tests {
         .unwrap();
         assert_eq!(page.matches("<script").count(), 1, "{page}");
         assert!(page.contains(r#"<script src="/static/app.js" defer></script>"#));
-        assert!(page.contains("&#60;script&#62;window.__pwned=1&#60;/script&#62;"), "{page}");
+        assert!(
+            page.contains("&#60;script&#62;window.__pwned=1&#60;/script&#62;"),
+            "{page}"
+        );
         assert!(page.contains("evil=5&#60;script&#62;"), "{page}");
         assert!(page.contains(r#"data-id="7""#) && page.contains(r#"data-severity="critical""#));
         // The status is a word beside its icon, never a colour alone.
