@@ -83,6 +83,8 @@ fn group_title(t: ResourceType) -> (&'static str, &'static str) {
 pub(crate) struct ResourceRow {
     resource_type: String,
     id: String,
+    /// What its link says: the id, or for the machine's own resources what they are.
+    label: String,
     status: String,
     icon: &'static str,
     values: String,
@@ -293,9 +295,18 @@ pub(crate) fn overview(
             let live = state
                 .resources
                 .get(&format!("{}/{}", r.resource_type, r.resource_id));
+            let label = match r.resource_type {
+                ResourceType::Cpu | ResourceType::Memory if r.resource_id == "system" => {
+                    r.resource_type.to_string()
+                }
+                ResourceType::Filesystem if r.resource_id == "system" => "filesystem /".into(),
+                ResourceType::Filesystem => format!("filesystem {}", r.resource_id),
+                _ => r.resource_id.clone(),
+            };
             let row = ResourceRow {
                 resource_type: r.resource_type.to_string(),
                 id: r.resource_id.clone(),
+                label,
                 status: r.status.as_str().to_string(),
                 icon: icon(r.status),
                 values: live.map(|l| l.values.clone()).unwrap_or_default(),
