@@ -1,6 +1,7 @@
 //! Ingest: metrics per second from the analyzer through the writer thread into a file database
 //! with the real schema and indexes, against the ceiling of a raw rusqlite batched insert of the
-//! same rows into the same schema, measured in the same run.
+//! same rows into the same schema, measured in the same run. As in the daemon, every row is
+//! also summed into its series' rollups, whose closed buckets go to the writer each second.
 //!
 //! Run: `cargo bench --bench ingest` (ROWS and RUNS environment variables tune it).
 
@@ -16,6 +17,7 @@ use health_monitor::config::RestartPolicy;
 use health_monitor::model::{HealthMetric, Measurement, ResourceType, format_timestamp};
 use health_monitor::rules::RuleTable;
 use health_monitor::store::open_for_writing;
+use health_monitor::store::write::WriteOp;
 use rusqlite::params;
 
 /// Readings per collector message, as an agent collector sends them.
@@ -103,10 +105,25 @@ fn pipeline(batch: &[Measurement]) -> Duration {
     // Each simulated collector always reports the same resources, as real ones do: message k
     // covers resources 8k..8k+7 of 100, which repeat every 25 messages.
     let sources: Vec<String> = (0..25).map(|i| format!("collector:{i}")).collect();
+    // The analyzer also sums every row into its series' rollups (for the dashboard's charts),
+    // and hands closed buckets over on its 1 s beat.
+    let mut rollups = health_monitor::rollup::Rollups::default();
+    let mut last_beat = Instant::now();
     let start = Instant::now();
     for (k, msg) in messages.into_iter().enumerate() {
         let source = &sources[k % sources.len()];
-        let mut ops = core.analyze_from(source, &msg, Utc::now()).into_write_ops();
+        let analysis = core.analyze_from(source, &msg, Utc::now());
+        for m in &analysis.metrics {
+            rollups.observe(m);
+        }
+        let mut ops = analysis.into_write_ops();
+        if last_beat.elapsed() >= Duration::from_secs(1) {
+            last_beat = Instant::now();
+            let closed = rollups.take_closed(Utc::now());
+            if !closed.is_empty() {
+                ops.push(WriteOp::Rollups(closed));
+            }
+        }
         // The daemon's analyzer never blocks: a full queue would count a refusal. Here we
         // want the sustained rate, so wait for room instead of dropping.
         loop {
@@ -118,6 +135,10 @@ fn pipeline(batch: &[Measurement]) -> Duration {
                 }
             }
         }
+    }
+    let rest = rollups.take_all();
+    while handle.submit(vec![WriteOp::Rollups(rest.clone())]).is_err() {
+        std::thread::yield_now();
     }
     handle.flush_blocking(Duration::from_secs(600)).unwrap();
     let took = start.elapsed();
