@@ -24,6 +24,23 @@ fn main() -> ExitCode {
             );
         }
     }
+    // Generated from the definitions alone: no config, no database.
+    match &args.command {
+        Command::Completions(a) => {
+            cli::shell::write_completions(a.shell, &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            return match cli::shell::write_man(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     // Checking a config must not need that config to be valid.
     if let Command::Config(a) = &args.command {
         return match cli::config_check::run(a, &args.global) {
@@ -85,7 +102,7 @@ fn main() -> ExitCode {
         Command::History(a) => cli::history::history(a, &settings),
         Command::Gastown(a) => cli::gastown::run(a, &settings),
         Command::Report(a) => cli::report::report(a, &settings),
-        Command::Config(_) => Ok(()),
+        Command::Config(_) | Command::Completions(_) | Command::Man => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

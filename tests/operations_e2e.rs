@@ -342,3 +342,34 @@ fn config_check_validates_without_starting_anything_and_exits_2_on_a_bad_file() 
         "{err}"
     );
 }
+
+#[test]
+fn bash_loads_the_completions_and_completes_commands() {
+    let script = format!(
+        "source <('{bin}' completions bash) && complete -p health-monitor && \
+         COMP_WORDS=(health-monitor rep) COMP_CWORD=1 COMP_LINE='health-monitor rep' COMP_POINT=18 \
+         && _health__monitor health-monitor rep health-monitor && printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        bin = common::bin()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("-F _health__monitor health-monitor"),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l == "report"), "{text}");
+    let man = std::process::Command::new(common::bin())
+        .arg("man")
+        .output()
+        .unwrap();
+    assert!(man.status.success());
+    assert!(String::from_utf8_lossy(&man.stdout).contains(".TH health-monitor 1"));
+}

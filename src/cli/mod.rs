@@ -8,6 +8,7 @@ pub mod gastown;
 pub mod history;
 pub mod monitors;
 pub mod report;
+pub mod shell;
 pub mod status;
 
 use std::path::PathBuf;
@@ -95,6 +96,10 @@ pub enum Command {
     Report(report::ReportArgs),
     /// Check a config file without starting anything (`config check [FILE]`)
     Config(config_check::ConfigArgs),
+    /// Print shell completions: bash, zsh or fish
+    Completions(shell::CompletionsArgs),
+    /// Print the man page (roff)
+    Man,
 }
 
 /// clap value parser for agent and workspace ids.
