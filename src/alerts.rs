@@ -112,6 +112,11 @@ impl AlertEngine {
         Some(alert.clone())
     }
 
+    /// Takes a new cooldown between reminders (a config reload).
+    pub(crate) fn set_cooldown(&mut self, cooldown: Duration) {
+        self.cooldown = cooldown;
+    }
+
     /// The id the next opened alert will get.
     pub(crate) fn next_id(&self) -> i64 {
         self.next_id

@@ -85,6 +85,12 @@ impl AnalyzerCore {
         }
     }
 
+    /// Takes new rules (a config reload); alert state carries over, and an open alert the new
+    /// thresholds call healthy resolves at its next sample.
+    pub(crate) fn set_rules(&mut self, rules: RuleTable) {
+        self.rules = rules;
+    }
+
     /// Takes back the active alerts stored in the database.
     pub(crate) fn restore(&mut self, alerts: Vec<HealthAlert>) {
         self.engine.restore(alerts);

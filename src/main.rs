@@ -57,6 +57,28 @@ fn main() -> ExitCode {
     };
     let settings = match cli::settings(&args.global, start) {
         Ok(s) => s,
+        // The daemon judges the file it reloads and says what is wrong with it: `reload`
+        // reaches it by the flags alone when the file no longer parses here.
+        Err(e) if matches!(args.command, Command::Reload) => {
+            let flags_only = cli::GlobalArgs {
+                config: None,
+                ..args.global.clone()
+            };
+            match cli::settings(&flags_only, None) {
+                Ok(s) => match cli::daemon::reload(&s) {
+                    Ok(()) => return ExitCode::SUCCESS,
+                    Err(reload) => {
+                        eprintln!("error: {reload:#}");
+                        eprintln!("(the config file as this command reads it: {e:#})");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                Err(_) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(USAGE);
+                }
+            }
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             return ExitCode::from(USAGE);
@@ -95,6 +117,7 @@ fn main() -> ExitCode {
         Command::Add(a) => cli::monitors::add(a, &settings),
         Command::Remove(a) => cli::monitors::remove(a, &settings),
         Command::Stop => cli::daemon::stop(&settings),
+        Command::Reload => cli::daemon::reload(&settings),
         Command::Alerts(a) => cli::alerts::alerts(a, &settings),
         Command::Ack(a) => cli::alerts::ack(a, &settings),
         Command::Silence(a) => cli::alerts::silence(a, &settings),

@@ -37,7 +37,7 @@ impl AlertRule {
 }
 
 /// Thresholds and alert rules for every metric, defaults merged with the config file.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RuleTable {
     by_metric: HashMap<String, AlertRule>,
     /// `[[override]]`s, by metric, then resource type and id: found without a scan, however

@@ -115,6 +115,9 @@ pub struct Summary {
     /// Live series pushed by `report` (live daemons only).
     #[serde(default)]
     pub pushed_series: usize,
+    /// The config file in force, when it was loaded and its SHA-256 (live daemons only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
     /// What each notification sink has sent, failed and dropped (live daemons only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notifications: Vec<SinkReport>,
@@ -286,6 +289,7 @@ pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
         // Only a live daemon knows its cycles; `Service::summary` fills them in.
         collector_cycles: BTreeMap::new(),
         pushed_series: 0,
+        config: None,
         notifications: Vec::new(),
         gastown_root: None,
         db_path: inputs.db_path.display().to_string(),

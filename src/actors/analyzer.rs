@@ -55,6 +55,11 @@ pub(crate) struct ForgetResource {
     pub source: Option<String>,
 }
 
+/// The config was reloaded: new rules and cooldown, the alert state kept.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct Reconfigure(pub Arc<Settings>);
+
 /// Pushed series went stale, came back or were removed: apply it now.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
@@ -697,6 +702,19 @@ impl Handler<Wake> for Analyzer {
     type Result = ();
     fn handle(&mut self, _: Wake, _: &mut Self::Context) {
         self.drain();
+    }
+}
+
+impl Handler<Reconfigure> for Analyzer {
+    type Result = ();
+    fn handle(&mut self, msg: Reconfigure, _: &mut Self::Context) {
+        // What is queued was measured under the old rules: it is judged by them.
+        self.drain();
+        if let Some(core) = self.core.as_mut() {
+            core.set_rules(msg.0.rules.clone());
+            core.engine_mut().set_cooldown(msg.0.alert_cooldown);
+        }
+        self.settings = msg.0;
     }
 }
 

@@ -88,3 +88,43 @@ pub fn stop(settings: &Settings) -> anyhow::Result<()> {
     println!("stopped");
     Ok(())
 }
+
+/// Runs `reload`: the daemon reads its config file again (as SIGHUP does), or refuses it with
+/// the error and keeps the old one.
+pub fn reload(settings: &Settings) -> anyhow::Result<()> {
+    let socket = &settings.socket_path;
+    let data = match client::request(socket, &Request::Reload {}) {
+        Ok(data) => data,
+        Err(ClientError::NoDaemon(_)) => bail!("no daemon is running on {}", socket.display()),
+        Err(e) => return Err(e.into()),
+    };
+    let list = |key: &str| -> Vec<String> {
+        data[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let applied = list("applied");
+    let waiting = list("needs_restart");
+    let config = &data["config"];
+    println!(
+        "reloaded {} (sha256 {})",
+        config["path"].as_str().unwrap_or("?"),
+        config["sha256"]
+            .as_str()
+            .map_or("?", |h| &h[..h.len().min(12)])
+    );
+    if applied.is_empty() {
+        println!("nothing changed");
+    } else {
+        println!("applied: {}", applied.join(", "));
+    }
+    if !waiting.is_empty() {
+        println!("changed, but kept until a restart: {}", waiting.join(", "));
+    }
+    Ok(())
+}

@@ -80,6 +80,8 @@ pub enum Command {
     Remove(monitors::RemoveArgs),
     /// Stop the running daemon gracefully
     Stop,
+    /// Reload the running daemon's config file (as SIGHUP); a bad file is refused, the old kept
+    Reload,
     /// List alerts: the active ones, or all with --all
     Alerts(alerts::AlertsArgs),
     /// Acknowledge an active alert: no more reminders unless it escalates
@@ -138,7 +140,12 @@ pub fn settings(
         overrides.listen = start.listen.clone();
         overrides.listen_public = start.listen_public;
     }
-    Settings::resolve(file, &overrides)
+    let mut settings = Settings::resolve(file, &overrides)?;
+    settings.config_path = global
+        .config
+        .clone()
+        .map(|p| std::path::absolute(&p).unwrap_or(p));
+    Ok(settings)
 }
 
 /// clap value parser for paths that are stored (monitor paths): they must be UTF-8, since they

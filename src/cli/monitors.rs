@@ -240,7 +240,11 @@ pub fn add(args: &AddArgs, settings: &Settings) -> anyhow::Result<()> {
 }
 
 /// The config file's check of this kind and id, if any.
-fn config_check<'a>(settings: &'a Settings, kind: MonitorKind, id: &str) -> Option<&'a MonitorSpec> {
+fn config_check<'a>(
+    settings: &'a Settings,
+    kind: MonitorKind,
+    id: &str,
+) -> Option<&'a MonitorSpec> {
     settings
         .checks
         .iter()
@@ -268,7 +272,8 @@ fn refuse_offline_check(settings: &Settings, spec: &MonitorSpec) -> anyhow::Resu
         Ok(Some(conn)) => query::load_monitors(&conn).unwrap_or_default(),
         _ => Vec::new(),
     };
-    if let Some(other) = crate::model::conflicting_check(stored.iter().chain(&settings.checks), spec)
+    if let Some(other) =
+        crate::model::conflicting_check(stored.iter().chain(&settings.checks), spec)
     {
         return Err(UsageError(crate::model::conflict_message(spec, other)).into());
     }

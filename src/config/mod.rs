@@ -331,6 +331,10 @@ pub struct Settings {
     pub pushed: custom::PushedSettings,
     /// The checks of the config file (`[[check]]`), as monitors that are never stored.
     pub checks: Vec<crate::model::MonitorSpec>,
+    /// The config file these came from, if any: what a reload reads again.
+    pub config_path: Option<PathBuf>,
+    /// The command line's values, which a reload layers over the file again.
+    pub overrides: CliOverrides,
 }
 
 impl Default for Settings {
@@ -389,6 +393,8 @@ impl Settings {
             gastown,
             pushed,
             checks,
+            config_path: None,
+            overrides: cli.clone(),
         })
     }
 

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod protocol;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod socket;

@@ -117,6 +117,8 @@ pub enum Request {
         /// The metrics, each with its resource and options.
         metrics: Vec<crate::pushed::ReportItem>,
     },
+    /// Reloads the config file, as SIGHUP does.
+    Reload {},
     /// Retires a pushed series, with its alerts.
     ReportRemove {
         /// The series' resource type.

@@ -174,6 +174,7 @@ async fn answer(line: &[u8], ctx: &RequestContext) -> (Response, bool) {
         Request::Prune { retention_days } => reply(service.prune(retention_days).await),
         Request::Vacuum {} => reply(service.vacuum().await),
         Request::Report { metrics } => reply(service.report(&metrics)),
+        Request::Reload {} => reply(service.reload().await),
         Request::ReportRemove {
             resource_type,
             resource_id,

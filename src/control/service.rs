@@ -180,6 +180,7 @@ impl Service {
         );
         summary.collector_cycles = self.deps.cycles.snapshot();
         summary.pushed_series = self.deps.analyzer.pushed().len();
+        summary.config = serde_json::to_value(self.deps.live.load()).ok();
         summary.notifications = self.deps.notifier.report();
         summary.gastown_root = self
             .deps
@@ -205,6 +206,85 @@ impl Service {
         let checked = monitor.clone();
         off_the_loop(move || validate_monitor(&checked)).await?;
         self.supervisor.add_monitor(monitor).await
+    }
+
+    /// Reloads the config file: validated first (a bad one is refused with its error, the old
+    /// settings kept), then applied live where it can be; what cannot change until a restart
+    /// is named in the answer and the log.
+    pub async fn reload(&self) -> Result<super::reload::ReloadReply, String> {
+        use super::reload;
+        let current = self.deps.current();
+        let Some(path) = current.config_path.clone() else {
+            return Err(
+                "the daemon was started without --config: there is no config file to reload".into(),
+            );
+        };
+        let loaded =
+            off_the_loop(move || reload::load(&current, &path).map_err(|e| format!("{e:#}"))).await;
+        let (new, mut load) = match loaded {
+            Ok(ok) => ok,
+            Err(e) => {
+                let message = format!("reload refused, the config in force stays: {e}");
+                tracing::error!("{message}");
+                return Err(message);
+            }
+        };
+        let current = self.deps.current();
+        let plan = reload::plan(&current, &new);
+        let new = std::sync::Arc::new(new);
+        load.reloads = self.deps.live.load().reloads + 1;
+        self.deps.live.set(new.clone(), load.clone());
+        if plan.reconfigure_analyzer
+            && let Some(addr) = self.deps.analyzer.addr()
+        {
+            // A restarting analyzer builds itself from the new settings anyway.
+            addr.do_send(crate::actors::analyzer::Reconfigure(new.clone()));
+        }
+        self.deps
+            .analyzer
+            .pushed()
+            .set_limits(new.pushed.max_series, new.pushed.default_ttl);
+        if plan.rebuild_sinks {
+            let sinks = crate::notify::Notifier::spawn_with(
+                &new.notify,
+                crate::daemon::daemon_escalation_ledger(
+                    &new,
+                    &self.deps.analyzer,
+                    &self.deps.writer,
+                ),
+            );
+            self.deps
+                .notifier
+                .replace(sinks, std::time::Duration::from_secs(5));
+            // New sinks that keep state (Alertmanager) learn of what is firing now.
+            if let Some(snapshot) = self.deps.analyzer.snapshot().await {
+                self.deps
+                    .analyzer
+                    .memory()
+                    .restored(&snapshot.active_alerts, &self.deps.notifier);
+            }
+        }
+        self.supervisor
+            .reconfigured(crate::actors::supervisor::Reconfigured {
+                restart_collectors: plan.restart_collectors,
+                restart_town: plan.restart_town,
+                checks: plan.checks_changed.then(|| new.checks.clone()),
+            })
+            .await?;
+        tracing::info!(
+            config = %load.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            sha256 = load.sha256.as_deref().unwrap_or(""),
+            applied = ?plan.applied,
+            needs_restart = ?plan.needs_restart,
+            "config reloaded"
+        );
+        if !plan.needs_restart.is_empty() {
+            tracing::warn!(
+                settings = ?plan.needs_restart,
+                "config reload: these changed but keep their old values until a restart"
+            );
+        }
+        Ok(reload::ReloadReply { plan, config: load })
     }
 
     /// Takes a report of pushed metrics (see [`crate::pushed`]): the good ones are analyzed

@@ -116,7 +116,8 @@ fn build_child(
     guard: ExitGuard,
     supervisor: SupervisorHandle,
 ) -> Result<Box<dyn ChildRef>, String> {
-    let settings = &deps.settings;
+    // As last (re)loaded: a child rebuilt after a reload runs on the new settings.
+    let settings = &deps.current();
     let probe: Box<dyn Probe> = match kind {
         ChildKind::Analyzer => {
             let analyzer = Analyzer::new(

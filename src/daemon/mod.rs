@@ -322,6 +322,10 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
         let listener = tokio::net::UnixListener::from_std(listener)?;
         let deps = DaemonDeps {
             settings: settings.clone(),
+            live: Arc::new(crate::actors::deps::LiveSettings::new(
+                settings.clone(),
+                crate::control::reload::initial_load(&settings),
+            )),
             analyzer: deps_analyzer,
             writer: deps_writer,
             notifier: deps_notifier,
@@ -334,6 +338,7 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
         };
         let (stopped_tx, stopped_rx) = oneshot::channel();
         let service_deps = deps.clone();
+        let reload_deps = deps.clone();
         let supervisor = SupervisorHandle::new(
             Supervisor::new(
                 deps.supervisor_parts(),
@@ -362,9 +367,19 @@ pub fn run(settings: Settings, extra: Vec<MonitorSpec>) -> anyhow::Result<()> {
             // The CPU time soft limit: the SIGKILL of the hard one would allow no flush.
             (raw(Sig::SIGXCPU), "SIGXCPU"),
         ];
+        // SIGHUP reloads the config, as systemd's `ExecReload=` and Prometheus expect.
+        {
+            let mut hangups = signal(SignalKind::hangup())?;
+            let service = Service::new(supervisor.clone(), reload_deps);
+            actix_rt::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!("SIGHUP received; reloading the config");
+                    // A refusal is logged by the reload itself.
+                    let _ = service.reload().await;
+                }
+            });
+        }
         let ignored = [
-            // Kept for a config reload; until there is one it must not end the daemon.
-            (SignalKind::hangup(), "SIGHUP", "the config is not reloaded"),
             (SignalKind::user_defined1(), "SIGUSR1", ""),
             (SignalKind::user_defined2(), "SIGUSR2", ""),
             // A write past the file size limit fails (EFBIG) instead: the writer keeps its rows.
@@ -611,7 +626,7 @@ fn escalation_op(record: crate::notify::escalate::EscalationRecord) -> WriteOp {
 /// second; it is logged, since a daemon stopping then loses it (an opening lost that way leaves
 /// an escalation only `gt escalate close` by hand can end; a close lost is redone by the next
 /// start, harmlessly).
-fn daemon_escalation_ledger(
+pub(crate) fn daemon_escalation_ledger(
     settings: &Settings,
     analyzer: &AnalyzerHandle,
     writer: &crate::actors::writer::WriterHandle,

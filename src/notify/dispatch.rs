@@ -219,13 +219,15 @@ struct Inner {
 /// and does nothing.
 #[derive(Clone, Default)]
 pub struct Notifier {
-    inner: Option<Arc<Inner>>,
+    /// The workers, shared by every clone, so a config reload that replaces them
+    /// ([`Notifier::replace`]) reaches every holder.
+    slot: Arc<std::sync::RwLock<Option<Arc<Inner>>>>,
 }
 
 impl std::fmt::Debug for Notifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self
-            .inner
+        let inner = self.inner();
+        let names: Vec<&str> = inner
             .iter()
             .flat_map(|i| i.sinks.iter().map(|h| h.name.as_str()))
             .collect();
@@ -324,23 +326,52 @@ impl Notifier {
             });
         }
         Notifier {
-            inner: Some(Arc::new(Inner {
+            slot: Arc::new(std::sync::RwLock::new(Some(Arc::new(Inner {
                 sinks: handles,
                 control,
                 done: Mutex::new(Some(done_rx)),
-            })),
+            })))),
+        }
+    }
+
+    /// The workers now.
+    fn inner(&self) -> Option<Arc<Inner>> {
+        match self.slot.read() {
+            Ok(slot) => slot.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts the sinks of `other` in place of these, for every clone (a config reload); the old
+    /// workers get `deadline` for their queued notices, on a thread of their own.
+    pub fn replace(&self, other: Notifier, deadline: Duration) {
+        let new = other.inner();
+        let old = {
+            let mut slot = match self.slot.write() {
+                Ok(slot) => slot,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            std::mem::replace(&mut *slot, new)
+        };
+        if let Some(old) = old {
+            let retired = Notifier {
+                slot: Arc::new(std::sync::RwLock::new(Some(old))),
+            };
+            let _ = std::thread::Builder::new()
+                .name("notify-retire".into())
+                .spawn(move || retired.shutdown(deadline));
         }
     }
 
     /// True when no sink is configured: callers may skip building notices.
     pub fn is_empty(&self) -> bool {
-        self.inner.is_none()
+        self.inner().is_none()
     }
 
     /// Queues a notice for every sink. Never blocks: a full queue drops the notice for that
     /// sink and counts it.
     pub fn notify(&self, notice: &Notice) {
-        let Some(inner) = &self.inner else {
+        let Some(inner) = self.inner() else {
             return;
         };
         let shared = Arc::new(notice.clone());
@@ -355,7 +386,7 @@ impl Notifier {
     /// e.g. one read back from the database at start, so they keep it alive without a new
     /// notice reaching exec hooks or webhooks. Never blocks.
     pub(crate) fn restore(&self, notice: &Notice) {
-        let Some(inner) = &self.inner else {
+        let Some(inner) = self.inner() else {
             return;
         };
         let shared = Arc::new(notice.clone());
@@ -366,7 +397,7 @@ impl Notifier {
 
     /// Counters for every sink, in configuration order (exec, webhook, alertmanager, escalate).
     pub fn report(&self) -> Vec<SinkReport> {
-        let Some(inner) = &self.inner else {
+        let Some(inner) = self.inner() else {
             return Vec::new();
         };
         inner
@@ -387,7 +418,7 @@ impl Notifier {
     /// Lets queued notices go out for at most `deadline`, then returns. Attempts are cut short
     /// at the deadline and no retry starts that would end past it. Later notices are dropped.
     pub fn shutdown(&self, deadline: Duration) {
-        let Some(inner) = &self.inner else {
+        let Some(inner) = self.inner() else {
             return;
         };
         let until = Instant::now() + deadline;

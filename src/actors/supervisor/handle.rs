@@ -45,6 +45,11 @@ impl SupervisorHandle {
         self.0.do_send(AddOwnedMonitor(spec));
     }
 
+    /// Applies a config reload: children rebuilt on the new settings, the config's checks.
+    pub(crate) async fn reconfigured(&self, msg: super::Reconfigured) -> Result<(), String> {
+        self.0.send(msg).await.map_err(unavailable)
+    }
+
     /// Removes a monitor only if `owner` manages it, without waiting.
     pub(crate) fn remove_owned_monitor(&self, kind: MonitorKind, id: String, owner: String) {
         self.0.do_send(RemoveOwnedMonitor { kind, id, owner });

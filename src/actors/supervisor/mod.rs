@@ -350,6 +350,83 @@ impl Handler<AddMonitor> for Supervisor {
     }
 }
 
+/// The config was reloaded: children to rebuild on the new settings, and the config's checks.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct Reconfigured {
+    /// Rebuild every collector (a new interval, walk limit or path template).
+    pub restart_collectors: bool,
+    /// Rebuild the Gas Town follower.
+    pub restart_town: bool,
+    /// The config file's checks now, when they changed.
+    pub checks: Option<Vec<MonitorSpec>>,
+}
+
+impl Handler<Reconfigured> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: Reconfigured, ctx: &mut Self::Context) {
+        if self.stopping {
+            return;
+        }
+        let mut fresh: Vec<String> = Vec::new();
+        if let Some(wanted) = msg.checks {
+            let config = Some(crate::config::custom::CONFIG_MANAGED);
+            let current: Vec<MonitorSpec> = self
+                .monitors
+                .iter()
+                .filter(|m| m.managed_by() == config)
+                .cloned()
+                .collect();
+            for old in current.iter().filter(|old| !wanted.contains(old)) {
+                let name = monitor_child_name(old.kind(), old.id());
+                self.monitors.remove(old.kind(), old.id());
+                let stopping: Vec<_> = self.stop_child(&name).into_iter().collect();
+                let analyzer = self.deps.analyzer.clone();
+                let cycles = self.deps.cycles.clone();
+                let id = old.id().to_string();
+                ctx.spawn(
+                    async move {
+                        wait_stopped(&stopping, Duration::from_secs(5)).await;
+                        analyzer.forget_with_source(ResourceType::Check, &id, Some(name.clone()));
+                        cycles.forget(&name);
+                    }
+                    .into_actor(self),
+                );
+                tracing::info!(check = old.id(), "config reload: check removed");
+            }
+            for spec in wanted.into_iter().filter(|w| !current.contains(w)) {
+                if let Some(other) = crate::model::conflicting_check(self.monitors.iter(), &spec) {
+                    tracing::error!(
+                        "config reload: {}; not running it",
+                        crate::model::conflict_message(&spec, other)
+                    );
+                    continue;
+                }
+                let (name, child) = (self.monitor_child)(&spec);
+                self.monitors.add(spec);
+                self.stop_child(&name);
+                tracing::info!(monitor = %name, "config reload: check added");
+                self.add_child(name.clone(), child, ctx);
+                fresh.push(name);
+            }
+        }
+        let mut rebuild = Vec::new();
+        if msg.restart_collectors {
+            rebuild.extend(self.children.names_where(|k| k.role == Role::Collector));
+        }
+        if msg.restart_town && self.children.kind("gastown").is_some() {
+            rebuild.push("gastown".to_string());
+        }
+        for name in rebuild.into_iter().filter(|n| !fresh.contains(n)) {
+            let Some(spec) = self.children.kind(&name).cloned() else {
+                continue;
+            };
+            self.stop_child(&name);
+            self.add_child(name, spec, ctx);
+        }
+    }
+}
+
 /// Refuses to change a monitor of the config file (a `[[check]]`): it is the file's to change.
 fn refuse_config_managed(current: Option<&MonitorSpec>) -> Result<(), String> {
     match current {
