@@ -425,14 +425,18 @@ fn bad_ids_flags_and_configs_exit_2_with_a_clear_message() {
         "{err}"
     );
 
+    // A name that is not built in is a custom metric's (pushed or a check's perfdata), unless
+    // it is a near miss of a built-in one: a typo.
     fs::write(
         &env.config,
-        "[thresholds.no_such_metric]\nwarning = 1\ncritical = 2\n",
+        "[thresholds.cpu_usage_precent]\nwarning = 1\ncritical = 2\n",
     )
     .unwrap();
-    let err = String::from_utf8_lossy(&env.hm(&["status"]).stderr).to_string();
+    let out = env.hm(&["status"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(
-        err.contains("no_such_metric") && err.contains("unknown metric"),
+        err.contains("cpu_usage_precent") && err.contains("did you mean \"cpu_usage_percent\""),
         "{err}"
     );
 }

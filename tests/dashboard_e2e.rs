@@ -884,3 +884,44 @@ async fn a_screenshot_of_the_overview() {
     }
     b.assert_no_console_errors("the overview").await;
 }
+
+/// The event stream stays open past the connection guard's idle limits (5 s between requests,
+/// plus its sweep's grace): a streamed answer is a request in flight for as long as it lasts.
+#[test]
+fn the_event_stream_stays_open_and_keeps_coming() {
+    use std::io::Write;
+    let env = Env::new(&config(false));
+    let (_daemon, base) = start(&env, "0.5");
+    let addr = base.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let started = Instant::now();
+    let mut seen = String::new();
+    let mut buf = [0u8; 65536];
+    while started.elapsed() < Duration::from_secs(12) {
+        match stream.read(&mut buf) {
+            Ok(0) => panic!(
+                "the stream closed after {:?}; so far:\n{seen}",
+                started.elapsed()
+            ),
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("{e} after {:?}", started.elapsed()),
+        }
+    }
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    assert!(seen.contains("event: state\ndata: {"), "{seen}");
+    // The machine's CPU reading changes every cycle: cycles keep coming, over 12 s.
+    assert!(seen.matches("event: cycle").count() >= 5, "{seen}");
+}

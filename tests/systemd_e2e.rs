@@ -121,7 +121,7 @@ fn the_shipped_unit_file_verifies() {
     assert!(unit.contains("Restart=on-failure"));
     // Verify it as shipped, pointing ExecStart at the binary under test.
     let dir = tempfile::tempdir().unwrap();
-    let local = unit.replace("/usr/local/bin/health-monitor", bin());
+    let local = unit.replace("/usr/bin/health-monitor", bin());
     let path = dir.path().join("health-monitor.service");
     std::fs::write(&path, local).unwrap();
     let out = Command::new("systemd-analyze")

@@ -408,9 +408,9 @@ impl Drop for Busy {
 /// within [`BODY_TIMEOUT`].
 pub(crate) async fn guard_requests(
     mut req: ServiceRequest,
-    next: Next<impl MessageBody>,
+    next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let _busy = req.conn_data::<Ticket>().map(Busy::new);
+    let busy = req.conn_data::<Ticket>().map(Busy::new);
     let body = BodyDeadline {
         body: req.take_payload(),
         deadline: Box::pin(actix_web::rt::time::sleep(BODY_TIMEOUT)),
@@ -419,7 +419,33 @@ pub(crate) async fn guard_requests(
     req.set_payload(Payload::from(
         Box::pin(body) as Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>
     ));
-    next.call(req).await
+    let res = next.call(req).await?;
+    // Busy until the whole body is sent, not only until the handler returns: a streamed answer
+    // (the dashboard's event stream) is a request in flight for as long as it lasts.
+    Ok(res
+        .map_into_boxed_body()
+        .map_body(|_, body| HeldBody { body, _busy: busy }))
+}
+
+/// A response body that keeps its connection marked busy until it is sent or dropped.
+struct HeldBody {
+    body: actix_web::body::BoxBody,
+    _busy: Option<Busy>,
+}
+
+impl MessageBody for HeldBody {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.body).poll_next(cx)
+    }
 }
 
 /// A request body that fails with [`io::ErrorKind::TimedOut`] once its deadline passes.

@@ -82,7 +82,8 @@ impl Listener {
     pub fn start(self, service: Service) -> anyhow::Result<ServerHandle> {
         // The dashboard's per-cycle updates, built once for every page listening.
         let interval = service.deps.settings.interval;
-        actix_rt::spawn(dashboard::events::publisher(service.clone(), interval));
+        let publisher =
+            actix::Actor::start(dashboard::events::Publisher::new(service.clone(), interval));
         let lockout = Arc::new(lockout::Lockout::default());
         let state = web::Data::new(api::State {
             service,
@@ -102,6 +103,8 @@ impl Listener {
             "disabled (no [http] token)"
         };
         let server = HttpServer::new(move || {
+            // Held for as long as the server: the publisher lives while someone holds it.
+            let _publisher = &publisher;
             App::new()
                 .wrap(from_fn(conns::guard_requests))
                 .app_data(state.clone())

@@ -66,17 +66,41 @@ async fn publish_once(service: &Service) -> Option<LiveEvent> {
     hub.latest()
 }
 
-/// Publishes a cycle's state every `interval` (at least 1 s) while a page listens; runs until
-/// the daemon stops.
-pub(crate) async fn publisher(service: Service, interval: Duration) {
-    let every = interval.max(Duration::from_secs(1));
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        if service.deps.analyzer.live().listeners() == 0 {
-            continue;
+/// Publishes a cycle's state every interval (at least 1 s) while a page listens, on the
+/// daemon's shared beat: the event loop wakes once for it and the collectors' ticks together.
+pub(crate) struct Publisher {
+    service: Service,
+    every: Duration,
+    /// A publication still running (its summary waits on the supervisor and the analyzer).
+    busy: bool,
+}
+
+impl Publisher {
+    /// A publisher for the daemon behind `service`, every `interval` (at least 1 s).
+    pub(crate) fn new(service: Service, interval: Duration) -> Self {
+        Publisher {
+            service,
+            every: interval.max(Duration::from_secs(1)),
+            busy: false,
         }
-        let _ = publish_once(&service).await;
+    }
+}
+
+impl actix::Actor for Publisher {
+    type Context = actix::Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        use actix::{ActorFutureExt, AsyncContext, WrapFuture};
+        crate::actors::cadence::run_on_beat(ctx, self.every, Duration::ZERO, |act, ctx| {
+            if act.busy || act.service.deps.analyzer.live().listeners() == 0 {
+                return;
+            }
+            act.busy = true;
+            let service = act.service.clone();
+            let publish = async move {
+                let _ = publish_once(&service).await;
+            };
+            ctx.spawn(publish.into_actor(act).map(|(), act, _| act.busy = false));
+        });
     }
 }
