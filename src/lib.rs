@@ -21,8 +21,8 @@ pub mod live; // the dashboard's event stream: alert events and per-cycle diffs
 pub mod model; // ResourceType, HealthStatus, HealthMetric, HealthAlert, MonitorSpec
 pub mod notify; // telling the operator about alert events
 pub mod pushed; // custom metrics pushed by agents and scripts: validated, held, expired
-pub mod rollup; // per-minute and per-ten-minute rollups of every series, for charts
 pub mod report; // what the daemon's parts report about themselves, as plain data: no actors
+pub mod rollup; // per-minute and per-ten-minute rollups of every series, for charts
 pub mod rules; // alert rules: thresholds, debounce, hysteresis, per-resource overrides
 pub mod store; // SQLite schema, write batches, read-side queries
 pub mod summary; // the status document, as JSON or for people

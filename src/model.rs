@@ -745,9 +745,9 @@ pub(crate) fn conflicting_check<'a>(
         return None;
     }
     let target = spec.resource();
-    monitors.into_iter().find(|m| {
-        m.kind() == MonitorKind::Check && m.id() != spec.id() && m.resource() == target
-    })
+    monitors
+        .into_iter()
+        .find(|m| m.kind() == MonitorKind::Check && m.id() != spec.id() && m.resource() == target)
 }
 
 /// The refusal for a check whose resource `other` already reports on.

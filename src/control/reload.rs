@@ -189,7 +189,13 @@ mod tests {
         // The walk cap, the stall time and the pushed TTL follow the interval by default.
         assert_eq!(
             p.applied,
-            ["alert_cooldown", "interval", "walk_time_cap", "stall_after", "pushed"]
+            [
+                "alert_cooldown",
+                "interval",
+                "walk_time_cap",
+                "stall_after",
+                "pushed"
+            ]
         );
         assert!(p.restart_collectors && p.reconfigure_analyzer);
         assert_eq!(p.needs_restart, ["db_path", "socket"]);
