@@ -1,5 +1,6 @@
-//! The Debian package, built as the README says (release build, man page and completions
-//! generated into `target/deb-assets/`, `cargo deb --no-build`) and checked for real: its
+//! The Debian package, built as the README says (man page and completions generated into
+//! `target/deb-assets/`, `cargo deb --no-build`; from the binary under test rather than a
+//! release build, see `build_package`) and checked for real: its
 //! control data, every file the unit needs where the unit looks for it, the extracted binary
 //! and default config, the maintainer scripts, and — as root on a machine where that touches
 //! nobody's installation — `dpkg -i`, the system user and state directory, then `dpkg --purge`.
