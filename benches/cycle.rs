@@ -43,46 +43,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use health_monitor::collect::process;
-use health_monitor::control::protocol::validate_monitor;
 use health_monitor::gastown::orphans;
-use health_monitor::model::{AgentOptions, MonitorSpec, WorkspaceOptions};
-use health_monitor::store::write::{WriteOp, apply};
 use support::{Daemon, Meter, Procs, env_u64, make_workspace, median};
 
 const INTERVAL: f64 = 1.0;
 
 /// Agents whose root is a small tree (`sh` with two `sleep`s) instead of one `sleep`.
 const TREE_EVERY: usize = 10;
-
-/// Saves `n` agents (`aI --pid P --workspace wsI`) and `n` workspaces (`wI --path wsI`) in a
-/// new database, exactly as `add` does without a daemon (the same validation and write).
-fn save_monitors(db: &Path, pids: &[u32], workspaces: &Path, n: usize) {
-    let mut ops = Vec::with_capacity(2 * n);
-    for (i, pid) in pids.iter().enumerate().take(n) {
-        let dir = workspaces.join(format!("ws{i}"));
-        let agent = MonitorSpec::Agent {
-            id: format!("a{i}"),
-            options: AgentOptions {
-                pid: Some(*pid),
-                workspace: Some(dir.clone()),
-                ..AgentOptions::default()
-            },
-        };
-        let workspace = MonitorSpec::Workspace {
-            id: format!("w{i}"),
-            options: WorkspaceOptions {
-                path: Some(dir),
-                ..WorkspaceOptions::default()
-            },
-        };
-        for spec in [agent, workspace] {
-            validate_monitor(&spec).unwrap();
-            ops.push(WriteOp::MonitorSaved(spec));
-        }
-    }
-    let mut conn = health_monitor::store::open_for_writing(db).unwrap();
-    apply(&mut conn, &ops).unwrap();
-}
 
 /// One run's figures.
 #[derive(Debug, Clone, Copy)]
@@ -125,7 +92,7 @@ fn run(
         .enumerate()
         .map(|(i, program)| {
             let dir = daemon_dir(root, &format!("{tag}-{i}"));
-            save_monitors(&dir.join("hm.db"), pids, &workspaces[i], n);
+            support::save_monitors(&dir.join("hm.db"), pids, &workspaces[i], n);
             let daemon = Daemon::start_binary(program, &dir, INTERVAL, &[]);
             (dir, daemon)
         })

@@ -49,9 +49,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use health_monitor::control::protocol::validate_monitor;
-use health_monitor::model::{AgentOptions, MonitorSpec, WorkspaceOptions};
-use health_monitor::store::write::{WriteOp, apply};
 use support::{Daemon, Meter, Procs, control_request, env_u64, make_workspace, median};
 
 const INTERVAL: f64 = 1.0;
@@ -66,36 +63,6 @@ const LAND_TARGET_MS: f64 = 1000.0;
 /// "Does not slow the collectors' cycle": the median cycle with reports over the one without,
 /// in the same windows, within what this noisy machine can tell apart.
 const SLOWDOWN_TARGET: f64 = 1.25;
-
-/// Saves `n` agents (`aI --pid P --workspace wsI`) and `n` workspaces (`wI --path wsI`) in a
-/// new database, as `add` does without a daemon (the same validation and write).
-fn save_monitors(db: &Path, pids: &[u32], workspaces: &Path) {
-    let mut ops = Vec::new();
-    for (i, pid) in pids.iter().enumerate() {
-        let dir = workspaces.join(format!("ws{i}"));
-        let agent = MonitorSpec::Agent {
-            id: format!("a{i}"),
-            options: AgentOptions {
-                pid: Some(*pid),
-                workspace: Some(dir.clone()),
-                ..AgentOptions::default()
-            },
-        };
-        let workspace = MonitorSpec::Workspace {
-            id: format!("w{i}"),
-            options: WorkspaceOptions {
-                path: Some(dir),
-                ..WorkspaceOptions::default()
-            },
-        };
-        for spec in [agent, workspace] {
-            validate_monitor(&spec).unwrap();
-            ops.push(WriteOp::MonitorSaved(spec));
-        }
-    }
-    let mut conn = health_monitor::store::open_for_writing(db).unwrap();
-    apply(&mut conn, &ops).unwrap();
-}
 
 /// The 1000 lines of report number `round` (see the top of the file).
 fn report_lines(round: u64) -> String {
@@ -443,7 +410,7 @@ fn main() {
             "# report bench: no pushed series goes stale between reports\n[pushed]\nttl = 600\n",
         )
         .unwrap();
-        save_monitors(&dir.join("hm.db"), &pids, &workspaces);
+        support::save_monitors(&dir.join("hm.db"), &pids, &workspaces, pids.len());
         let daemon = Daemon::start(&dir, INTERVAL, &[]);
         let target = Target {
             db: daemon.db.clone(),

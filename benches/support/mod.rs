@@ -335,3 +335,33 @@ pub fn control_request(socket: &Path, request: &serde_json::Value) -> serde_json
     assert_eq!(answer["ok"], true, "the daemon refused {request}: {answer}");
     answer["data"].take()
 }
+
+/// Saves `n` agents (`aI --pid P --workspace wsI`) and `n` workspaces (`wI --path wsI`) in a
+/// new database, exactly as `add` does without a daemon (the same validation and write).
+pub fn save_monitors(db: &Path, pids: &[u32], workspaces: &Path, n: usize) {
+    let mut ops = Vec::with_capacity(2 * n);
+    for (i, pid) in pids.iter().enumerate().take(n) {
+        let dir = workspaces.join(format!("ws{i}"));
+        let agent = health_monitor::model::MonitorSpec::Agent {
+            id: format!("a{i}"),
+            options: health_monitor::model::AgentOptions {
+                pid: Some(*pid),
+                workspace: Some(dir.clone()),
+                ..health_monitor::model::AgentOptions::default()
+            },
+        };
+        let workspace = health_monitor::model::MonitorSpec::Workspace {
+            id: format!("w{i}"),
+            options: health_monitor::model::WorkspaceOptions {
+                path: Some(dir),
+                ..health_monitor::model::WorkspaceOptions::default()
+            },
+        };
+        for spec in [agent, workspace] {
+            health_monitor::control::protocol::validate_monitor(&spec).unwrap();
+            ops.push(health_monitor::store::write::WriteOp::MonitorSaved(spec));
+        }
+    }
+    let mut conn = health_monitor::store::open_for_writing(db).unwrap();
+    health_monitor::store::write::apply(&mut conn, &ops).unwrap();
+}
