@@ -112,22 +112,34 @@ impl AnalyzerCore {
             events: Vec::new(),
         };
         for m in batch.iter().filter(|m| m.value.is_finite()) {
-            let rule = self.rule_for(m);
-            let metric = HealthMetric::from_measurement(m.clone(), rule.map(|r| r.thresholds));
-            let event = if m.judgement == Judgement::Alerts {
-                self.engine
-                    .observe(&metric, rule.as_ref(), m.note.as_deref(), now)
-            } else {
-                // Never alerts here; one opened before (by an older version, or before the
-                // resource became a town session) resolves.
-                self.engine.clear(&metric.alert_key(), now)
-            };
-            analysis.events.extend(event);
-            self.remember(&metric);
+            let metric = self.judge(m, now, &mut analysis.events);
             analysis.metrics.push(metric);
         }
         self.retire_unreported(batch, now, &mut analysis.events);
         analysis
+    }
+
+    /// One finite reading through its rule and the alert state machine; remembered as the
+    /// series' latest value.
+    fn judge(
+        &mut self,
+        m: &Measurement,
+        now: DateTime<Utc>,
+        events: &mut Vec<AlertEvent>,
+    ) -> HealthMetric {
+        let rule = self.rule_for(m);
+        let metric = HealthMetric::from_measurement(m.clone(), rule.map(|r| r.thresholds));
+        let event = if m.judgement == Judgement::Alerts {
+            self.engine
+                .observe(&metric, rule.as_ref(), m.note.as_deref(), now)
+        } else {
+            // Never alerts here; one opened before (by an older version, or before the
+            // resource became a town session) resolves.
+            self.engine.clear(&metric.alert_key(), now)
+        };
+        events.extend(event);
+        self.remember(&metric);
+        metric
     }
 
     /// The rule a reading is judged by: none for an informational one; the thresholds it came
@@ -217,15 +229,7 @@ impl AnalyzerCore {
             events: Vec::new(),
         };
         for m in batch.iter().filter(|m| m.value.is_finite()) {
-            let rule = self.rule_for(m);
-            let metric = HealthMetric::from_measurement(m.clone(), rule.map(|r| r.thresholds));
-            if m.judgement == Judgement::Alerts {
-                let event = self
-                    .engine
-                    .observe(&metric, rule.as_ref(), m.note.as_deref(), now);
-                analysis.events.extend(event);
-            }
-            self.remember(&metric);
+            let metric = self.judge(m, now, &mut analysis.events);
             let owners = self
                 .addons
                 .entry(metric.resource_type)

@@ -42,6 +42,16 @@ impl Range {
         Range::ALL.into_iter().find(|r| r.as_str() == s)
     }
 
+    /// The range a page's `?range=` asks for: 1 h when it says none.
+    pub fn from_query(range: Option<&str>) -> Result<Range, String> {
+        match range {
+            None => Ok(Range::H1),
+            Some(r) => {
+                Range::parse(r).ok_or_else(|| format!("range {r:?} is not 1h, 6h, 24h or 7d"))
+            }
+        }
+    }
+
     /// Its length in seconds.
     pub fn secs(self) -> i64 {
         match self {

@@ -9,30 +9,16 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-use common::{Env, FakeAgent, bin, wait_until};
+use common::{Env, FakeAgent, wait_until};
 use serde_json::Value;
 
 const FAST: &str = "interval = 0.3\nalert_cooldown = 300\n";
 
 /// Runs `report --stdin` with `input`.
 fn report_stdin(env: &Env, input: &str) -> Output {
-    let mut child = Command::new(bin())
-        .args(["report", "--stdin"])
-        .args(env.globals())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    env.hm_with_stdin(&["report", "--stdin"], input)
 }
 
 /// The status' view of one metric of one resource: its value and status.
@@ -239,8 +225,13 @@ fn remove_retires_a_series_with_its_alerts() {
     wait_until("the alert to resolve", || !env.alert_active("a1", "errors"));
     assert_eq!(shown(&env.status(), "agent", "a1", "errors"), None);
     assert_eq!(env.count("SELECT count(*) FROM pushed_series"), 0);
-    // Removed on purpose: it never goes stale.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Removed on purpose: it never goes stale, though its default TTL (3 intervals, 0.9 s)
+    // passes several times over while the system collector cycles ten times.
+    let cycles = |env: &Env| {
+        env.count("SELECT count(*) FROM health_metrics WHERE metric_name = 'cpu_usage_percent'")
+    };
+    let seen = cycles(&env);
+    wait_until("ten more cycles", || cycles(&env) >= seen + 10);
     assert!(!env.alert_active("a1", "metric_stale"));
     // Removing it again says there is nothing to remove.
     let again = env.hm(&["report", "--remove", "agent", "a1", "errors"]);

@@ -160,14 +160,12 @@ fn what_cannot_change_live_is_named_and_nothing_is_lost_under_load() {
             .log()
             .contains("keep their old values until a restart")
     );
-    let mut report = std::process::Command::new(common::bin())
-        .args(["report", "--stdin"])
-        .args(env.globals())
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut report.stdin.take().unwrap(), input.as_bytes()).unwrap();
-    assert!(report.wait().unwrap().success());
+    let report = env.hm_with_stdin(&["report", "--stdin"], &input);
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
     for _ in 0..3 {
         env.hm_ok(&["reload"]);
     }

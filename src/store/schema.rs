@@ -216,8 +216,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_version_2_database_gains_the_escalations_table_and_keeps_its_rows() {
+    /// A database as version `parts` of the schema left it (`[V1, V2]` is version 2), before
+    /// its `user_version` is set.
+    fn database_at(parts: &[&str]) -> Connection {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(ORIGINAL_TABLES).unwrap();
         for (column, decl) in ALERT_COLUMNS {
@@ -226,8 +227,15 @@ mod tests {
             ))
             .unwrap();
         }
-        conn.execute_batch(V1).unwrap();
-        conn.execute_batch(V2).unwrap();
+        for part in parts {
+            conn.execute_batch(part).unwrap();
+        }
+        conn
+    }
+
+    #[test]
+    fn a_version_2_database_gains_the_escalations_table_and_keeps_its_rows() {
+        let conn = database_at(&[V1, V2]);
         conn.execute_batch(
             "INSERT INTO silences (resource_type, resource_id, created_at, expires_at)
                 VALUES ('agent', 'a1', '2026-01-01T00:00:00.000000Z', '2027-01-01T00:00:00.000000Z');
@@ -252,17 +260,7 @@ mod tests {
 
     #[test]
     fn a_version_3_database_takes_check_monitors_and_keeps_its_monitors() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(ORIGINAL_TABLES).unwrap();
-        for (column, decl) in ALERT_COLUMNS {
-            conn.execute_batch(&format!(
-                "ALTER TABLE health_alerts ADD COLUMN {column} {decl}"
-            ))
-            .unwrap();
-        }
-        conn.execute_batch(V1).unwrap();
-        conn.execute_batch(V2).unwrap();
-        conn.execute_batch(V3).unwrap();
+        let conn = database_at(&[V1, V2, V3]);
         conn.execute_batch(
             "INSERT INTO monitors (kind, id, options, added_at) VALUES ('agent', 'a1', '{\"pid\":7}', 't');
              PRAGMA user_version = 3;",

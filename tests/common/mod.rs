@@ -107,6 +107,26 @@ impl Env {
             .unwrap()
     }
 
+    /// Runs a CLI command with `input` on its standard input (`report --stdin`).
+    pub fn hm_with_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(bin())
+            .args(args)
+            .args(self.globals())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     /// Runs a CLI command that must succeed; returns its stdout.
     pub fn hm_ok(&self, args: &[&str]) -> String {
         let out = self.hm(args);

@@ -82,27 +82,16 @@ pub(crate) async fn history(
     .map_err(ApiError::from_service)
 }
 
-/// The query of `GET /api/v1/series`.
-#[derive(Debug, Deserialize)]
-pub(crate) struct SeriesQuery {
-    range: Option<String>,
-}
-
 /// `GET /api/v1/series/{type}/{id}/{metric}?range=7d`: a series downsampled on the server to
 /// at most 360 points (min, avg and max each), with its unit and thresholds.
 pub(crate) async fn series(
     state: web::Data<State>,
     path: web::Path<(String, String, String)>,
-    query: web::Query<SeriesQuery>,
+    query: web::Query<super::RangeQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (resource_type, id, metric) = path.into_inner();
     let resource_type: ResourceType = resource_type.parse().map_err(ApiError::bad_request)?;
-    let range = match query.range.as_deref() {
-        None => Range::H1,
-        Some(r) => Range::parse(r).ok_or_else(|| {
-            ApiError::bad_request(format!("range {r:?} is not 1h, 6h, 24h or 7d"))
-        })?,
-    };
+    let range = Range::from_query(query.range.as_deref()).map_err(ApiError::bad_request)?;
     let service = &state.service;
     let snapshot = service.deps.analyzer.snapshot().await.unwrap_or_default();
     let latest: Vec<HealthMetric> = snapshot

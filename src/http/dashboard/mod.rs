@@ -450,7 +450,8 @@ async fn render_overview(state: web::Data<State>) -> Result<HttpResponse, ApiErr
 /// The query of a resource page.
 #[derive(Debug, serde::Deserialize)]
 pub(crate) struct RangeQuery {
-    range: Option<String>,
+    /// `1h` (the default), `6h`, `24h` or `7d`.
+    pub(crate) range: Option<String>,
 }
 
 /// `GET /resource/{type}/{id}`: every metric of a resource as a chart over `?range=` (1h,
@@ -476,12 +477,7 @@ async fn render_resource(
 ) -> Result<HttpResponse, ApiError> {
     let (resource_type, id) = path.into_inner();
     let resource_type: ResourceType = resource_type.parse().map_err(ApiError::bad_request)?;
-    let range = match query.range.as_deref() {
-        None => Range::H1,
-        Some(r) => Range::parse(r).ok_or_else(|| {
-            ApiError::bad_request(format!("range {r:?} is not 1h, 6h, 24h or 7d"))
-        })?,
-    };
+    let range = Range::from_query(query.range.as_deref()).map_err(ApiError::bad_request)?;
     let service = &state.service;
     let summary = service
         .live_summary()
