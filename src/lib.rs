@@ -26,4 +26,5 @@ pub mod rollup; // per-minute and per-ten-minute rollups of every series, for ch
 pub mod rules; // alert rules: thresholds, debounce, hysteresis, per-resource overrides
 pub mod store; // SQLite schema, write batches, read-side queries
 pub mod summary; // the status document, as JSON or for people
-pub mod util; // small helpers shared by every layer: panic messages, poison-free locking
+pub mod util;
+pub mod watch; // kernel notifications (pidfd, inotify) that bring a measurement forward // small helpers shared by every layer: panic messages, poison-free locking

@@ -115,6 +115,9 @@ pub struct Summary {
     /// Live series pushed by `report` (live daemons only).
     #[serde(default)]
     pub pushed_series: usize,
+    /// The kernel notifications that bring measurements forward (live daemons only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<crate::watch::WatchStats>,
     /// The config file in force, when it was loaded and its SHA-256 (live daemons only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<serde_json::Value>,
@@ -289,6 +292,7 @@ pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
         // Only a live daemon knows its cycles; `Service::summary` fills them in.
         collector_cycles: BTreeMap::new(),
         pushed_series: 0,
+        events: None,
         config: None,
         notifications: Vec::new(),
         gastown_root: None,

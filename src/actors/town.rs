@@ -14,6 +14,7 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 
 use super::analyzer::AnalyzerHandle;
+use super::collector::trigger_wait;
 use super::supervisor::SupervisorHandle;
 use super::{ExitGuard, StopChild};
 use crate::catalog;
@@ -28,6 +29,7 @@ use crate::gastown::lifecycle::{
 };
 use crate::gastown::orphans::{self, OrphanScan};
 use crate::model::{HealthMetric, Measurement, MonitorKind, MonitorSpec, ResourceType};
+use crate::watch::{PathWatch, Wanted, Watches};
 
 /// How often the events file is read.
 const POLL_EVERY: Duration = Duration::from_secs(1);
@@ -153,8 +155,22 @@ pub(crate) struct TownWatcher {
     analyzer: AnalyzerHandle,
     /// A poll is running (it runs off the event loop).
     busy: bool,
+    /// The events file watched, so a new line is read when written; taken by a running poll,
+    /// which brings it up to date off the event loop. `None` with events off.
+    watches: Option<Watches>,
+    /// The events file was written to while a poll ran, or too soon after one began.
+    written: bool,
+    /// A timer is set to poll for `written`.
+    written_timer: bool,
+    /// When the latest poll began.
+    last_poll: Option<Instant>,
     _guard: ExitGuard,
 }
+
+/// The town's events file was written to: read it now (see [`crate::watch`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct EventsWritten;
 
 /// What a retiring agent's latest measurements say.
 #[derive(Debug, PartialEq)]
@@ -445,8 +461,35 @@ impl TownWatcher {
             supervisor,
             analyzer,
             busy: false,
+            watches: None,
+            written: false,
+            written_timer: false,
+            last_poll: None,
             _guard: guard,
         }
+    }
+
+    /// With `events`, a line written to the events file is read at once, not at the next poll.
+    pub fn with_events(mut self, events: bool) -> Self {
+        self.watches = events.then(Watches::default);
+        self
+    }
+
+    /// Polls for a write to the events file, at most once per [`TRIGGER_GAP`](super::collector::TRIGGER_GAP).
+    fn poll_written(&mut self, ctx: &mut Context<Self>) {
+        if !self.written || self.busy || self.written_timer {
+            return;
+        }
+        let wait = trigger_wait(self.last_poll, Instant::now());
+        if !wait.is_zero() {
+            self.written_timer = true;
+            ctx.run_later(wait, |act, ctx| {
+                act.written_timer = false;
+                act.poll_written(ctx);
+            });
+            return;
+        }
+        self.poll(ctx);
     }
 
     /// Reads new events (and now and then the layout) off the event loop, then acts.
@@ -455,15 +498,30 @@ impl TownWatcher {
             return;
         }
         self.busy = true;
+        self.written = false;
+        self.last_poll = Some(Instant::now());
         let state = self.state.clone();
         let town = self.town.clone();
         let settings = self.settings.clone();
         let interval = self.interval;
-        let work =
-            actix_rt::task::spawn_blocking(move || poll_town(&state, &town, &settings, interval));
-        ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
+        let mut watches = self.watches.take();
+        let work = actix_rt::task::spawn_blocking(move || {
+            let result = poll_town(&state, &town, &settings, interval);
+            if let Some(watches) = watches.as_mut() {
+                watches.want(&Wanted {
+                    process: None,
+                    paths: vec![PathWatch::Appended(town.events_file())],
+                });
+            }
+            (result, watches)
+        });
+        ctx.spawn(work.into_actor(self).map(|outcome, act, ctx| {
             act.busy = false;
-            let Ok(result) = result else { return };
+            let Ok((result, watches)) = outcome else {
+                return;
+            };
+            act.watches = watches;
+            act.poll_written(ctx);
             for action in result.actions {
                 act.act(action);
             }
@@ -656,7 +714,24 @@ impl Actor for TownWatcher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(watches) = self.watches.as_mut() {
+            // Weak: the watches (which the watcher holds) must not keep the watcher alive.
+            let me = ctx.address().downgrade();
+            watches.attach(Arc::new(move |_| {
+                if let Some(me) = me.upgrade() {
+                    me.do_send(EventsWritten);
+                }
+            }));
+        }
         super::cadence::run_on_beat(ctx, POLL_EVERY, Duration::ZERO, |act, ctx| act.poll(ctx));
+    }
+}
+
+impl Handler<EventsWritten> for TownWatcher {
+    type Result = ();
+    fn handle(&mut self, _: EventsWritten, ctx: &mut Self::Context) {
+        self.written = true;
+        self.poll_written(ctx);
     }
 }
 

@@ -23,6 +23,10 @@ pub use workspace::WorkspaceProbe;
 pub(crate) trait Probe: Send + 'static {
     /// One cycle's readings.
     fn measure(&mut self) -> Vec<Measurement>;
+
+    /// Whom to poke when the kernel tells of a change to what this probe measures (see
+    /// [`crate::watch`]); a probe that watches nothing ignores it.
+    fn attach(&mut self, _poke: crate::watch::Poke) {}
 }
 
 /// How long directory walks may take.

@@ -113,6 +113,8 @@ pub struct WorkspaceProbe {
     limits: WalkLimits,
     /// Why the workspace could not be read, as last logged: logged again only when it changes.
     unreadable: Option<String>,
+    /// The root watched for deletion, moves and permission changes.
+    watches: crate::watch::Watches,
 }
 
 impl WorkspaceProbe {
@@ -127,6 +129,7 @@ impl WorkspaceProbe {
             writable: WritableCheck::default(),
             limits,
             unreadable: None,
+            watches: Default::default(),
         }
     }
 
@@ -163,6 +166,23 @@ impl WorkspaceProbe {
 
 impl Probe for WorkspaceProbe {
     fn measure(&mut self) -> Vec<Measurement> {
+        let out = self.readings();
+        let wanted = crate::watch::Wanted {
+            process: None,
+            paths: vec![crate::watch::PathWatch::Root(self.path.clone())],
+        };
+        self.watches.want(&wanted);
+        out
+    }
+
+    fn attach(&mut self, poke: crate::watch::Poke) {
+        self.watches.attach(poke);
+    }
+}
+
+impl WorkspaceProbe {
+    /// One cycle's readings.
+    fn readings(&mut self) -> Vec<Measurement> {
         let exists = self.path.is_dir();
         let mut out = vec![self.reading(WORKSPACE_EXISTS, flag(exists), UNIT_BOOL)];
         if !exists {

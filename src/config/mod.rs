@@ -127,6 +127,10 @@ pub struct ConfigFile {
     pub agent_workspace: Option<String>,
     /// Template of a workspace's path, with `{id}`.
     pub workspace_path: Option<String>,
+    /// Whether the kernel's notifications (an agent's process ending, a heartbeat's state, a pid
+    /// file, a workspace root deleted) bring a measurement forward, between cycles (default
+    /// true). Off, everything is measured at the cycle only.
+    pub events: Option<bool>,
     /// Seconds a directory walk may take before it gives up (default: 10 intervals, 30 to 600).
     pub walk_time_cap: Option<f64>,
     /// Largest the database may grow, in MB; past it writes fail like a full disk (default: no cap).
@@ -309,6 +313,8 @@ pub struct Settings {
     pub walk_time_cap: Duration,
     /// When a measurement that has not returned raises `collector_stalled`.
     pub stall_after: Duration,
+    /// Kernel notifications bring measurements forward (see [`crate::watch`]).
+    pub events: bool,
     /// Cap on the database file, in bytes.
     pub max_db_bytes: Option<u64>,
     /// Cap on the writer's buffer of uncommitted rows, in bytes.
@@ -382,6 +388,7 @@ impl Settings {
             restart,
             walk_time_cap,
             stall_after,
+            events: file.events.unwrap_or(true),
             max_db_bytes,
             writer_buffer_bytes,
             metric_retention,

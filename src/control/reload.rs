@@ -67,6 +67,7 @@ pub fn plan(old: &Settings, new: &Settings) -> ReloadPlan {
         ),
         ("workspace_path", old.workspace_path != new.workspace_path),
         ("filesystems", old.filesystems != new.filesystems),
+        ("events", old.events != new.events),
     ];
     for (name, changed) in collectors {
         p.restart_collectors |= live(name, changed, &mut p);

@@ -183,6 +183,7 @@ impl Service {
         );
         summary.collector_cycles = self.deps.cycles.snapshot();
         summary.pushed_series = self.deps.analyzer.pushed().len();
+        summary.events = self.deps.current().events.then(crate::watch::stats);
         summary.config = serde_json::to_value(self.deps.live.load()).ok();
         summary.notifications = self.deps.notifier.report();
         summary.gastown_root = self

@@ -141,7 +141,8 @@ fn build_child(
                 supervisor,
                 deps.analyzer.clone(),
                 guard,
-            );
+            )
+            .with_events(settings.events);
             return Ok(Box::new(watcher.start()));
         }
         ChildKind::Control => {
@@ -171,11 +172,13 @@ fn build_child(
                     .interval
                     .map_or(settings.interval, Duration::from_secs),
                 stall_after: settings.stall_after.max(Duration::from_secs(timeout + 5)),
+                events: settings.events,
             }
         }
         _ => Pace {
             interval: settings.interval,
             stall_after: settings.stall_after,
+            events: settings.events,
         },
     };
     let actor = Collector::new(

@@ -105,6 +105,9 @@ pub fn render_metrics(summary: &Summary) -> String {
         register_writer(&mut registry, w);
     }
     register_analyzer(&mut registry, summary);
+    if let Some(events) = &summary.events {
+        register_events(&mut registry, events);
+    }
     encode_text(&registry)
 }
 
@@ -322,6 +325,50 @@ fn register_analyzer(registry: &mut Registry, summary: &Summary) {
         "Collector batches waiting for the analyzer",
         gauge_at(summary.analyzer_queue_depth),
     );
+}
+
+/// `kernel_*`: the kernel notifications that bring measurements forward (see `crate::watch`).
+fn register_events(registry: &mut Registry, events: &crate::watch::WatchStats) {
+    let gauges = [
+        (
+            "kernel_inotify_watches",
+            "inotify watches held on the daemon's one instance (directories watched)",
+            events.watches as u64,
+        ),
+        (
+            "kernel_pidfds",
+            "Agents' root processes held by a pidfd (their end is told at once)",
+            events.pidfds as u64,
+        ),
+    ];
+    let counters = [
+        (
+            "kernel_inotify_events",
+            "inotify events read",
+            events.events,
+        ),
+        (
+            "kernel_inotify_overflows",
+            "Times the kernel's inotify queue overflowed (everything watched was measured again)",
+            events.overflows,
+        ),
+        (
+            "kernel_pokes",
+            "Measurements asked for out of cycle by a kernel notification",
+            events.pokes,
+        ),
+        (
+            "kernel_process_exits",
+            "Agents' root processes whose end a pidfd told",
+            events.exits,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        registry.register(name, help, gauge_at(value));
+    }
+    for (name, help, value) in counters {
+        registry.register(name, help, counter_at(value));
+    }
 }
 
 /// The registry in the text format (an encoder error is logged, not returned).

@@ -60,6 +60,10 @@ pub struct AgentProbe {
     last_measured: Option<Instant>,
     /// Metrics judged otherwise than by their thresholds.
     judgements: Vec<(&'static str, Judgement)>,
+    /// The live root's pidfd, and the heartbeat, pid file and workspace root, watched.
+    watches: crate::watch::Watches,
+    /// The live root as of the latest measurement, for its pidfd.
+    live_root: Option<(u32, u64)>,
 }
 
 impl AgentProbe {
@@ -95,6 +99,8 @@ impl AgentProbe {
             known_idle: None,
             last_measured: None,
             judgements: Vec::new(),
+            watches: Default::default(),
+            live_root: None,
         }
     }
 
@@ -252,6 +258,31 @@ impl AgentProbe {
 
 impl Probe for AgentProbe {
     fn measure(&mut self) -> Vec<Measurement> {
+        let out = self.readings();
+        let mut paths = vec![crate::watch::PathWatch::Root(self.workspace.clone())];
+        if let Some(path) = &self.heartbeat {
+            paths.push(crate::watch::PathWatch::Heartbeat(path.clone()));
+        }
+        if let RootSource::PidFile(path) | RootSource::PidFileOrTmux(path, _) = &self.source {
+            paths.push(crate::watch::PathWatch::File(path.clone()));
+        }
+        let wanted = crate::watch::Wanted {
+            process: self.live_root,
+            paths,
+        };
+        self.watches.want(&wanted);
+        out
+    }
+
+    fn attach(&mut self, poke: crate::watch::Poke) {
+        self.watches.attach(poke);
+    }
+}
+
+impl AgentProbe {
+    /// One cycle's readings.
+    fn readings(&mut self) -> Vec<Measurement> {
+        self.live_root = None;
         let mut out = Vec::with_capacity(10);
         let measured_at = Instant::now();
         let elapsed = self
@@ -297,6 +328,7 @@ impl Probe for AgentProbe {
                 out.push(self.reading(AGENT_OPEN_FILES, sample.open_files as f64, UNIT_COUNT));
             }
             let live_root = sample.members.first().copied().filter(|_| sample.alive);
+            self.live_root = live_root.map(|m| (m.pid, m.start_ticks));
             let (orphans, orphan_mb) =
                 self.orphans
                     .update(live_root, &sample.members, &self.machine);

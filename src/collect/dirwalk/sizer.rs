@@ -43,8 +43,9 @@ pub enum SizeReading {
 const WALK_REST_FACTOR: u32 = 4;
 
 /// A plain walk that took less than this last time runs on the measuring thread. Profiled at
-/// 1000 workspaces (past the 128 inotify instances a user gets, so most walked every cycle), a
-/// thread started per walk cost more than the walks: a third of the probes' time.
+/// 1000 workspaces (when each tree had its own inotify instance, so that past the 128 a user
+/// gets most were walked every cycle), a thread started per walk cost more than the walks: a
+/// third of the probes' time.
 const INLINE_WALK_UNDER: Duration = Duration::from_millis(2);
 
 /// What a background measurement hands back.
@@ -287,7 +288,7 @@ impl DirSizer {
                 && plan.watch.is_none()
                 && self.last_walk.is_some_and(|took| took < INLINE_WALK_UNDER)
             {
-                // A small unwatched tree (beyond the user's inotify instances, say) is walked
+                // A small unwatched tree (past the watch limit, say) is walked
                 // right here, on one thread: starting and handing back a thread would cost
                 // more than the walk.
                 plan.threads = 1;
@@ -545,13 +546,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join("d")).unwrap();
         let mut sizer = DirSizer::new(Duration::from_secs(30));
+        // More events than a tree's queue holds between two measurements: it overflows. (The
+        // same event over and over is merged, as the kernel does: files are created in two
+        // directories in turn, so that no event repeats the one before.)
+        fs::create_dir(dir.path().join("e")).unwrap();
         known(&mut sizer, dir.path());
         let built_at = sizer.watch.as_ref().unwrap().built_at;
-        // More events than the kernel queues (16384 by default): the queue overflows.
-        let queued: usize = fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
-            .map_or(16384, |s| s.trim().parse().unwrap());
-        for i in 0..queued + 100 {
+        for i in 0..crate::watch::TREE_QUEUE_CAP / 2 + 100 {
             fs::File::create(dir.path().join(format!("d/f{i}"))).unwrap();
+            fs::File::create(dir.path().join(format!("e/f{i}"))).unwrap();
         }
         assert_eq!(known(&mut sizer, dir.path()), fresh(dir.path()));
         let rebuilt_at = sizer.watch.as_ref().unwrap().built_at;

@@ -3,7 +3,9 @@
 //! Between walks, a [`DirSizer`](super::DirSizer) keeps a tree watch: one inotify watch per
 //! directory and the totals of each directory's own entries. Measuring again reads the pending
 //! events, re-reads only the directories they name, and adds up the per-directory totals; with
-//! no events it reads nothing at all.
+//! no events it reads nothing at all. Every tree's watches live on the daemon's one inotify
+//! instance ([`TreeEvents`]), so a fleet of trees is not limited by the 128 instances a user
+//! gets.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -16,10 +18,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use nix::sys::inotify::{AddWatchFlags, WatchDescriptor};
 
 use super::walk::{CLOCK_EVERY, Ended, Job, cannot_read, count, look, past, root_meta, run_walk};
 use super::{DirStats, WalkOutcome, WalkReport};
+use crate::watch::TreeEvents;
 
 /// The watch limit was reached (ours, or the kernel's `fs.inotify.max_user_watches`).
 pub(super) struct OverWatchLimit;
@@ -49,14 +52,14 @@ struct DirRecord {
 
 /// Adds a watch before each directory is read and keeps its totals.
 pub(super) struct Recorder<'a> {
-    inotify: &'a Inotify,
+    inotify: &'a TreeEvents,
     limit: usize,
     watches: AtomicUsize,
     records: Mutex<Vec<DirRecord>>,
 }
 
 impl<'a> Recorder<'a> {
-    fn new(inotify: &'a Inotify, limit: usize, watches: usize) -> Self {
+    fn new(inotify: &'a TreeEvents, limit: usize, watches: usize) -> Self {
         Recorder {
             inotify,
             limit,
@@ -141,7 +144,7 @@ pub(super) enum Stale {
 /// directory's own entries, so that a change costs a re-read of the directories it touched.
 #[derive(Debug)]
 pub(super) struct TreeWatch {
-    inotify: Inotify,
+    inotify: TreeEvents,
     pub(super) root: PathBuf,
     dev: u64,
     limit: usize,
@@ -159,9 +162,6 @@ pub(super) struct TreeWatch {
     /// Directories marked unreadable, as of the latest sum: while there are any, `totals` are
     /// not the tree's.
     pub(super) unreadable: usize,
-    /// Names of non-directories whose events change no total (see
-    /// [`DirSizer::ignoring`](super::DirSizer::ignoring)).
-    ignore: fn(&OsStr) -> bool,
 }
 
 /// What building a tree watch gave.
@@ -187,8 +187,8 @@ impl TreeWatch {
     ) -> io::Result<Built> {
         let started = Instant::now();
         let meta = root_meta(root)?;
-        let Ok(inotify) = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) else {
-            // Out of inotify instances (128 per user by default): full walks still work.
+        let Some(inotify) = TreeEvents::new(ignore) else {
+            // No inotify instance for the daemon: full walks still work.
             return Ok(Built::Refused);
         };
         let recorder = Recorder::new(&inotify, limit, 0);
@@ -227,7 +227,6 @@ impl TreeWatch {
             walk_cost: 0.0,
             totals: DirStats::default(),
             unreadable: 0,
-            ignore,
         };
         if watch.insert(records, None).is_none() {
             return Ok(Built::Refused);
@@ -317,7 +316,7 @@ impl TreeWatch {
                 self.by_wd.remove(&wd);
                 if !keep.contains(&wd) {
                     // Already gone when the directory was deleted: nothing to undo then.
-                    let _ = self.inotify.rm_watch(wd);
+                    self.inotify.rm_watch(wd);
                 }
             }
             stack.extend(node.children.into_values());
@@ -358,28 +357,16 @@ impl TreeWatch {
         }
     }
 
-    /// Reads pending events and notes the directories they name. Never blocks.
+    /// Reads pending events and notes the directories they name. Never blocks. (Files the
+    /// caller said to ignore, such as our own writability probe, were left out as they came.)
     pub(super) fn drain(&mut self) {
-        loop {
-            match self.inotify.read_events() {
-                Ok(events) if !events.is_empty() => {
-                    for event in events {
-                        // A file the caller said to ignore (our own writability probe, which
-                        // leaves nothing behind): its creation and removal change no total.
-                        let ignored = !event.mask.contains(AddWatchFlags::IN_ISDIR)
-                            && event.name.as_deref().is_some_and(self.ignore);
-                        if !ignored {
-                            self.note(event.wd, event.mask);
-                        }
-                    }
-                }
-                Ok(_) | Err(Errno::EAGAIN) => break,
-                Err(Errno::EINTR) => continue,
-                Err(_) => {
-                    self.broken = true;
-                    break;
-                }
-            }
+        let changes = self.inotify.take();
+        if changes.overflowed {
+            self.broken = true;
+            return;
+        }
+        for (wd, mask) in changes.events {
+            self.note(wd, mask);
         }
     }
 
