@@ -1068,3 +1068,43 @@ fn monitors_are_reconciled_with_the_layout_at_start() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_line_written_to_the_events_file_is_read_when_written_not_at_the_next_poll() {
+    if !have_tmux() {
+        return;
+    }
+    let env = town_env("interval = 30", "");
+    let town = FakeTown::new(&env);
+    let daemon = town.start(&env);
+    wait_until("the events file watched", || {
+        env.status()["events"]["watches"].as_u64() >= Some(1)
+    });
+    // The follower polls every second besides: half a second on average, were it not told.
+    let mut latencies = Vec::new();
+    for i in 0..5u64 {
+        std::thread::sleep(std::time::Duration::from_millis(137 * i % 1000));
+        town.event(
+            Utc::now(),
+            "nudge",
+            &format!("acme/polecats/probe{i}"),
+            json!({}),
+        );
+        let written = std::time::Instant::now();
+        let seen = format!("probe{i}");
+        while !daemon.log().contains(&seen) {
+            assert!(
+                written.elapsed() < std::time::Duration::from_secs(10),
+                "event {i} never read"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        latencies.push(written.elapsed());
+    }
+    latencies.sort();
+    eprintln!("events read after {latencies:?}");
+    assert!(
+        latencies[2] < std::time::Duration::from_millis(250),
+        "read at the poll, not when written: {latencies:?}"
+    );
+}
