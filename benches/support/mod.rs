@@ -64,6 +64,30 @@ pub fn status_field(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// CPU time of every living thread of `pid` by thread name, from `schedstat` (nanoseconds):
+/// exact where `/proc/<pid>/stat` counts 10 ms ticks, but blind to threads that have exited.
+pub fn task_cpu_ns(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let (Ok(comm), Ok(stat)) = (
+            fs::read_to_string(task.path().join("comm")),
+            fs::read_to_string(task.path().join("schedstat")),
+        ) else {
+            continue;
+        };
+        let ns: u64 = stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        *out.entry(comm.trim().to_string()).or_default() += ns;
+    }
+    out
+}
+
 /// CPU and memory of one process over one window.
 #[derive(Debug, Clone, Copy)]
 pub struct Window {

@@ -470,6 +470,15 @@ mod tests {
             queued: 0,
             last_error: None,
         }];
+        s.events = Some(crate::watch::WatchStats {
+            available: true,
+            watches: 12,
+            pidfds: 3,
+            events: 500,
+            overflows: 1,
+            pokes: 40,
+            exits: 2,
+        });
         s
     }
 
@@ -506,6 +515,12 @@ mod tests {
             "health_monitor_measurements_accepted_total 42",
             "health_monitor_measurements_refused_total 1",
             "health_monitor_analyzer_queue_depth 9",
+            "health_monitor_kernel_inotify_watches 12",
+            "health_monitor_kernel_pidfds 3",
+            "health_monitor_kernel_inotify_events_total 500",
+            "health_monitor_kernel_inotify_overflows_total 1",
+            "health_monitor_kernel_pokes_total 40",
+            "health_monitor_kernel_process_exits_total 2",
         ] {
             assert!(lines.contains(&expected), "missing {expected}\n{text}");
         }
