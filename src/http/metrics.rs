@@ -573,7 +573,7 @@ mod tests {
                 .map(|l| l.split(' ').next().unwrap().to_string())
                 .collect::<Vec<_>>()
         };
-        let groups: [(Group, &[&str]); 7] = [
+        let groups: [(Group, &[&str]); 8] = [
             (register_metric_values, &["metric_value", "metric_status"]),
             (register_resource_statuses, &["resource_status"]),
             (register_alerts, &["active_alerts"]),
@@ -589,6 +589,17 @@ mod tests {
                     "measurements_accepted_total",
                     "measurements_refused_total",
                     "analyzer_queue_depth",
+                ],
+            ),
+            (
+                |r, s| register_events(r, s.events.as_ref().unwrap()),
+                &[
+                    "kernel_inotify_watches",
+                    "kernel_pidfds",
+                    "kernel_inotify_events_total",
+                    "kernel_inotify_overflows_total",
+                    "kernel_pokes_total",
+                    "kernel_process_exits_total",
                 ],
             ),
         ];
