@@ -431,3 +431,45 @@ fn a_reused_pid_is_never_mistaken_for_the_agent() {
     assert_eq!(env.latest("agent", "a1", "agent_active"), Some(0.0));
     assert!(daemon.log().contains("was reused"), "{}", daemon.log());
 }
+
+/// inotify instances a process holds (`anon_inode:inotify` among its descriptors).
+fn inotify_instances(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|fd| {
+            fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy() == "anon_inode:inotify")
+        })
+        .count()
+}
+
+#[test]
+fn one_inotify_instance_serves_every_tree_past_the_128_a_user_gets() {
+    let _shared = KERNEL_LIMITS.read().unwrap();
+    let trees = 150;
+    let root = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = (0..trees).map(|i| format!("w{i}")).collect();
+    for id in &ids {
+        fs::create_dir_all(root.path().join(id).join("src")).unwrap();
+        fs::write(root.path().join(id).join("src/main.rs"), "fn main() {}\n").unwrap();
+    }
+    let env = Env::new(&format!(
+        "workspace_path = \"{}/{{id}}\"\n",
+        root.path().display()
+    ));
+    let mut args = vec!["--interval", SLOW, "--workspaces"];
+    args.extend(ids.iter().map(String::as_str));
+    let daemon = env.start(&args);
+    // Every tree watched: its root and its `src`, two directories each.
+    wait_until("every tree watched", || {
+        events(&env)["watches"].as_u64() >= Some(2 * trees as u64)
+    });
+    assert_eq!(inotify_instances(daemon.pid()), 1);
+    // The kernel tells of the last tree too, the 150th on the one instance.
+    let last = root.path().join(&ids[trees - 1]);
+    fs::rename(&last, root.path().join("moved")).unwrap();
+    within_at_once("the last tree's root moved, alerted", || {
+        env.alert_active(&ids[trees - 1], "workspace_exists")
+    });
+}
