@@ -12,6 +12,16 @@ const USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let args = Cli::parse();
+    if matches!(args.command, Command::Start(_)) && std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // Each of the daemon's threads (event loop, writer, probe runners, kernel events) would
+        // take a malloc arena of its own; two shared ones keep its resident memory smaller
+        // (measured: 0.25 to 0.33 MB of its 2.2 MB of heap), and its threads rarely allocate
+        // at the same moment. An operator's MALLOC_ARENA_MAX still decides.
+        // SAFETY: at the start of main, before any thread exists; a plain glibc tunable.
+        unsafe {
+            nix::libc::mallopt(nix::libc::M_ARENA_MAX, 2);
+        }
+    }
     if !matches!(args.command, Command::Start(_)) {
         // A command's output piped into `head` ends quietly when the reader goes, as other
         // tools do; the daemon keeps Rust's default (ignored, an error on the write) for its

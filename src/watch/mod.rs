@@ -389,7 +389,7 @@ mod tests {
     }
 
     #[test]
-    fn a_root_removed_pokes_and_is_watched_again_once_back() {
+    fn a_root_made_unreadable_removed_or_moved_pokes_and_is_watched_again_once_back() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("ws");
         std::fs::create_dir_all(root.join("sub")).unwrap();
@@ -401,6 +401,12 @@ mod tests {
         watches.want(&wanted);
         std::fs::write(root.join("file"), "x").unwrap();
         assert!(quiet(&rx), "what happens inside a root is not a root event");
+        // Made unreadable (root still reads it, but its permissions changed).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o000)).unwrap();
+        assert_eq!(next(&rx), Some(Cause::RootChanged));
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        while rx.recv_timeout(Duration::from_millis(100)).is_ok() {}
         std::fs::remove_dir_all(&root).unwrap();
         assert_eq!(next(&rx), Some(Cause::RootChanged));
         while rx.recv_timeout(Duration::from_millis(100)).is_ok() {}
