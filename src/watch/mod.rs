@@ -101,6 +101,9 @@ pub struct Wanted {
 
 /// One path watched for a probe.
 struct HeldPath {
+    /// Its subscriber id in the kernel's table: one per path, since two of a probe's paths may
+    /// share a directory (a heartbeat inside the workspace root) and so a descriptor.
+    id: u64,
     interest: Arc<Interest>,
     /// `None` while the directory cannot be watched (missing): tried again at each measurement.
     wd: Option<WatchDescriptor>,
@@ -110,11 +113,19 @@ struct HeldPath {
 #[derive(Default)]
 pub struct Watches {
     poke: Option<Poke>,
-    /// This probe's subscriber id in the kernel's table (0 until it watches anything).
-    id: u64,
     paths: HashMap<PathWatch, HeldPath>,
     /// The process asked for last, and its token while its pidfd is waited on.
     process: Option<((u32, u64), Option<u64>)>,
+}
+
+impl HeldPath {
+    /// Gives the path's watch back to the kernel's table.
+    fn release(&self, kernel: &kernel::Kernel) {
+        if let Some(wd) = self.wd {
+            kernel.remove(self.id, wd);
+        }
+        kernel.forget(self.id);
+    }
 }
 
 impl std::fmt::Debug for Watches {
@@ -139,17 +150,13 @@ impl Watches {
         let (Some(poke), Some(kernel)) = (self.poke.clone(), kernel()) else {
             return;
         };
-        if self.id == 0 {
-            self.id = kernel.next_id();
-        }
         self.want_process(kernel, &poke, wanted.process);
-        let id = self.id;
         self.paths.retain(|watch, held| {
             let keep = wanted.paths.contains(watch)
                 && held.wd.is_some()
                 && !held.interest.lost.load(Ordering::Relaxed);
-            if !keep && let Some(wd) = held.wd {
-                kernel.remove(id, wd);
+            if !keep {
+                held.release(kernel);
             }
             keep
         });
@@ -183,8 +190,10 @@ impl Watches {
             } else {
                 dir
             };
+            let id = kernel.next_id();
             let wd = kernel.add_interest(id, dir, &interest).ok();
-            self.paths.insert(watch.clone(), HeldPath { interest, wd });
+            self.paths
+                .insert(watch.clone(), HeldPath { id, interest, wd });
         }
     }
 
@@ -222,15 +231,12 @@ impl Watches {
 
 impl Drop for Watches {
     fn drop(&mut self) {
-        let Some(kernel) = kernel().filter(|_| self.id != 0) else {
+        let Some(kernel) = kernel() else {
             return;
         };
         for held in self.paths.values() {
-            if let Some(wd) = held.wd {
-                kernel.remove(self.id, wd);
-            }
+            held.release(kernel);
         }
-        kernel.forget(self.id);
         if let Some((_, Some(token))) = self.process {
             kernel.unwait(token);
         }
@@ -443,6 +449,32 @@ mod tests {
         drop(files);
         beat(&hb, "working");
         assert_eq!(next(&beats_rx), Some(Cause::Heartbeat));
+    }
+
+    #[test]
+    fn a_probes_paths_in_one_directory_are_each_told() {
+        // A heartbeat inside the workspace root: one directory, one descriptor, two paths.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ws");
+        std::fs::create_dir(&root).unwrap();
+        let (hb, pid) = (root.join(".heartbeat"), root.join(".pid"));
+        beat(&hb, "working");
+        let (mut watches, rx) = watched();
+        watches.want(&Wanted {
+            process: None,
+            paths: vec![
+                PathWatch::Root(root.clone()),
+                PathWatch::Heartbeat(hb.clone()),
+                PathWatch::File(pid.clone()),
+            ],
+        });
+        beat(&hb, "stuck");
+        assert_eq!(next(&rx), Some(Cause::Heartbeat));
+        std::fs::write(&pid, "1\n").unwrap();
+        assert_eq!(next(&rx), Some(Cause::FileChanged));
+        while rx.recv_timeout(Duration::from_millis(100)).is_ok() {}
+        std::fs::rename(&root, dir.path().join("elsewhere")).unwrap();
+        assert_eq!(next(&rx), Some(Cause::RootChanged));
     }
 
     #[test]
