@@ -41,7 +41,7 @@
 //!    each window, then its median. The feeder's CPU is not the daemons', nor is the pages'.
 //!    Also printed: how often the pages had to connect again (their stream ended), and, in this
 //!    process, what the library's part of publishing a cycle costs on the daemon's own state
-//!    (`LiveHub::cycle`: the state's and the diff's JSON) and each page's `sse_frame`.
+//!    (`LiveHub::cycle`: the diff and its frame) and each page's share of the frame.
 //!
 //! Run: `cargo bench --bench dashboard` (under 2 minutes). Environment: `ONLY` (`overview`,
 //! `chart` or `events`: that part alone), `RESOURCES` (1000), `REQUESTS` (30 per endpoint, after
@@ -70,7 +70,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use health_monitor::control::protocol::validate_monitor;
-use health_monitor::live::{LiveHub, LiveResource, LiveState, sse_frame};
+use health_monitor::live::{LiveHub, LiveResource, LiveState};
 use health_monitor::model::{
     AgentOptions, HealthMetric, HealthStatus, MonitorSpec, ResourceType, WorkspaceOptions,
     format_timestamp,
@@ -930,9 +930,10 @@ fn live_state(json: &str) -> LiveState {
 }
 
 /// In this process, the part of a cycle's publishing that the library exposes: `LiveHub::cycle`
-/// (the whole state as JSON, the diff against the previous one and its JSON) of the daemon's own
-/// state, with the pushed resources' values changed each time, and the `sse_frame` each page's
-/// stream formats of the diff. Medians in microseconds, and the sizes in bytes.
+/// (the diff against the previous state, formatted once as the frame every page gets; the whole
+/// state's JSON is made only when a page joins) of the daemon's own state, with the pushed
+/// resources' values changed each time, and what each page's stream does with the frame (a
+/// clone of its shared `Bytes`). Medians in microseconds, and the sizes in bytes.
 fn hub_costs(state_json: &str) -> (f64, f64, usize, usize) {
     let a = live_state(state_json);
     let mut b = a.clone();
@@ -953,7 +954,7 @@ fn hub_costs(state_json: &str) -> (f64, f64, usize, usize) {
         cycle_us.push(start.elapsed().as_secs_f64() * 1e6);
         let event = rx.try_recv().unwrap();
         let start = Instant::now();
-        let frame = sse_frame(&event);
+        let frame = event.clone();
         frame_us.push(start.elapsed().as_secs_f64() * 1e6);
         diff_bytes = frame.len();
     }
@@ -1137,7 +1138,7 @@ fn events(root: &Path) {
     }
     let (cycle_us, frame_us, state_bytes, frame_bytes) = hub_costs(&state_json);
     println!(
-        "  in this process, of a cycle's publishing: LiveHub::cycle (the whole state's JSON, {state_bytes} B, and the diff's) {cycle_us:.0} µs; each page's sse_frame of the diff ({frame_bytes} B, {pushed} resources changed) {frame_us:.1} µs"
+        "  in this process, of a cycle's publishing: LiveHub::cycle (the diff and its frame; the whole state's JSON, {state_bytes} B, only when a page joins) {cycle_us:.0} µs; each page's share of the frame ({frame_bytes} B, {pushed} resources changed) {frame_us:.1} µs"
     );
 }
 

@@ -1,7 +1,8 @@
 //! The status document: the original summary's keys plus overall status, per-resource latest
 //! values and actor states; built from live or stored data, rendered as JSON or for people.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -264,13 +265,47 @@ fn rank(t: ResourceType) -> u8 {
 }
 
 /// Resources keyed so they sort as [`rank`] says, each with the latest metrics shown for it.
-type Grouped<'a> = BTreeMap<(u8, ResourceType, String), Vec<&'a HealthMetric>>;
+/// A resource's id is borrowed from its metrics' rows, owned only for a monitor without data.
+type Grouped<'a> = BTreeMap<(u8, ResourceType, Cow<'a, str>), Vec<&'a HealthMetric>>;
+
+/// One resource as the summary lists it, its latest metrics borrowed: what the dashboard's
+/// event stream reads every cycle without building the whole summary.
+#[derive(Debug)]
+pub(crate) struct ResourceState<'a> {
+    /// What kind of resource it is.
+    pub(crate) resource_type: ResourceType,
+    /// Which one.
+    pub(crate) resource_id: Cow<'a, str>,
+    /// Its status, as [`ResourceView::status`].
+    pub(crate) status: HealthStatus,
+    /// Its latest metrics, by name.
+    pub(crate) metrics: Vec<&'a HealthMetric>,
+}
+
+/// Every resource the summary lists, in its order, with its status: the summary's resources
+/// without their metrics' views (no string is copied, no timestamp formatted).
+pub(crate) fn resource_states<'a>(
+    monitors: &[MonitorSpec],
+    latest: &'a [HealthMetric],
+    actors: &[ActorReport],
+    active_alerts: &[HealthAlert],
+) -> Vec<ResourceState<'a>> {
+    let grouped = group_metrics(monitors, latest);
+    resource_views(grouped, actors, active_alerts)
+}
 
 /// Assembles the summary.
 pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
-    let grouped = group_metrics(&inputs.monitors, &inputs.latest);
-    let resources = resource_views(grouped, &inputs.actors, &inputs.active_alerts);
-    let overall_status = overall_status(&resources, &inputs.active_alerts);
+    let resources: Vec<ResourceView> = resource_states(
+        &inputs.monitors,
+        &inputs.latest,
+        &inputs.actors,
+        &inputs.active_alerts,
+    )
+    .into_iter()
+    .map(ResourceState::view)
+    .collect();
+    let overall_status = overall_status(resources.iter().map(|r| r.status), &inputs.active_alerts);
     let active_alerts = alert_views(&inputs.active_alerts);
     Summary {
         timestamp: format_timestamp(now),
@@ -304,63 +339,89 @@ pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
 
 /// Every monitored resource (with or without data) and every shown metric, grouped by resource.
 fn group_metrics<'a>(monitors: &[MonitorSpec], latest: &'a [HealthMetric]) -> Grouped<'a> {
+    // A check on an agent's resource shows there, not as a resource of its own.
+    let monitored: Vec<(ResourceType, String)> =
+        monitors.iter().map(MonitorSpec::resource).collect();
     let mut grouped = Grouped::new();
-    for spec in monitors {
-        // A check on an agent's resource shows there, not as a resource of its own.
-        let (t, id) = spec.resource();
-        grouped.entry((rank(t), t, id)).or_default();
-    }
-    for m in latest {
-        if is_gone(m, monitors) {
-            continue;
+    {
+        let watched = Watched::new(&monitored, monitors);
+        // The analyzer lists a resource's metrics together: one lookup per resource, not per
+        // metric (rows in another order only make more, shorter runs).
+        let same_resource = |a: &HealthMetric, b: &HealthMetric| {
+            a.resource_type == b.resource_type && a.resource_id == b.resource_id
+        };
+        for run in latest.chunk_by(same_resource) {
+            let (t, id) = (run[0].resource_type, run[0].resource_id.as_str());
+            let unwatched = watched.unwatched(t, id);
+            let mut shown = run
+                .iter()
+                .filter(|m| !unwatched || !in_catalog(m))
+                .peekable();
+            if shown.peek().is_some() {
+                grouped
+                    .entry((rank(t), t, Cow::Borrowed(id)))
+                    .or_default()
+                    .extend(shown);
+            }
         }
-        grouped
-            .entry((
-                rank(m.resource_type),
-                m.resource_type,
-                m.resource_id.clone(),
-            ))
-            .or_default()
-            .push(m);
+    }
+    for (t, id) in monitored {
+        grouped.entry((rank(t), t, Cow::Owned(id))).or_default();
     }
     grouped
 }
 
-/// True for a row of a removed agent or workspace (or of its databases): it lingers in the
-/// database and is not shown.
-fn is_gone(m: &HealthMetric, monitors: &[MonitorSpec]) -> bool {
-    // A pushed metric (or a check's perfdata) is about any resource, watched or not.
-    if crate::catalog::lookup(&m.metric_name).is_none() {
-        return false;
-    }
-    match m.resource_type {
-        // The followed town's own resource (its daemon, its orphans) has no monitor.
-        ResourceType::Agent if m.resource_id == crate::gastown::lifecycle::TOWN_RESOURCE => false,
-        ResourceType::Agent | ResourceType::Workspace | ResourceType::Check => {
-            !monitors.iter().any(|s| {
-                let (t, id) = s.resource();
-                t == m.resource_type && id == m.resource_id
-            })
+/// The monitored resources, looked up in one step for each row (a summary tests hundreds of
+/// rows against every monitor, every cycle of the dashboard's event stream).
+struct Watched<'a> {
+    /// Where each monitor's readings are stored.
+    resources: HashSet<(ResourceType, &'a str)>,
+    /// The workspace monitors' ids: their databases are theirs.
+    workspaces: Vec<&'a str>,
+}
+
+impl<'a> Watched<'a> {
+    /// From the monitors and where each one's readings are stored (`MonitorSpec::resource`).
+    fn new(monitored: &'a [(ResourceType, String)], monitors: &'a [MonitorSpec]) -> Self {
+        Watched {
+            resources: monitored.iter().map(|(t, id)| (*t, id.as_str())).collect(),
+            workspaces: monitors
+                .iter()
+                .filter(|s| s.kind() == MonitorKind::Workspace)
+                .map(MonitorSpec::id)
+                .collect(),
         }
-        ResourceType::Database => !monitors.iter().any(|s| {
-            s.kind() == MonitorKind::Workspace
-                && crate::model::belongs_to(
-                    m.resource_type,
-                    &m.resource_id,
-                    ResourceType::Workspace,
-                    s.id(),
-                )
-        }),
-        _ => false,
+    }
+
+    /// True for a resource no monitor watches: an agent, workspace or check removed (or a
+    /// database of a workspace removed), whose rows linger in the database.
+    fn unwatched(&self, resource_type: ResourceType, resource_id: &str) -> bool {
+        match resource_type {
+            // The followed town's own resource (its daemon, its orphans) has no monitor.
+            ResourceType::Agent if resource_id == crate::gastown::lifecycle::TOWN_RESOURCE => false,
+            ResourceType::Agent | ResourceType::Workspace | ResourceType::Check => {
+                !self.resources.contains(&(resource_type, resource_id))
+            }
+            ResourceType::Database => !self.workspaces.iter().any(|w| {
+                crate::model::belongs_to(resource_type, resource_id, ResourceType::Workspace, w)
+            }),
+            _ => false,
+        }
     }
 }
 
-/// Each grouped resource as the summary lists it, in the group's order.
-fn resource_views(
-    grouped: Grouped<'_>,
+/// True for a metric of the catalogue. Any other (a pushed metric, a check's perfdata) is
+/// about any resource, watched or not.
+fn in_catalog(m: &HealthMetric) -> bool {
+    crate::catalog::lookup(&m.metric_name).is_some()
+}
+
+/// Each grouped resource with its status, in the group's order.
+fn resource_views<'a>(
+    grouped: Grouped<'a>,
     actors: &[ActorReport],
     active_alerts: &[HealthAlert],
-) -> Vec<ResourceView> {
+) -> Vec<ResourceState<'a>> {
     let impaired: HashMap<&str, ChildState> = actors
         .iter()
         .filter(|a| a.state != ChildState::Running)
@@ -382,22 +443,25 @@ fn resource_views(
 
 /// One resource: its metrics by name and its worst status, lifted by impaired monitoring and
 /// by active conditions on it.
-fn resource_view(
+fn resource_view<'a>(
     resource_type: ResourceType,
-    resource_id: String,
-    mut metrics: Vec<&HealthMetric>,
+    resource_id: Cow<'a, str>,
+    mut metrics: Vec<&'a HealthMetric>,
     impaired: &HashMap<&str, ChildState>,
     active_alerts: &[HealthAlert],
-) -> ResourceView {
+) -> ResourceState<'a> {
     metrics.sort_by(|a, b| a.metric_name.cmp(&b.metric_name));
     let mut status = metrics
         .iter()
         .map(|m| m.status)
         .max()
         .unwrap_or(HealthStatus::Unknown);
-    // Impaired monitoring shows as degraded unless the data already says worse.
-    let collector = collector_of(resource_type, &resource_id);
-    if impaired.contains_key(collector.as_str()) && status < HealthStatus::Degraded {
+    // Impaired monitoring shows as degraded unless the data already says worse. (Usually
+    // every child runs: then no collector's name is made.)
+    if !impaired.is_empty()
+        && status < HealthStatus::Degraded
+        && impaired.contains_key(collector_of(resource_type, &resource_id).as_str())
+    {
         status = HealthStatus::Degraded;
     }
     // An active condition on the resource shows too, though no metric says it.
@@ -409,11 +473,23 @@ fn resource_view(
             status = status.max(floor);
         }
     }
-    ResourceView {
+    ResourceState {
         resource_type,
         resource_id,
         status,
-        metrics: metrics.into_iter().map(metric_view).collect(),
+        metrics,
+    }
+}
+
+impl ResourceState<'_> {
+    /// The resource as the summary lists it.
+    fn view(self) -> ResourceView {
+        ResourceView {
+            resource_type: self.resource_type,
+            resource_id: self.resource_id.into_owned(),
+            status: self.status,
+            metrics: self.metrics.into_iter().map(metric_view).collect(),
+        }
     }
 }
 
@@ -437,14 +513,15 @@ fn metric_view(m: &HealthMetric) -> MetricView {
     }
 }
 
-/// The worst resource, and at least the severity of every active alert.
-fn overall_status(resources: &[ResourceView], active_alerts: &[HealthAlert]) -> HealthStatus {
+/// The worst of the resources' statuses, and at least the severity of every active alert.
+pub(crate) fn overall_status(
+    statuses: impl Iterator<Item = HealthStatus>,
+    active_alerts: &[HealthAlert],
+) -> HealthStatus {
     // A condition (a failed collector, a database that refuses writes, a crashed session) has
     // no metric status to show through, and may be raised on a resource not listed
     // (`database/<db path>`).
-    resources
-        .iter()
-        .map(|r| r.status)
+    statuses
         .chain(
             active_alerts
                 .iter()
@@ -896,8 +973,13 @@ mod tests {
             metric(ResourceType::Workspace, "w1", "y", 90.0),
             metric(ResourceType::Workspace, "w1", "x", 10.0),
         ];
-        assert!(is_gone(&latest[0], &monitors));
-        assert!(!is_gone(&latest[1], &monitors));
+        let monitored: Vec<_> = monitors.iter().map(MonitorSpec::resource).collect();
+        let watched = Watched::new(&monitored, &monitors);
+        assert!(watched.unwatched(ResourceType::Workspace, "gone") && in_catalog(&latest[0]));
+        assert!(!watched.unwatched(ResourceType::Workspace, "w1"));
+        assert!(watched.unwatched(ResourceType::Database, "gone/x.db"));
+        assert!(!watched.unwatched(ResourceType::Database, "w1/x.db"));
+        assert!(!in_catalog(&latest[1]), "y is pushed: shown wherever it is");
         let grouped = group_metrics(&monitors, &latest);
         let keys: Vec<String> = grouped
             .keys()
@@ -906,7 +988,10 @@ mod tests {
         assert_eq!(keys, ["agent/a1", "workspace/w1"]);
         assert_eq!(collector_of(ResourceType::Workspace, "w1"), "workspace:w1");
         assert_eq!(collector_of(ResourceType::Cpu, "system"), "system");
-        let views = resource_views(grouped, &[], &[]);
+        let views: Vec<ResourceView> = resource_views(grouped, &[], &[])
+            .into_iter()
+            .map(ResourceState::view)
+            .collect();
         assert_eq!(views[1].metrics[0].metric_name, "x");
         assert_eq!(views[1].status, HealthStatus::Unhealthy);
         let alerts = [alert(
@@ -915,9 +1000,41 @@ mod tests {
             "database_write_failed",
             HealthStatus::Critical,
         )];
-        assert_eq!(overall_status(&views, &alerts), HealthStatus::Critical);
-        assert_eq!(overall_status(&[], &[]), HealthStatus::Unknown);
+        let statuses = || views.iter().map(|r| r.status);
+        assert_eq!(overall_status(statuses(), &alerts), HealthStatus::Critical);
+        assert_eq!(
+            overall_status(std::iter::empty(), &[]),
+            HealthStatus::Unknown
+        );
         assert_eq!(alert_views(&alerts)[0].resource_id, "/x.db");
         assert_eq!(count_monitors(&monitors, MonitorKind::Agent), 1);
+    }
+
+    #[test]
+    fn rows_in_any_order_group_by_resource_and_a_removed_resources_catalogue_rows_go() {
+        let monitors = vec![MonitorSpec::agent("a1")];
+        let latest = vec![
+            metric(ResourceType::Agent, "a1", "agent_memory_mb", 1.0),
+            metric(ResourceType::Agent, "gone", "agent_memory_mb", 1.0),
+            metric(ResourceType::Agent, "a1", "pushed_a", 2.0),
+            metric(ResourceType::Agent, "gone", "pushed_b", 3.0),
+            metric(ResourceType::Agent, "gone2", "agent_memory_mb", 1.0),
+        ];
+        let grouped = group_metrics(&monitors, &latest);
+        let shown: Vec<(String, Vec<&str>)> = grouped
+            .iter()
+            .map(|((_, t, id), metrics)| {
+                let names = metrics.iter().map(|m| m.metric_name.as_ref()).collect();
+                (format!("{t}/{id}"), names)
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("agent/a1".to_string(), vec!["agent_memory_mb", "pushed_a"]),
+                // A pushed series is shown on any resource; the removed agent's own are not.
+                ("agent/gone".to_string(), vec!["pushed_b"]),
+            ]
+        );
     }
 }

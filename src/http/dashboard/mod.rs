@@ -7,6 +7,7 @@ pub(crate) mod actions;
 pub(crate) mod events;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -15,7 +16,7 @@ use chrono::{DateTime, Utc};
 
 use super::api::{ApiError, State};
 use crate::chart::{self, Range};
-use crate::live::{LiveAlert, LiveResource, LiveState};
+use crate::live::{LiveAlert, LiveDiff, LiveResource, LiveState};
 use crate::model::{HealthAlert, HealthMetric, HealthStatus, ResourceType, format_timestamp};
 use crate::summary::Summary;
 
@@ -186,24 +187,180 @@ pub(crate) struct ResourcePage {
     generated: String,
 }
 
-/// The values of a resource as its row shows them: its main metric first, at most a few.
-fn values_text(resource_type: ResourceType, metrics: &[crate::summary::MetricView]) -> String {
+/// One reading as a resource's row shows it: the metric's name, its value and its unit.
+type Reading<'a> = (&'a str, f64, &'a str);
+
+/// Puts a resource's main metric first; the others keep their order (by name).
+fn order_readings(resource_type: ResourceType, readings: &mut [Reading<'_>]) {
     let main = crate::rollup::main_metric(resource_type);
-    let mut ordered: Vec<&crate::summary::MetricView> = metrics.iter().collect();
-    ordered.sort_by_key(|m| Some(m.metric_name.as_str()) != main);
-    let shown: Vec<String> = ordered
+    readings.sort_by_key(|r| Some(r.0) != main);
+}
+
+/// The values of a resource as its row shows them, from its ordered readings: at most a few.
+fn values_text(readings: &[Reading<'_>]) -> String {
+    let shown: Vec<String> = readings
         .iter()
         .take(ROW_VALUES)
-        .map(|m| {
-            let v = crate::alerts::format_value(m.value, &m.unit).replace(' ', "");
-            format!("{}={v}", m.metric_name)
+        .map(|(name, value, unit)| {
+            let v = crate::alerts::format_value(*value, unit).replace(' ', "");
+            format!("{name}={v}")
         })
         .collect();
-    match ordered.len() {
+    match readings.len() {
         0 => "no data yet".to_string(),
         n if n > ROW_VALUES => format!("{} (+{} more)", shown.join("  "), n - ROW_VALUES),
         _ => shown.join("  "),
     }
+}
+
+/// Each resource's values text as last made, with the readings it shows: a cycle makes again
+/// only the texts whose readings changed (from one cycle to the next, most keep theirs).
+#[derive(Debug, Default)]
+pub(crate) struct ValuesCache {
+    /// By `type/id`.
+    by_resource: std::collections::HashMap<String, CachedValues>,
+    /// The cycle going on; a resource not seen in it is forgotten at its end.
+    cycle: u64,
+    /// Texts made, for the tests.
+    made: u64,
+}
+
+/// One resource's values text and what it was made from.
+#[derive(Debug)]
+struct CachedValues {
+    /// The readings shown (the first [`ROW_VALUES`], ordered), the values as bits: a NaN is
+    /// then equal to itself.
+    shown: Vec<(String, u64, String)>,
+    /// How many readings the resource had (the text says how many more there are).
+    count: usize,
+    text: String,
+    /// The cycle that last saw it.
+    seen: u64,
+}
+
+impl CachedValues {
+    /// True when `readings` make this text.
+    fn made_of(&self, readings: &[Reading<'_>]) -> bool {
+        let shown = &readings[..readings.len().min(ROW_VALUES)];
+        self.count == readings.len()
+            && self.shown.len() == shown.len()
+            && self
+                .shown
+                .iter()
+                .zip(shown)
+                .all(|((n, v, u), (name, value, unit))| {
+                    *v == value.to_bits() && n == name && u == unit
+                })
+    }
+}
+
+impl ValuesCache {
+    /// The values text of resource `key` if these ordered readings made it (then it is seen in
+    /// this cycle); `None` if they changed, or for a resource new to the cache.
+    fn cached(&mut self, key: &str, readings: &[Reading<'_>]) -> Option<&str> {
+        let cycle = self.cycle;
+        let cached = self.by_resource.get_mut(key)?;
+        if !cached.made_of(readings) {
+            return None;
+        }
+        cached.seen = cycle;
+        Some(&cached.text)
+    }
+
+    /// The values text of resource `key` with these ordered readings, made only if they
+    /// changed since the last cycle.
+    fn text(&mut self, key: &str, readings: &[Reading<'_>]) -> String {
+        let cycle = self.cycle;
+        if let Some(cached) = self.by_resource.get_mut(key)
+            && cached.made_of(readings)
+        {
+            cached.seen = cycle;
+            return cached.text.clone();
+        }
+        self.made += 1;
+        let text = values_text(readings);
+        let shown = readings
+            .iter()
+            .take(ROW_VALUES)
+            .map(|(n, v, u)| (n.to_string(), v.to_bits(), u.to_string()))
+            .collect();
+        self.by_resource.insert(
+            key.to_string(),
+            CachedValues {
+                shown,
+                count: readings.len(),
+                text: text.clone(),
+                seen: cycle,
+            },
+        );
+        text
+    }
+
+    /// Ends a cycle: forgets the resources it did not see.
+    fn end_cycle(&mut self) {
+        let cycle = self.cycle;
+        self.by_resource.retain(|_, c| c.seen == cycle);
+        self.cycle += 1;
+    }
+}
+
+/// A resource of the live state, by its `type/id`.
+fn live_resource(
+    resource_type: ResourceType,
+    id: &str,
+    status: HealthStatus,
+    mut readings: Vec<Reading<'_>>,
+) -> (String, LiveResource) {
+    order_readings(resource_type, &mut readings);
+    let resource = LiveResource {
+        resource_type: resource_type.to_string(),
+        id: id.to_string(),
+        status: status.as_str().to_string(),
+        values: values_text(&readings),
+    };
+    (format!("{resource_type}/{id}"), resource)
+}
+
+/// The active alerts as a page shows them: newest first, each with whether a silence covers it.
+fn live_alerts(
+    active: &[HealthAlert],
+    silences: &[crate::model::Silence],
+    now: DateTime<Utc>,
+) -> Vec<LiveAlert> {
+    let mut alerts: Vec<&HealthAlert> = active.iter().filter(|a| a.id.is_some()).collect();
+    alerts.sort_by(|a, b| b.timestamp.cmp(&a.timestamp).then(b.id.cmp(&a.id)));
+    alerts
+        .into_iter()
+        .map(|a| LiveAlert {
+            id: a.id.unwrap_or_default(),
+            severity: a.severity.as_str().to_string(),
+            resource_type: a.resource_type.to_string(),
+            resource: a.resource_id.clone(),
+            metric: a.alert_type.clone(),
+            message: a.message.clone(),
+            since: format_timestamp(a.timestamp),
+            acked: a.acknowledged_at.is_some(),
+            silenced: silences.iter().any(|s| s.covers(a, now)),
+        })
+        .collect()
+}
+
+/// The silences in force as a page shows them.
+fn live_silences(
+    silences: &[crate::model::Silence],
+    now: DateTime<Utc>,
+) -> Vec<crate::live::LiveSilence> {
+    silences
+        .iter()
+        .filter(|s| s.expires_at > now)
+        .map(|s| crate::live::LiveSilence {
+            resource_type: s.resource_type.to_string(),
+            id: s.resource_id.clone(),
+            metric: s.metric.clone().unwrap_or_default(),
+            until: format_timestamp(s.expires_at),
+            comment: s.comment.clone().unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// What a page shows that changes with each cycle, from the live summary, the analyzer's
@@ -218,48 +375,128 @@ pub(crate) fn live_state(
         .resources
         .iter()
         .map(|r| {
-            (
-                format!("{}/{}", r.resource_type, r.resource_id),
-                LiveResource {
-                    resource_type: r.resource_type.to_string(),
-                    id: r.resource_id.clone(),
-                    status: r.status.as_str().to_string(),
-                    values: values_text(r.resource_type, &r.metrics),
-                },
-            )
+            let readings = r
+                .metrics
+                .iter()
+                .map(|m| (m.metric_name.as_str(), m.value, m.unit.as_str()))
+                .collect();
+            live_resource(r.resource_type, &r.resource_id, r.status, readings)
         })
         .collect::<BTreeMap<_, _>>();
-    let mut alerts: Vec<&HealthAlert> = active.iter().filter(|a| a.id.is_some()).collect();
-    alerts.sort_by(|a, b| b.timestamp.cmp(&a.timestamp).then(b.id.cmp(&a.id)));
     LiveState {
         overall: summary.overall_status.as_str().to_string(),
         resources,
-        alerts: alerts
-            .into_iter()
-            .map(|a| LiveAlert {
-                id: a.id.unwrap_or_default(),
-                severity: a.severity.as_str().to_string(),
-                resource_type: a.resource_type.to_string(),
-                resource: a.resource_id.clone(),
-                metric: a.alert_type.clone(),
-                message: a.message.clone(),
-                since: format_timestamp(a.timestamp),
-                acked: a.acknowledged_at.is_some(),
-                silenced: silences.iter().any(|s| s.covers(a, now)),
-            })
-            .collect(),
-        silences: silences
-            .iter()
-            .filter(|s| s.expires_at > now)
-            .map(|s| crate::live::LiveSilence {
-                resource_type: s.resource_type.to_string(),
-                id: s.resource_id.clone(),
-                metric: s.metric.clone().unwrap_or_default(),
-                until: format_timestamp(s.expires_at),
-                comment: s.comment.clone().unwrap_or_default(),
-            })
-            .collect(),
+        alerts: live_alerts(active, silences, now),
+        silences: live_silences(silences, now),
     }
+}
+
+/// Brings the event stream's state up to date with what the daemon holds, in place, and says
+/// what changed (`None`: nothing). The state ends as [`live_state`] makes it from the live
+/// summary, without building the summary; a resource whose status and readings did not change
+/// costs no string, its values text kept in `cache` from one cycle to the next.
+pub(crate) fn update_state(
+    state: &mut LiveState,
+    inputs: &crate::control::service::LiveInputs,
+    silences: &[crate::model::Silence],
+    now: DateTime<Utc>,
+    cache: &mut ValuesCache,
+) -> Option<LiveDiff> {
+    let resources = crate::summary::resource_states(
+        &inputs.monitors,
+        &inputs.latest,
+        &inputs.actors,
+        &inputs.active_alerts,
+    );
+    let mut changed: Vec<(String, LiveResource)> = Vec::new();
+    let mut kept = 0;
+    let (mut key, mut readings) = (String::new(), Vec::new());
+    for r in &resources {
+        key.clear();
+        let _ = write!(key, "{}/{}", r.resource_type, r.resource_id);
+        readings.clear();
+        readings.extend(
+            r.metrics
+                .iter()
+                .map(|m| (m.metric_name.as_ref(), m.value, m.unit.as_ref())),
+        );
+        order_readings(r.resource_type, &mut readings);
+        let status = r.status.as_str();
+        let Some(live) = state.resources.get_mut(key.as_str()) else {
+            let (key, resource) = (
+                key.clone(),
+                LiveResource {
+                    resource_type: r.resource_type.to_string(),
+                    id: r.resource_id.to_string(),
+                    status: status.to_string(),
+                    values: cache.text(&key, &readings),
+                },
+            );
+            state.resources.insert(key.clone(), resource.clone());
+            changed.push((key, resource));
+            continue;
+        };
+        kept += 1;
+        if live.status == status && cache.cached(&key, &readings) == Some(live.values.as_str()) {
+            continue;
+        }
+        let values = cache.text(&key, &readings);
+        if live.status == status && live.values == values {
+            continue;
+        }
+        live.status = status.to_string();
+        live.values = values;
+        changed.push((key.clone(), live.clone()));
+    }
+    cache.end_cycle();
+    let mut removed = Vec::new();
+    if kept < state.resources.len() {
+        // Rare (a monitor removed, a pushed series expired): only then are the keys made again.
+        let seen: std::collections::HashSet<String> = resources
+            .iter()
+            .map(|r| format!("{}/{}", r.resource_type, r.resource_id))
+            .collect();
+        state.resources.retain(|k, _| {
+            let keep = seen.contains(k);
+            if !keep {
+                removed.push(k.clone());
+            }
+            keep
+        });
+    }
+    let overall =
+        crate::summary::overall_status(resources.iter().map(|r| r.status), &inputs.active_alerts);
+    let overall_changed = state.overall != overall.as_str();
+    if overall_changed {
+        state.overall = overall.as_str().to_string();
+    }
+    let alerts = live_alerts(&inputs.active_alerts, silences, now);
+    let alerts = (alerts != state.alerts).then(|| {
+        state.alerts = alerts;
+        state.alerts.clone()
+    });
+    let silences = live_silences(silences, now);
+    let silences = (silences != state.silences).then(|| {
+        state.silences = silences;
+        state.silences.clone()
+    });
+    if changed.is_empty()
+        && removed.is_empty()
+        && alerts.is_none()
+        && silences.is_none()
+        && !overall_changed
+    {
+        return None;
+    }
+    // In the state's order, as `LiveState::diff` lists them.
+    changed.sort_by(|a, b| a.0.cmp(&b.0));
+    Some(LiveDiff {
+        overall: state.overall.clone(),
+        changed: changed.into_iter().map(|(_, r)| r).collect(),
+        removed,
+        alerts,
+        silences,
+    })
 }
 
 /// The overview's model. `town_sessions` are the agents a followed Gas Town town manages: they
@@ -670,5 +907,129 @@ mod tests {
         assert_eq!(age(now - chrono::Duration::seconds(300), now), "5 min");
         assert_eq!(age(now - chrono::Duration::hours(3), now), "3 h");
         assert_eq!(age(now - chrono::Duration::days(2), now), "2 d");
+    }
+
+    fn reading(t: ResourceType, id: &str, name: &str, value: f64, unit: &str) -> HealthMetric {
+        use crate::model::{Measurement, Thresholds};
+        HealthMetric::from_measurement(
+            Measurement {
+                metric_name: name.to_string().into(),
+                unit: unit.to_string().into(),
+                ..Measurement::now(t, id, "", value, "")
+            },
+            Some(Thresholds::new(80.0, 95.0)),
+        )
+    }
+
+    /// Two agents, one with a pushed series, and a workspace without data yet.
+    fn inputs(load: f64, queue: f64) -> crate::control::service::LiveInputs {
+        use crate::model::MonitorSpec;
+        crate::control::service::LiveInputs {
+            monitors: vec![
+                MonitorSpec::agent("a1"),
+                MonitorSpec::agent("a2"),
+                MonitorSpec::workspace("w1"),
+            ],
+            latest: vec![
+                reading(ResourceType::Agent, "a1", "bench_load", load, "%"),
+                reading(ResourceType::Agent, "a1", "bench_queue", queue, ""),
+                reading(ResourceType::Agent, "a2", "bench_load", 1.0, "%"),
+                reading(ResourceType::Agent, "feed", "bench_rate", 2.5, "/s"),
+            ],
+            ..Default::default()
+        }
+    }
+
+    /// What the overview's page would show of `inputs`: the state from the whole summary.
+    fn from_summary(inputs: &crate::control::service::LiveInputs) -> LiveState {
+        let summary = crate::summary::build(
+            crate::summary::SummaryInputs {
+                running: true,
+                monitors: inputs.monitors.clone(),
+                latest: inputs.latest.clone(),
+                active_alerts: inputs.active_alerts.clone(),
+                actors: inputs.actors.clone(),
+                ..Default::default()
+            },
+            Utc::now(),
+        );
+        live_state(&summary, &inputs.active_alerts, &[], Utc::now())
+    }
+
+    #[test]
+    fn a_cycle_updates_the_state_in_place_to_what_the_summary_shows_and_says_what_changed() {
+        let now = Utc::now();
+        let mut cache = ValuesCache::default();
+        let mut state = LiveState::default();
+        let steps = [
+            inputs(10.0, 3.0),
+            inputs(10.0, 3.0),
+            inputs(12.0, 3.0),
+            inputs(97.0, 3.0),
+            {
+                let mut gone = inputs(97.0, 3.0);
+                gone.monitors.remove(1);
+                gone.latest.remove(2);
+                gone
+            },
+        ];
+        for (i, step) in steps.iter().enumerate() {
+            let before = state.clone();
+            let diff = update_state(&mut state, step, &[], now, &mut cache);
+            assert_eq!(state, from_summary(step), "step {i}");
+            assert_eq!(diff, state.diff(&before), "step {i}");
+        }
+        assert_eq!(state.resources["agent/a1"].status, "critical");
+        assert_eq!(state.overall, "critical");
+        assert!(!state.resources.contains_key("agent/a2"));
+        assert_eq!(state.resources["workspace/w1"].values, "no data yet");
+        assert_eq!(
+            state.resources["agent/a1"].values,
+            "bench_load=97%  bench_queue=3"
+        );
+    }
+
+    #[test]
+    fn values_texts_are_made_again_only_for_the_readings_that_changed() {
+        let now = Utc::now();
+        let mut cache = ValuesCache::default();
+        let mut state = LiveState::default();
+        update_state(&mut state, &inputs(10.0, 3.0), &[], now, &mut cache);
+        let made = cache.made;
+        assert_eq!(made, 4, "every resource's at first");
+        assert!(update_state(&mut state, &inputs(10.0, 3.0), &[], now, &mut cache).is_none());
+        assert_eq!(cache.made, made, "none changed, none made");
+        let diff = update_state(&mut state, &inputs(10.0, 4.0), &[], now, &mut cache).unwrap();
+        assert_eq!(cache.made, made + 1, "only a1's");
+        let ids: Vec<&str> = diff.changed.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["a1"]);
+        // A state changed behind the cache's back is still brought to what the readings say.
+        state.resources.get_mut("agent/a2").unwrap().values = "stale".into();
+        let diff = update_state(&mut state, &inputs(10.0, 4.0), &[], now, &mut cache).unwrap();
+        assert_eq!(diff.changed[0].values, "bench_load=1%");
+        // A resource that goes is forgotten by the cache too.
+        let mut gone = inputs(10.0, 4.0);
+        gone.latest.pop();
+        update_state(&mut state, &gone, &[], now, &mut cache);
+        assert!(!cache.by_resource.contains_key("agent/feed"));
+        assert_eq!(cache.by_resource.len(), 3);
+    }
+
+    #[test]
+    fn a_row_shows_its_main_metric_first_and_says_how_many_more_it_has() {
+        let main = crate::rollup::main_metric(ResourceType::Agent).unwrap();
+        let mut readings: Vec<Reading<'_>> = vec![
+            ("a", 5.0, "%"),
+            ("b", 1.0, ""),
+            (main, 12.0, "MB"),
+            ("c", 2.0, ""),
+            ("d", 3.0, ""),
+        ];
+        order_readings(ResourceType::Agent, &mut readings);
+        let names: Vec<&str> = readings.iter().map(|r| r.0).collect();
+        assert_eq!(names, [main, "a", "b", "c", "d"]);
+        let text = values_text(&readings);
+        assert_eq!(text, format!("{main}=12MB  a=5%  b=1  c=2 (+1 more)"));
+        assert_eq!(values_text(&[]), "no data yet");
     }
 }
