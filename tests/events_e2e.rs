@@ -207,16 +207,16 @@ fn a_stuck_heartbeat_a_rewritten_pid_file_and_a_removed_workspace_are_measured_a
     drop(other);
 }
 
-#[test]
-fn a_storm_of_heartbeat_rewrites_leaves_the_daemon_responsive_and_its_cycle_on_time() {
-    let _shared = KERNEL_LIMITS.read().unwrap();
-    let env = Env::new("");
+/// Agent `a1` (a `sleep`, with a `working` heartbeat) and workspace `w1`, its workspace,
+/// added to the database: the agent, the workspace directory and the heartbeat file.
+fn agent_and_workspace(env: &Env) -> (FakeAgent, std::path::PathBuf, std::path::PathBuf) {
     let ws = env.path("ws");
     fs::create_dir(&ws).unwrap();
     let heartbeat = env.path("a1.json");
     beat(&heartbeat, "working");
     let agent = FakeAgent::spawn();
     let pid = agent.pid().to_string();
+    let (ws_arg, hb_arg) = (ws.to_str().unwrap(), heartbeat.to_str().unwrap());
     env.hm_ok(&[
         "add",
         "agent",
@@ -224,11 +224,19 @@ fn a_storm_of_heartbeat_rewrites_leaves_the_daemon_responsive_and_its_cycle_on_t
         "--pid",
         &pid,
         "--workspace",
-        ws.to_str().unwrap(),
+        ws_arg,
         "--heartbeat",
-        heartbeat.to_str().unwrap(),
+        hb_arg,
     ]);
-    env.hm_ok(&["add", "workspace", "w1", "--path", ws.to_str().unwrap()]);
+    env.hm_ok(&["add", "workspace", "w1", "--path", ws_arg]);
+    (agent, ws, heartbeat)
+}
+
+#[test]
+fn a_storm_of_heartbeat_rewrites_leaves_the_daemon_responsive_and_its_cycle_on_time() {
+    let _shared = KERNEL_LIMITS.read().unwrap();
+    let env = Env::new("");
+    let (agent, _ws, heartbeat) = agent_and_workspace(&env);
     let _daemon = env.start(&["--interval", "1"]);
     wait_until("first measurements", || {
         rows(&env, "w1", "workspace_exists") >= 2
@@ -315,24 +323,7 @@ impl Drop for QueueLimit {
 fn an_inotify_queue_overflow_is_survived_and_everything_is_measured_again() {
     let _alone = KERNEL_LIMITS.write().unwrap();
     let env = Env::new("");
-    let ws = env.path("ws");
-    fs::create_dir(&ws).unwrap();
-    let heartbeat = env.path("a1.json");
-    beat(&heartbeat, "working");
-    let mut agent = FakeAgent::spawn();
-    let pid = agent.pid().to_string();
-    env.hm_ok(&[
-        "add",
-        "agent",
-        "a1",
-        "--pid",
-        &pid,
-        "--workspace",
-        ws.to_str().unwrap(),
-        "--heartbeat",
-        heartbeat.to_str().unwrap(),
-    ]);
-    env.hm_ok(&["add", "workspace", "w1", "--path", ws.to_str().unwrap()]);
+    let (mut agent, ws, _heartbeat) = agent_and_workspace(&env);
     // A tiny queue for the daemon's instance: a burst of file creations overflows it.
     let Some(limit) = QueueLimit::set(16) else {
         eprintln!("skipped: cannot set {} (not root?)", QueueLimit::PATH);
