@@ -77,7 +77,7 @@ use health_monitor::model::{
 };
 use health_monitor::rollup::{BUCKET_SECS, MINUTE_RETENTION_SECS, RollupRow, Rollups};
 use health_monitor::store::write::{WriteOp, apply};
-use support::{Daemon, Meter, Procs, env_u64, make_workspace, median};
+use support::{Daemon, Meter, Procs, env_u64, make_workspace, median, task_cpu_ns};
 
 /// Metric rows per write batch of the week's database.
 const BATCH: usize = 10_000;
@@ -537,30 +537,6 @@ fn chart(root: &Path) {
 
 // ---------------------------------------------------------------------------------------------
 // 3. Pages on the event stream
-
-/// CPU time of every living thread of `pid` by thread name, from `schedstat` (nanoseconds):
-/// exact where `/proc/<pid>/stat` counts 10 ms ticks, but blind to threads that have exited.
-fn task_cpu_ns(pid: u32) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let (Ok(comm), Ok(stat)) = (
-            std::fs::read_to_string(task.path().join("comm")),
-            std::fs::read_to_string(task.path().join("schedstat")),
-        ) else {
-            continue;
-        };
-        let ns: u64 = stat
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        *out.entry(comm.trim().to_string()).or_default() += ns;
-    }
-    out
-}
 
 /// Saves `n` agents (`aI --pid P`) and `n` workspaces (`wI --path wsI`) as `add` does.
 fn save_monitors(db: &Path, pids: &[u32], workspaces: &Path) {
