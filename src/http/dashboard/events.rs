@@ -187,6 +187,10 @@ pub(crate) struct Publisher {
     last_cycle: Option<Instant>,
     /// The resources' values texts, kept from cycle to cycle.
     cache: ValuesCache,
+    /// The 1 s beat between cycles (held alert events, the keep-alive), while pages listen and
+    /// cycles are further apart: nobody listening, the publisher wakes the event loop only on
+    /// the collectors' own beat.
+    between: Option<actix::SpawnHandle>,
 }
 
 impl Publisher {
@@ -198,6 +202,7 @@ impl Publisher {
             busy: false,
             last_cycle: None,
             cache: ValuesCache::default(),
+            between: None,
         }
     }
 }
@@ -207,11 +212,28 @@ impl actix::Actor for Publisher {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         use actix::{ActorFutureExt, AsyncContext, WrapFuture};
-        crate::actors::cadence::run_on_beat(ctx, BEAT, Duration::ZERO, |act, ctx| {
+        crate::actors::cadence::run_on_beat(ctx, self.every, Duration::ZERO, |act, ctx| {
             let hub = act.service.deps.analyzer.live();
             let listening = hub.listeners() > 0;
             if !listening {
                 act.last_cycle = None;
+            }
+            if listening && act.every > BEAT && act.between.is_none() {
+                let between =
+                    crate::actors::cadence::run_on_beat(ctx, BEAT, BEAT / 2, |act, ctx| {
+                        let hub = act.service.deps.analyzer.live();
+                        if hub.listeners() == 0 {
+                            if let Some(handle) = act.between.take() {
+                                ctx.cancel_future(handle);
+                            }
+                            return;
+                        }
+                        // A beat that is also the cycle's: the cycle's frame carries what is held.
+                        if !cycle_due(act.last_cycle.map(|t| t.elapsed()), act.every) {
+                            hub.flush();
+                        }
+                    });
+                act.between = Some(between);
             }
             let due = cycle_due(act.last_cycle.map(|t| t.elapsed()), act.every);
             if !listening || act.busy || !due {
