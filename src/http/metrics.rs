@@ -295,12 +295,7 @@ fn register_writer(registry: &mut Registry, w: &WriterReport) {
             w.commit_failures,
         ),
     ];
-    for (name, help, value) in gauges {
-        registry.register(name, help, gauge_at(value));
-    }
-    for (name, help, value) in counters {
-        registry.register(name, help, counter_at(value));
-    }
+    register_plain(registry, &gauges, &counters);
 }
 
 /// `measurements_*` and `analyzer_queue_depth`: what the analyzer took, refused and has queued.
@@ -363,10 +358,19 @@ fn register_events(registry: &mut Registry, events: &crate::watch::WatchStats) {
             events.exits,
         ),
     ];
-    for (name, help, value) in gauges {
+    register_plain(registry, &gauges, &counters);
+}
+
+/// Registers unlabelled gauges and counters, as `(name, help, value)`.
+fn register_plain(
+    registry: &mut Registry,
+    gauges: &[(&'static str, &'static str, u64)],
+    counters: &[(&'static str, &'static str, u64)],
+) {
+    for &(name, help, value) in gauges {
         registry.register(name, help, gauge_at(value));
     }
-    for (name, help, value) in counters {
+    for &(name, help, value) in counters {
         registry.register(name, help, counter_at(value));
     }
 }
