@@ -1,6 +1,7 @@
 //! The analyzer's logic without the actor: thresholds applied, alerts decided, latest values kept.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -61,12 +62,73 @@ pub(crate) fn is_addon_source(source: &str) -> bool {
 /// each.
 type AddOns = HashMap<ResourceType, HashMap<String, HashMap<String, String>>>;
 
+/// The resources (type, then id) whose latest values changed.
+pub type ChangedResources = HashMap<ResourceType, HashSet<String>>;
+
+/// The most resources [`Changes`] lists before it gives up and says "everything": nobody took
+/// them for a long while (no page open), and a full read is then cheaper than the list.
+const CHANGES_CAP: usize = 4096;
+
+/// Which resources' latest values changed (a value, a status or a unit, a series come or
+/// gone) since someone last took them: the dashboard's cycle then reads only those.
+#[derive(Debug)]
+struct Changes {
+    resources: ChangedResources,
+    /// How many ids `resources` holds.
+    len: usize,
+    /// Too many to list, or never taken: the taker reads everything.
+    everything: bool,
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        Changes {
+            resources: HashMap::new(),
+            len: 0,
+            everything: true,
+        }
+    }
+}
+
+impl Changes {
+    fn mark(&mut self, resource_type: ResourceType, resource_id: &str) {
+        if self.everything {
+            return;
+        }
+        let ids = self.resources.entry(resource_type).or_default();
+        if ids.contains(resource_id) {
+            return;
+        }
+        ids.insert(resource_id.to_string());
+        self.len += 1;
+        if self.len > CHANGES_CAP {
+            self.resources.clear();
+            self.len = 0;
+            self.everything = true;
+        }
+    }
+
+    fn take(&mut self) -> Option<ChangedResources> {
+        let listed = !std::mem::replace(&mut self.everything, false);
+        self.len = 0;
+        let resources = std::mem::take(&mut self.resources);
+        listed.then_some(resources)
+    }
+}
+
+/// The source of [`AnalyzerCore::epoch`]: no two cores share one.
+static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
+
 /// Thresholds, alert state and the latest value of every series.
 #[derive(Debug)]
 pub struct AnalyzerCore {
     rules: RuleTable,
     engine: AlertEngine,
     latest: Latest,
+    /// Resources whose latest values changed since [`AnalyzerCore::take_changes`].
+    changes: Changes,
+    /// Which core this is (a restarted analyzer has a new one, with all its values new).
+    epoch: u64,
     /// The resources each collector reported in its last cycle.
     sources: HashMap<String, Vec<(ResourceType, String)>>,
     /// Series of add-on sources ([`is_addon_source`]): a collector's cycle leaves them alone.
@@ -80,6 +142,8 @@ impl AnalyzerCore {
             rules,
             engine: AlertEngine::new(cooldown),
             latest: HashMap::new(),
+            changes: Changes::default(),
+            epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
             sources: HashMap::new(),
             addons: HashMap::new(),
         }
@@ -285,8 +349,9 @@ impl AnalyzerCore {
             .latest
             .get_mut(&resource_type)
             .and_then(|by_id| by_id.get_mut(resource_id))
+            && by_name.remove(metric).is_some()
         {
-            by_name.remove(metric);
+            self.changes.mark(resource_type, resource_id);
         }
         if let Some(owners) = self
             .addons
@@ -378,7 +443,11 @@ impl AnalyzerCore {
                 .get_mut(&m.resource_type)
                 .and_then(|by_id| by_id.get_mut(m.resource_id.as_str()))
             {
+                let before = by_name.len();
                 by_name.retain(|name, _| names.contains(&name.as_str()));
+                if by_name.len() != before {
+                    self.changes.mark(m.resource_type, &m.resource_id);
+                }
             }
             events.extend(self.engine.resolve_unreported(
                 m.resource_type,
@@ -397,12 +466,24 @@ impl AnalyzerCore {
         let Some(by_name) = by_id.get_mut(metric.resource_id.as_str()) else {
             return;
         };
-        match by_name.get_mut(metric.metric_name.as_ref()) {
-            // clone_from reuses the strings' buffers.
-            Some(slot) => slot.clone_from(metric),
+        let changed = match by_name.get_mut(metric.metric_name.as_ref()) {
+            Some(slot) => {
+                // What a page shows of it; a new timestamp alone is no change.
+                let changed = slot.value.to_bits() != metric.value.to_bits()
+                    || slot.status != metric.status
+                    || slot.unit != metric.unit;
+                // clone_from reuses the strings' buffers.
+                slot.clone_from(metric);
+                changed
+            }
             None => {
                 by_name.insert(metric.metric_name.to_string(), metric.clone());
+                true
             }
+        };
+        if changed {
+            self.changes
+                .mark(metric.resource_type, metric.resource_id.as_str());
         }
     }
 
@@ -416,14 +497,25 @@ impl AnalyzerCore {
         if let Some(by_id) = self.latest.get_mut(&resource_type) {
             by_id.remove(resource_id);
         }
+        self.changes.mark(resource_type, resource_id);
         if let Some(by_id) = self.addons.get_mut(&resource_type) {
             by_id.remove(resource_id);
         }
         if resource_type == ResourceType::Workspace
             && let Some(dbs) = self.latest.get_mut(&ResourceType::Database)
         {
+            let changes = &mut self.changes;
             dbs.retain(|id, _| {
-                !crate::model::belongs_to(ResourceType::Database, id, resource_type, resource_id)
+                let keep = !crate::model::belongs_to(
+                    ResourceType::Database,
+                    id,
+                    resource_type,
+                    resource_id,
+                );
+                if !keep {
+                    changes.mark(ResourceType::Database, id);
+                }
+                keep
             });
         }
         self.engine.forget_resource(resource_type, resource_id, now)
@@ -435,6 +527,32 @@ impl AnalyzerCore {
             .values()
             .flat_map(|by_id| by_id.values())
             .flat_map(|by_name| by_name.values())
+    }
+
+    /// The newest value of every series of one resource.
+    pub fn latest_of(
+        &self,
+        resource_type: ResourceType,
+        resource_id: &str,
+    ) -> impl Iterator<Item = &HealthMetric> {
+        self.latest
+            .get(&resource_type)
+            .and_then(|by_id| by_id.get(resource_id))
+            .into_iter()
+            .flat_map(|by_name| by_name.values())
+    }
+
+    /// The resources whose latest values changed (a value, a status or a unit; a series come
+    /// or gone) since the last call; `None` at the first call, or when too many changed while
+    /// nobody asked: then read them all.
+    pub fn take_changes(&mut self) -> Option<ChangedResources> {
+        self.changes.take()
+    }
+
+    /// This core's identity: a restarted analyzer's core has another, and none of what an
+    /// earlier one said changed is known of it.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// The alerts currently open.
@@ -463,6 +581,99 @@ mod tests {
             metric_name: name.to_string().into(),
             ..Measurement::now(t, id, "agent_active", value, "")
         }
+    }
+
+    /// The changed resources as sorted `type/id`s; `None` for "everything".
+    fn changed(a: &mut AnalyzerCore) -> Option<Vec<String>> {
+        let changes = a.take_changes()?;
+        let mut keys: Vec<String> = changes
+            .iter()
+            .flat_map(|(t, ids)| ids.iter().map(move |id| format!("{t}/{id}")))
+            .collect();
+        keys.sort();
+        Some(keys)
+    }
+
+    #[test]
+    fn the_change_log_names_the_resources_whose_shown_values_changed_and_nothing_else() {
+        let mut a = core();
+        let now = Utc::now();
+        let agent = |id: &str, name: &str, v| reading(ResourceType::Agent, id, name, v);
+        assert_eq!(changed(&mut a), None, "never taken: read everything");
+        a.analyze_from(
+            "agent:a1",
+            &[agent("a1", "x", 1.0), agent("a1", "y", 2.0)],
+            now,
+        );
+        a.analyze_from("agent:a2", &[agent("a2", "x", 1.0)], now);
+        assert_eq!(changed(&mut a).unwrap(), ["agent/a1", "agent/a2"]);
+        // The same values again, later: a new timestamp is no change.
+        a.analyze_from(
+            "agent:a1",
+            &[agent("a1", "x", 1.0), agent("a1", "y", 2.0)],
+            now + chrono::Duration::seconds(1),
+        );
+        assert_eq!(changed(&mut a).unwrap(), Vec::<String>::new());
+        // A value, a unit, a series gone.
+        a.analyze_from("agent:a2", &[agent("a2", "x", 1.5)], now);
+        assert_eq!(changed(&mut a).unwrap(), ["agent/a2"]);
+        let mb = Measurement {
+            unit: "MB".into(),
+            ..agent("a2", "x", 1.5)
+        };
+        a.analyze_from("agent:a2", &[mb], now);
+        assert_eq!(changed(&mut a).unwrap(), ["agent/a2"]);
+        a.analyze_from("agent:a1", &[agent("a1", "x", 1.0)], now);
+        assert_eq!(changed(&mut a).unwrap(), ["agent/a1"], "y is gone");
+        // A status: the same value, judged by other thresholds.
+        let pushed = |v| Measurement {
+            thresholds: Some(Thresholds::new(5.0, 9.0)),
+            ..agent("a3", "load", v)
+        };
+        a.analyze_from(PUSHED_SOURCE, &[pushed(1.0)], now);
+        assert_eq!(changed(&mut a).unwrap(), ["agent/a3"]);
+        let worse = Measurement {
+            thresholds: Some(Thresholds::new(0.5, 0.9)),
+            ..agent("a3", "load", 1.0)
+        };
+        a.analyze_from(PUSHED_SOURCE, &[worse], now);
+        assert_eq!(
+            changed(&mut a).unwrap(),
+            ["agent/a3"],
+            "the same value, now critical"
+        );
+        a.retire_series(ResourceType::Agent, "a3", "load", now);
+        assert_eq!(changed(&mut a).unwrap(), ["agent/a3"], "retired");
+        a.retire_series(ResourceType::Agent, "a3", "load", now);
+        assert_eq!(
+            changed(&mut a).unwrap(),
+            Vec::<String>::new(),
+            "nothing left"
+        );
+        // A workspace forgotten takes its databases with it.
+        let ws = Measurement::now(
+            ResourceType::Workspace,
+            "w1",
+            "workspace_size_mb",
+            1.0,
+            "MB",
+        );
+        let db = Measurement::now(ResourceType::Database, "w1/a.db", "db_size_mb", 1.0, "MB");
+        a.analyze_from("workspace:w1", &[ws, db], now);
+        changed(&mut a);
+        a.forget_resource(ResourceType::Workspace, "w1", now);
+        assert_eq!(
+            changed(&mut a).unwrap(),
+            ["database/w1/a.db", "workspace/w1"]
+        );
+        // Too many changes while nobody takes them: everything.
+        let batch: Vec<Measurement> = (0..=CHANGES_CAP)
+            .map(|i| agent(&format!("n{i}"), "x", 1.0))
+            .collect();
+        a.analyze_from(PUSHED_SOURCE, &batch, now);
+        assert_eq!(changed(&mut a), None);
+        assert_eq!(changed(&mut a).unwrap(), Vec::<String>::new());
+        assert_ne!(core().epoch(), a.epoch(), "each core its own");
     }
 
     fn latest_names(a: &AnalyzerCore, id: &str) -> Vec<String> {

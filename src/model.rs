@@ -888,9 +888,19 @@ impl MonitorSpec {
 }
 
 /// The set of monitors, keyed by kind and id: adding twice keeps one, removing forgets it.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct MonitorSet {
     specs: BTreeMap<(MonitorKind, String), MonitorSpec>,
+    /// [`MonitorSet::shared`]'s list, made again only after a change: the supervisor hands
+    /// it out every second (the dashboard's cycle, the town's follower), and a copy of a
+    /// hundred specs each time is most of what those asks cost.
+    shared: std::sync::OnceLock<std::sync::Arc<[MonitorSpec]>>,
+}
+
+impl PartialEq for MonitorSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.specs == other.specs
+    }
 }
 
 /// What [`MonitorSet::add`] did.
@@ -908,6 +918,7 @@ pub enum AddOutcome {
 impl MonitorSet {
     /// Adds or replaces a monitor.
     pub fn add(&mut self, spec: MonitorSpec) -> AddOutcome {
+        self.shared.take();
         let key = (spec.kind(), spec.id().to_string());
         match self.specs.insert(key, spec.clone()) {
             None => AddOutcome::Added,
@@ -918,6 +929,7 @@ impl MonitorSet {
 
     /// Removes a monitor; returns it when it was there.
     pub fn remove(&mut self, kind: MonitorKind, id: &str) -> Option<MonitorSpec> {
+        self.shared.take();
         self.specs.remove(&(kind, id.to_string()))
     }
 
@@ -934,6 +946,15 @@ impl MonitorSet {
     /// All monitors, agents first, each kind sorted by id.
     pub fn iter(&self) -> impl Iterator<Item = &MonitorSpec> {
         self.specs.values()
+    }
+
+    /// All monitors in [`MonitorSet::iter`]'s order, as one shared list: the same list (no
+    /// copy) until the set changes.
+    pub fn shared(&self) -> std::sync::Arc<[MonitorSpec]> {
+        std::sync::Arc::clone(
+            self.shared
+                .get_or_init(|| self.specs.values().cloned().collect()),
+        )
     }
 
     /// How many monitors of `kind` there are.
@@ -970,6 +991,27 @@ pub fn monitor_child_name(kind: MonitorKind, id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shared_list_of_monitors_is_one_list_until_the_set_changes() {
+        let mut set: MonitorSet = [MonitorSpec::agent("a1"), MonitorSpec::workspace("w1")]
+            .into_iter()
+            .collect();
+        let first = set.shared();
+        assert!(
+            std::sync::Arc::ptr_eq(&first, &set.shared()),
+            "not copied again"
+        );
+        assert_eq!(first.to_vec(), set.iter().cloned().collect::<Vec<_>>());
+        set.add(MonitorSpec::agent("a2"));
+        let second = set.shared();
+        assert!(!std::sync::Arc::ptr_eq(&first, &second));
+        assert_eq!(second.len(), 3);
+        set.remove(MonitorKind::Agent, "a1");
+        assert_eq!(set.shared().len(), 2);
+        assert_eq!(first.len(), 2, "a list handed out stays as it was");
+        assert_eq!(set.clone(), set, "equal sets whatever their lists");
+    }
 
     #[test]
     fn thresholds_80_95_give_healthy_unhealthy_critical() {

@@ -1,7 +1,7 @@
 //! The status document: the original summary's keys plus overall status, per-resource latest
 //! values and actor states; built from live or stored data, rendered as JSON or for people.
 
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -283,21 +283,23 @@ pub(crate) struct ResourceState<'a> {
 }
 
 /// Every resource the summary lists, in its order, with its status: the summary's resources
-/// without their metrics' views (no string is copied, no timestamp formatted).
-pub(crate) fn resource_states<'a>(
-    monitors: &[MonitorSpec],
-    latest: &'a [HealthMetric],
+/// without their metrics' views (no string is copied, no timestamp formatted). The latest
+/// values are owned rows or borrowed ones (the analyzer's own, read in place).
+pub(crate) fn resource_states<'a, M: Borrow<HealthMetric>>(
+    watched: &'a Watched,
+    latest: &'a [M],
     actors: &[ActorReport],
     active_alerts: &[HealthAlert],
 ) -> Vec<ResourceState<'a>> {
-    let grouped = group_metrics(monitors, latest);
+    let grouped = group_metrics(watched, latest);
     resource_views(grouped, actors, active_alerts)
 }
 
 /// Assembles the summary.
 pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
+    let watched = Watched::new(&inputs.monitors);
     let resources: Vec<ResourceView> = resource_states(
-        &inputs.monitors,
+        &watched,
         &inputs.latest,
         &inputs.actors,
         &inputs.active_alerts,
@@ -337,60 +339,108 @@ pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
     }
 }
 
-/// Every monitored resource (with or without data) and every shown metric, grouped by resource.
-fn group_metrics<'a>(monitors: &[MonitorSpec], latest: &'a [HealthMetric]) -> Grouped<'a> {
-    // A check on an agent's resource shows there, not as a resource of its own.
-    let monitored: Vec<(ResourceType, String)> =
-        monitors.iter().map(MonitorSpec::resource).collect();
-    let mut grouped = Grouped::new();
-    {
-        let watched = Watched::new(&monitored, monitors);
-        // The analyzer lists a resource's metrics together: one lookup per resource, not per
-        // metric (rows in another order only make more, shorter runs).
-        let same_resource = |a: &HealthMetric, b: &HealthMetric| {
-            a.resource_type == b.resource_type && a.resource_id == b.resource_id
-        };
-        for run in latest.chunk_by(same_resource) {
-            let (t, id) = (run[0].resource_type, run[0].resource_id.as_str());
-            let unwatched = watched.unwatched(t, id);
-            let mut shown = run
-                .iter()
-                .filter(|m| !unwatched || !in_catalog(m))
-                .peekable();
-            if shown.peek().is_some() {
-                grouped
-                    .entry((rank(t), t, Cow::Borrowed(id)))
-                    .or_default()
-                    .extend(shown);
-            }
+/// The resources `keys` names, each with its state as [`resource_states`] lists it, or `None`
+/// for one it does not list (no monitor, nothing shown); `latest` holds their metrics (and
+/// may hold others'). What a cycle of the dashboard reads for the resources that changed.
+pub(crate) fn states_of<'a, M: Borrow<HealthMetric>>(
+    watched: &Watched,
+    keys: impl Iterator<Item = (ResourceType, &'a str)>,
+    latest: &'a [M],
+    actors: &[ActorReport],
+    active_alerts: &[HealthAlert],
+) -> Vec<(ResourceType, &'a str, Option<ResourceState<'a>>)> {
+    let mut shown: HashMap<(ResourceType, &str), Vec<&HealthMetric>> = HashMap::new();
+    for m in latest.iter().map(Borrow::borrow) {
+        let (t, id) = (m.resource_type, m.resource_id.as_str());
+        if !watched.unwatched(t, id) || !in_catalog(m) {
+            shown.entry((t, id)).or_default().push(m);
         }
     }
-    for (t, id) in monitored {
-        grouped.entry((rank(t), t, Cow::Owned(id))).or_default();
+    let impaired = impaired_children(actors);
+    keys.map(|(t, id)| {
+        let metrics = shown.remove(&(t, id)).unwrap_or_default();
+        let listed = !metrics.is_empty() || watched.monitored(t, id);
+        let state =
+            listed.then(|| resource_view(t, Cow::Borrowed(id), metrics, &impaired, active_alerts));
+        (t, id, state)
+    })
+    .collect()
+}
+
+/// Every monitored resource (with or without data) and every shown metric, grouped by resource.
+fn group_metrics<'a, M: Borrow<HealthMetric>>(
+    watched: &'a Watched,
+    latest: &'a [M],
+) -> Grouped<'a> {
+    let mut grouped = Grouped::new();
+    // The analyzer lists a resource's metrics together: one lookup per resource, not per
+    // metric (rows in another order only make more, shorter runs).
+    let same_resource = |a: &M, b: &M| {
+        let (a, b) = (a.borrow(), b.borrow());
+        a.resource_type == b.resource_type && a.resource_id == b.resource_id
+    };
+    for run in latest.chunk_by(same_resource) {
+        let first: &'a HealthMetric = run[0].borrow();
+        let (t, id) = (first.resource_type, first.resource_id.as_str());
+        let unwatched = watched.unwatched(t, id);
+        let mut shown = run
+            .iter()
+            .map(Borrow::borrow)
+            .filter(|m| !unwatched || !in_catalog(m))
+            .peekable();
+        if shown.peek().is_some() {
+            grouped
+                .entry((rank(t), t, Cow::Borrowed(id)))
+                .or_default()
+                .extend(shown);
+        }
+    }
+    for (&t, ids) in &watched.resources {
+        for id in ids {
+            grouped
+                .entry((rank(t), t, Cow::Borrowed(id.as_str())))
+                .or_default();
+        }
     }
     grouped
 }
 
 /// The monitored resources, looked up in one step for each row (a summary tests hundreds of
-/// rows against every monitor, every cycle of the dashboard's event stream).
-struct Watched<'a> {
-    /// Where each monitor's readings are stored.
-    resources: HashSet<(ResourceType, &'a str)>,
+/// rows against every monitor, every cycle of the dashboard's event stream). Made once from
+/// the monitors, kept while they do not change.
+#[derive(Debug, Default)]
+pub(crate) struct Watched {
+    /// Where each monitor's readings are stored (`MonitorSpec::resource`): a check on an
+    /// agent's resource shows there, not as a resource of its own.
+    resources: HashMap<ResourceType, HashSet<String>>,
     /// The workspace monitors' ids: their databases are theirs.
-    workspaces: Vec<&'a str>,
+    workspaces: Vec<String>,
 }
 
-impl<'a> Watched<'a> {
-    /// From the monitors and where each one's readings are stored (`MonitorSpec::resource`).
-    fn new(monitored: &'a [(ResourceType, String)], monitors: &'a [MonitorSpec]) -> Self {
+impl Watched {
+    /// From the monitors.
+    pub(crate) fn new(monitors: &[MonitorSpec]) -> Self {
+        let mut resources: HashMap<ResourceType, HashSet<String>> = HashMap::new();
+        for spec in monitors {
+            let (t, id) = spec.resource();
+            resources.entry(t).or_default().insert(id);
+        }
         Watched {
-            resources: monitored.iter().map(|(t, id)| (*t, id.as_str())).collect(),
+            resources,
             workspaces: monitors
                 .iter()
                 .filter(|s| s.kind() == MonitorKind::Workspace)
-                .map(MonitorSpec::id)
+                .map(|s| s.id().to_string())
                 .collect(),
         }
+    }
+
+    /// True for a resource a monitor's readings are stored on: it is listed with or without
+    /// data.
+    pub(crate) fn monitored(&self, resource_type: ResourceType, resource_id: &str) -> bool {
+        self.resources
+            .get(&resource_type)
+            .is_some_and(|ids| ids.contains(resource_id))
     }
 
     /// True for a resource no monitor watches: an agent, workspace or check removed (or a
@@ -400,7 +450,7 @@ impl<'a> Watched<'a> {
             // The followed town's own resource (its daemon, its orphans) has no monitor.
             ResourceType::Agent if resource_id == crate::gastown::lifecycle::TOWN_RESOURCE => false,
             ResourceType::Agent | ResourceType::Workspace | ResourceType::Check => {
-                !self.resources.contains(&(resource_type, resource_id))
+                !self.monitored(resource_type, resource_id)
             }
             ResourceType::Database => !self.workspaces.iter().any(|w| {
                 crate::model::belongs_to(resource_type, resource_id, ResourceType::Workspace, w)
@@ -422,11 +472,7 @@ fn resource_views<'a>(
     actors: &[ActorReport],
     active_alerts: &[HealthAlert],
 ) -> Vec<ResourceState<'a>> {
-    let impaired: HashMap<&str, ChildState> = actors
-        .iter()
-        .filter(|a| a.state != ChildState::Running)
-        .map(|a| (a.name.as_str(), a.state))
-        .collect();
+    let impaired = impaired_children(actors);
     grouped
         .into_iter()
         .map(|((_, resource_type, resource_id), metrics)| {
@@ -438,6 +484,16 @@ fn resource_views<'a>(
                 active_alerts,
             )
         })
+        .collect()
+}
+
+/// The children that do not run now (restarting, parked), by name: their resources show as
+/// degraded. Usually none.
+fn impaired_children(actors: &[ActorReport]) -> HashMap<&str, ChildState> {
+    actors
+        .iter()
+        .filter(|a| a.state != ChildState::Running)
+        .map(|a| (a.name.as_str(), a.state))
         .collect()
 }
 
@@ -973,14 +1029,13 @@ mod tests {
             metric(ResourceType::Workspace, "w1", "y", 90.0),
             metric(ResourceType::Workspace, "w1", "x", 10.0),
         ];
-        let monitored: Vec<_> = monitors.iter().map(MonitorSpec::resource).collect();
-        let watched = Watched::new(&monitored, &monitors);
+        let watched = Watched::new(&monitors);
         assert!(watched.unwatched(ResourceType::Workspace, "gone") && in_catalog(&latest[0]));
         assert!(!watched.unwatched(ResourceType::Workspace, "w1"));
         assert!(watched.unwatched(ResourceType::Database, "gone/x.db"));
         assert!(!watched.unwatched(ResourceType::Database, "w1/x.db"));
         assert!(!in_catalog(&latest[1]), "y is pushed: shown wherever it is");
-        let grouped = group_metrics(&monitors, &latest);
+        let grouped = group_metrics(&watched, &latest);
         let keys: Vec<String> = grouped
             .keys()
             .map(|(_, t, id)| format!("{t}/{id}"))
@@ -1020,7 +1075,8 @@ mod tests {
             metric(ResourceType::Agent, "gone", "pushed_b", 3.0),
             metric(ResourceType::Agent, "gone2", "agent_memory_mb", 1.0),
         ];
-        let grouped = group_metrics(&monitors, &latest);
+        let watched = Watched::new(&monitors);
+        let grouped = group_metrics(&watched, &latest);
         let shown: Vec<(String, Vec<&str>)> = grouped
             .iter()
             .map(|((_, t, id), metrics)| {

@@ -70,6 +70,18 @@ struct ApplyPushed;
 #[rtype(result = "Snapshot")]
 pub(crate) struct GetSnapshot;
 
+/// What [`Inspect`] runs: it reads the analyzer's core in place (`None` while it loads).
+type Inspection<R> = Box<dyn FnOnce(Option<&mut AnalyzerCore>) -> R + Send>;
+
+/// Runs a function on the analyzer's core, where it is: a reader that needs the latest values
+/// only for a moment (the dashboard's cycle, every second) copies none of them, where
+/// [`GetSnapshot`] copies them all, and can ask which of them changed.
+pub(crate) struct Inspect<R>(Inspection<R>);
+
+impl<R: Send + 'static> Message for Inspect<R> {
+    type Result = R;
+}
+
 /// Answered once everything queued before it is analyzed and handed to the writer.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
@@ -327,6 +339,15 @@ impl AnalyzerHandle {
     /// The latest values and alerts; `None` while no analyzer answers.
     pub async fn snapshot(&self) -> Option<Snapshot> {
         self.addr()?.send(GetSnapshot).await.ok()
+    }
+
+    /// What `f` makes of the analyzer's core, read in place on the analyzer (`None` while it
+    /// is loading); `None` while no analyzer answers.
+    pub async fn inspect<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(Option<&mut AnalyzerCore>) -> R + Send + 'static,
+    ) -> Option<R> {
+        self.addr()?.send(Inspect(Box::new(f))).await.ok()
     }
 
     /// Alert ids, announced alerts and silences, shared by every analyzer.
@@ -766,6 +787,13 @@ impl Handler<GetSnapshot> for Analyzer {
             },
             None => Snapshot::default(),
         }
+    }
+}
+
+impl<R: Send + 'static> Handler<Inspect<R>> for Analyzer {
+    type Result = MessageResult<Inspect<R>>;
+    fn handle(&mut self, msg: Inspect<R>, _: &mut Self::Context) -> Self::Result {
+        MessageResult((msg.0)(self.core.as_mut()))
     }
 }
 

@@ -80,19 +80,6 @@ pub struct SilenceRemoval {
     pub outcome: &'static str,
 }
 
-/// The daemon's live state as [`Service::live_inputs`] gathers it.
-#[derive(Debug, Clone, Default)]
-pub struct LiveInputs {
-    /// Every monitor the daemon has now.
-    pub monitors: Vec<MonitorSpec>,
-    /// Every child's state, and the writer's.
-    pub actors: Vec<crate::report::ActorReport>,
-    /// The newest value of every series; empty while the analyzer is loading.
-    pub latest: Vec<crate::model::HealthMetric>,
-    /// The alerts open now; empty while the analyzer is loading.
-    pub active_alerts: Vec<HealthAlert>,
-}
-
 /// A cheap handle to the running daemon's answers.
 #[derive(Clone)]
 pub struct Service {
@@ -118,20 +105,6 @@ impl Service {
     /// that does not grow with the database.
     pub async fn live_summary(&self) -> Result<Summary, String> {
         self.summary_from(false).await
-    }
-
-    /// What the dashboard's event stream shows every cycle comes from: the monitors, the
-    /// children's states, the analyzer's latest values and active alerts. One ask of the
-    /// supervisor and one of the analyzer, no database, none of the summary's other parts.
-    pub async fn live_inputs(&self) -> Result<LiveInputs, String> {
-        let live = self.supervisor.live().await?;
-        let snapshot = self.deps.analyzer.snapshot().await.unwrap_or_default();
-        Ok(LiveInputs {
-            monitors: live.monitors,
-            actors: live.actors,
-            latest: snapshot.latest,
-            active_alerts: snapshot.active_alerts,
-        })
     }
 
     async fn summary_from(&self, read_db: bool) -> Result<Summary, String> {
@@ -193,7 +166,7 @@ impl Service {
         let mut summary = summary::build(
             SummaryInputs {
                 running: true,
-                monitors: live.monitors,
+                monitors: live.monitors.to_vec(),
                 latest: snapshot.latest,
                 active_alerts,
                 recent,

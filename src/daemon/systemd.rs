@@ -92,7 +92,7 @@ mod tests {
 
     fn live(states: &[(&str, ChildState)]) -> LiveInfo {
         LiveInfo {
-            monitors: Vec::new(),
+            monitors: Vec::new().into(),
             actors: states
                 .iter()
                 .map(|(name, state)| ActorReport {

@@ -553,8 +553,8 @@ pub(crate) struct GetLive;
 /// The supervisor's view for status and list.
 #[derive(Debug, Clone, MessageResponse)]
 pub struct LiveInfo {
-    /// Every monitor the daemon has now.
-    pub monitors: Vec<MonitorSpec>,
+    /// Every monitor the daemon has now (shared, not copied, until the monitors change).
+    pub monitors: std::sync::Arc<[MonitorSpec]>,
     /// Every child's state and restart count, and the writer's, sorted by name.
     pub actors: Vec<ActorReport>,
 }
@@ -563,7 +563,7 @@ impl Handler<GetLive> for Supervisor {
     type Result = LiveInfo;
     fn handle(&mut self, _: GetLive, _: &mut Self::Context) -> LiveInfo {
         LiveInfo {
-            monitors: self.monitors.iter().cloned().collect(),
+            monitors: self.monitors.shared(),
             actors: self.reports(),
         }
     }

@@ -10,20 +10,26 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::web::Bytes;
 use actix_web::{HttpResponse, web};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::stream;
 use tokio::sync::Notify;
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::ValuesCache;
-use crate::control::service::{LiveInputs, Service};
+use super::{LiveView, ValuesCache, update_changed, update_state};
+use crate::actors::supervisor::LiveInfo;
+use crate::analysis::AnalyzerCore;
+use crate::control::service::Service;
 use crate::http::api::State;
 use crate::live::{LiveEvent, LiveFrame, LiveHub, sse_frame};
+use crate::model::{HealthAlert, HealthMetric, HealthStatus, MonitorSpec, ResourceType, Silence};
+use crate::report::ChildState;
+use crate::summary::Watched;
 
 /// The publisher's beat: a cycle's update every interval, and in between the alert events held
 /// since the last send (so that none waits more than this) or the keep-alive.
@@ -154,20 +160,161 @@ pub(crate) async fn events(state: web::Data<State>) -> HttpResponse {
 
 /// Builds the state now and hands it to the hub; returns it as a `state` event.
 async fn publish_once(service: &Service) -> Option<LiveEvent> {
-    let inputs = service.live_inputs().await.ok()?;
-    publish(service, &inputs, &mut ValuesCache::default());
+    publish(service, Builder::default()).await?;
     service.deps.analyzer.live().latest()
 }
 
-/// Brings the hub's state up to date with `inputs`; the hub sends what changed.
-fn publish(service: &Service, inputs: &LiveInputs, cache: &mut ValuesCache) {
-    let now = Utc::now();
-    let silences = service.deps.analyzer.memory().silences(now);
+/// Brings the hub's state up to date with what the daemon holds now; the hub sends what
+/// changed. The monitors come shared from the supervisor; the latest values and alerts are
+/// read where the analyzer keeps them (the update runs on it), so a cycle copies none of them,
+/// and only the resources the analyzer says changed are looked at. Gives `builder` back for the
+/// next cycle; `None` when the supervisor or the analyzer does not answer (the daemon is
+/// stopping, the analyzer restarting).
+async fn publish(service: &Service, mut builder: Builder) -> Option<Builder> {
+    let live = service.supervisor.live().await.ok()?;
+    let analyzer = service.deps.analyzer.clone();
     service
         .deps
         .analyzer
-        .live()
-        .cycle_with(|state| super::update_state(state, inputs, &silences, now, cache));
+        .inspect(move |core| {
+            let now = Utc::now();
+            let silences = analyzer.memory().silences(now);
+            builder.cycle(core, &live, analyzer.live(), &silences, now);
+            builder
+        })
+        .await
+}
+
+/// A full look at every resource at least this often, whatever the analyzer says changed: what
+/// a missed change could leave wrong on a page lasts at most this many cycles.
+const FULL_EVERY: u32 = 60;
+
+/// What the publisher keeps from one cycle to the next, to look at only what changed.
+#[derive(Default)]
+pub(crate) struct Builder {
+    /// The resources' values texts.
+    cache: ValuesCache,
+    /// The monitors the last cycle saw (the supervisor shares one list until they change), and
+    /// the lookup made of them.
+    monitors: Option<Arc<[MonitorSpec]>>,
+    watched: Watched,
+    /// The children not running, and the conditions on resources (their type, id, alert and
+    /// severity), as the last cycle saw them: they set resources' statuses. When the children
+    /// change, every resource is looked at again; when the conditions do, their resources.
+    impaired: Vec<(String, ChildState)>,
+    conditions: Vec<(ResourceType, String, String, HealthStatus)>,
+    /// The analyzer core the last cycle read: another one (a restarted analyzer) knows nothing
+    /// of what changed since.
+    epoch: u64,
+    /// Cycles since the last full one.
+    partial: u32,
+    /// Full cycles and cycles of changes only, for the tests.
+    counts: (u64, u64),
+}
+
+impl Builder {
+    /// One cycle: brings `hub`'s state up to date with the analyzer's `core` (`None` while it
+    /// loads) and the supervisor's `live` view.
+    pub(crate) fn cycle(
+        &mut self,
+        core: Option<&mut AnalyzerCore>,
+        live: &LiveInfo,
+        hub: &LiveHub,
+        silences: &[Silence],
+        now: DateTime<Utc>,
+    ) {
+        if !self
+            .monitors
+            .as_ref()
+            .is_some_and(|m| Arc::ptr_eq(m, &live.monitors))
+        {
+            self.watched = Watched::new(&live.monitors);
+            self.monitors = Some(Arc::clone(&live.monitors));
+            // Nothing to compare the next cycle's changes against.
+            self.epoch = 0;
+        }
+        let Some(core) = core else {
+            self.epoch = 0;
+            let view = LiveView {
+                watched: &self.watched,
+                actors: &live.actors,
+                latest: &[],
+                active_alerts: &[],
+            };
+            hub.cycle_with(|state| update_state(state, &view, silences, now, &mut self.cache));
+            return;
+        };
+        let changes = core.take_changes();
+        let active_alerts: Vec<HealthAlert> = core.active_alerts().cloned().collect();
+        let impaired: Vec<(String, ChildState)> = live
+            .actors
+            .iter()
+            .filter(|a| a.state != ChildState::Running)
+            .map(|a| (a.name.clone(), a.state))
+            .collect();
+        let mut conditions: Vec<_> = active_alerts
+            .iter()
+            .filter_map(|a| {
+                let floor = crate::summary::resource_floor(a)?;
+                Some((
+                    a.resource_type,
+                    a.resource_id.clone(),
+                    a.alert_type.clone(),
+                    floor,
+                ))
+            })
+            .collect();
+        conditions.sort();
+        let mut changes = changes.filter(|_| {
+            core.epoch() == self.epoch && impaired == self.impaired && self.partial < FULL_EVERY
+        });
+        if let Some(changed) = &mut changes {
+            // A condition sets the status of its own resource only (the overall status is
+            // made from every alert anyway): the resources of those that came or went changed.
+            let came = conditions.iter().filter(|c| !self.conditions.contains(c));
+            let went = self.conditions.iter().filter(|c| !conditions.contains(c));
+            for (t, id, ..) in came.chain(went) {
+                changed.entry(*t).or_default().insert(id.clone());
+            }
+        }
+        self.epoch = core.epoch();
+        self.impaired = impaired;
+        self.conditions = conditions;
+        let core = &*core;
+        match changes {
+            Some(changed) => {
+                self.partial += 1;
+                self.counts.1 += 1;
+                let latest: Vec<&HealthMetric> = changed
+                    .iter()
+                    .flat_map(|(&t, ids)| ids.iter().flat_map(move |id| core.latest_of(t, id)))
+                    .collect();
+                let view = LiveView {
+                    watched: &self.watched,
+                    actors: &live.actors,
+                    latest: &latest,
+                    active_alerts: &active_alerts,
+                };
+                let cache = &mut self.cache;
+                hub.cycle_with(|state| {
+                    update_changed(state, &view, &changed, silences, now, cache)
+                });
+            }
+            None => {
+                self.partial = 0;
+                self.counts.0 += 1;
+                let latest: Vec<&HealthMetric> = core.latest().collect();
+                let view = LiveView {
+                    watched: &self.watched,
+                    actors: &live.actors,
+                    latest: &latest,
+                    active_alerts: &active_alerts,
+                };
+                let cache = &mut self.cache;
+                hub.cycle_with(|state| update_state(state, &view, silences, now, cache));
+            }
+        }
+    }
 }
 
 /// True when a cycle is due on a beat, `since` the last one began: the beats come every
@@ -185,8 +332,8 @@ pub(crate) struct Publisher {
     busy: bool,
     /// When the last cycle began.
     last_cycle: Option<Instant>,
-    /// The resources' values texts, kept from cycle to cycle.
-    cache: ValuesCache,
+    /// What one cycle keeps for the next.
+    builder: Builder,
     /// The 1 s beat between cycles (held alert events, the keep-alive), while pages listen and
     /// cycles are further apart: nobody listening, the publisher wakes the event loop only on
     /// the collectors' own beat.
@@ -201,7 +348,7 @@ impl Publisher {
             every: interval.max(BEAT),
             busy: false,
             last_cycle: None,
-            cache: ValuesCache::default(),
+            builder: Builder::default(),
             between: None,
         }
     }
@@ -244,11 +391,13 @@ impl actix::Actor for Publisher {
             act.busy = true;
             act.last_cycle = Some(Instant::now());
             let service = act.service.clone();
-            let gather = async move { service.live_inputs().await.ok() };
-            ctx.spawn(gather.into_actor(act).map(|inputs, act, _| {
+            let builder = std::mem::take(&mut act.builder);
+            let cycle = async move { publish(&service, builder).await };
+            ctx.spawn(cycle.into_actor(act).map(|builder, act, _| {
                 act.busy = false;
-                match inputs {
-                    Some(inputs) => publish(&act.service, &inputs, &mut act.cache),
+                match builder {
+                    Some(builder) => act.builder = builder,
+                    // Lost with the ask: the next cycle starts over, with a full look.
                     None => act.service.deps.analyzer.live().flush(),
                 }
             }));
@@ -308,6 +457,193 @@ mod tests {
                 "the page's stream ends with the hub"
             );
         });
+    }
+
+    /// What a full look at `core` makes of it, as the `state` event's data.
+    fn full_look(core: &AnalyzerCore, live: &LiveInfo, now: DateTime<Utc>) -> std::sync::Arc<str> {
+        let latest: Vec<&HealthMetric> = core.latest().collect();
+        let alerts: Vec<HealthAlert> = core.active_alerts().cloned().collect();
+        let watched = Watched::new(&live.monitors);
+        let view = LiveView {
+            watched: &watched,
+            actors: &live.actors,
+            latest: &latest,
+            active_alerts: &alerts,
+        };
+        let mut state = LiveState::default();
+        update_state(&mut state, &view, &[], now, &mut ValuesCache::default());
+        let hub = LiveHub::default();
+        hub.cycle(state);
+        hub.latest().unwrap().data
+    }
+
+    #[test]
+    fn a_cycle_of_the_changes_only_leaves_the_state_a_full_look_would() {
+        use crate::alerts::Condition;
+        use crate::model::{AlertKey, Measurement, MonitorKind, MonitorSet, Thresholds};
+        use crate::report::ActorReport;
+        let now = Utc::now();
+        let mut core =
+            AnalyzerCore::new(crate::rules::RuleTable::default(), Duration::from_secs(300));
+        let mut monitors: MonitorSet = [
+            MonitorSpec::agent("a1"),
+            MonitorSpec::agent("a2"),
+            MonitorSpec::workspace("w1"),
+        ]
+        .into_iter()
+        .collect();
+        let mut actors: Vec<ActorReport> = Vec::new();
+        let agent = |id: &str, name: &str, v| Measurement {
+            metric_name: name.to_string().into(),
+            ..Measurement::now(ResourceType::Agent, id, "", v, "MB")
+        };
+        let pushed = |v| Measurement {
+            thresholds: Some(Thresholds::new(5.0, 9.0)),
+            ..agent("feed", "load", v)
+        };
+        let (hub, mut builder) = (LiveHub::default(), Builder::default());
+        // Each step changes the core or the supervisor's view, then a cycle runs.
+        type Step<'a> = Box<dyn Fn(&mut AnalyzerCore, &mut MonitorSet, &mut Vec<ActorReport>) + 'a>;
+        let steps: Vec<(&str, Step)> = vec![
+            (
+                "first",
+                Box::new(|c, _, _| {
+                    c.analyze_from(
+                        "agent:a1",
+                        &[agent("a1", "x", 1.0), agent("a1", "y", 2.0)],
+                        now,
+                    );
+                    c.analyze_from("agent:a2", &[agent("a2", "x", 1.0)], now);
+                    c.analyze_from(crate::analysis::PUSHED_SOURCE, &[pushed(1.0)], now);
+                }),
+            ),
+            (
+                "the same again",
+                Box::new(|c, _, _| {
+                    c.analyze_from(
+                        "agent:a1",
+                        &[agent("a1", "x", 1.0), agent("a1", "y", 2.0)],
+                        now,
+                    );
+                }),
+            ),
+            (
+                "a value",
+                Box::new(|c, _, _| {
+                    c.analyze_from(
+                        "agent:a1",
+                        &[agent("a1", "x", 3.0), agent("a1", "y", 2.0)],
+                        now,
+                    );
+                }),
+            ),
+            (
+                "over the threshold",
+                Box::new(|c, _, _| {
+                    c.analyze_from(crate::analysis::PUSHED_SOURCE, &[pushed(9.5)], now);
+                }),
+            ),
+            (
+                "a series gone",
+                Box::new(|c, _, _| {
+                    c.analyze_from("agent:a1", &[agent("a1", "x", 3.0)], now);
+                }),
+            ),
+            (
+                "a pushed series retired",
+                Box::new(|c, _, _| {
+                    c.retire_series(ResourceType::Agent, "feed", "load", now);
+                }),
+            ),
+            (
+                "a monitor added",
+                Box::new(|_, m, _| {
+                    m.add(MonitorSpec::agent("a3"));
+                }),
+            ),
+            (
+                "a monitor removed",
+                Box::new(|c, m, _| {
+                    m.remove(MonitorKind::Agent, "a2");
+                    c.forget_resource(ResourceType::Agent, "a2", now);
+                }),
+            ),
+            (
+                "a collector restarting",
+                Box::new(|_, _, a| {
+                    a.push(ActorReport {
+                        name: "workspace:w1".into(),
+                        state: ChildState::Restarting,
+                        restarts: 1,
+                    });
+                }),
+            ),
+            (
+                "a condition",
+                Box::new(|c, _, _| {
+                    let key = AlertKey {
+                        resource_type: ResourceType::Agent,
+                        resource_id: "a3".into(),
+                        alert_type: "session_death".into(),
+                    };
+                    let condition = Condition {
+                        severity: HealthStatus::Critical,
+                        message: "gone".into(),
+                        metadata: serde_json::Value::Null,
+                    };
+                    c.engine_mut().raise(key, condition, now);
+                }),
+            ),
+            (
+                "after them, a value",
+                Box::new(|c, _, _| {
+                    c.analyze_from("agent:a1", &[agent("a1", "x", 4.0)], now);
+                }),
+            ),
+        ];
+        let mut partial = Vec::new();
+        for (name, step) in &steps {
+            step(&mut core, &mut monitors, &mut actors);
+            let live = LiveInfo {
+                monitors: monitors.shared(),
+                actors: actors.clone(),
+            };
+            let before = builder.counts;
+            builder.cycle(Some(&mut core), &live, &hub, &[], now);
+            if builder.counts.1 > before.1 {
+                partial.push(*name);
+            }
+            assert_eq!(
+                hub.latest().unwrap().data,
+                full_look(&core, &live, now),
+                "after {name}"
+            );
+        }
+        assert_eq!(
+            partial,
+            [
+                "the same again",
+                "a value",
+                "over the threshold",
+                "a series gone",
+                "a pushed series retired",
+                "a condition",
+                "after them, a value"
+            ],
+            "the rest are full looks: the first, the monitors, the children"
+        );
+        let state = hub.latest().unwrap().data;
+        assert!(state.contains(r#""overall":"critical""#), "{state}");
+        // A restarted analyzer's core: a full look, whatever it says changed.
+        let mut fresh =
+            AnalyzerCore::new(crate::rules::RuleTable::default(), Duration::from_secs(300));
+        fresh.take_changes();
+        let live = LiveInfo {
+            monitors: monitors.shared(),
+            actors: actors.clone(),
+        };
+        builder.cycle(Some(&mut fresh), &live, &hub, &[], now);
+        assert_eq!(hub.latest().unwrap().data, full_look(&fresh, &live, now));
     }
 
     #[test]

@@ -391,62 +391,51 @@ pub(crate) fn live_state(
     }
 }
 
+/// What a cycle's state is made of, each part borrowed where it is kept: the monitors (as
+/// [`Watched`](crate::summary::Watched), kept while they do not change) and the actors' states
+/// from the supervisor, the analyzer's latest values (read in place on the analyzer) and its
+/// open alerts.
+pub(crate) struct LiveView<'a> {
+    /// The monitored resources.
+    pub(crate) watched: &'a crate::summary::Watched,
+    /// Every child's state, and the writer's.
+    pub(crate) actors: &'a [crate::report::ActorReport],
+    /// The newest value of every series ([`update_state`]), or of at least the series of the
+    /// resources that changed ([`update_changed`]).
+    pub(crate) latest: &'a [&'a HealthMetric],
+    /// The alerts open now.
+    pub(crate) active_alerts: &'a [HealthAlert],
+}
+
 /// Brings the event stream's state up to date with what the daemon holds, in place, and says
 /// what changed (`None`: nothing). The state ends as [`live_state`] makes it from the live
 /// summary, without building the summary; a resource whose status and readings did not change
 /// costs no string, its values text kept in `cache` from one cycle to the next.
 pub(crate) fn update_state(
     state: &mut LiveState,
-    inputs: &crate::control::service::LiveInputs,
+    inputs: &LiveView<'_>,
     silences: &[crate::model::Silence],
     now: DateTime<Utc>,
     cache: &mut ValuesCache,
 ) -> Option<LiveDiff> {
     let resources = crate::summary::resource_states(
-        &inputs.monitors,
-        &inputs.latest,
-        &inputs.actors,
-        &inputs.active_alerts,
+        inputs.watched,
+        inputs.latest,
+        inputs.actors,
+        inputs.active_alerts,
     );
     let mut changed: Vec<(String, LiveResource)> = Vec::new();
     let mut kept = 0;
-    let (mut key, mut readings) = (String::new(), Vec::new());
+    let mut key = String::new();
     for r in &resources {
         key.clear();
         let _ = write!(key, "{}/{}", r.resource_type, r.resource_id);
-        readings.clear();
-        readings.extend(
-            r.metrics
-                .iter()
-                .map(|m| (m.metric_name.as_ref(), m.value, m.unit.as_ref())),
-        );
-        order_readings(r.resource_type, &mut readings);
-        let status = r.status.as_str();
-        let Some(live) = state.resources.get_mut(key.as_str()) else {
-            let (key, resource) = (
-                key.clone(),
-                LiveResource {
-                    resource_type: r.resource_type.to_string(),
-                    id: r.resource_id.to_string(),
-                    status: status.to_string(),
-                    values: cache.text(&key, &readings),
-                },
-            );
-            state.resources.insert(key.clone(), resource.clone());
-            changed.push((key, resource));
-            continue;
-        };
-        kept += 1;
-        if live.status == status && cache.cached(&key, &readings) == Some(live.values.as_str()) {
-            continue;
+        if state.resources.contains_key(key.as_str()) {
+            kept += 1;
         }
-        let values = cache.text(&key, &readings);
-        if live.status == status && live.values == values {
-            continue;
+        if let Some(resource) = set_resource(state, &key, r, cache) {
+            changed.push((key.clone(), resource));
         }
-        live.status = status.to_string();
-        live.values = values;
-        changed.push((key.clone(), live.clone()));
     }
     cache.end_cycle();
     let mut removed = Vec::new();
@@ -465,12 +454,114 @@ pub(crate) fn update_state(
         });
     }
     let overall =
-        crate::summary::overall_status(resources.iter().map(|r| r.status), &inputs.active_alerts);
+        crate::summary::overall_status(resources.iter().map(|r| r.status), inputs.active_alerts);
+    finish_update(state, changed, removed, overall, inputs, silences, now)
+}
+
+/// [`update_state`] for a cycle in which only the resources `changed` names may have changed
+/// (the analyzer says which; the monitors, the children's states and the conditions on
+/// resources are as in the previous cycle): only those are looked at, and the state ends as
+/// [`update_state`] would leave it. The cost follows what changed, not the fleet's size.
+pub(crate) fn update_changed(
+    state: &mut LiveState,
+    inputs: &LiveView<'_>,
+    changed: &crate::analysis::ChangedResources,
+    silences: &[crate::model::Silence],
+    now: DateTime<Utc>,
+    cache: &mut ValuesCache,
+) -> Option<LiveDiff> {
+    let keys = changed
+        .iter()
+        .flat_map(|(&t, ids)| ids.iter().map(move |id| (t, id.as_str())));
+    let states = crate::summary::states_of(
+        inputs.watched,
+        keys,
+        inputs.latest,
+        inputs.actors,
+        inputs.active_alerts,
+    );
+    let (mut updated, mut removed) = (Vec::new(), Vec::new());
+    let mut key = String::new();
+    for (t, id, r) in &states {
+        key.clear();
+        let _ = write!(key, "{t}/{id}");
+        match r {
+            Some(r) => {
+                if let Some(resource) = set_resource(state, &key, r, cache) {
+                    updated.push((key.clone(), resource));
+                }
+            }
+            None => {
+                if state.resources.remove(key.as_str()).is_some() {
+                    cache.by_resource.remove(key.as_str());
+                    removed.push(key.clone());
+                }
+            }
+        }
+    }
+    removed.sort();
+    // The other resources' statuses are as the state holds them.
+    let statuses = state
+        .resources
+        .values()
+        .map(|r| r.status.parse().unwrap_or(HealthStatus::Unknown));
+    let overall = crate::summary::overall_status(statuses, inputs.active_alerts);
+    finish_update(state, updated, removed, overall, inputs, silences, now)
+}
+
+/// Sets resource `key` of the state to what `r` says (a new resource is added); returns it when
+/// that changed it.
+fn set_resource(
+    state: &mut LiveState,
+    key: &str,
+    r: &crate::summary::ResourceState<'_>,
+    cache: &mut ValuesCache,
+) -> Option<LiveResource> {
+    let mut readings: Vec<Reading<'_>> = r
+        .metrics
+        .iter()
+        .map(|m| (m.metric_name.as_ref(), m.value, m.unit.as_ref()))
+        .collect();
+    order_readings(r.resource_type, &mut readings);
+    let status = r.status.as_str();
+    let Some(live) = state.resources.get_mut(key) else {
+        let resource = LiveResource {
+            resource_type: r.resource_type.to_string(),
+            id: r.resource_id.to_string(),
+            status: status.to_string(),
+            values: cache.text(key, &readings),
+        };
+        state.resources.insert(key.to_string(), resource.clone());
+        return Some(resource);
+    };
+    if live.status == status && cache.cached(key, &readings) == Some(live.values.as_str()) {
+        return None;
+    }
+    let values = cache.text(key, &readings);
+    if live.status == status && live.values == values {
+        return None;
+    }
+    live.status = status.to_string();
+    live.values = values;
+    Some(live.clone())
+}
+
+/// The rest of a cycle's update, after its resources: the overall status, the alerts and the
+/// silences, and what changed of it all.
+fn finish_update(
+    state: &mut LiveState,
+    mut changed: Vec<(String, LiveResource)>,
+    removed: Vec<String>,
+    overall: HealthStatus,
+    inputs: &LiveView<'_>,
+    silences: &[crate::model::Silence],
+    now: DateTime<Utc>,
+) -> Option<LiveDiff> {
     let overall_changed = state.overall != overall.as_str();
     if overall_changed {
         state.overall = overall.as_str().to_string();
     }
-    let alerts = live_alerts(&inputs.active_alerts, silences, now);
+    let alerts = live_alerts(inputs.active_alerts, silences, now);
     let alerts = (alerts != state.alerts).then(|| {
         state.alerts = alerts;
         state.alerts.clone()
@@ -921,10 +1012,19 @@ mod tests {
         )
     }
 
+    /// What a cycle is made of, owned: [`LiveView`]'s parts.
+    #[derive(Default)]
+    struct Inputs {
+        monitors: Vec<crate::model::MonitorSpec>,
+        actors: Vec<crate::report::ActorReport>,
+        latest: Vec<HealthMetric>,
+        active_alerts: Vec<HealthAlert>,
+    }
+
     /// Two agents, one with a pushed series, and a workspace without data yet.
-    fn inputs(load: f64, queue: f64) -> crate::control::service::LiveInputs {
+    fn inputs(load: f64, queue: f64) -> Inputs {
         use crate::model::MonitorSpec;
-        crate::control::service::LiveInputs {
+        Inputs {
             monitors: vec![
                 MonitorSpec::agent("a1"),
                 MonitorSpec::agent("a2"),
@@ -940,8 +1040,26 @@ mod tests {
         }
     }
 
+    /// [`update_state`] on `inputs`, its latest values borrowed as the analyzer lends them.
+    fn update(
+        state: &mut LiveState,
+        inputs: &Inputs,
+        now: DateTime<Utc>,
+        cache: &mut ValuesCache,
+    ) -> Option<LiveDiff> {
+        let latest: Vec<&HealthMetric> = inputs.latest.iter().collect();
+        let watched = crate::summary::Watched::new(&inputs.monitors);
+        let view = LiveView {
+            watched: &watched,
+            actors: &inputs.actors,
+            latest: &latest,
+            active_alerts: &inputs.active_alerts,
+        };
+        update_state(state, &view, &[], now, cache)
+    }
+
     /// What the overview's page would show of `inputs`: the state from the whole summary.
-    fn from_summary(inputs: &crate::control::service::LiveInputs) -> LiveState {
+    fn from_summary(inputs: &Inputs) -> LiveState {
         let summary = crate::summary::build(
             crate::summary::SummaryInputs {
                 running: true,
@@ -975,7 +1093,7 @@ mod tests {
         ];
         for (i, step) in steps.iter().enumerate() {
             let before = state.clone();
-            let diff = update_state(&mut state, step, &[], now, &mut cache);
+            let diff = update(&mut state, step, now, &mut cache);
             assert_eq!(state, from_summary(step), "step {i}");
             assert_eq!(diff, state.diff(&before), "step {i}");
         }
@@ -994,23 +1112,23 @@ mod tests {
         let now = Utc::now();
         let mut cache = ValuesCache::default();
         let mut state = LiveState::default();
-        update_state(&mut state, &inputs(10.0, 3.0), &[], now, &mut cache);
+        update(&mut state, &inputs(10.0, 3.0), now, &mut cache);
         let made = cache.made;
         assert_eq!(made, 4, "every resource's at first");
-        assert!(update_state(&mut state, &inputs(10.0, 3.0), &[], now, &mut cache).is_none());
+        assert!(update(&mut state, &inputs(10.0, 3.0), now, &mut cache).is_none());
         assert_eq!(cache.made, made, "none changed, none made");
-        let diff = update_state(&mut state, &inputs(10.0, 4.0), &[], now, &mut cache).unwrap();
+        let diff = update(&mut state, &inputs(10.0, 4.0), now, &mut cache).unwrap();
         assert_eq!(cache.made, made + 1, "only a1's");
         let ids: Vec<&str> = diff.changed.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["a1"]);
         // A state changed behind the cache's back is still brought to what the readings say.
         state.resources.get_mut("agent/a2").unwrap().values = "stale".into();
-        let diff = update_state(&mut state, &inputs(10.0, 4.0), &[], now, &mut cache).unwrap();
+        let diff = update(&mut state, &inputs(10.0, 4.0), now, &mut cache).unwrap();
         assert_eq!(diff.changed[0].values, "bench_load=1%");
         // A resource that goes is forgotten by the cache too.
         let mut gone = inputs(10.0, 4.0);
         gone.latest.pop();
-        update_state(&mut state, &gone, &[], now, &mut cache);
+        update(&mut state, &gone, now, &mut cache);
         assert!(!cache.by_resource.contains_key("agent/feed"));
         assert_eq!(cache.by_resource.len(), 3);
     }
