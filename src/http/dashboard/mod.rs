@@ -198,18 +198,52 @@ fn order_readings(resource_type: ResourceType, readings: &mut [Reading<'_>]) {
 
 /// The values of a resource as its row shows them, from its ordered readings: at most a few.
 fn values_text(readings: &[Reading<'_>]) -> String {
-    let shown: Vec<String> = readings
-        .iter()
-        .take(ROW_VALUES)
-        .map(|(name, value, unit)| {
-            let v = crate::alerts::format_value(*value, unit).replace(' ', "");
-            format!("{name}={v}")
-        })
-        .collect();
-    match readings.len() {
-        0 => "no data yet".to_string(),
-        n if n > ROW_VALUES => format!("{} (+{} more)", shown.join("  "), n - ROW_VALUES),
-        _ => shown.join("  "),
+    let mut text = String::new();
+    write_values_text(&mut text, readings);
+    text
+}
+
+/// [`values_text`] into `out` (cleared first), in one buffer: `name=value` with the value as
+/// [`format_value`](crate::alerts::format_value) gives it, without its spaces. A changed row's
+/// text is made every cycle, so it is written in place, not made of a string per part.
+fn write_values_text(out: &mut String, readings: &[Reading<'_>]) {
+    out.clear();
+    if readings.is_empty() {
+        out.push_str("no data yet");
+        return;
+    }
+    for (i, (name, value, unit)) in readings.iter().take(ROW_VALUES).enumerate() {
+        if i > 0 {
+            out.push_str("  ");
+        }
+        out.push_str(name);
+        out.push('=');
+        write_number(out, *value);
+        match *unit {
+            "" | "bool" | "count" | "ratio" | "state" => {}
+            u => out.extend(u.chars().filter(|c| *c != ' ')),
+        }
+    }
+    if readings.len() > ROW_VALUES {
+        let _ = write!(out, " (+{} more)", readings.len() - ROW_VALUES);
+    }
+}
+
+/// [`format_number`](crate::alerts::format_number) appended to `out`: at most two decimals,
+/// no trailing zeros.
+fn write_number(out: &mut String, value: f64) {
+    let start = out.len();
+    let _ = write!(out, "{value:.2}");
+    if out[start..].contains('.') {
+        let kept = out[start..]
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .len();
+        out.truncate(start + kept);
+    }
+    if &out[start..] == "-0" {
+        out.truncate(start);
+        out.push('0');
     }
 }
 
@@ -278,22 +312,45 @@ impl ValuesCache {
             return cached.text.clone();
         }
         self.made += 1;
-        let text = values_text(readings);
-        let shown = readings
-            .iter()
-            .take(ROW_VALUES)
-            .map(|(n, v, u)| (n.to_string(), v.to_bits(), u.to_string()))
-            .collect();
-        self.by_resource.insert(
-            key.to_string(),
-            CachedValues {
-                shown,
+        let shown = &readings[..readings.len().min(ROW_VALUES)];
+        let Some(cached) = self.by_resource.get_mut(key) else {
+            let cached = CachedValues {
+                shown: shown
+                    .iter()
+                    .map(|(n, v, u)| (n.to_string(), v.to_bits(), u.to_string()))
+                    .collect(),
                 count: readings.len(),
-                text: text.clone(),
+                text: values_text(readings),
                 seen: cycle,
-            },
-        );
-        text
+            };
+            let text = cached.text.clone();
+            self.by_resource.insert(key.to_string(), cached);
+            return text;
+        };
+        // Made again in the buffers it had: usually only a value changed.
+        cached.shown.truncate(shown.len());
+        for (i, (name, value, unit)) in shown.iter().enumerate() {
+            match cached.shown.get_mut(i) {
+                Some((n, v, u)) => {
+                    if n != name {
+                        n.clear();
+                        n.push_str(name);
+                    }
+                    *v = value.to_bits();
+                    if u != unit {
+                        u.clear();
+                        u.push_str(unit);
+                    }
+                }
+                None => cached
+                    .shown
+                    .push((name.to_string(), value.to_bits(), unit.to_string())),
+            }
+        }
+        cached.count = readings.len();
+        write_values_text(&mut cached.text, readings);
+        cached.seen = cycle;
+        cached.text.clone()
     }
 
     /// Ends a cycle: forgets the resources it did not see.
@@ -1149,5 +1206,51 @@ mod tests {
         let text = values_text(&readings);
         assert_eq!(text, format!("{main}=12MB  a=5%  b=1  c=2 (+1 more)"));
         assert_eq!(values_text(&[]), "no data yet");
+    }
+
+    #[test]
+    fn a_row_s_values_are_written_as_format_value_gives_them_without_spaces() {
+        let values = [
+            0.0,
+            -0.0,
+            -0.001,
+            0.005,
+            0.004,
+            1.0,
+            1.5,
+            12.345,
+            100.0,
+            -7.25,
+            1e12,
+            3e-9,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        let units = [
+            "", "%", "MB", "bool", "count", "ratio", "state", "ms", "req / s",
+        ];
+        for value in values {
+            for unit in units {
+                let old = crate::alerts::format_value(value, unit).replace(' ', "");
+                assert_eq!(values_text(&[("m", value, unit)]), format!("m={old}"));
+            }
+        }
+        // A text made again in its old buffers is the text made anew.
+        let mut cache = ValuesCache::default();
+        cache.text("agent/a1", &[("x", 1.0, "MB"), ("y", 2.0, "%")]);
+        let again = cache.text("agent/a1", &[("x", 1.25, "ms"), ("z", 3.0, "")]);
+        assert_eq!(again, values_text(&[("x", 1.25, "ms"), ("z", 3.0, "")]));
+        assert_eq!(
+            cache.cached("agent/a1", &[("x", 1.25, "ms"), ("z", 3.0, "")]),
+            Some(again.as_str())
+        );
+        let fewer = cache.text("agent/a1", &[("x", 1.25, "ms")]);
+        assert_eq!(fewer, "x=1.25ms");
+        assert!(
+            cache
+                .cached("agent/a1", &[("x", 1.25, "ms"), ("z", 3.0, "")])
+                .is_none()
+        );
     }
 }
