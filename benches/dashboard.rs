@@ -31,24 +31,40 @@
 //!    odd ones): the baseline is the other daemon over the same seconds, so the shared
 //!    machine's noise hits both alike. Each page is its own TCP connection to
 //!    `GET /api/v1/events` from its own source address (127.0.0.2, .3...: the listener allows
-//!    32 connections per address), read and discarded by a thread of its own which, as a
-//!    browser's `EventSource` does, connects again 2 s (`retry: 2000`) after its stream ends;
-//!    each page is checked to have received `state` and at least one `cycle` during the window,
-//!    and no `resync`. After a settling time, each daemon's CPU per second of the window: utime
-//!    and stime from `/proc/<pid>/stat` (every thread, exited ones too, in 10 ms ticks) and the
-//!    same from `/proc/<pid>/task/*/schedstat` (living threads, in nanoseconds), which also
-//!    gives it by thread name: where the time goes. Target: pages/none − 1 < 10 %, taken within
-//!    each window, then its median. The feeder's CPU is not the daemons', nor is the pages'.
-//!    Also printed: how often the pages had to connect again (their stream ended), and, in this
-//!    process, what the library's part of publishing a cycle costs on the daemon's own state
-//!    (`LiveHub::cycle`: the diff and its frame) and each page's share of the frame.
+//!    32 connections per address), which, as a browser's `EventSource` does, connects again 2 s
+//!    (`retry: 2000`) after its stream ends. The pages are read in three ways (`READERS`),
+//!    each given its own windows:
+//!    - `remote`: as pages on other machines. One thread reads every page (as a browser's
+//!      network thread does), the daemons run on CPU 0, this process on CPU 1, and loopback's
+//!      receive processing is steered to CPU 1 (`rps_cpus`), so the daemon pays for its sends
+//!      and not for the receiving end's work, which loopback otherwise runs inside the
+//!      sender's system call (queueing the data, waking the reader, its ACKs). Needs root and
+//!      two CPUs; left out, with a line saying so, without them. This is the target's model:
+//!      fifty open pages are fifty operators' browsers.
+//!    - `browser`: the same reader on this machine, unpinned: the daemon also pays for the
+//!      delivery to it.
+//!    - `threads`: a blocking thread for each page: each send also wakes a thread of its own.
+//!      The worst case.
 //!
-//! Run: `cargo bench --bench dashboard` (under 2 minutes). Environment: `ONLY` (`overview`,
+//!    Each page is checked to have received `state` and at least one `cycle` during the
+//!    window, and no `resync`. After a settling time, each daemon's CPU per second of the
+//!    window: utime and stime from `/proc/<pid>/stat` (every thread, exited ones too, in 10 ms
+//!    ticks: over a 10 s window, steps of 1 ms/s) and the same from
+//!    `/proc/<pid>/task/*/schedstat` (living threads, in nanoseconds: the precise one), which
+//!    also gives it by thread name: where the time goes. Target: pages/none − 1 < 10 %, taken
+//!    within each window, then its median. The feeder's CPU is not the daemons', nor is the
+//!    pages'. Also printed: how often the pages had to connect again (their stream ended),
+//!    and, in this process, what the library's part of publishing a cycle costs on the
+//!    daemon's own state (`LiveHub::cycle`: the diff and its frame) and each page's share of
+//!    the frame.
+//!
+//! Run: `cargo bench --bench dashboard` (about 5 minutes). Environment: `ONLY` (`overview`,
 //! `chart` or `events`: that part alone), `RESOURCES` (1000), `REQUESTS` (30 per endpoint, after
 //! 3 of warm-up), `DAYS` (7), `AGENTS` (40), `PUSHED` (20), `PAGES` (50, at most 250),
 //! `PAGE_COUNTS` (a comma separated list of page counts, each given two windows a round, one on
 //! each daemon, instead of `PAGES` alone: `1,50` splits the cost of building each cycle's state
-//! from that of each page), `ROUNDS` (3), `WARMUP_SECS` (5), `SETTLE_SECS` (2, before each
+//! from that of each page), `READERS` (`remote,browser,threads`: which ways of reading the pages,
+//! each with every page count), `ROUNDS` (3), `WARMUP_SECS` (5), `SETTLE_SECS` (2, before each
 //! window) and `WINDOW_SECS` (10).
 
 // A bench is a test harness of its own: a failed unwrap is its failure report.
@@ -600,23 +616,88 @@ struct Seen {
     refused: AtomicU64,
 }
 
-/// One open page: its current connection and the thread reading it.
+/// How the pages' connections are read.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Readers {
+    /// All of them by one thread waiting on every connection at once (epoll), as a browser
+    /// reads its connections: Chromium's network service and Firefox's socket thread each
+    /// serve every tab's sockets from one thread.
+    Browser,
+    /// As `Browser`, the pages as on other machines: the daemons on CPU 0, the readers (and
+    /// the feeder) on CPU 1, and loopback's receive processing steered to CPU 1 too (RPS).
+    /// On loopback the receiving end's work (queueing the data, waking the reader, its ACKs)
+    /// otherwise runs inside the sender's system call and is charged to the daemon; a page on
+    /// another machine costs the daemon its send only. Needs root (it writes
+    /// `/sys/class/net/lo/queues/rx-0/rps_cpus`, and puts it back) and two CPUs.
+    Remote,
+    /// A blocking thread for each page: each send also wakes that page's own thread, inside
+    /// the daemon's send. The worst case, kept to show that cost.
+    Threads,
+}
+
+impl Readers {
+    fn name(self) -> &'static str {
+        match self {
+            Readers::Browser => "browser",
+            Readers::Remote => "remote",
+            Readers::Threads => "threads",
+        }
+    }
+
+    fn parse(name: &str) -> Readers {
+        match name.trim() {
+            "browser" => Readers::Browser,
+            "remote" => Readers::Remote,
+            "threads" => Readers::Threads,
+            other => panic!("READERS lists browser, remote and threads, not {other:?}"),
+        }
+    }
+}
+
+/// How a page's reader is stopped and waited for.
+enum Reader {
+    /// Its own thread, blocked on its current connection.
+    Thread {
+        stop: Arc<AtomicBool>,
+        current: Arc<Mutex<Option<TcpStream>>>,
+        thread: JoinHandle<()>,
+    },
+    /// A task of the shared reader.
+    Task {
+        stop: Arc<tokio::sync::Notify>,
+        task: tokio::task::JoinHandle<()>,
+    },
+}
+
+/// One open page: what it received and its reader.
 struct Page {
-    stop: Arc<AtomicBool>,
-    current: Arc<Mutex<Option<TcpStream>>>,
     seen: Arc<Seen>,
-    reader: JoinHandle<()>,
+    reader: Reader,
 }
 
 impl Page {
-    /// Closes the page: its connection now, its thread with it.
-    fn close(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(stream) = self.current.lock().unwrap().take() {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+    /// Closes the page: its connection now, its reader with it (`shared`: the shared reader's
+    /// runtime, which runs the tasks).
+    fn close(self, shared: &tokio::runtime::Runtime) {
+        match self.reader {
+            Reader::Thread {
+                stop,
+                current,
+                thread,
+            } => {
+                stop.store(true, Ordering::Relaxed);
+                if let Some(stream) = current.lock().unwrap().take() {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
+                thread.thread().unpark();
+                thread.join().unwrap();
+            }
+            Reader::Task { stop, task } => {
+                // A permit if the task is not waiting now: it stops at its next wait.
+                stop.notify_one();
+                shared.block_on(task).unwrap();
+            }
         }
-        self.reader.thread().unpark();
-        self.reader.join().unwrap();
     }
 }
 
@@ -627,17 +708,57 @@ fn occurrences(haystack: &[u8], needle: &[u8]) -> u64 {
         .count() as u64
 }
 
+/// Counts what one connection's stream carries, read by read.
+#[derive(Default)]
+struct Tally {
+    /// The tail of the previous read, so a name split between two reads is still seen.
+    carry: Vec<u8>,
+    /// Whether the answer's first bytes were read.
+    started: bool,
+}
+
+impl Tally {
+    fn read(&mut self, got: &[u8], seen: &Seen) {
+        seen.bytes.fetch_add(got.len() as u64, Ordering::Relaxed);
+        if !self.started && !got.starts_with(b"HTTP/1.1 200") {
+            seen.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        self.started = true;
+        self.carry.extend_from_slice(got);
+        for (needle, counter) in [
+            (&b"event: state\n"[..], &seen.states),
+            (b"event: cycle\n", &seen.cycles),
+            (b"event: alert\n", &seen.alerts),
+            (b"event: resync\n", &seen.resyncs),
+        ] {
+            counter.fetch_add(occurrences(&self.carry, needle), Ordering::Relaxed);
+        }
+        // Less than the shortest name is kept: nothing is counted twice.
+        let keep = self.carry.len().min(12);
+        self.carry.drain(..self.carry.len() - keep);
+    }
+}
+
+/// The request a page sends.
+fn request(to: SocketAddr) -> String {
+    format!("GET /api/v1/events HTTP/1.1\r\nHost: {to}\r\nAccept: text/event-stream\r\n\r\n")
+}
+
 /// A connection to `to` from `source` (an address of its own, as another machine's browser).
-fn connect_from(rt: &tokio::runtime::Runtime, source: Ipv4Addr, to: SocketAddr) -> TcpStream {
-    let stream = rt
-        .block_on(async {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind(SocketAddr::from((source, 0)))?;
-            socket.connect(to).await
-        })
+async fn connect_async(source: Ipv4Addr, to: SocketAddr) -> tokio::net::TcpStream {
+    let connect = async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((source, 0)))?;
+        socket.connect(to).await
+    };
+    connect
+        .await
         .unwrap_or_else(|e| panic!("cannot connect from {source}: {e}"))
-        .into_std()
-        .unwrap();
+}
+
+/// The same, blocking.
+fn connect_from(rt: &tokio::runtime::Runtime, source: Ipv4Addr, to: SocketAddr) -> TcpStream {
+    let stream = rt.block_on(connect_async(source, to)).into_std().unwrap();
     stream.set_nonblocking(false).unwrap();
     stream
 }
@@ -645,48 +766,85 @@ fn connect_from(rt: &tokio::runtime::Runtime, source: Ipv4Addr, to: SocketAddr) 
 /// Reads one connection's stream to its end, counting what it carries.
 fn read_stream(mut stream: TcpStream, seen: &Seen) {
     let mut buf = vec![0u8; 64 * 1024];
-    // The tail of the previous read, so a name split between two reads is still seen.
-    let mut carry: Vec<u8> = Vec::new();
-    let mut first = true;
+    let mut tally = Tally::default();
     loop {
-        let n = match stream.read(&mut buf) {
+        match stream.read(&mut buf) {
             Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        seen.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        if first && !buf[..n].starts_with(b"HTTP/1.1 200") {
-            seen.refused.fetch_add(1, Ordering::Relaxed);
+            Ok(n) => tally.read(&buf[..n], seen),
         }
-        first = false;
-        carry.extend_from_slice(&buf[..n]);
-        for (needle, counter) in [
-            (&b"event: state\n"[..], &seen.states),
-            (b"event: cycle\n", &seen.cycles),
-            (b"event: alert\n", &seen.alerts),
-            (b"event: resync\n", &seen.resyncs),
-        ] {
-            counter.fetch_add(occurrences(&carry, needle), Ordering::Relaxed);
-        }
-        // Less than the shortest name is kept: nothing is counted twice.
-        let keep = carry.len().min(12);
-        carry.drain(..carry.len() - keep);
     }
 }
 
-/// Opens a page on `GET /api/v1/events` from `source`, read by a thread of its own that, as a
-/// browser's `EventSource` does, connects again [`RETRY`] after its stream ends.
-fn open_page(source: Ipv4Addr, to: SocketAddr) -> Page {
+/// The same, as a task of the shared reader.
+async fn read_stream_async(mut stream: tokio::net::TcpStream, seen: &Seen, to: SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.write_all(request(to).as_bytes()).await.is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut tally = Tally::default();
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => tally.read(&buf[..n], seen),
+        }
+    }
+}
+
+/// Opens a page on `GET /api/v1/events` from `source`, read as `readers` says (`shared`: the
+/// shared reader), that, as a browser's `EventSource` does, connects again [`RETRY`] after its
+/// stream ends. Connected before this returns, so that every page is open when the settling
+/// starts.
+fn open_page(
+    readers: Readers,
+    shared: &tokio::runtime::Runtime,
+    source: Ipv4Addr,
+    to: SocketAddr,
+) -> Page {
+    let seen = Arc::new(Seen::default());
+    let reader = match readers {
+        Readers::Browser | Readers::Remote => {
+            let stop = Arc::new(tokio::sync::Notify::new());
+            let first = shared.block_on(connect_async(source, to));
+            let task = {
+                let (stop, seen) = (Arc::clone(&stop), Arc::clone(&seen));
+                shared.spawn(async move {
+                    let mut first = Some(first);
+                    loop {
+                        let stream = match first.take() {
+                            Some(s) => s,
+                            None => connect_async(source, to).await,
+                        };
+                        seen.connections.fetch_add(1, Ordering::Relaxed);
+                        tokio::select! {
+                            () = stop.notified() => return,
+                            () = read_stream_async(stream, &seen, to) => {}
+                        }
+                        tokio::select! {
+                            () = stop.notified() => return,
+                            () = tokio::time::sleep(RETRY) => {}
+                        }
+                    }
+                })
+            };
+            Reader::Task { stop, task }
+        }
+        Readers::Threads => open_thread_page(source, to, &seen),
+    };
+    Page { seen, reader }
+}
+
+/// A page read by a thread of its own.
+fn open_thread_page(source: Ipv4Addr, to: SocketAddr, seen: &Arc<Seen>) -> Reader {
     let stop = Arc::new(AtomicBool::new(false));
     let current: Arc<Mutex<Option<TcpStream>>> = Arc::default();
-    let seen = Arc::new(Seen::default());
-    // Connected before this returns, so that every page is open when the settling starts.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
         .unwrap();
     let mut first = Some(connect_from(&rt, source, to));
-    let reader = {
-        let (stop, current, seen) = (Arc::clone(&stop), Arc::clone(&current), Arc::clone(&seen));
+    let thread = {
+        let (stop, current, seen) = (Arc::clone(&stop), Arc::clone(&current), Arc::clone(seen));
         std::thread::spawn(move || {
             loop {
                 let stream = match first.take() {
@@ -703,12 +861,7 @@ fn open_page(source: Ipv4Addr, to: SocketAddr) -> Page {
                 }
                 seen.connections.fetch_add(1, Ordering::Relaxed);
                 let mut writing = &stream;
-                if write!(
-                    writing,
-                    "GET /api/v1/events HTTP/1.1\r\nHost: {to}\r\nAccept: text/event-stream\r\n\r\n"
-                )
-                .is_ok()
-                {
+                if writing.write_all(request(to).as_bytes()).is_ok() {
                     read_stream(stream, &seen);
                 }
                 let again = Instant::now() + RETRY;
@@ -722,11 +875,77 @@ fn open_page(source: Ipv4Addr, to: SocketAddr) -> Page {
             }
         })
     };
-    Page {
+    Reader::Thread {
         stop,
         current,
-        seen,
-        reader,
+        thread,
+    }
+}
+
+/// Where loopback's receive processing is steered (`rps_cpus` of its one queue).
+const LOOPBACK_RPS: &str = "/sys/class/net/lo/queues/rx-0/rps_cpus";
+
+/// Pins every thread of process `pid` to the CPUs `cpus` (threads it starts later inherit
+/// it). A thread that ends meanwhile is no matter.
+fn pin(pid: u32, cpus: &[usize]) {
+    let mut set = nix::sched::CpuSet::new();
+    for &cpu in cpus {
+        set.set(cpu).unwrap();
+    }
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    for tid in tasks
+        .flatten()
+        .filter_map(|t| t.file_name().to_str()?.parse::<i32>().ok())
+    {
+        match nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => panic!("cannot pin thread {tid} of {pid} to {cpus:?}: {e}"),
+        }
+    }
+}
+
+/// True when [`Readers::Remote`] can be set up here: two CPUs or more, and loopback's receive
+/// steering writable (root).
+fn remote_possible() -> bool {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let writable = std::fs::read_to_string(LOOPBACK_RPS)
+        .is_ok_and(|was| std::fs::write(LOOPBACK_RPS, was.trim()).is_ok());
+    cpus >= 2 && writable
+}
+
+/// [`Readers::Remote`]'s set-up for one window, undone when dropped: the daemons on CPU 0,
+/// this process (the readers, the feeder) on CPU 1, loopback's receive processing on CPU 1.
+struct Remote {
+    daemons: [u32; 2],
+    was: String,
+}
+
+impl Remote {
+    fn start(daemons: &[(Daemon, SocketAddr); 2]) -> Remote {
+        let was = std::fs::read_to_string(LOOPBACK_RPS).unwrap();
+        // Made first, so that whatever fails below is undone.
+        let remote = Remote {
+            daemons: [daemons[0].0.pid, daemons[1].0.pid],
+            was,
+        };
+        std::fs::write(LOOPBACK_RPS, "2").unwrap();
+        for pid in remote.daemons {
+            pin(pid, &[0]);
+        }
+        pin(std::process::id(), &[1]);
+        remote
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        let _ = std::fs::write(LOOPBACK_RPS, self.was.trim());
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let all: Vec<usize> = (0..cpus).collect();
+        for pid in self.daemons {
+            pin(pid, &all);
+        }
+        pin(std::process::id(), &all);
     }
 }
 
@@ -742,6 +961,8 @@ struct Cpu {
 
 /// One window: pages on one daemon, none on the other, both measured over it.
 struct EventWindow {
+    /// How its pages were read.
+    readers: Readers,
     pages: usize,
     /// The daemon with the pages (0 or 1).
     paged: usize,
@@ -777,13 +998,28 @@ fn snapshot(pages: &[Page]) -> Vec<[u64; 4]> {
 fn event_window(
     daemons: &[(Daemon, SocketAddr); 2],
     paged: usize,
-    pages: usize,
+    (readers, pages): (Readers, usize),
     settle: Duration,
     window: Duration,
 ) -> EventWindow {
     let (daemon, addr) = &daemons[paged];
+    let remote = (readers == Readers::Remote).then(|| Remote::start(daemons));
+    // The shared reader: one thread for every page's connection (idle with `Threads`).
+    let shared = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("pages")
+        .enable_all()
+        .build()
+        .unwrap();
     let open: Vec<Page> = (0..pages)
-        .map(|i| open_page(Ipv4Addr::new(127, 0, 0, 2 + i as u8), *addr))
+        .map(|i| {
+            open_page(
+                readers,
+                &shared,
+                Ipv4Addr::new(127, 0, 0, 2 + i as u8),
+                *addr,
+            )
+        })
         .collect();
     std::thread::sleep(settle);
     for (i, p) in open.iter().enumerate() {
@@ -822,8 +1058,9 @@ fn event_window(
         );
     }
     for p in open {
-        p.close();
+        p.close(&shared);
     }
+    drop(remote);
     let secs = laps[0].secs;
     assert!(min_cycles >= 1, "a page got no cycle event in {secs} s");
     let cpu = |i: usize| {
@@ -841,6 +1078,7 @@ fn event_window(
         }
     };
     EventWindow {
+        readers,
         pages,
         paged,
         with: cpu(paged),
@@ -972,6 +1210,22 @@ fn events(root: &Path) {
         counts.iter().all(|&c| (1..=250).contains(&c)),
         "page counts are 1 to 250"
     );
+    let mut readers: Vec<Readers> = std::env::var("READERS")
+        .unwrap_or_else(|_| "remote,browser,threads".into())
+        .split(',')
+        .map(Readers::parse)
+        .collect();
+    if readers.contains(&Readers::Remote) && !remote_possible() {
+        println!(
+            "events: pages as on other machines need two CPUs, taskset and root (to steer loopback's receive processing): left out"
+        );
+        readers.retain(|r| *r != Readers::Remote);
+    }
+    // What each round measures: every page count with every way of reading the pages.
+    let kinds: Vec<(Readers, usize)> = readers
+        .iter()
+        .flat_map(|&r| counts.iter().map(move |&c| (r, c)))
+        .collect();
 
     let mut procs = Procs::default();
     let pids: Vec<u32> = (0..agents)
@@ -1016,11 +1270,11 @@ fn events(root: &Path) {
 
     let mut results: Vec<EventWindow> = Vec::new();
     for round in 0..rounds {
-        for &pages in &counts {
+        for &kind in &kinds {
             // x then y with the pages in even rounds, y then x in odd ones.
             for turn in 0..2 {
                 let paged = (turn + round) % 2;
-                results.push(event_window(&daemons, paged, pages, settle, window));
+                results.push(event_window(&daemons, paged, kind, settle, window));
             }
         }
     }
@@ -1040,8 +1294,9 @@ fn events(root: &Path) {
     );
     for w in &results {
         println!(
-            "    {:>3} page(s) on {}: {:6.2} against {:6.2} ms/s CPU (stat), {:6.2} against {:6.2} (schedstat); fewest cycle events per page {}, alert events {}, {} reconnections, {:.0} B/s per page",
+            "    {:>3} page(s) ({} readers) on {}: {:6.2} against {:6.2} ms/s CPU (stat), {:6.2} against {:6.2} (schedstat); fewest cycle events per page {}, alert events {}, {} reconnections, {:.0} B/s per page",
             w.pages,
+            w.readers.name(),
             ["x", "y"][w.paged],
             w.with.stat,
             w.without.stat,
@@ -1054,9 +1309,13 @@ fn events(root: &Path) {
         );
     }
     let verdict = |share: f64| if share < 0.10 { "met" } else { "MISSED" };
-    for &pages in &counts {
+    for &(readers, pages) in &kinds {
         let of = |f: fn(&EventWindow) -> f64| -> Vec<f64> {
-            results.iter().filter(|w| w.pages == pages).map(f).collect()
+            results
+                .iter()
+                .filter(|w| (w.readers, w.pages) == (readers, pages))
+                .map(f)
+                .collect()
         };
         let (stat, base_stat) = (median(of(|w| w.with.stat)), median(of(|w| w.without.stat)));
         let (sched, base_sched) = (
@@ -1067,7 +1326,8 @@ fn events(root: &Path) {
         let share_stat = median(of(|w| w.with.stat / w.without.stat - 1.0));
         let share_sched = median(of(|w| w.with.sched / w.without.sched - 1.0));
         println!(
-            "  {pages} page(s): median {stat:.2} ms CPU per second (stat), {sched:.2} (schedstat); no page (baseline, same windows): {base_stat:.2} (stat), {base_sched:.2} (schedstat)"
+            "  {pages} page(s), {} readers: median {stat:.2} ms CPU per second (stat), {sched:.2} (schedstat); no page (baseline, same windows): {base_stat:.2} (stat), {base_sched:.2} (schedstat)",
+            readers.name()
         );
         println!(
             "    added share: {:+.1} % (stat), {:+.1} % (schedstat) of the medians; median of the windows' own shares {:+.1} % (stat), {:+.1} % (schedstat); target < +10 %: {} (stat), {} (schedstat)",
@@ -1098,13 +1358,14 @@ fn events(root: &Path) {
         .collect();
     println!("  daemon CPU by thread (schedstat), median ms per second over the windows:");
     for name in names {
-        let per: Vec<String> = counts
+        let per: Vec<String> = kinds
             .iter()
-            .map(|&c| {
+            .map(|&(r, c)| {
                 let pick = |cpu: &Cpu| cpu.threads.get(name).copied().unwrap_or(0.0);
-                let windows = || results.iter().filter(|w| w.pages == c);
+                let windows = || results.iter().filter(|w| (w.readers, w.pages) == (r, c));
                 format!(
-                    "{c} page(s) {:5.2} against none {:5.2}",
+                    "{c} page(s) ({}) {:5.2} against none {:5.2}",
+                    r.name(),
                     median(windows().map(|w| pick(&w.with)).collect()),
                     median(windows().map(|w| pick(&w.without)).collect())
                 )
