@@ -339,32 +339,27 @@ pub fn build(inputs: SummaryInputs, now: DateTime<Utc>) -> Summary {
     }
 }
 
-/// The resources `keys` names, each with its state as [`resource_states`] lists it, or `None`
-/// for one it does not list (no monitor, nothing shown); `latest` holds their metrics (and
-/// may hold others'). What a cycle of the dashboard reads for the resources that changed.
-pub(crate) fn states_of<'a, M: Borrow<HealthMetric>>(
+/// Named resources, each given with its latest metrics, with their states as
+/// [`resource_states`] lists them, or `None` for one it does not list (no monitor, nothing
+/// shown). What a cycle of the dashboard reads for the resources that changed.
+pub(crate) fn states_of<'a>(
     watched: &Watched,
-    keys: impl Iterator<Item = (ResourceType, &'a str)>,
-    latest: &'a [M],
+    resources: impl Iterator<Item = (ResourceType, &'a str, Vec<&'a HealthMetric>)>,
     actors: &[ActorReport],
     active_alerts: &[HealthAlert],
 ) -> Vec<(ResourceType, &'a str, Option<ResourceState<'a>>)> {
-    let mut shown: HashMap<(ResourceType, &str), Vec<&HealthMetric>> = HashMap::new();
-    for m in latest.iter().map(Borrow::borrow) {
-        let (t, id) = (m.resource_type, m.resource_id.as_str());
-        if !watched.unwatched(t, id) || !in_catalog(m) {
-            shown.entry((t, id)).or_default().push(m);
-        }
-    }
     let impaired = impaired_children(actors);
-    keys.map(|(t, id)| {
-        let metrics = shown.remove(&(t, id)).unwrap_or_default();
-        let listed = !metrics.is_empty() || watched.monitored(t, id);
-        let state =
-            listed.then(|| resource_view(t, Cow::Borrowed(id), metrics, &impaired, active_alerts));
-        (t, id, state)
-    })
-    .collect()
+    resources
+        .map(|(t, id, mut metrics)| {
+            if watched.unwatched(t, id) {
+                metrics.retain(|m| !in_catalog(m));
+            }
+            let listed = !metrics.is_empty() || watched.monitored(t, id);
+            let state = listed
+                .then(|| resource_view(t, Cow::Borrowed(id), metrics, &impaired, active_alerts));
+            (t, id, state)
+        })
+        .collect()
 }
 
 /// Every monitored resource (with or without data) and every shown metric, grouped by resource.

@@ -285,20 +285,17 @@ impl Builder {
             Some(changed) => {
                 self.partial += 1;
                 self.counts.1 += 1;
-                let latest: Vec<&HealthMetric> = changed
-                    .iter()
-                    .flat_map(|(&t, ids)| ids.iter().flat_map(move |id| core.latest_of(t, id)))
-                    .collect();
                 let view = LiveView {
                     watched: &self.watched,
                     actors: &live.actors,
-                    latest: &latest,
+                    latest: &[],
                     active_alerts: &active_alerts,
                 };
-                let cache = &mut self.cache;
-                hub.cycle_with(|state| {
-                    update_changed(state, &view, &changed, silences, now, cache)
+                let resources = changed.iter().flat_map(|(&t, ids)| {
+                    ids.iter()
+                        .map(move |id| (t, id.as_str(), core.latest_of(t, id).collect()))
                 });
+                hub.cycle_with(|state| update_changed(state, &view, resources, silences, now));
             }
             None => {
                 self.partial = 0;

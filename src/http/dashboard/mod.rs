@@ -457,8 +457,7 @@ pub(crate) struct LiveView<'a> {
     pub(crate) watched: &'a crate::summary::Watched,
     /// Every child's state, and the writer's.
     pub(crate) actors: &'a [crate::report::ActorReport],
-    /// The newest value of every series ([`update_state`]), or of at least the series of the
-    /// resources that changed ([`update_changed`]).
+    /// The newest value of every series (read by [`update_state`] only).
     pub(crate) latest: &'a [&'a HealthMetric],
     /// The alerts open now.
     pub(crate) active_alerts: &'a [HealthAlert],
@@ -515,44 +514,59 @@ pub(crate) fn update_state(
     finish_update(state, changed, removed, overall, inputs, silences, now)
 }
 
-/// [`update_state`] for a cycle in which only the resources `changed` names may have changed
-/// (the analyzer says which; the monitors, the children's states and the conditions on
-/// resources are as in the previous cycle): only those are looked at, and the state ends as
-/// [`update_state`] would leave it. The cost follows what changed, not the fleet's size.
-pub(crate) fn update_changed(
+/// [`update_state`] for a cycle in which only the resources `changed` gives (each with its
+/// latest metrics) may have changed (the analyzer says which; the monitors, the children's
+/// states and the conditions on the other resources are as in the previous cycle): only those
+/// are looked at, and the state ends as [`update_state`] would leave it. The cost follows what
+/// changed, not the fleet's size. `inputs.latest` is not read.
+pub(crate) fn update_changed<'a>(
     state: &mut LiveState,
     inputs: &LiveView<'_>,
-    changed: &crate::analysis::ChangedResources,
+    changed: impl Iterator<Item = (ResourceType, &'a str, Vec<&'a HealthMetric>)>,
     silences: &[crate::model::Silence],
     now: DateTime<Utc>,
-    cache: &mut ValuesCache,
 ) -> Option<LiveDiff> {
-    let keys = changed
-        .iter()
-        .flat_map(|(&t, ids)| ids.iter().map(move |id| (t, id.as_str())));
-    let states = crate::summary::states_of(
-        inputs.watched,
-        keys,
-        inputs.latest,
-        inputs.actors,
-        inputs.active_alerts,
-    );
+    let states =
+        crate::summary::states_of(inputs.watched, changed, inputs.actors, inputs.active_alerts);
     let (mut updated, mut removed) = (Vec::new(), Vec::new());
-    let mut key = String::new();
+    let (mut key, mut values) = (String::new(), String::new());
     for (t, id, r) in &states {
         key.clear();
         let _ = write!(key, "{t}/{id}");
-        match r {
-            Some(r) => {
-                if let Some(resource) = set_resource(state, &key, r, cache) {
-                    updated.push((key.clone(), resource));
+        let Some(r) = r else {
+            if state.resources.remove(key.as_str()).is_some() {
+                removed.push(key.clone());
+            }
+            continue;
+        };
+        // Its readings changed: the text is made again at once, with no cache to ask (a
+        // full cycle's cache finds its texts stale by their readings, never wrong).
+        let mut readings: Vec<Reading<'_>> = r
+            .metrics
+            .iter()
+            .map(|m| (m.metric_name.as_ref(), m.value, m.unit.as_ref()))
+            .collect();
+        order_readings(r.resource_type, &mut readings);
+        write_values_text(&mut values, &readings);
+        let status = r.status.as_str();
+        match state.resources.get_mut(key.as_str()) {
+            Some(live) if live.status == status && live.values == values => {}
+            Some(live) => {
+                if live.status != status {
+                    live.status = status.to_string();
                 }
+                live.values.clone_from(&values);
+                updated.push((key.clone(), live.clone()));
             }
             None => {
-                if state.resources.remove(key.as_str()).is_some() {
-                    cache.by_resource.remove(key.as_str());
-                    removed.push(key.clone());
-                }
+                let resource = LiveResource {
+                    resource_type: t.to_string(),
+                    id: id.to_string(),
+                    status: status.to_string(),
+                    values: values.clone(),
+                };
+                state.resources.insert(key.clone(), resource.clone());
+                updated.push((key.clone(), resource));
             }
         }
     }
