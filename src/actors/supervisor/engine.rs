@@ -192,8 +192,14 @@ impl<K: Clone, H: ChildRef> Children<K, H> {
 
     /// Each child's state and restarts, by name.
     pub fn reports(&self) -> Vec<ActorReport> {
+        self.reports_where(|_| true)
+    }
+
+    /// The reports of the children whose state `keep` accepts (no name copied for the rest).
+    pub fn reports_where(&self, keep: impl Fn(ChildState) -> bool) -> Vec<ActorReport> {
         self.entries
             .iter()
+            .filter(|(_, e)| keep(e.tracker.state))
             .map(|(name, e)| ActorReport {
                 name: name.clone(),
                 state: e.tracker.state,
@@ -268,11 +274,14 @@ mod tests {
         assert_eq!(parked.delay, policy.park_pause);
         c.failure_raised("w1");
         assert_eq!(c.reports()[0].state, ChildState::Parked);
+        let not_running = c.reports_where(|s| s != ChildState::Running);
+        assert_eq!(not_running.len(), 1, "the parked one");
         // Un-parked after the pause; a run that holds clears the failure once.
         now += policy.park_pause;
         assert!(c.restart_due("w1", generation, now).is_some());
         let (generation, _) = start(&mut c, "w1");
         assert_eq!(c.reports()[0].state, ChildState::Running);
+        assert!(c.reports_where(|s| s != ChildState::Running).is_empty());
         assert_eq!(c.held("w1", generation), Some(true));
         assert_eq!(c.held("w1", generation), Some(false));
     }

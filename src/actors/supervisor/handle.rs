@@ -6,8 +6,8 @@
 use actix::Addr;
 
 use super::{
-    AddMonitor, AddOwnedMonitor, GetLive, LiveInfo, RemoveMonitor, RemoveOwnedMonitor, Shutdown,
-    Supervisor,
+    AddMonitor, AddOwnedMonitor, GetImpaired, GetLive, LiveInfo, RemoveMonitor, RemoveOwnedMonitor,
+    Shutdown, Supervisor,
 };
 use crate::model::{AddOutcome, MonitorKind, MonitorSpec};
 
@@ -59,6 +59,12 @@ impl SupervisorHandle {
     /// its children.
     pub async fn live(&self) -> Result<LiveInfo, String> {
         self.0.send(GetLive).await.map_err(unavailable)
+    }
+
+    /// [`SupervisorHandle::live`] with only the children that do not run now in `actors`:
+    /// what the dashboard's cycle needs, without a report for every child.
+    pub(crate) async fn live_impaired(&self) -> Result<LiveInfo, String> {
+        self.0.send(GetImpaired).await.map_err(unavailable)
     }
 
     /// Asks for an orderly shutdown: collectors stop, the analyzer drains, then the daemon.

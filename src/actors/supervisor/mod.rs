@@ -237,13 +237,20 @@ impl Supervisor {
     }
 
     fn reports(&self) -> Vec<ActorReport> {
-        let mut reports = self.children.reports();
+        self.reports_where(|_| true)
+    }
+
+    /// [`Supervisor::reports`] of the children (and the writer) whose state `keep` accepts.
+    fn reports_where(&self, keep: impl Fn(ChildState) -> bool) -> Vec<ActorReport> {
+        let mut reports = self.children.reports_where(&keep);
         let (state, restarts) = self.deps.writer.supervision();
-        reports.push(ActorReport {
-            name: "writer".into(),
-            state,
-            restarts,
-        });
+        if keep(state) {
+            reports.push(ActorReport {
+                name: "writer".into(),
+                state,
+                restarts,
+            });
+        }
         reports.sort_by(|a, b| a.name.cmp(&b.name));
         reports
     }
@@ -565,6 +572,22 @@ impl Handler<GetLive> for Supervisor {
         LiveInfo {
             monitors: self.monitors.shared(),
             actors: self.reports(),
+        }
+    }
+}
+
+/// Asks for what the dashboard's cycle needs, every second: [`LiveInfo`] with only the
+/// children that do not run now (usually none: nothing is copied but the shared monitors).
+#[derive(Message)]
+#[rtype(result = "LiveInfo")]
+pub(crate) struct GetImpaired;
+
+impl Handler<GetImpaired> for Supervisor {
+    type Result = LiveInfo;
+    fn handle(&mut self, _: GetImpaired, _: &mut Self::Context) -> LiveInfo {
+        LiveInfo {
+            monitors: self.monitors.shared(),
+            actors: self.reports_where(|state| state != ChildState::Running),
         }
     }
 }

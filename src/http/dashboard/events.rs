@@ -171,7 +171,8 @@ async fn publish_once(service: &Service) -> Option<LiveEvent> {
 /// next cycle; `None` when the supervisor or the analyzer does not answer (the daemon is
 /// stopping, the analyzer restarting).
 async fn publish(service: &Service, mut builder: Builder) -> Option<Builder> {
-    let live = service.supervisor.live().await.ok()?;
+    // Only the children not running: the others leave the resources' statuses alone.
+    let live = service.supervisor.live_impaired().await.ok()?;
     let analyzer = service.deps.analyzer.clone();
     service
         .deps
