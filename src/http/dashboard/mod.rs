@@ -541,13 +541,7 @@ pub(crate) fn update_changed<'a>(
         };
         // Its readings changed: the text is made again at once, with no cache to ask (a
         // full cycle's cache finds its texts stale by their readings, never wrong).
-        let mut readings: Vec<Reading<'_>> = r
-            .metrics
-            .iter()
-            .map(|m| (m.metric_name.as_ref(), m.value, m.unit.as_ref()))
-            .collect();
-        order_readings(r.resource_type, &mut readings);
-        write_values_text(&mut values, &readings);
+        write_values_text(&mut values, &ordered_readings(r));
         let status = r.status.as_str();
         match state.resources.get_mut(key.as_str()) {
             Some(live) if live.status == status && live.values == values => {}
@@ -580,6 +574,17 @@ pub(crate) fn update_changed<'a>(
     finish_update(state, updated, removed, overall, inputs, silences, now)
 }
 
+/// A resource's readings in its row's order (its main metric first).
+fn ordered_readings<'a>(r: &crate::summary::ResourceState<'a>) -> Vec<Reading<'a>> {
+    let mut readings: Vec<Reading<'a>> = r
+        .metrics
+        .iter()
+        .map(|m| (m.metric_name.as_ref(), m.value, m.unit.as_ref()))
+        .collect();
+    order_readings(r.resource_type, &mut readings);
+    readings
+}
+
 /// Sets resource `key` of the state to what `r` says (a new resource is added); returns it when
 /// that changed it.
 fn set_resource(
@@ -588,12 +593,7 @@ fn set_resource(
     r: &crate::summary::ResourceState<'_>,
     cache: &mut ValuesCache,
 ) -> Option<LiveResource> {
-    let mut readings: Vec<Reading<'_>> = r
-        .metrics
-        .iter()
-        .map(|m| (m.metric_name.as_ref(), m.value, m.unit.as_ref()))
-        .collect();
-    order_readings(r.resource_type, &mut readings);
+    let readings = ordered_readings(r);
     let status = r.status.as_str();
     let Some(live) = state.resources.get_mut(key) else {
         let resource = LiveResource {
