@@ -260,7 +260,7 @@ pub(crate) struct ValuesCache {
 }
 
 /// One resource's values text and what it was made from.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct CachedValues {
     /// The readings shown (the first [`ROW_VALUES`], ordered), the values as bits: a NaN is
     /// then equal to itself.
@@ -273,6 +273,33 @@ struct CachedValues {
 }
 
 impl CachedValues {
+    /// Made again from `readings`, in the buffers it had: usually only a value changed.
+    fn remade(mut self, readings: &[Reading<'_>]) -> Self {
+        let shown = &readings[..readings.len().min(ROW_VALUES)];
+        self.shown.truncate(shown.len());
+        for (i, (name, value, unit)) in shown.iter().enumerate() {
+            match self.shown.get_mut(i) {
+                Some((n, v, u)) => {
+                    if n != name {
+                        n.clear();
+                        n.push_str(name);
+                    }
+                    *v = value.to_bits();
+                    if u != unit {
+                        u.clear();
+                        u.push_str(unit);
+                    }
+                }
+                None => self
+                    .shown
+                    .push((name.to_string(), value.to_bits(), unit.to_string())),
+            }
+        }
+        self.count = readings.len();
+        write_values_text(&mut self.text, readings);
+        self
+    }
+
     /// True when `readings` make this text.
     fn made_of(&self, readings: &[Reading<'_>]) -> bool {
         let shown = &readings[..readings.len().min(ROW_VALUES)];
@@ -305,50 +332,23 @@ impl ValuesCache {
     /// changed since the last cycle.
     fn text(&mut self, key: &str, readings: &[Reading<'_>]) -> String {
         let cycle = self.cycle;
-        if let Some(cached) = self.by_resource.get_mut(key)
-            && cached.made_of(readings)
-        {
-            cached.seen = cycle;
-            return cached.text.clone();
-        }
-        self.made += 1;
-        let shown = &readings[..readings.len().min(ROW_VALUES)];
         let Some(cached) = self.by_resource.get_mut(key) else {
+            self.made += 1;
             let cached = CachedValues {
-                shown: shown
-                    .iter()
-                    .map(|(n, v, u)| (n.to_string(), v.to_bits(), u.to_string()))
-                    .collect(),
-                count: readings.len(),
-                text: values_text(readings),
+                shown: Vec::new(),
+                count: 0,
+                text: String::new(),
                 seen: cycle,
-            };
+            }
+            .remade(readings);
             let text = cached.text.clone();
             self.by_resource.insert(key.to_string(), cached);
             return text;
         };
-        // Made again in the buffers it had: usually only a value changed.
-        cached.shown.truncate(shown.len());
-        for (i, (name, value, unit)) in shown.iter().enumerate() {
-            match cached.shown.get_mut(i) {
-                Some((n, v, u)) => {
-                    if n != name {
-                        n.clear();
-                        n.push_str(name);
-                    }
-                    *v = value.to_bits();
-                    if u != unit {
-                        u.clear();
-                        u.push_str(unit);
-                    }
-                }
-                None => cached
-                    .shown
-                    .push((name.to_string(), value.to_bits(), unit.to_string())),
-            }
+        if !cached.made_of(readings) {
+            self.made += 1;
+            *cached = std::mem::take(cached).remade(readings);
         }
-        cached.count = readings.len();
-        write_values_text(&mut cached.text, readings);
         cached.seen = cycle;
         cached.text.clone()
     }
