@@ -921,7 +921,146 @@ fn the_event_stream_stays_open_and_keeps_coming() {
         }
     }
     assert!(seen.contains("text/event-stream"), "{seen}");
-    assert!(seen.contains("event: state\ndata: {"), "{seen}");
+    // Written by the daemon to the socket itself: delimited by the connection's end, no chunks.
+    let head = &seen[..seen.find("\r\n\r\n").expect("a head")];
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(
+        head.contains("\r\nx-content-type-options: nosniff"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\ncontent-security-policy: default-src 'none'; script-src 'self';"),
+        "{head}"
+    );
+    assert!(
+        seen.contains("\r\n\r\nretry: 2000\n\nevent: state\ndata: {"),
+        "{seen}"
+    );
     // The machine's CPU reading changes every cycle: cycles keep coming, over 12 s.
     assert!(seen.matches("event: cycle").count() >= 5, "{seen}");
+}
+
+/// Reads `stream` onto `got` until `done` holds of it, slowly (4 kB, then a 2 ms rest, as a
+/// reader on a slow link); panics after 15 s.
+fn read_until(stream: &mut std::net::TcpStream, got: &mut Vec<u8>, done: impl Fn(&[u8]) -> bool) {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    while !done(got) {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "after {} bytes: {}",
+            got.len(),
+            String::from_utf8_lossy(&got[got.len().saturating_sub(600)..])
+        );
+        match stream.read(&mut buf) {
+            Ok(0) => panic!("closed after {} bytes", got.len()),
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// The answers at the start of `raw` that are whole, each a head and a body of its
+/// `content-length`; and where the rest begins.
+fn whole_answers(raw: &[u8]) -> (Vec<(String, Vec<u8>)>, usize) {
+    let mut answers = Vec::new();
+    let mut at = 0;
+    while let Some(end) = raw[at..].windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&raw[at..at + end]).to_string();
+        let Some(len) = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|n| n.trim().parse::<usize>().ok())
+        else {
+            break;
+        };
+        let body = at + end + 4;
+        if raw.len() < body + len {
+            break;
+        }
+        answers.push((head, raw[body..body + len].to_vec()));
+        at = body + len;
+    }
+    (answers, at)
+}
+
+/// A client that pipelines the event stream behind answers it has not read gets them whole and
+/// in order, then the stream. The daemon writes to a page's socket itself only once the server
+/// has written out everything it held for the connection; when that takes too long (the client
+/// stops reading), it leaves the stream to the server, which keeps its own order.
+#[test]
+fn an_event_stream_pipelined_behind_unread_answers_comes_after_them_intact() {
+    use std::io::Write;
+    let env = Env::new(&config(false));
+    let (_daemon, base) = start(&env, "0.5");
+    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let script = get(&format!("{base}/static/app.js")).body.into_bytes();
+    let answers = 12;
+    // Read on, or paused past the daemon's wait for the earlier answers (5 s). Read on, the
+    // stream's request is answered while the server still holds the end of the last answer:
+    // writing its head at once would put it inside that answer.
+    for (pause, direct) in [(Duration::ZERO, true), (Duration::from_secs(7), false)] {
+        // A small window and small segments: the server's own buffers hold what the kernel's
+        // cannot, as on a slow link.
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.set_tcp_mss(536).unwrap();
+        socket.connect(&addr.into()).unwrap();
+        let mut stream: std::net::TcpStream = socket.into();
+        let mut requests =
+            format!("GET /static/app.js HTTP/1.1\r\nHost: {addr}\r\n\r\n").repeat(answers);
+        requests.push_str(&format!(
+            "GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+        ));
+        stream.write_all(requests.as_bytes()).unwrap();
+        // All but the last answer, which stays unread in the daemon's buffers for the pause,
+        // while the stream's request is in its handler.
+        let mut got = Vec::new();
+        read_until(&mut stream, &mut got, |raw| {
+            whole_answers(raw).0.len() >= answers - 1
+        });
+        std::thread::sleep(pause);
+        read_until(&mut stream, &mut got, |raw| {
+            let (whole, at) = whole_answers(raw);
+            whole.len() == answers
+                && String::from_utf8_lossy(&raw[at..]).contains("event: state\ndata: {")
+        });
+        let (whole, at) = whole_answers(&got);
+        for (i, (head, body)) in whole.iter().enumerate() {
+            assert!(head.starts_with("HTTP/1.1 200 OK"), "answer {i}: {head}");
+            assert!(*body == script, "answer {i} is not the script whole");
+        }
+        let rest = String::from_utf8_lossy(&got[at..]).to_string();
+        assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "{rest}");
+        let head = &rest[..rest.find("\r\n\r\n").expect("a head")];
+        assert!(head.contains("content-type: text/event-stream"), "{head}");
+        if direct {
+            assert!(
+                head.contains("connection: close"),
+                "written by the daemon: {head}"
+            );
+            assert!(
+                rest.contains("\r\n\r\nretry: 2000\n\nevent: state\ndata: {"),
+                "{rest}"
+            );
+        } else {
+            assert!(
+                head.contains("transfer-encoding: chunked"),
+                "streamed by the server: {head}"
+            );
+        }
+    }
 }

@@ -374,6 +374,15 @@ pub(crate) struct Ticket {
     conns: Arc<Connections>,
 }
 
+impl Ticket {
+    /// Another descriptor of the connection's socket, for a handler that writes to it itself
+    /// (the dashboard's event stream); `None` when it has none (unit tests) or none is left.
+    pub(crate) fn socket(&self) -> Option<TcpStream> {
+        let table = self.conns.lock();
+        table.conns.get(&self.id)?.socket.as_ref()?.try_clone().ok()
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.conns

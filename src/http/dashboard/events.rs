@@ -5,8 +5,11 @@
 //! `resync` and reloads its state.
 //!
 //! One publisher per daemon builds a cycle's state once, for all pages, and only while a page
-//! listens; the hub formats each send once, and every page's stream passes the same bytes on.
-//! The hub's sends reach the pages of an HTTP worker thread through one relay on that thread.
+//! listens; the hub formats each send once, and every page gets the same bytes. The hub's sends
+//! reach the pages of an HTTP worker thread through one relay on that thread, which writes them
+//! to each page's socket itself ([`super::direct`]); a page whose connection has no socket to
+//! write to (none left to duplicate), or whose earlier answers never get written out, is
+//! streamed by actix instead.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -15,17 +18,19 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::web::Bytes;
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use futures_util::stream;
 use tokio::sync::Notify;
 use tokio::sync::broadcast::{self, error::RecvError};
 
+use super::direct::{self, DirectPage};
 use super::{LiveView, ValuesCache, update_changed, update_state};
 use crate::actors::supervisor::LiveInfo;
 use crate::analysis::AnalyzerCore;
 use crate::control::service::Service;
 use crate::http::api::State;
+use crate::http::conns::Ticket;
 use crate::live::{LiveEvent, LiveFrame, LiveHub, sse_frame};
 use crate::model::{HealthAlert, HealthMetric, HealthStatus, MonitorSpec, ResourceType, Silence};
 use crate::report::ChildState;
@@ -42,17 +47,30 @@ const RESYNC: &[u8] = b"event: resync\ndata: {}\n\n";
 const PAGE_CAPACITY: usize = 256;
 
 /// The relay of the hub's frames to the pages of one HTTP worker thread. The hub wakes it once
-/// per send, and it wakes the pages on its own thread: a task woken from another thread costs
-/// the waker a system call (an `eventfd` write) each, 50 pages 50 of them per send on the
-/// daemon's event loop, where this costs one.
+/// per send, and it writes to the pages' sockets on its own thread, or wakes the pages actix
+/// streams: a task woken from another thread costs the waker a system call (an `eventfd`
+/// write) each, 50 pages 50 of them per send on the daemon's event loop, where this costs one.
 struct Relay {
-    /// Subscribes the pages; the relay's task holds the only strong sender, so that the pages'
-    /// streams end with it.
+    /// Subscribes the pages actix streams; the relay's task holds the only strong sender, so
+    /// that their streams end with it.
     tx: broadcast::WeakSender<LiveFrame>,
-    /// Pages on it now.
+    /// The pages it writes to itself.
+    direct: RefCell<Vec<Rc<DirectPage>>>,
+    /// Pages on it now, of both kinds.
     pages: Cell<usize>,
     /// Told when the last page goes: the relay ends, and the hub knows that nobody listens.
     idle: Notify,
+}
+
+impl Relay {
+    /// Counts one page less; the last one tells the relay to end.
+    fn leave(&self) {
+        let pages = self.pages.get().saturating_sub(1);
+        self.pages.set(pages);
+        if pages == 0 {
+            self.idle.notify_one();
+        }
+    }
 }
 
 thread_local! {
@@ -60,24 +78,9 @@ thread_local! {
     static RELAY: RefCell<Option<Rc<Relay>>> = const { RefCell::new(None) };
 }
 
-/// A page's frames, from its thread's relay.
-struct Feed {
-    rx: broadcast::Receiver<LiveFrame>,
-    relay: Rc<Relay>,
-}
-
-impl Drop for Feed {
-    fn drop(&mut self) {
-        let pages = self.relay.pages.get().saturating_sub(1);
-        self.relay.pages.set(pages);
-        if pages == 0 {
-            self.relay.idle.notify_one();
-        }
-    }
-}
-
-/// A new page's feed, from this thread's relay (started if none runs).
-fn feed(hub: &LiveHub) -> Feed {
+/// This thread's relay (started if none runs), counting one page more; with a receiver for a
+/// page that actix streams.
+fn join(hub: &LiveHub) -> (Rc<Relay>, broadcast::Receiver<LiveFrame>) {
     RELAY.with(|slot| {
         let mut slot = slot.borrow_mut();
         let running = slot
@@ -87,6 +90,7 @@ fn feed(hub: &LiveHub) -> Feed {
             let (tx, rx) = broadcast::channel(PAGE_CAPACITY);
             let relay = Rc::new(Relay {
                 tx: tx.downgrade(),
+                direct: RefCell::new(Vec::new()),
                 pages: Cell::new(0),
                 idle: Notify::new(),
             });
@@ -95,12 +99,57 @@ fn feed(hub: &LiveHub) -> Feed {
             (relay, rx)
         });
         relay.pages.set(relay.pages.get() + 1);
-        Feed { rx, relay }
+        (relay, rx)
     })
 }
 
+/// A page's frames, from its thread's relay, for actix to stream.
+struct Feed {
+    rx: broadcast::Receiver<LiveFrame>,
+    relay: Rc<Relay>,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.relay.leave();
+    }
+}
+
+/// A new page's feed, for actix to stream.
+fn feed(hub: &LiveHub) -> Feed {
+    let (relay, rx) = join(hub);
+    Feed { rx, relay }
+}
+
+/// A page the relay writes to, on the relay, for as long as its handler holds this: dropped
+/// (the page ended, or actix dropped the handler), it ends the page and leaves the relay.
+struct OnRelay {
+    page: Rc<DirectPage>,
+    relay: Rc<Relay>,
+}
+
+impl OnRelay {
+    fn new(hub: &LiveHub, page: Rc<DirectPage>) -> OnRelay {
+        // The receiver is for pages actix streams: this one needs none.
+        let (relay, _) = join(hub);
+        relay.direct.borrow_mut().push(Rc::clone(&page));
+        OnRelay { page, relay }
+    }
+}
+
+impl Drop for OnRelay {
+    fn drop(&mut self) {
+        self.page.finish();
+        self.relay
+            .direct
+            .borrow_mut()
+            .retain(|p| !Rc::ptr_eq(p, &self.page));
+        self.relay.leave();
+    }
+}
+
 /// The relay's task: passes each of the hub's frames on to this thread's pages, until none is
-/// left (or the hub closes).
+/// left (or the hub closes, which ends them all).
 async fn relay_frames(
     mut from_hub: broadcast::Receiver<LiveFrame>,
     tx: broadcast::Sender<LiveFrame>,
@@ -113,32 +162,47 @@ async fn relay_frames(
                     Ok(frame) => frame,
                     // The whole thread fell behind: every page starts over.
                     Err(RecvError::Lagged(_)) => Bytes::from_static(RESYNC),
-                    Err(RecvError::Closed) => return,
+                    Err(RecvError::Closed) => break,
                 };
-                if tx.send(frame).is_err() {
-                    return;
+                // Written out before anything else runs here: a page that ends meanwhile
+                // leaves the list only when its handler runs again.
+                for page in relay.direct.borrow().iter() {
+                    page.send(&frame);
+                }
+                if tx.receiver_count() > 0 {
+                    let _ = tx.send(frame);
                 }
             }
             () = relay.idle.notified() => {
                 if relay.pages.get() == 0 {
-                    return;
+                    break;
                 }
             }
         }
     }
+    for page in relay.direct.borrow().iter() {
+        page.finish();
+    }
 }
 
-/// `GET /api/v1/events`.
-pub(crate) async fn events(state: web::Data<State>) -> HttpResponse {
+/// `GET /api/v1/events`: written to the page's socket by this thread's relay, once actix holds
+/// nothing unwritten on the connection; streamed by actix otherwise.
+pub(crate) async fn events(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    if let Some(socket) = req.conn_data::<Ticket>().and_then(Ticket::socket) {
+        match direct::handed_over(&socket).await {
+            Ok(true) => match DirectPage::new(socket) {
+                Ok(page) => return stream_direct(&state.service, page).await,
+                Err(e) => tracing::debug!("the event stream goes through actix: {e}"),
+            },
+            Ok(false) => tracing::debug!(
+                "the event stream goes through actix: the connection's earlier answers are not written out"
+            ),
+            Err(e) => tracing::debug!("the event stream goes through actix: {e}"),
+        }
+    }
     let hub = state.service.deps.analyzer.clone();
     let feed = feed(hub.live());
-    // The state first, built now when no publisher cycle has run yet.
-    let first = match hub.live().latest() {
-        Some(event) => Some(event),
-        None => publish_once(&state.service).await,
-    };
-    let start = first.map(|e| sse_frame(&e)).unwrap_or_default();
-    let start = Bytes::from(format!("retry: 2000\n\n{start}"));
+    let start = Bytes::from(start_of_stream(&state.service).await);
     // No timer per page: the hub sends the keep-alive to every page at once.
     let body = stream::unfold((feed, Some(start)), |(mut feed, pending)| async move {
         if let Some(start) = pending {
@@ -156,6 +220,30 @@ pub(crate) async fn events(state: web::Data<State>) -> HttpResponse {
         .insert_header((CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(body)
+}
+
+/// What a page gets first: the reconnection delay, and the whole state (built now when no
+/// publisher cycle has run yet).
+async fn start_of_stream(service: &Service) -> String {
+    let first = match service.deps.analyzer.live().latest() {
+        Some(event) => Some(event),
+        None => publish_once(service).await,
+    };
+    let start = first.map(|e| sse_frame(&e)).unwrap_or_default();
+    format!("retry: 2000\n\n{start}")
+}
+
+/// Streams to `page` until it ends: on the relay first, so that no frame sent while the state is
+/// made is missed, then the head and the state, then what came meanwhile.
+async fn stream_direct(service: &Service, page: Rc<DirectPage>) -> HttpResponse {
+    let on_relay = OnRelay::new(service.deps.analyzer.live(), Rc::clone(&page));
+    let mut first = direct::head();
+    first.extend_from_slice(start_of_stream(service).await.as_bytes());
+    page.begin(&first);
+    page.ended_wait().await;
+    drop(on_relay);
+    // Written to a connection closed both ways: actix only finds it closed, and lets it go.
+    HttpResponse::Ok().finish()
 }
 
 /// Builds the state now and hands it to the hub; returns it as a `state` event.

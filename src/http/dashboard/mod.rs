@@ -4,6 +4,7 @@
 //! [`events`]) and the actions (ack, silence) on top; without it the pages read the same.
 
 pub(crate) mod actions;
+pub(crate) mod direct;
 pub(crate) mod events;
 
 use std::collections::BTreeMap;
