@@ -2,6 +2,7 @@
 //! remind per cooldown, escalate at once, resolve.
 
 use std::collections::HashMap;
+use std::fmt::Write;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -385,9 +386,55 @@ pub(crate) fn format_value(value: f64, unit: &str) -> String {
 
 /// A number with at most two decimals and no trailing zeros.
 pub(crate) fn format_number(value: f64) -> String {
-    let s = format!("{value:.2}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" { "0".into() } else { s.into() }
+    let mut s = String::new();
+    write_number(&mut s, value);
+    s
+}
+
+/// [`format_number`] appended to `out`.
+///
+/// Made from the value in hundredths as an integer when that is sure to round as `{:.2}` does
+/// (it is not within a thousandth of half a hundredth): `{:.2}` rounds the exact binary value,
+/// most often by the slow exact algorithm, and alert messages and the dashboard's rows write
+/// hundreds of numbers a cycle.
+pub(crate) fn write_number(out: &mut String, value: f64) {
+    let hundredths = value * 100.0;
+    // Below 2^40 the product's own rounding error is under 2^-12, far inside the margin.
+    if hundredths.abs() < (1u64 << 40) as f64 {
+        let nearest = hundredths.round();
+        if (hundredths - nearest).abs() < 0.499 {
+            #[allow(clippy::cast_possible_truncation)] // Under 2^40, and a whole number.
+            let n = nearest as i64;
+            if n < 0 {
+                out.push('-');
+            }
+            let (whole, cents) = (n.unsigned_abs() / 100, n.unsigned_abs() % 100);
+            let _ = match cents {
+                0 => write!(out, "{whole}"),
+                c if c % 10 == 0 => write!(out, "{whole}.{}", c / 10),
+                c => write!(out, "{whole}.{c:02}"),
+            };
+            return;
+        }
+    }
+    write_number_exact(out, value);
+}
+
+/// [`write_number`] by `{:.2}` itself.
+fn write_number_exact(out: &mut String, value: f64) {
+    let start = out.len();
+    let _ = write!(out, "{value:.2}");
+    if out[start..].contains('.') {
+        let kept = out[start..]
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .len();
+        out.truncate(start + kept);
+    }
+    if &out[start..] == "-0" {
+        out.truncate(start);
+        out.push('0');
+    }
 }
 
 #[cfg(test)]
@@ -765,5 +812,34 @@ mod tests {
         assert_eq!(format_number(-0.001), "0");
         assert_eq!(format_value(85.0, "%"), "85%");
         assert_eq!(format_value(1.5, "MB"), "1.5 MB");
+    }
+    #[test]
+    fn numbers_in_hundredths_are_written_as_by_the_exact_algorithm() {
+        // A fixed sequence of pseudo-random bits (xorshift): the same cases on every run.
+        let mut bits = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = move || {
+            bits ^= bits << 13;
+            bits ^= bits >> 7;
+            bits ^= bits << 17;
+            bits
+        };
+        let mut values = vec![0.0, -0.0, 0.005, 0.015, 0.025, 1.005, 2.675, -2.675, 1e12];
+        for _ in 0..200_000 {
+            let r = next();
+            let unit = (r >> 11) as f64 / (1u64 << 53) as f64;
+            let sign = if r & 1 == 0 { 1.0 } else { -1.0 };
+            // Any magnitude; thousandths (each half a hundredth is one); near the fast path's
+            // margin; whole numbers.
+            values.push(sign * unit * 10f64.powi((r >> 1) as i32 % 16 - 4));
+            values.push(sign * ((r >> 8) % 1_000_000) as f64 / 1000.0);
+            values.push(sign * (((r >> 8) % 100_000) as f64 + 0.5) / 100.0 + sign * 1e-9);
+            values.push(sign * ((r >> 8) % 10_000_000) as f64);
+        }
+        for value in values {
+            let (mut fast, mut exact) = (String::new(), String::new());
+            write_number(&mut fast, value);
+            write_number_exact(&mut exact, value);
+            assert_eq!(fast, exact, "{value:e}");
+        }
     }
 }

@@ -180,6 +180,9 @@ struct Outbox {
     held: Vec<u8>,
     /// When the pages were last sent anything.
     last_sent: Option<Instant>,
+    /// The size of the last cycle's frame: the next one's buffer is made that big at once,
+    /// rather than grown and copied a few times over as it is written.
+    last_frame: usize,
 }
 
 impl Default for LiveHub {
@@ -271,7 +274,9 @@ impl LiveHub {
         }
         let mut frame = std::mem::take(&mut outbox.held);
         if let Some(diff) = diff.filter(|_| !first) {
+            frame.reserve(outbox.last_frame + 256);
             push_frame(&mut frame, "cycle", &diff);
+            outbox.last_frame = frame.len();
         }
         self.send(&mut outbox, frame, now);
     }

@@ -219,7 +219,7 @@ fn write_values_text(out: &mut String, readings: &[Reading<'_>]) {
         }
         out.push_str(name);
         out.push('=');
-        write_number(out, *value);
+        crate::alerts::write_number(out, *value);
         match *unit {
             "" | "bool" | "count" | "ratio" | "state" => {}
             u => out.extend(u.chars().filter(|c| *c != ' ')),
@@ -227,24 +227,6 @@ fn write_values_text(out: &mut String, readings: &[Reading<'_>]) {
     }
     if readings.len() > ROW_VALUES {
         let _ = write!(out, " (+{} more)", readings.len() - ROW_VALUES);
-    }
-}
-
-/// [`format_number`](crate::alerts::format_number) appended to `out`: at most two decimals,
-/// no trailing zeros.
-fn write_number(out: &mut String, value: f64) {
-    let start = out.len();
-    let _ = write!(out, "{value:.2}");
-    if out[start..].contains('.') {
-        let kept = out[start..]
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .len();
-        out.truncate(start + kept);
-    }
-    if &out[start..] == "-0" {
-        out.truncate(start);
-        out.push('0');
     }
 }
 
