@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 
-use super::analyzer::AnalyzerHandle;
+use super::analyzer::{AnalyzerHandle, Snapshot};
 use super::collector::trigger_wait;
 use super::supervisor::SupervisorHandle;
 use super::{ExitGuard, StopChild};
@@ -181,6 +181,15 @@ pub(crate) enum Retirement {
     Wait,
     /// Nothing measured yet: wait a little, then retire it anyway.
     Unknown,
+}
+
+/// The agents watched for the town: the sessions it manages.
+fn watched_sessions(monitors: &[MonitorSpec]) -> Vec<String> {
+    monitors
+        .iter()
+        .filter(|m| m.kind() == MonitorKind::Agent && m.managed_by() == Some(MANAGED_BY))
+        .map(|m| m.id().to_string())
+        .collect()
 }
 
 /// The latest reading of an agent's metric in a snapshot.
@@ -620,18 +629,34 @@ impl TownWatcher {
         let supervisor = self.supervisor.clone();
         let both = async move {
             let live = supervisor.live().await.ok()?;
-            let snapshot = analyzer.snapshot().await?;
+            // Only what the check reads, read in place on the analyzer: a snapshot would copy
+            // every latest value of the daemon every few seconds.
+            let sessions = watched_sessions(&live.monitors);
+            let snapshot = analyzer
+                .inspect(move |core| {
+                    let Some(core) = core else {
+                        return Snapshot::default();
+                    };
+                    Snapshot {
+                        latest: sessions
+                            .iter()
+                            .flat_map(|s| core.latest_of(ResourceType::Agent, s))
+                            .cloned()
+                            .collect(),
+                        active_alerts: core
+                            .active_alerts()
+                            .filter(|a| a.resource_type == ResourceType::Agent)
+                            .cloned()
+                            .collect(),
+                    }
+                })
+                .await?;
             Some((live, snapshot))
         };
         ctx.spawn(both.into_actor(self).map(move |both, act, _| {
             let Some((live, snapshot)) = both else { return };
             let now = Utc::now();
-            let watched: Vec<String> = live
-                .monitors
-                .iter()
-                .filter(|m| m.kind() == MonitorKind::Agent && m.managed_by() == Some(MANAGED_BY))
-                .map(|m| m.id().to_string())
-                .collect();
+            let watched = watched_sessions(&live.monitors);
             let mut actions = Vec::new();
             {
                 let mut d = act.state.decisions();
