@@ -631,7 +631,8 @@ impl TownWatcher {
             let live = supervisor.live().await.ok()?;
             // Only what the check reads, read in place on the analyzer: a snapshot would copy
             // every latest value of the daemon every few seconds.
-            let sessions = watched_sessions(&live.monitors);
+            let watched = watched_sessions(&live.monitors);
+            let sessions = watched.clone();
             let snapshot = analyzer
                 .inspect(move |core| {
                     let Some(core) = core else {
@@ -651,12 +652,11 @@ impl TownWatcher {
                     }
                 })
                 .await?;
-            Some((live, snapshot))
+            Some((live, watched, snapshot))
         };
         ctx.spawn(both.into_actor(self).map(move |both, act, _| {
-            let Some((live, snapshot)) = both else { return };
+            let Some((live, watched, snapshot)) = both else { return };
             let now = Utc::now();
-            let watched = watched_sessions(&live.monitors);
             let mut actions = Vec::new();
             {
                 let mut d = act.state.decisions();

@@ -219,6 +219,8 @@ impl DirectPage {
                 Ok(n) => {
                     backlog.drain(..n);
                     if backlog.is_empty() {
+                        // Caught up: a page that once fell behind keeps no buffer of its size.
+                        *backlog = Vec::new();
                         break;
                     }
                 }
